@@ -1,0 +1,1 @@
+"""Command-line faces of the toolkit, one module per MLproject entry point."""

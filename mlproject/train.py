@@ -1,0 +1,26 @@
+"""Entry point ``train``: one k-means fit, tracked in MLflow.
+
+    mlflow run . -e train -P config=experiments/blobs.yaml -P backend=sklearn --env-manager local
+"""
+
+from __future__ import annotations
+
+from mlproject._cli import base_parser, load_config, run_main
+
+
+def main() -> int:
+    args = base_parser(__doc__.splitlines()[0]).parse_args()
+    cfg = load_config(args)
+    from toolkit.console import say
+    from toolkit.tracking import run_url
+    from toolkit.train import train
+
+    outcome = train(cfg)
+    shown = {k: round(v, 4) for k, v in outcome.metrics.items()}
+    say(f"train finished: backend={cfg.backend} k={cfg.model.n_clusters} metrics={shown}")
+    say(f"run: {run_url(outcome.run_id)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

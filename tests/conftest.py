@@ -1,0 +1,105 @@
+"""Shared fixtures: one Dask LocalCluster per session, a temp sqlite MLflow store per test."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _gpu_available() -> bool:
+    if importlib.util.find_spec("cuml") is None or importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any("gpu" in item.keywords for item in items):
+        return
+    if _gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs cuML and a CUDA GPU (pip install '.[gpu]' on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """One 2-worker LocalCluster for the whole session, closed by its own handle."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
+        dashboard_address=":0", silence_logs=logging.ERROR,
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def client(dask_cluster):
+    from distributed import Client
+
+    c = Client(dask_cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store in a temp dir, set as the tracking and registry URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def blobs_small():
+    """6 tight, well separated 2-D blobs (2,000 rows) with ground-truth labels."""
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(n_samples=2000, n_features=2, centers=6, cluster_std=0.1, random_state=0)
+    return X.astype(np.float32), y.astype(np.int32)
+
+
+@pytest.fixture(scope="session")
+def python_exe() -> str:
+    return sys.executable
+
+
+@pytest.fixture()
+def subprocess_env(tracking_uri):
+    """Environment for real ``mlflow run`` subprocesses pointed at the temp store."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.pop("MLFLOW_RUN_ID", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

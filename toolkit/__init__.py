@@ -1,0 +1,43 @@
+"""kmeans-lifecycle: k-means experiments from one CPU to multi-node multi-GPU, tracked in MLflow.
+
+Imports run one way: ``config``/``errors`` <- ``data``/``cluster``/``metrics`` <- ``backends`` <-
+``tracking`` <- ``train`` <- ``search`` <- ``registry``/``serving``; ``mlproject/`` sits on top.
+"""
+
+from __future__ import annotations
+
+from toolkit.backends import BACKENDS, FitResult, KMeansBackend, get_backend, make_backend
+from toolkit.config import ExperimentConfig, load_experiment
+from toolkit.data import Dataset, load_dataset
+from toolkit.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    DataError,
+    ModelError,
+    ToolkitError,
+)
+from toolkit.metrics import cluster_metrics
+from toolkit.train import TrainOutcome, fit_and_score, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "ExperimentConfig",
+    "FitResult",
+    "KMeansBackend",
+    "ModelError",
+    "ToolkitError",
+    "TrainOutcome",
+    "cluster_metrics",
+    "fit_and_score",
+    "get_backend",
+    "load_dataset",
+    "load_experiment",
+    "make_backend",
+    "train",
+]

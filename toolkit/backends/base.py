@@ -1,0 +1,138 @@
+"""The one interface every k-means backend implements.
+
+Search, tracking, registry and serving only talk to :class:`KMeansBackend`; a backend's own
+libraries (dask-ml, cuML, ...) are imported inside its module, which the registry in
+``toolkit.backends`` imports only when that backend is chosen.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from toolkit.config import ModelConfig
+from toolkit.data import Dataset
+from toolkit.errors import ConfigError
+
+__all__ = ["FitResult", "KMeansBackend", "Parallelism"]
+
+Parallelism = Literal["trial", "data"]
+
+
+@dataclass
+class FitResult:
+    """What one fit produced, in host (NumPy / Dask-on-CPU) terms where it matters.
+
+    Attributes:
+        model: the backend's fitted estimator (cuML, dask-ml, scikit-learn, ...).
+        centers: ``(k, d)`` float64 NumPy centroids.
+        inertia: global sum of squared distances to the closest centroid, over all data.
+        n_iter: Lloyd iterations run.
+        fit_seconds: wall time of ``fit``.
+        labels: cluster of every row; NumPy or a lazy Dask array aligned with the data.
+    """
+
+    model: Any
+    centers: np.ndarray
+    inertia: float
+    n_iter: int
+    fit_seconds: float
+    labels: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class KMeansBackend(abc.ABC):
+    """A k-means implementation on one kind of hardware and data placement.
+
+    Subclasses set the class attributes and implement :meth:`prepare` and :meth:`_fit`.
+    ``__init__`` only stores the Dask client (``None`` for backends that need none) and the
+    data placement options (``data.persist``, ``data.chunk_rows``).
+    """
+
+    name: ClassVar[str]
+    device: ClassVar[Literal["cpu", "gpu"]] = "cpu"
+    #: trial-parallel backends fit one model per worker; data-parallel ones spread one fit.
+    parallelism: ClassVar[Parallelism] = "trial"
+    #: ``init`` values (toolkit vocabulary) this backend accepts.
+    inits: ClassVar[tuple[str, ...]] = ("k-means++", "random")
+    #: Python packages the backend imports; named in the error when one is missing.
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, client: Any = None, *, persist: bool = True, chunk_rows: int = 250_000) -> None:
+        self.client = client
+        self.persist = persist
+        self.chunk_rows = chunk_rows
+
+    # -- availability ---------------------------------------------------------------------
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise :class:`BackendUnavailableError` naming the missing package or device."""
+        from toolkit.backends import require_packages
+
+        require_packages(cls.name, cls.requires)
+
+    # -- validation -----------------------------------------------------------------------
+    def validate(self, params: ModelConfig, n_samples: int) -> None:
+        """Check hyperparameters against this backend and the data, before any work."""
+        if params.init not in self.inits:
+            raise ConfigError(
+                f"backend {self.name!r} does not support init {params.init!r}",
+                f"use one of {', '.join(self.inits)}",
+            )
+        if params.n_clusters > n_samples:
+            raise ConfigError(
+                f"n_clusters={params.n_clusters} is larger than the {n_samples} samples",
+                f"use n_clusters <= {n_samples} or more data",
+            )
+
+    # -- data and fitting -----------------------------------------------------------------
+    @abc.abstractmethod
+    def prepare(self, dataset: Dataset) -> Any:
+        """Place the data where this backend computes (NumPy, Dask array, CuPy, dask_cudf)."""
+
+    @abc.abstractmethod
+    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
+        """Fit on prepared data; ``fit_seconds`` may be left 0 (``fit`` times it)."""
+
+    def fit(self, X: Any, params: ModelConfig) -> FitResult:
+        """Fit k-means with ``params`` on data returned by :meth:`prepare`."""
+        self.validate(params, int(X.shape[0]))
+        start = time.perf_counter()
+        result = self._fit(X, params)
+        result.fit_seconds = time.perf_counter() - start
+        return result
+
+    def predict(self, model: Any, X: Any) -> Any:
+        """Labels for prepared data ``X`` (NumPy or lazy Dask array)."""
+        return model.predict(X)
+
+    def host_view(self, X: Any, labels: Any) -> tuple[Any, Any]:
+        """Data and labels as NumPy or Dask-of-NumPy arrays, for the metrics."""
+        return X, labels
+
+    # -- models ---------------------------------------------------------------------------
+    def native_model(self, result: FitResult) -> Any:
+        """The model to register in the backend's own format."""
+        return result.model
+
+    def to_sklearn(self, model: Any) -> Any:
+        """The scikit-learn ``KMeans`` that predicts like ``model``."""
+        from toolkit.convert import to_sklearn
+
+        return to_sklearn(model)
+
+    def library_versions(self) -> dict[str, str]:
+        """``{package: version}`` of the libraries this backend computes with."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for pkg in ("numpy", "scikit-learn", *self.requires):
+            try:
+                out[pkg] = version(pkg)
+            except PackageNotFoundError:
+                continue
+        return out

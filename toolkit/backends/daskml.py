@@ -1,0 +1,79 @@
+"""dask-ml backend: ``dask_ml.cluster.KMeans`` on persisted Dask arrays; data-parallel.
+
+Kept as the reference distributed implementation; ``dask`` is the fast path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from toolkit.backends.base import FitResult, KMeansBackend
+from toolkit.config import ModelConfig
+from toolkit.data import Dataset
+
+__all__ = ["DaskMLBackend", "to_dask_array"]
+
+
+def to_dask_array(dataset: Dataset, client: Any, persist: bool = True, chunk_rows: int = 250_000) -> Any:
+    """The dataset as a float32 Dask array, persisted on the workers when ``persist``."""
+    import dask.array as da
+
+    X = dataset.X
+    if isinstance(X, np.ndarray):
+        # Split so every worker gets blocks even on small data.
+        n_workers = max(1, len(client.scheduler_info().get("workers", {}))) if client else 1
+        rows = max(1, min(chunk_rows, -(-X.shape[0] // (2 * n_workers))))
+        X = da.from_array(X, chunks=(rows, X.shape[1]))
+    if persist:
+        X = client.persist(X) if client is not None else X.persist()
+    return X
+
+
+def _kmeans_plusplus_on_sample(X: Any, k: int, seed: int, size: int = 10_000) -> np.ndarray:
+    """k-means++ centers chosen from a seeded sample of at most ``size`` rows."""
+    from sklearn.cluster import kmeans_plusplus
+
+    n = int(X.shape[0])
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=min(size, n), replace=False))
+    sample = np.asarray(X[idx].compute() if hasattr(X, "compute") else X[idx], dtype=np.float64)
+    centers, _ = kmeans_plusplus(sample, k, random_state=seed)
+    return centers
+
+
+class DaskMLBackend(KMeansBackend):
+    name: ClassVar[str] = "dask-ml"
+    parallelism = "data"
+    inits = ("k-means||", "k-means++", "random")
+    requires = ("dask_ml",)
+
+    def prepare(self, dataset: Dataset) -> Any:
+        return to_dask_array(dataset, self.client, self.persist, self.chunk_rows)
+
+    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
+        from dask_ml.cluster import KMeans
+
+        init: Any = params.init
+        if init == "k-means++":
+            # dask-ml 2025.1 calls a private scikit-learn k-means++ helper whose signature
+            # changed (sample_weight became required), so seed k-means++ ourselves on a sample.
+            init = _kmeans_plusplus_on_sample(X, params.n_clusters, params.random_state)
+        km = KMeans(
+            n_clusters=params.n_clusters,
+            init=init,
+            oversampling_factor=params.oversampling_factor,
+            max_iter=params.max_iter,
+            tol=params.tol,
+            random_state=params.random_state,
+        )
+        km.fit(X)
+        return FitResult(
+            model=km,
+            centers=np.asarray(km.cluster_centers_, dtype=np.float64),
+            inertia=float(km.inertia_),
+            n_iter=int(km.n_iter_),
+            fit_seconds=0.0,
+            labels=km.labels_,  # lazy Dask array
+        )

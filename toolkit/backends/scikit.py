@@ -1,0 +1,53 @@
+"""scikit-learn backend: one CPU, in-memory NumPy data; trial-parallel under search."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from toolkit.backends.base import FitResult, KMeansBackend
+from toolkit.config import ModelConfig
+from toolkit.data import Dataset
+
+__all__ = ["SklearnBackend", "sklearn_estimator"]
+
+
+def sklearn_estimator(params: ModelConfig) -> Any:
+    """An unfitted ``sklearn.cluster.KMeans`` for ``params``."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(
+        n_clusters=params.n_clusters,
+        init=params.init,
+        max_iter=params.max_iter,
+        tol=params.tol,
+        n_init=params.n_init,
+        random_state=params.random_state,
+    )
+
+
+class SklearnBackend(KMeansBackend):
+    name: ClassVar[str] = "sklearn"
+    parallelism = "trial"
+    inits = ("k-means++", "random")
+
+    def prepare(self, dataset: Dataset) -> np.ndarray:
+        X = dataset.X
+        if not isinstance(X, np.ndarray):
+            X = X.compute()
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def _fit(self, X: np.ndarray, params: ModelConfig) -> FitResult:
+        km = sklearn_estimator(params).fit(X)
+        return FitResult(
+            model=km,
+            centers=np.asarray(km.cluster_centers_, dtype=np.float64),
+            inertia=float(km.inertia_),
+            n_iter=int(km.n_iter_),
+            fit_seconds=0.0,
+            labels=np.asarray(km.labels_),
+        )
+
+    def to_sklearn(self, model: Any) -> Any:
+        return model

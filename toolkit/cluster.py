@@ -1,0 +1,114 @@
+"""Dask cluster management: a local cluster by default, an existing scheduler by address.
+
+``dask_client(cfg, gpu=False)`` is a context manager that yields a ``distributed.Client`` and
+closes what it opened (the client always, the cluster only if it started it), on success and
+on failure.  ``gpu=True`` starts a ``dask_cuda.LocalCUDACluster`` instead of a ``LocalCluster``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from toolkit.config import ClusterConfig
+from toolkit.errors import BackendUnavailableError, ToolkitError
+
+__all__ = ["dask_client", "scheduler_address", "client_info"]
+
+
+def scheduler_address(cfg: ClusterConfig) -> str | None:
+    """The scheduler to connect to: the config's, else ``DASK_SCHEDULER_ADDRESS``, else None."""
+    return cfg.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+def _local_cluster(cfg: ClusterConfig) -> Any:
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=cfg.n_workers,
+        threads_per_worker=cfg.threads_per_worker,
+        memory_limit=cfg.memory_limit,
+        processes=cfg.processes,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
+
+
+def _cuda_cluster(cfg: ClusterConfig) -> Any:  # pragma: no cover - needs a GPU
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"GPU backends need dask-cuda ({exc.name or 'dask_cuda'} is not installed)",
+            'pip install ".[gpu]" on a machine with an NVIDIA GPU, or use backend sklearn/dask',
+        ) from None
+    kwargs: dict[str, Any] = {"threads_per_worker": 1, "dashboard_address": ":0"}
+    if cfg.device_memory_limit:
+        kwargs["device_memory_limit"] = cfg.device_memory_limit
+    if cfg.rmm_pool_size:
+        kwargs["rmm_pool_size"] = cfg.rmm_pool_size
+    try:
+        return LocalCUDACluster(**kwargs)
+    except Exception as exc:  # NVML / CUDA driver errors
+        raise BackendUnavailableError(
+            f"cannot start a LocalCUDACluster: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            "run GPU backends on a machine with an NVIDIA GPU and driver",
+        ) from None
+
+
+def _use_rmm_for_cupy() -> None:  # pragma: no cover - needs a GPU
+    # With an RMM pool on the workers, CuPy must allocate through RMM or it bypasses the pool.
+    import cupy
+    import rmm.allocators.cupy
+
+    cupy.cuda.set_allocator(rmm.allocators.cupy.rmm_cupy_allocator)
+
+
+@contextlib.contextmanager
+def dask_client(cfg: ClusterConfig, gpu: bool = False) -> Iterator[Any]:
+    """Yield a Dask client; close the client (and any cluster it started) on exit.
+
+    Raises:
+        ToolkitError: the scheduler address cannot be reached.
+        BackendUnavailableError: ``gpu=True`` without dask-cuda or a GPU.
+    """
+    from distributed import Client
+
+    address = scheduler_address(cfg)
+    cluster = None
+    client = None
+    try:
+        if address:
+            try:
+                client = Client(address, timeout="10s")
+            except OSError as exc:
+                raise ToolkitError(
+                    f"cannot reach Dask scheduler {address}: {exc}",
+                    "start it (dask scheduler) or unset cluster.scheduler_address/DASK_SCHEDULER_ADDRESS",
+                ) from None
+        else:
+            cluster = _cuda_cluster(cfg) if gpu else _local_cluster(cfg)
+            client = Client(cluster)
+        if gpu and cfg.rmm_pool_size:
+            client.run(_use_rmm_for_cupy)
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def client_info(client: Any) -> dict[str, str]:
+    """Tags describing the cluster: scheduler, dashboard link, workers, threads."""
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    return {
+        "dask.scheduler": str(client.scheduler.address),
+        "dask.dashboard": str(client.dashboard_link or ""),
+        "dask.workers": str(len(workers)),
+        "dask.threads": str(sum(w.get("nthreads", 0) for w in workers.values())),
+    }

@@ -1,0 +1,361 @@
+"""Experiment configuration: YAML files in ``experiments/`` validated into typed objects.
+
+``load_experiment(path, overrides)`` reads a YAML file, applies ``dotted.key=value`` overrides
+(every field can be overridden) and validates the result.  Any problem is raised as a one-line
+:class:`~toolkit.errors.ConfigError` naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from toolkit.errors import ConfigError
+
+__all__ = [
+    "BACKEND_NAMES",
+    "ClusterConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "RegistryConfig",
+    "SearchConfig",
+    "SearchSpace",
+    "TrackingConfig",
+    "load_experiment",
+    "parse_overrides",
+]
+
+#: Names accepted for ``backend``; the registry in ``toolkit.backends`` maps each to its class.
+BACKEND_NAMES = ("sklearn", "dask-ml", "dask", "cuml", "cuml-dask")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is placed on the cluster."""
+
+    source: Literal["blobs", "sklearn", "file"] = "blobs"
+    # blobs
+    n_samples: int = Field(100_000, gt=0)
+    n_features: int = Field(2, gt=0)
+    centers: int = Field(6, gt=0)
+    cluster_std: float = Field(0.1, gt=0)
+    random_state: int = 0
+    # sklearn bundled datasets
+    dataset: Literal["digits", "iris", "wine", "breast_cancer"] | None = None
+    # files
+    path: str | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    columns: list[str] | None = None
+    label_column: str | None = None
+    # placement
+    chunk_rows: int = Field(250_000, gt=0, description="rows per Dask block / partition")
+    persist: bool = True
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.source == "sklearn" and self.dataset is None:
+            raise ValueError("source 'sklearn' needs data.dataset (digits, iris, wine, breast_cancer)")
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs data.path (a CSV/Parquet file or a glob)")
+        return self
+
+
+class ModelConfig(_Strict):
+    """K-means hyperparameters, in scikit-learn's vocabulary (backends translate)."""
+
+    n_clusters: int = Field(8, gt=0)
+    init: Literal["k-means++", "k-means||", "random"] = "k-means++"
+    max_iter: int = Field(300, gt=0)
+    tol: float = Field(1e-4, ge=0)
+    n_init: int = Field(1, gt=0)
+    oversampling_factor: float = Field(2.0, gt=0)
+    random_state: int = 0
+
+
+class ClusterConfig(_Strict):
+    """The Dask cluster: a local one by default, or an existing scheduler by address."""
+
+    scheduler_address: str | None = Field(
+        None, description="tcp://host:8786; DASK_SCHEDULER_ADDRESS is used when unset"
+    )
+    n_workers: int = Field(2, gt=0)
+    threads_per_worker: int = Field(1, gt=0)
+    memory_limit: str = "auto"
+    processes: bool = True
+    # LocalCUDACluster only
+    device_memory_limit: str | None = None
+    rmm_pool_size: str | None = None
+
+
+class MetricsConfig(_Strict):
+    silhouette_sample: int = Field(10_000, gt=1)
+    seed: int = 0
+
+
+class TrackingConfig(_Strict):
+    experiment: str | None = Field(None, description="MLflow experiment; defaults to the config name")
+    log_plot: bool = True
+    plot_sample: int = Field(5_000, gt=0)
+
+
+class IntRange(_Strict):
+    low: int = Field(gt=0)
+    high: int = Field(gt=0)
+    step: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class FloatRange(_Strict):
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+
+class SearchSpace(_Strict):
+    """What the search may vary; unset entries stay at the ``model`` section's value."""
+
+    n_clusters: IntRange = IntRange(low=2, high=12)
+    init: list[Literal["k-means++", "k-means||", "random"]] | None = None
+    max_iter: list[int] | None = None
+    tol: FloatRange | list[float] | None = None
+    n_init: list[int] | None = None
+    oversampling_factor: FloatRange | list[float] | None = None
+
+
+class SearchConfig(_Strict):
+    strategy: Literal["optuna", "grid", "random"] = "optuna"
+    n_trials: int = Field(20, gt=0)
+    sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
+    seed: int = 0
+    objective: Literal[
+        "silhouette", "davies_bouldin", "calinski_harabasz", "adjusted_rand"
+    ] = "silhouette"
+    parallelism: Literal["auto", "trial", "data"] = "auto"
+    storage: str | None = Field(
+        None, description="Optuna storage URL; default sqlite:///optuna.db beside mlflow.db"
+    )
+    study_name: str | None = None
+    resume: bool = False
+    cv: int = Field(3, ge=2, description="folds for grid/random search")
+    refit: bool = True
+    space: SearchSpace = SearchSpace()
+
+
+class RegistryConfig(_Strict):
+    native_name: str | None = Field(None, description="defaults to '<name>-kmeans'")
+    sklearn_name: str | None = Field(None, description="defaults to '<name>-kmeans-sklearn'")
+    register_best: bool = True
+    eval_metric: Literal[
+        "silhouette", "davies_bouldin", "calinski_harabasz", "adjusted_rand", "inertia"
+    ] = "silhouette"
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: data, model, cluster, search, tracking and registry settings."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    backend: Literal["sklearn", "dask-ml", "dask", "cuml", "cuml-dask"] = "sklearn"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    search: SearchConfig = SearchConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    # Where the file came from, for messages and relative data paths (not a config key).
+    source_path: str | None = Field(None, exclude=True)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def native_model_name(self) -> str:
+        return self.registry.native_name or f"{self.name}-kmeans"
+
+    @property
+    def sklearn_model_name(self) -> str:
+        return self.registry.sklearn_name or f"{self.name}-kmeans-sklearn"
+
+    def resolved_data_path(self) -> str | None:
+        """``data.path`` as given, or relative to the current directory."""
+        return os.path.expanduser(self.data.path) if self.data.path else None
+
+    def flat(self) -> dict[str, Any]:
+        """All effective settings as ``section.key -> value`` (for MLflow params)."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_overrides(items: Sequence[str] | str | None) -> dict[str, Any]:
+    """Parse ``key=value`` overrides (a list, or one whitespace/comma separated string).
+
+    Values are parsed as YAML scalars, so ``5`` is an int, ``1e-3`` a float, ``true`` a bool,
+    ``null`` is None and ``[a, b]`` a list.
+    """
+    if items is None:
+        return {}
+    if isinstance(items, str):
+        items = items.split()
+    out: dict[str, Any] = {}
+    for item in items:
+        item = item.strip().strip(",")
+        if not item:
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value",
+                "write dotted keys, e.g. model.n_clusters=6",
+            )
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        # YAML reads "1e-3" as a string; make it the number the user meant.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
+    return out
+
+
+# Short names accepted on the command line for the most used keys.
+_ALIASES = {
+    "n_clusters": "model.n_clusters",
+    "n_trials": "search.n_trials",
+    "strategy": "search.strategy",
+    "objective": "search.objective",
+    "resume": "search.resume",
+    "n_workers": "cluster.n_workers",
+    "scheduler_address": "cluster.scheduler_address",
+    "n_samples": "data.n_samples",
+}
+
+
+def _apply(tree: dict[str, Any], dotted: str, value: Any, known: Mapping[str, Any]) -> None:
+    dotted = _ALIASES.get(dotted, dotted)
+    parts = dotted.split(".")
+    node: dict[str, Any] = tree
+    schema: Any = known
+    for i, part in enumerate(parts):
+        if not isinstance(schema, Mapping) or part not in schema:
+            raise ConfigError(
+                f"unknown config key {dotted!r}",
+                f"use one of: {', '.join(sorted(_flatten(known)))}",
+            )
+        schema = schema[part]
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+
+
+def _schema_tree() -> dict[str, Any]:
+    """Every settable key, nested like the YAML (search.space included)."""
+    tree = ExperimentConfig(name="x").model_dump(mode="json")
+    tree.pop("source_path", None)
+    # Optional sub-sections that default to None still accept nested keys.
+    space = tree["search"]["space"]
+    for key in ("tol", "oversampling_factor"):
+        space[key] = {"low": None, "high": None, "log": None}
+    return tree
+
+
+def _format_validation(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    more = len(err.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{where}: {loc or '<top>'}: {first['msg']}{suffix}"
+
+
+def load_experiment(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | str | None = None,
+) -> ExperimentConfig:
+    """Read, override and validate an experiment config.
+
+    Args:
+        path: YAML file; ``None`` gives the built-in defaults (``name: default``).
+        overrides: ``{"model.n_clusters": 6}``, or ``["model.n_clusters=6"]``, or a string.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key, wrong type or value out of range;
+            the message names the file and the dotted key.
+    """
+    where = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {"name": "default"}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(
+                f"config file {where} does not exist",
+                "pass an existing file, e.g. -P config=experiments/blobs.yaml",
+            )
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            at = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError(f"{where}: invalid YAML{at}", "fix the YAML syntax") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{where}: top level must be a mapping", "write key: value pairs")
+        raw = loaded
+        raw.setdefault("name", p.stem)
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            overrides = parse_overrides(overrides)
+        known = _schema_tree()
+        for key, value in overrides.items():
+            _apply(raw, key, value, known)
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            _format_validation(exc, where), "correct that key (see experiments/*.yaml)"
+        ) from None
+    cfg.source_path = str(path) if path else None
+    return cfg

@@ -1,0 +1,235 @@
+"""Data sources: synthetic blobs, scikit-learn's bundled datasets, and CSV/Parquet files.
+
+Every source yields a :class:`Dataset` of float32 features (a NumPy array for in-memory
+sources, a lazy Dask array for files) and, where known, ground-truth labels.  Validation
+(empty data, non-numeric columns, NaN/inf) happens here, once, with one-line errors.
+GPU placement (CuPy / dask_cudf) is the GPU backends' job: this module never imports RAPIDS.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from toolkit.config import DataConfig
+from toolkit.errors import DataError
+
+__all__ = ["Dataset", "load_dataset", "check_finite", "read_table"]
+
+
+@dataclass
+class Dataset:
+    """Features ``X`` (float32), optional labels ``y`` and where they came from."""
+
+    name: str
+    X: Any  # numpy.ndarray or dask.array.Array, float32, 2-D
+    y: np.ndarray | None
+    feature_names: list[str]
+    source: str
+    files: list[str] = field(default_factory=list)
+    file_format: str | None = None
+    columns: list[str] | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def is_lazy(self) -> bool:
+        return not isinstance(self.X, np.ndarray)
+
+    def digest(self) -> str:
+        """A short content fingerprint (shape, source, first and last rows)."""
+        h = hashlib.sha1(f"{self.source}|{self.X.shape}".encode())
+        if isinstance(self.X, np.ndarray) and len(self.X):
+            h.update(np.ascontiguousarray(self.X[:100]).tobytes())
+            h.update(np.ascontiguousarray(self.X[-100:]).tobytes())
+        else:
+            for f in self.files:
+                st = os.stat(f)
+                h.update(f"{f}:{st.st_size}:{int(st.st_mtime)}".encode())
+        return h.hexdigest()[:12]
+
+
+def check_finite(X: Any, what: str = "data") -> None:
+    """Raise :class:`DataError` when ``X`` holds NaN or inf (works on NumPy and Dask arrays)."""
+    if isinstance(X, np.ndarray):
+        bad = int(X.size - np.count_nonzero(np.isfinite(X)))
+    else:
+        import dask.array as da
+
+        bad = int((~da.isfinite(X)).sum().compute())
+    if bad:
+        raise DataError(
+            f"{what} contains {bad} NaN or infinite value(s)",
+            "drop or impute them before clustering",
+        )
+
+
+def _blobs(cfg: DataConfig) -> Dataset:
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(
+        n_samples=cfg.n_samples,
+        n_features=cfg.n_features,
+        centers=cfg.centers,
+        cluster_std=cfg.cluster_std,
+        random_state=cfg.random_state,
+    )
+    return Dataset(
+        name=f"blobs-{cfg.n_samples}x{cfg.n_features}-c{cfg.centers}",
+        X=X.astype(np.float32),
+        y=y.astype(np.int32),
+        feature_names=[f"x{i}" for i in range(cfg.n_features)],
+        source=(
+            f"sklearn.datasets.make_blobs(n_samples={cfg.n_samples}, n_features={cfg.n_features}, "
+            f"centers={cfg.centers}, cluster_std={cfg.cluster_std}, random_state={cfg.random_state})"
+        ),
+    )
+
+
+def _bundled(cfg: DataConfig) -> Dataset:
+    from sklearn import datasets
+
+    loader = getattr(datasets, f"load_{cfg.dataset}")
+    bunch = loader()
+    names = [str(n) for n in getattr(bunch, "feature_names", [])] or [
+        f"x{i}" for i in range(bunch.data.shape[1])
+    ]
+    return Dataset(
+        name=str(cfg.dataset),
+        X=np.asarray(bunch.data, dtype=np.float32),
+        y=np.asarray(bunch.target, dtype=np.int32),
+        feature_names=names,
+        source=f"sklearn.datasets.load_{cfg.dataset}()",
+    )
+
+
+def _expand(path: str) -> list[str]:
+    path = os.path.expanduser(path)
+    if any(ch in path for ch in "*?["):
+        files = sorted(_glob.glob(path, recursive=True))
+        if not files:
+            raise DataError(f"glob {path!r} matches no file", "check the pattern and directory")
+        return files
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(path, f)
+            for f in os.listdir(path)
+            if f.endswith((".csv", ".parquet", ".pq"))
+        )
+        if not files:
+            raise DataError(f"directory {path!r} holds no .csv or .parquet file", "point at the files")
+        return files
+    if not os.path.exists(path):
+        raise DataError(f"data file {path!r} does not exist", "check data.path")
+    return [path]
+
+
+def _format_of(files: list[str], fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    exts = {os.path.splitext(f)[1].lower() for f in files}
+    if exts <= {".parquet", ".pq"}:
+        return "parquet"
+    if exts <= {".csv", ".txt", ".gz"}:
+        return "csv"
+    raise DataError(f"cannot tell the format of {sorted(exts)}", "set data.format to csv or parquet")
+
+
+def read_table(
+    files: list[str], fmt: str, columns: list[str] | None = None, blocksize: str | int = "64MB"
+) -> Any:
+    """Read CSV/Parquet files into a lazy ``dask.dataframe`` (helper shared with serving)."""
+    import dask.dataframe as dd
+
+    for f in files:
+        if os.path.getsize(f) == 0:
+            raise DataError(f"data file {f!r} is empty", "remove it or point at non-empty files")
+    try:
+        if fmt == "parquet":
+            return dd.read_parquet(files, columns=columns)
+        return dd.read_csv(files, usecols=columns, blocksize=blocksize)
+    except (ValueError, KeyError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {files[0]!r}: {msg}", "check data.columns and data.format") from None
+
+
+def numeric_block(ddf: Any, where: str) -> Any:
+    """Check every column is numeric and return a float32 Dask array with known chunk sizes."""
+    import pandas as pd
+
+    bad = [str(c) for c, t in ddf.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
+    if bad:
+        raise DataError(
+            f"{where} has non-numeric column(s): {', '.join(bad)}",
+            "select numeric columns with data.columns or encode them first",
+        )
+    X = ddf.astype(np.float32).to_dask_array(lengths=True)
+    return X
+
+
+def _files(cfg: DataConfig) -> Dataset:
+    assert cfg.path is not None
+    files = _expand(cfg.path)
+    fmt = _format_of(files, cfg.format)
+    columns = list(cfg.columns) if cfg.columns else None
+    read_cols = None
+    if columns is not None:
+        read_cols = columns + ([cfg.label_column] if cfg.label_column else [])
+    ddf = read_table(files, fmt, read_cols)
+    if columns is not None:
+        missing = [c for c in read_cols or [] if c not in ddf.columns]
+        if missing:
+            raise DataError(f"column(s) {missing} not in {cfg.path!r}", f"use some of {list(ddf.columns)}")
+    y = None
+    if cfg.label_column:
+        if cfg.label_column not in ddf.columns:
+            raise DataError(
+                f"label column {cfg.label_column!r} not in {cfg.path!r}",
+                f"use one of {list(ddf.columns)}",
+            )
+        y = ddf[cfg.label_column].compute().to_numpy()
+        y = np.unique(y, return_inverse=True)[1].astype(np.int32)
+        ddf = ddf.drop(columns=[cfg.label_column])
+    if len(ddf.columns) == 0:
+        raise DataError(f"{cfg.path!r} has no feature columns", "check data.columns")
+    X = numeric_block(ddf, repr(cfg.path))
+    if X.shape[0] == 0:
+        raise DataError(f"{cfg.path!r} holds no rows", "point at non-empty data")
+    return Dataset(
+        name=os.path.basename(cfg.path.rstrip("/")) or cfg.path,
+        X=X,
+        y=y,
+        feature_names=[str(c) for c in ddf.columns],
+        source=cfg.path,
+        files=files,
+        file_format=fmt,
+        columns=columns,
+    )
+
+
+_SOURCES = {"blobs": _blobs, "sklearn": _bundled, "file": _files}
+
+
+def load_dataset(cfg: DataConfig, validate: bool = True) -> Dataset:
+    """Load the configured data and check it is non-empty, numeric and finite.
+
+    Raises:
+        DataError: missing/empty file, glob with no match, non-numeric column, NaN or inf.
+    """
+    ds = _SOURCES[cfg.source](cfg)
+    if ds.n_samples == 0:
+        raise DataError(f"{ds.source} holds no rows", "point at non-empty data")
+    if validate:
+        check_finite(ds.X, what=f"data from {ds.source}")
+    return ds

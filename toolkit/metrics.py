@@ -1,0 +1,178 @@
+"""Clustering quality metrics over NumPy or Dask data.
+
+Inertia, Davies-Bouldin and Calinski-Harabasz are computed exactly over *all* rows from
+per-cluster statistics that reduce block by block (two passes, only ``k x d`` numbers leave a
+block), so they work on data spread over a Dask cluster.  Silhouette is O(n^2) and uses a
+seeded sample.  The adjusted Rand index needs every label and is computed on the driver.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "METRIC_DIRECTIONS",
+    "cluster_metrics",
+    "cluster_statistics",
+    "objective_value",
+    "sample_rows",
+]
+
+#: Direction of each metric an objective may use.
+METRIC_DIRECTIONS: dict[str, str] = {
+    "silhouette": "maximize",
+    "davies_bouldin": "minimize",
+    "calinski_harabasz": "maximize",
+    "adjusted_rand": "maximize",
+    "inertia": "minimize",
+}
+
+
+def _first_pass(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per cluster: [count, sum over rows of x (d), sum of ||x||^2] as one (k, d+2) array."""
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.intp, copy=False)
+    out = np.zeros((k, X.shape[1] + 2))
+    if len(X) == 0:
+        return out
+    out[:, 0] = np.bincount(labels, minlength=k)
+    for j in range(X.shape[1]):
+        out[:, 1 + j] = np.bincount(labels, weights=X[:, j], minlength=k)
+    out[:, -1] = np.bincount(labels, weights=np.einsum("ij,ij->i", X, X), minlength=k)
+    return out
+
+
+def _second_pass(X: np.ndarray, labels: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Per cluster: sum of Euclidean distances of its rows to its mean."""
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.intp, copy=False)
+    if len(X) == 0:
+        return np.zeros(len(means))
+    dist = np.sqrt(np.maximum(((X - means[labels]) ** 2).sum(axis=1), 0.0))
+    return np.bincount(labels, weights=dist, minlength=len(means))
+
+
+def _reduce_blocks(fn: Any, X: Any, labels: Any, *args: Any) -> np.ndarray:
+    """Apply ``fn`` to aligned blocks of Dask ``X``/``labels`` and sum the results."""
+    import dask
+    import dask.array as da
+
+    if isinstance(X, np.ndarray):
+        return fn(X, np.asarray(labels), *args)
+    if not isinstance(labels, da.Array):
+        labels = da.from_array(np.asarray(labels), chunks=(X.chunks[0],))
+    elif labels.chunks[0] != X.chunks[0]:
+        labels = labels.rechunk((X.chunks[0],))
+    if X.chunks[1] != (X.shape[1],):
+        X = X.rechunk({1: -1})
+    xb = X.to_delayed().ravel()
+    lb = labels.to_delayed().ravel()
+    parts = [dask.delayed(fn)(x, lab, *args) for x, lab in zip(xb, lb, strict=True)]
+    return dask.delayed(sum)(parts).compute()
+
+
+def cluster_statistics(X: Any, labels: Any, k: int) -> dict[str, Any]:
+    """Exact inertia-about-means, Davies-Bouldin and Calinski-Harabasz from block reductions."""
+    first = _reduce_blocks(_first_pass, X, labels, k)
+    counts = first[:, 0]
+    sums = first[:, 1:-1]
+    sq = first[:, -1]
+    n = counts.sum()
+    present = counts > 0
+    means = np.zeros_like(sums)
+    means[present] = sums[present] / counts[present, None]
+    # Within-cluster SS about the cluster means: sum ||x||^2 - n_i ||mean_i||^2.
+    ssw = float(np.sum(sq[present] - counts[present] * np.einsum("ij,ij->i", means, means)[present]))
+    ssw = max(ssw, 0.0)
+    overall = sums.sum(axis=0) / n
+    ssb = float(np.sum(counts[present] * ((means[present] - overall) ** 2).sum(axis=1)))
+    k_eff = int(present.sum())
+    out: dict[str, Any] = {"n_clusters_found": k_eff, "means": means, "counts": counts}
+    if k_eff < 2 or k_eff >= n:
+        out["calinski_harabasz"] = math.nan
+        out["davies_bouldin"] = math.nan
+        return out
+    out["calinski_harabasz"] = 1.0 if ssw == 0 else float(ssb * (n - k_eff) / (ssw * (k_eff - 1)))
+    dist_sums = _reduce_blocks(_second_pass, X, labels, means)
+    scatter = np.zeros(k)
+    scatter[present] = dist_sums[present] / counts[present]
+    m = means[present]
+    s = scatter[present]
+    centroid_dist = np.sqrt(((m[:, None, :] - m[None, :, :]) ** 2).sum(axis=2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (s[:, None] + s[None, :]) / centroid_dist
+    ratio[~np.isfinite(ratio)] = 0.0
+    np.fill_diagonal(ratio, 0.0)
+    out["davies_bouldin"] = float(ratio.max(axis=1).mean())
+    return out
+
+
+def _sample_indices(n: int, size: int, seed: int) -> np.ndarray:
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def _take(arr: Any, idx: np.ndarray) -> np.ndarray:
+    if isinstance(arr, np.ndarray):
+        return arr[idx]
+    return np.asarray(arr[idx].compute())
+
+
+def sample_rows(X: Any, labels: Any, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of rows of ``X`` and ``labels`` as NumPy (from NumPy or Dask arrays)."""
+    idx = _sample_indices(int(X.shape[0]), size, seed)
+    return _take(X, idx), _take(labels, idx)
+
+
+def cluster_metrics(
+    X: Any,
+    labels: Any,
+    n_clusters: int,
+    *,
+    inertia: float | None = None,
+    y_true: np.ndarray | None = None,
+    silhouette_sample: int = 10_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """All quality metrics for a clustering.
+
+    Args:
+        X: ``(n, d)`` data, NumPy or Dask array.
+        labels: cluster per row, NumPy or Dask array aligned with ``X``.
+        n_clusters: number of clusters the model was asked for.
+        inertia: the model's global inertia (logged as ``inertia`` when given).
+        y_true: ground-truth labels, for the adjusted Rand index.
+        silhouette_sample: rows used for the silhouette score (seeded sample).
+        seed: sample seed.
+
+    Returns:
+        ``{metric: value}``; metrics that are undefined (one cluster) are NaN.
+    """
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+    stats = cluster_statistics(X, labels, n_clusters)
+    out: dict[str, float] = {
+        "davies_bouldin": stats["davies_bouldin"],
+        "calinski_harabasz": stats["calinski_harabasz"],
+        "n_clusters_found": float(stats["n_clusters_found"]),
+    }
+    if inertia is not None:
+        out["inertia"] = float(inertia)
+    xs, ls = sample_rows(X, labels, silhouette_sample, seed)
+    n_lab = len(np.unique(ls))
+    out["silhouette"] = (
+        float(silhouette_score(xs, ls)) if 2 <= n_lab <= len(ls) - 1 else math.nan
+    )
+    if y_true is not None:
+        lab = labels if isinstance(labels, np.ndarray) else np.asarray(labels.compute())
+        out["adjusted_rand"] = float(adjusted_rand_score(np.asarray(y_true), lab))
+    return out
+
+
+def objective_value(metrics: dict[str, float], objective: str) -> float:
+    """The metric an objective optimises (its direction is in :data:`METRIC_DIRECTIONS`)."""
+    return float(metrics[objective])

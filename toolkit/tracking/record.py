@@ -1,0 +1,136 @@
+"""What a fit leaves in MLflow: params, metrics, tags, centroids, a plot and the dataset."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from toolkit.tracking.runs import client
+
+__all__ = [
+    "log_artifacts_dir",
+    "log_centroids",
+    "log_dataset",
+    "log_metrics",
+    "log_params",
+    "log_tags",
+    "tags_for",
+]
+
+_MAX_PARAM = 6000
+
+
+def _str(value: Any) -> str:
+    s = "None" if value is None else str(value)
+    return s if len(s) <= _MAX_PARAM else s[: _MAX_PARAM - 3] + "..."
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params in batches of 100 (MLflow's per-call limit)."""
+    from mlflow.entities import Param
+
+    items = [Param(str(k), _str(v)) for k, v in params.items()]
+    c = client()
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log finite metrics in one batch (NaN metrics, e.g. silhouette of one cluster, are skipped)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(str(k), float(v), now, step)
+        for k, v in metrics.items()
+        if v is not None and math.isfinite(float(v))
+    ]
+    if items:
+        client().log_batch(run_id, metrics=items)
+
+
+def log_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(str(k), _str(v)) for k, v in tags.items()]
+    if items:
+        client().log_batch(run_id, tags=items)
+
+
+def tags_for(backend: Any, cluster: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Backend, device, library versions and cluster tags for a run."""
+    tags = {
+        "backend": backend.name,
+        "device": backend.device,
+        "parallelism": backend.parallelism,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
+    for pkg, ver in backend.library_versions().items():
+        tags[f"version.{pkg}"] = ver
+    tags.update(cluster or {})
+    return tags
+
+
+def log_artifacts_dir(run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+    client().log_artifacts(run_id, local_dir, artifact_path)
+
+
+def log_centroids(
+    run_id: str,
+    centers: np.ndarray,
+    feature_names: list[str] | None = None,
+    plot_data: tuple[np.ndarray, np.ndarray] | None = None,
+    artifact_path: str = "centroids",
+    title: str = "",
+) -> None:
+    """Write centroids as CSV and ``.npy`` (and the plot PNG when ``plot_data`` is given)."""
+    import pandas as pd
+
+    centers = np.asarray(centers)
+    names = feature_names if feature_names and len(feature_names) == centers.shape[1] else [
+        f"x{i}" for i in range(centers.shape[1])
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        frame = pd.DataFrame(centers, columns=names)
+        frame.index.name = "cluster"
+        frame.to_csv(os.path.join(tmp, "centroids.csv"))
+        np.save(os.path.join(tmp, "centroids.npy"), centers)
+        if plot_data is not None:
+            from toolkit.tracking.plots import centroid_plot
+
+            fig = centroid_plot(plot_data[0], plot_data[1], centers, title=title)
+            fig.savefig(os.path.join(tmp, "centroids.png"), dpi=90)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        log_artifacts_dir(run_id, tmp, artifact_path)
+
+
+def log_dataset(run_id: str, dataset: Any, context: str = "training") -> None:
+    """Record the dataset as a run input (metadata only: source, digest, schema)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types import ColSpec, DataType, Schema
+
+    if dataset.files:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        source = resolve_dataset_source(os.path.abspath(dataset.files[0]))
+    else:
+        source = CodeDatasetSource(tags={"generator": dataset.source})
+    schema = Schema([ColSpec(DataType.float, str(n)) for n in dataset.feature_names])
+    meta = MetaDataset(source=source, name=dataset.name, digest=dataset.digest(), schema=schema)
+    entity = DatasetInput(
+        dataset=meta._to_mlflow_entity(),
+        tags=[InputTag(key="mlflow.data.context", value=context)],
+    )
+    client().log_inputs(run_id, datasets=[entity])

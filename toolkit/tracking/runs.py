@@ -1,0 +1,135 @@
+"""MLflow run lifecycle: create or resume runs, nest children, never leave a run RUNNING.
+
+Everything goes through ``MlflowClient`` with explicit run ids, so the same code writes the
+top-level run of ``train``, the parent of a search and its child trial runs, and works
+unchanged against sqlite or a tracking server.  Under ``mlflow run`` the top-level run already
+exists (``MLFLOW_RUN_ID``) and is resumed rather than created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "client",
+    "get_or_create_experiment",
+    "mark_failed",
+    "run_url",
+    "start_run",
+    "end_run",
+    "tracked_run",
+    "tracking_uri",
+]
+
+#: MLflow 3's own default; set explicitly so every process agrees on it.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def client() -> Any:
+    """An ``MlflowClient`` on the current tracking URI (registry on the same store)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+def get_or_create_experiment(name: str) -> str:
+    """The id of experiment ``name``, created (or restored from deleted) if needed."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        return c.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        c.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def start_run(
+    experiment: str,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+) -> str:
+    """Create a run and return its id.
+
+    A top-level run (no ``parent_run_id``) resumes ``resume_run_id`` or, under ``mlflow run``,
+    the run named by ``MLFLOW_RUN_ID``.  A child run carries the ``mlflow.parentRunId`` tag,
+    which is what links it under its parent in the UI.
+    """
+    c = client()
+    tags = dict(tags or {})
+    resume = resume_run_id or (None if parent_run_id else os.environ.get("MLFLOW_RUN_ID"))
+    if resume:
+        c.update_run(resume, status="RUNNING", name=run_name)
+        for key, value in tags.items():
+            c.set_tag(resume, key, value)
+        return resume
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    exp_id = get_or_create_experiment(experiment)
+    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    """Terminate a run with ``status`` (FINISHED, FAILED or KILLED)."""
+    client().set_terminated(run_id, status=status)
+
+
+def mark_failed(run_id: str, error: BaseException | str) -> None:
+    """End ``run_id`` as FAILED and record the one-line reason as the ``error`` tag."""
+    c = client()
+    line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, BaseException):
+        c.set_tag(run_id, "error.type", type(error).__name__)
+        if not _is_user_error(error):
+            c.set_tag(run_id, "error.traceback", "".join(traceback.format_exception(error))[-4000:])
+    c.set_tag(run_id, "error", line[:4000])
+    c.set_terminated(run_id, status="FAILED")
+
+
+def _is_user_error(error: BaseException) -> bool:
+    from toolkit.errors import ToolkitError
+
+    return isinstance(error, ToolkitError)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    experiment: str,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[str]:
+    """Start a run, yield its id, end it FINISHED, or FAILED (with the reason) on error."""
+    run_id = start_run(experiment, run_name, tags, parent_run_id, resume_run_id)
+    try:
+        yield run_id
+    except BaseException as exc:
+        status_error = exc if not isinstance(exc, KeyboardInterrupt) else "interrupted (KeyboardInterrupt)"
+        mark_failed(run_id, status_error)
+        raise
+    else:
+        end_run(run_id, "FINISHED")
+
+
+def run_url(run_id: str) -> str:
+    """Where a person finds the run: the server URL for http(s) stores, else a hint."""
+    c = client()
+    run = c.get_run(run_id)
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}  (experiment {run.info.experiment_id}, run {run_id})"

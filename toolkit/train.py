@@ -1,0 +1,139 @@
+"""One training run: data -> cluster -> backend.fit -> metrics -> MLflow.
+
+``fit_and_score`` is the unit of work shared with the search (it runs on the driver for
+data-parallel backends and on a Dask worker for trial-parallel ones); ``train`` wraps it in an
+MLflow run that ends FINISHED or FAILED with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from toolkit.backends import FitResult, KMeansBackend, get_backend
+from toolkit.cluster import client_info, dask_client
+from toolkit.config import ExperimentConfig, MetricsConfig, ModelConfig
+from toolkit.data import Dataset, load_dataset
+from toolkit.metrics import cluster_metrics, sample_rows
+from toolkit.tracking import (
+    log_centroids,
+    log_dataset,
+    log_metrics,
+    log_params,
+    log_tags,
+    tags_for,
+    tracked_run,
+)
+
+__all__ = ["TrainOutcome", "backend_session", "fit_and_score", "log_fit", "train"]
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    result: FitResult
+    metrics: dict[str, float]
+    backend: str
+
+
+def fit_and_score(
+    backend: KMeansBackend,
+    X: Any,
+    params: ModelConfig,
+    metrics_cfg: MetricsConfig,
+    y_true: np.ndarray | None = None,
+) -> tuple[FitResult, dict[str, float]]:
+    """Fit ``params`` on prepared ``X`` and compute every metric (global, not per worker)."""
+    result = backend.fit(X, params)
+    hX, hlabels = backend.host_view(X, result.labels)
+    metrics = cluster_metrics(
+        hX,
+        hlabels,
+        params.n_clusters,
+        inertia=result.inertia,
+        y_true=y_true,
+        silhouette_sample=metrics_cfg.silhouette_sample,
+        seed=metrics_cfg.seed,
+    )
+    metrics["fit_seconds"] = result.fit_seconds
+    metrics["n_iter"] = float(result.n_iter)
+    return result, metrics
+
+
+@contextlib.contextmanager
+def backend_session(
+    cfg: ExperimentConfig, client: Any = None, need_cluster: bool | None = None
+) -> Iterator[tuple[KMeansBackend, Any]]:
+    """Yield ``(backend, dask_client)`` for ``cfg``; start (and close) a cluster if needed.
+
+    ``client`` reuses an existing Dask client.  Without one, a cluster is started when the
+    backend is data-parallel or ``need_cluster`` is true (a trial-parallel search).
+    """
+    cls = get_backend(cfg.backend)
+    cls.check_available()
+    want = need_cluster if need_cluster is not None else cls.parallelism == "data"
+    options = {"persist": cfg.data.persist, "chunk_rows": cfg.data.chunk_rows}
+    if client is not None or not want:
+        yield cls(client=client, **options), client
+        return
+    with dask_client(cfg.cluster, gpu=cls.device == "gpu") as c:
+        yield cls(client=c, **options), c
+
+
+def log_fit(
+    run_id: str,
+    cfg: ExperimentConfig,
+    dataset: Dataset,
+    result: FitResult,
+    metrics: dict[str, float],
+    X: Any = None,
+    backend: KMeansBackend | None = None,
+    artifact_path: str = "centroids",
+) -> None:
+    """Metrics, centroids (CSV + .npy) and, if enabled, the centroid plot for one fit."""
+    log_metrics(run_id, metrics)
+    plot_data = None
+    if cfg.tracking.log_plot and X is not None and backend is not None:
+        hX, hlabels = backend.host_view(X, result.labels)
+        plot_data = sample_rows(hX, hlabels, cfg.tracking.plot_sample, cfg.metrics.seed)
+    log_centroids(
+        run_id,
+        result.centers,
+        dataset.feature_names,
+        plot_data,
+        artifact_path=artifact_path,
+        title=f"{cfg.name}: {cfg.backend}, k={len(result.centers)}",
+    )
+
+
+def run_params(cfg: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:
+    """Every effective setting plus the data's shape, as MLflow params."""
+    params = {k: v for k, v in cfg.flat().items() if not k.startswith("search.")}
+    params.update(
+        {"data.rows": dataset.n_samples, "data.features": dataset.n_features, "data.name": dataset.name}
+    )
+    return params
+
+
+def train(cfg: ExperimentConfig, client: Any = None, run_name: str | None = None) -> TrainOutcome:
+    """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.backend`` inside one MLflow run.
+
+    The run is started first, so that any later failure (bad data, missing GPU, ...) ends it
+    FAILED with the reason in its ``error`` tag.
+    """
+    name = run_name or f"train-{cfg.backend}-k{cfg.model.n_clusters}"
+    with tracked_run(cfg.experiment_name, name, {"entry_point": "train", "config": str(cfg.source_path)}) as run_id:
+        with backend_session(cfg, client) as (backend, dclient):
+            log_tags(run_id, tags_for(backend, client_info(dclient) if dclient else None))
+            dataset = load_dataset(cfg.data)
+            log_params(run_id, run_params(cfg, dataset))
+            log_dataset(run_id, dataset)
+            backend.validate(cfg.model, dataset.n_samples)
+            X = backend.prepare(dataset)
+            result, metrics = fit_and_score(backend, X, cfg.model, cfg.metrics, dataset.y)
+            log_fit(run_id, cfg, dataset, result, metrics, X, backend)
+        return TrainOutcome(run_id=run_id, result=result, metrics=metrics, backend=cfg.backend)
