@@ -112,7 +112,13 @@ def log_fit(
 
 def run_params(cfg: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:
     """Every effective setting plus the data's shape, as MLflow params."""
-    params = {k: v for k, v in cfg.flat().items() if not k.startswith("search.")}
+    # Top-level keys get a prefix: `mlflow run` already logs its -P values ("backend", ...)
+    # as params, and MLflow refuses to change a logged param.
+    params = {
+        (k if "." in k else f"experiment.{k}"): v
+        for k, v in cfg.flat().items()
+        if not k.startswith("search.")
+    }
     params.update(
         {"data.rows": dataset.n_samples, "data.features": dataset.n_features, "data.name": dataset.name}
     )

@@ -1,0 +1,11 @@
+"""Hyperparameter search over any backend: Optuna (ask/tell) or scikit-learn CV on joblib-dask.
+
+Trials run trial-parallel (one per Dask worker) or data-parallel (one fit over the cluster);
+the driver is the only MLflow writer; studies persist in an RDB and can be resumed.
+"""
+
+from __future__ import annotations
+
+from toolkit.search.runner import SearchOutcome, search
+
+__all__ = ["SearchOutcome", "search"]

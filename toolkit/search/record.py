@@ -1,0 +1,102 @@
+"""What a search writes to MLflow: one child run per trial, and the parent's summary.
+
+Only the driver calls these (one writer), so sqlite never sees concurrent writers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from toolkit.tracking import log_centroids
+from toolkit.tracking.runs import client
+
+__all__ = ["log_figure", "log_table", "log_trial_run", "trial_run_name"]
+
+
+def trial_run_name(study_name: str, number: int) -> str:
+    """Predictable child run names: ``<study>-trial-007``."""
+    return f"{study_name}-trial-{number:03d}"
+
+
+def log_trial_run(
+    parent_run_id: str,
+    study_name: str,
+    number: int,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, Any],
+    status: str,
+    started: float,
+    finished: float,
+    centers: np.ndarray | None = None,
+    feature_names: list[str] | None = None,
+    error: str | None = None,
+) -> str:
+    """Create a finished child run for one trial (its real start and end times) and return its id.
+
+    The child lives in its parent's experiment (under ``mlflow run`` that is the experiment
+    ``mlflow run`` chose, not necessarily the config's).
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    c = client()
+    exp_id = _experiment_of(parent_run_id)
+    all_tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "optuna.study_name": study_name,
+        "optuna.trial_number": str(number),
+        "trial.state": status,
+        **{k: str(v) for k, v in tags.items()},
+    }
+    if error:
+        all_tags["error"] = error[:4000]
+    run = c.create_run(
+        exp_id, start_time=int(started * 1000), tags=all_tags, run_name=trial_run_name(study_name, number)
+    )
+    run_id = run.info.run_id
+    now = int(finished * 1000)
+    c.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ],
+        params=[Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag("trial.duration_s", f"{finished - started:.3f}")],
+    )
+    if centers is not None:
+        log_centroids(run_id, centers, feature_names, None)
+    c.set_terminated(run_id, status=status, end_time=now)
+    return run_id
+
+
+@functools.lru_cache(maxsize=64)
+def _experiment_of(run_id: str) -> str:
+    return client().get_run(run_id).info.experiment_id
+
+
+def log_figure(run_id: str, fig: Any, name: str) -> None:
+    """Save a matplotlib figure as ``plots/<name>`` on the run and close it."""
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fig.savefig(os.path.join(tmp, name), dpi=90)
+        plt.close(fig)
+        client().log_artifact(run_id, os.path.join(tmp, name), "plots")
+
+
+def log_table(run_id: str, rows: Sequence[Mapping[str, Any]] | Any, name: str) -> None:
+    """A table (records or a DataFrame) as a CSV artifact under ``search/``."""
+    import pandas as pd
+
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    with tempfile.TemporaryDirectory() as tmp:
+        frame.to_csv(os.path.join(tmp, name), index=False)
+        client().log_artifact(run_id, os.path.join(tmp, name), "search")
+

@@ -1,0 +1,377 @@
+"""The search: a parent MLflow run, trials on the cluster, the best model refitted.
+
+``search(cfg)`` is the main job of the project.  Flow:
+
+1. open (or resume) the Optuna study and the MLflow parent run (reused on resume; under
+   ``mlflow run`` the run ``mlflow run`` created is the parent);
+2. load the data once, place it for the backend, and pick trial- or data-parallel execution;
+3. ask/tell loop (Optuna) or ``GridSearchCV``/``RandomizedSearchCV`` on joblib-dask;
+   every finished trial becomes a child run written by this driver alone;
+4. summary on the parent: best params/value, trial counts, plots, tables; the best
+   parameters refitted on the full data and logged as the parent's model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from toolkit.backends import FitResult, KMeansBackend, get_backend
+from toolkit.cluster import client_info
+from toolkit.config import ExperimentConfig, ModelConfig
+from toolkit.console import progress, say
+from toolkit.data import Dataset, load_dataset
+from toolkit.errors import ConfigError
+from toolkit.metrics import METRIC_DIRECTIONS
+from toolkit.search import record
+from toolkit.search.space import check_space, model_for, suggest
+from toolkit.search.study import PARENT_ATTR, open_study, stale_trials
+from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, TrialResult
+from toolkit.tracking import (
+    log_dataset,
+    log_metrics,
+    log_params,
+    log_tags,
+    tags_for,
+    tracked_run,
+)
+from toolkit.train import backend_session, fit_and_score, log_fit, run_params
+
+__all__ = ["SearchOutcome", "search"]
+
+
+@dataclass
+class SearchOutcome:
+    """What a search leaves for the caller (and the registry step)."""
+
+    parent_run_id: str
+    study_name: str
+    experiment: str
+    objective: str
+    direction: str
+    best_params: dict[str, Any]
+    best_value: float
+    counts: dict[str, int]
+    best_fit: FitResult | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _mode(cfg: ExperimentConfig, cls: type[KMeansBackend]) -> str:
+    mode = cls.parallelism if cfg.search.parallelism == "auto" else cfg.search.parallelism
+    if mode == "trial" and cls.parallelism == "data":
+        raise ConfigError(
+            f"backend {cls.name!r} is data-parallel (one fit spans the cluster); it cannot run trial-parallel",
+            "set search.parallelism=data or auto, or use a single-device backend (sklearn, cuml)",
+        )
+    return mode
+
+
+def _trial_params(model: ModelConfig) -> dict[str, Any]:
+    return model.model_dump()
+
+
+def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_names: list[str]) -> int:
+    """Mark trials a dead driver left RUNNING as FAILED (Optuna state and a child run)."""
+    from optuna.trial import TrialState
+
+    stale = stale_trials(study)
+    for t in stale:
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+        record.log_trial_run(
+            parent_run_id, study.study_name, t.number,
+            {k: v for k, v in t.params.items()}, {}, {"backend": cfg.backend}, "FAILED",
+            started, time.time(), None, feature_names,
+            error="interrupted: the search driver stopped before this trial finished",
+        )
+    return len(stale)
+
+
+class _Loop:
+    """Shared bookkeeping for both strategies: child runs, progress, best-so-far."""
+
+    def __init__(self, cfg: ExperimentConfig, parent_run_id: str, study_name: str, dataset: Dataset,
+                 direction: str, total: int, base_tags: dict[str, str]) -> None:
+        self.cfg = cfg
+        self.parent = parent_run_id
+        self.study_name = study_name
+        self.dataset = dataset
+        self.direction = direction
+        self.base_tags = base_tags
+        self.rows: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.bar = progress(total, f"search {study_name}")
+        self.t0 = time.time()
+
+    def better(self, value: float, than: float | None) -> bool:
+        if than is None:
+            return True
+        return value > than if self.direction == "maximize" else value < than
+
+    def finish_trial(self, number: int, res: TrialResult, value: float | None, extra_tags: dict[str, str]) -> None:
+        status = "FINISHED" if res.ok and value is not None else "FAILED"
+        metrics = dict(res.metrics)
+        if value is not None:
+            metrics["objective"] = value
+        tags = {**self.base_tags, "trial.worker": res.worker, **extra_tags}
+        run_id = record.log_trial_run(
+            self.parent, self.study_name, number, _trial_params(res.params),
+            metrics, tags, status, res.started, res.finished, res.centers, self.dataset.feature_names,
+            error=res.error,
+        )
+        row = {"number": number, "state": status, "run_id": run_id, "value": value,
+               "duration_s": res.finished - res.started, "worker": res.worker, "error": res.error,
+               **{f"params_{k}": v for k, v in res.params.model_dump().items()},
+               **{f"metric_{k}": v for k, v in res.metrics.items()}}
+        self.rows.append(row)
+        if value is not None and self.better(value, self.best):
+            self.best = value
+        self.bar.update(1)
+        self.bar.set_postfix(best=f"{self.best:.4g}" if self.best is not None else "-", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_to_run: int) -> None:
+    from optuna.trial import TrialState
+
+    objective = cfg.search.objective
+    in_flight: dict[int, Any] = {}
+    asked = finished = 0
+    while finished < n_to_run:
+        while runner.pending() < runner.slots and asked < n_to_run:
+            trial = study.ask()
+            params = model_for(cfg.model, suggest(trial, cfg.search), seed=cfg.model.random_state + trial.number)
+            in_flight[trial.number] = trial
+            runner.submit(trial.number, params)
+            asked += 1
+        for res in runner.results():
+            trial = in_flight.pop(res.key)
+            value = res.metrics.get(objective) if res.ok else None
+            if value is not None and not math.isfinite(value):
+                res.error = res.error or f"objective {objective} is undefined (NaN) for this clustering"
+                value = None
+            if value is None:
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, value)
+            loop.finish_trial(res.key, res, value, {"optuna.trial_id": str(trial._trial_id)})
+            finished += 1
+
+
+def _cv_loop(cfg: ExperimentConfig, X: np.ndarray, y: Any, client: Any, loop: _Loop) -> Any:
+    from toolkit.search.sklearn_cv import run_cv_search
+
+    cv = run_cv_search(cfg, X, y, client)
+    res_table = cv.cv_results_
+    n = len(res_table["params"])
+    loop.bar.reset(total=n)
+    now = time.time()
+    for i in range(n):
+        score = res_table["mean_test_score"][i]
+        value = None if not np.isfinite(score) else cv.scorer_natural(score)
+        params = model_for(cfg.model, dict(res_table["params"][i]))
+        fit_s = float(res_table["mean_fit_time"][i])
+        tr = TrialResult(i, params, metrics={
+            f"cv_{cfg.search.objective}": value if value is not None else math.nan,
+            "cv_std": float(res_table["std_test_score"][i]),
+            "mean_fit_time": fit_s,
+            "mean_score_time": float(res_table["mean_score_time"][i]),
+        }, started=now, finished=now + fit_s * cfg.search.cv, worker="dask-joblib",
+            error=None if value is not None else "every CV fold failed or scored NaN")
+        loop.finish_trial(i, tr, value, {"cv.rank": str(res_table["rank_test_score"][i])})
+    return cv
+
+
+def _summarise(cfg: ExperimentConfig, loop: _Loop, parent: str, study: Any | None, cv: Any | None) -> dict[str, int]:
+    import pandas as pd
+
+    from toolkit.tracking.plots import elbow_plot, history_plot, importance_plot
+
+    rows = loop.rows
+    if study is not None:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        counts = {
+            "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+            "failed": sum(t.state == TrialState.FAIL for t in trials),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        }
+        values = [t.value for t in sorted(trials, key=lambda t: t.number) if t.state == TrialState.COMPLETE]
+        table = pd.DataFrame(
+            [{"number": t.number, "state": t.state.name, "value": t.value,
+              **{f"params_{k}": v for k, v in t.params.items()}} for t in trials]
+        )
+        try:
+            import optuna
+
+            if counts["complete"] >= 2:
+                imp = optuna.importance.get_param_importances(study)
+                if imp:
+                    record.log_figure(parent, importance_plot(imp), "param_importance.png")
+                    log_metrics(parent, {f"importance.{k}": v for k, v in imp.items()})
+        except Exception as exc:  # one varied parameter, constant values...: Optuna cannot rank
+            log_tags(parent, {"search.importance": f"not computed: {str(exc).splitlines()[0][:200]}"})
+    else:
+        counts = {
+            "complete": sum(r["state"] == "FINISHED" for r in rows),
+            "failed": sum(r["state"] == "FAILED" for r in rows),
+            "pruned": 0,
+        }
+        values = [r["value"] for r in rows if r["value"] is not None]
+        table = pd.DataFrame(cv.cv_results_).drop(columns=["params"])
+        record.log_table(parent, table, "cv_results.csv")
+    if values:
+        record.log_figure(parent, history_plot(values, loop.direction, cfg.search.objective), "optimization_history.png")
+    record.log_table(parent, rows, "trials.csv")
+    if study is not None:
+        record.log_table(parent, table, "study_trials.csv")
+    # Elbow: the best objective and its inertia for each n_clusters tried.
+    by_k: dict[int, tuple[float, float]] = {}
+    for r in rows:
+        if r["value"] is None:
+            continue
+        k = int(r["params_n_clusters"])
+        inertia = r.get("metric_inertia", math.nan)
+        if loop.better(r["value"], by_k[k][0] if k in by_k else None):
+            by_k[k] = (r["value"], inertia if inertia is not None else math.nan)
+    if by_k:
+        ks = sorted(by_k)
+        record.log_figure(parent, elbow_plot(ks, [by_k[k][0] for k in ks], [by_k[k][1] for k in ks],
+                                             cfg.search.objective), "elbow.png")
+    log_metrics(parent, {f"trials_{k}": v for k, v in counts.items()})
+    return counts
+
+
+def search(
+    cfg: ExperimentConfig,
+    client: Any = None,
+    on_best: Callable[[SearchOutcome, KMeansBackend, Any, Dataset], None] | None = None,
+) -> SearchOutcome:
+    """Run the configured hyperparameter search and return where its record is.
+
+    Args:
+        cfg: experiment config (``search`` section: strategy, space, objective, resume...).
+        client: an existing Dask client to reuse; by default a cluster is started and closed.
+        on_best: called with the outcome, backend, prepared data and dataset after the best
+            model is refitted, inside the parent run (the registry step hooks in here).
+    """
+    cls = get_backend(cfg.backend)
+    cls.check_available()
+    mode = _mode(cfg, cls)
+    objective = cfg.search.objective
+    direction = METRIC_DIRECTIONS[objective]
+    use_optuna = cfg.search.strategy == "optuna" or cfg.backend != "sklearn"
+
+    study = None
+    resumed = False
+    parent_to_resume = None
+    if use_optuna:
+        study, resumed = open_study(cfg, direction)
+        parent_to_resume = study.user_attrs.get(PARENT_ATTR) if resumed else None
+        study_name = study.study_name
+    else:
+        study_name = f"{cfg.name}-{cfg.backend}-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    outer_run = os.environ.get("MLFLOW_RUN_ID")
+    if parent_to_resume and outer_run and outer_run != parent_to_resume:
+        # Under `mlflow run`, the new run records where the resumed search lives, then ends.
+        log_tags(outer_run, {"search.resumed_parent_run_id": parent_to_resume, "search.study_name": study_name})
+    tags = {"entry_point": "search", "search.study_name": study_name, "search.strategy": cfg.search.strategy,
+            "search.objective": objective, "search.direction": direction, "search.parallelism": mode,
+            "config": str(cfg.source_path)}
+    with tracked_run(cfg.experiment_name, study_name, tags, resume_run_id=parent_to_resume) as parent:
+        if study is not None:
+            study.set_user_attr(PARENT_ATTR, parent)
+        with backend_session(cfg, client, need_cluster=True) as (backend, dclient):
+            log_tags(parent, tags_for(backend, client_info(dclient) if dclient else None))
+            dataset = load_dataset(cfg.data)
+            params = run_params(cfg, dataset)
+            params.update({k: v for k, v in cfg.flat().items() if k.startswith("search.")})
+            if not resumed:
+                log_params(parent, params)
+                log_dataset(parent, dataset)
+            check_space(cfg.search, backend, dataset.n_samples, dataset.y is not None)
+            backend.validate(cfg.model, dataset.n_samples)
+            X = backend.prepare(dataset)
+            base_tags = {"backend": cfg.backend, "search.parallelism": mode}
+
+            n_stale = _fail_stale(cfg, study, parent, dataset.feature_names) if (study and resumed) else 0
+            if use_optuna:
+                from optuna.trial import TrialState
+
+                done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+                n_to_run = max(0, cfg.search.n_trials - done)
+                if resumed:
+                    say(f"resuming study {study_name}: {done} trials done ({n_stale} interrupted), {n_to_run} to run")
+            else:
+                n_to_run = cfg.search.n_trials
+            loop = _Loop(cfg, parent, study_name, dataset, direction, n_to_run, base_tags)
+            cv = None
+            try:
+                if use_optuna:
+                    if mode == "trial":
+                        runner: Any = TrialParallelRunner(dclient, cfg.backend, np.asarray(X), dataset.y, cfg.metrics)
+                    else:
+                        runner = DataParallelRunner(backend, X, dataset.y, cfg.metrics)
+                    _optuna_loop(cfg, study, runner, loop, n_to_run)
+                else:
+                    cv = _cv_loop(cfg, np.asarray(X), dataset.y, dclient, loop)
+            finally:
+                loop.close()
+            counts = _summarise(cfg, loop, parent, study, cv)
+            best_params, best_value = _best(study, loop, direction)
+            if best_params is None:
+                raise ConfigError(
+                    f"no trial of {study_name} finished ({counts['failed']} failed); see the child runs' error tags",
+                    "fix the cause shown there, or widen search.space",
+                )
+            log_params(parent, {f"best.{k}": v for k, v in best_params.items()})
+            log_metrics(parent, {f"best_{objective}": best_value, "best_value": best_value})
+            outcome = SearchOutcome(parent, study_name, cfg.experiment_name, objective, direction,
+                                    best_params, best_value, counts, resumed=resumed, trials=loop.rows)
+            if cfg.search.refit:
+                best_model = model_for(cfg.model, {k: v for k, v in best_params.items() if k != "random_state"},
+                                       seed=best_params.get("random_state"))
+                fit, metrics = fit_and_score(backend, X, best_model, cfg.metrics, dataset.y)
+                log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model")
+                outcome.best_fit, outcome.best_metrics = fit, metrics
+            if on_best is not None:
+                on_best(outcome, backend, X, dataset)
+    return outcome
+
+
+def _best(study: Any, loop: _Loop, direction: str) -> tuple[dict[str, Any] | None, float]:
+    """Best trial's full model params and value (from the study when there is one)."""
+    rows = [r for r in loop.rows if r["value"] is not None]
+    if study is not None:
+        from optuna.trial import TrialState
+
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return None, math.nan
+        best = study.best_trial
+        match = [r for r in rows if r["number"] == best.number]
+        if match:
+            row = match[0]
+        else:  # best trial ran before a resume: rebuild its params from the study
+            params = {**loop.cfg.model.model_dump(), **best.params,
+                      "random_state": loop.cfg.model.random_state + best.number}
+            return params, float(best.value)
+    else:
+        if not rows:
+            return None, math.nan
+        pick = max if direction == "maximize" else min
+        row = pick(rows, key=lambda r: r["value"])
+    params = {k[len("params_"):]: v for k, v in row.items() if k.startswith("params_")}
+    return params, float(row["value"])
+

@@ -1,0 +1,96 @@
+"""Grid and random search with scikit-learn's ``GridSearchCV`` / ``RandomizedSearchCV``,
+run on the Dask cluster through ``joblib.parallel_backend("dask")`` (the Dask-ML tutorial
+pattern).  KMeans' own ``score`` (negative inertia) always prefers more clusters, so the
+search scores held-out folds with a clustering metric instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from toolkit.config import ExperimentConfig
+from toolkit.metrics import METRIC_DIRECTIONS
+
+__all__ = ["ClusterScorer", "run_cv_search"]
+
+
+class ClusterScorer:
+    """``scorer(estimator, X, y)`` for a clustering objective; greater is better (sklearn's rule).
+
+    Minimised metrics (Davies-Bouldin) are negated; :meth:`natural` undoes that for reporting.
+    """
+
+    def __init__(self, objective: str, sample: int = 2_000, seed: int = 0) -> None:
+        self.objective = objective
+        self.sample = sample
+        self.seed = seed
+        self.sign = 1.0 if METRIC_DIRECTIONS[objective] == "maximize" else -1.0
+
+    def __call__(self, estimator: Any, X: Any, y: Any = None) -> float:
+        from sklearn import metrics as skm
+
+        X = np.asarray(X)
+        labels = estimator.predict(X)
+        if self.objective == "adjusted_rand":
+            return float(skm.adjusted_rand_score(y, labels))
+        if len(np.unique(labels)) < 2:
+            return float("nan")
+        if self.objective == "silhouette":
+            size = min(self.sample, len(X))
+            value = skm.silhouette_score(X, labels, sample_size=size, random_state=self.seed)
+        elif self.objective == "davies_bouldin":
+            value = skm.davies_bouldin_score(X, labels)
+        else:
+            value = skm.calinski_harabasz_score(X, labels)
+        return self.sign * float(value)
+
+    def natural(self, score: float) -> float:
+        return self.sign * float(score)
+
+
+def _distributions(cfg: ExperimentConfig) -> dict[str, Any]:
+    from scipy import stats
+
+    from toolkit.config import FloatRange
+
+    space = cfg.search.space
+    out: dict[str, Any] = {
+        "n_clusters": list(range(space.n_clusters.low, space.n_clusters.high + 1, space.n_clusters.step))
+    }
+    for key in ("init", "max_iter", "n_init"):
+        if getattr(space, key):
+            out[key] = list(getattr(space, key))
+    for key in ("tol",):
+        spec = getattr(space, key)
+        if isinstance(spec, FloatRange):
+            out[key] = (stats.loguniform if spec.log else stats.uniform)(spec.low, spec.high if spec.log else spec.high - spec.low)
+        elif spec:
+            out[key] = list(spec)
+    return out
+
+
+def run_cv_search(cfg: ExperimentConfig, X: np.ndarray, y: np.ndarray | None, client: Any) -> Any:
+    """Fit the CV search on the cluster; return the fitted ``*SearchCV`` (``refit=False``)."""
+    import joblib
+    from sklearn.model_selection import GridSearchCV, KFold, RandomizedSearchCV
+
+    from toolkit.backends.scikit import sklearn_estimator
+    from toolkit.search.space import grid_values
+
+    scorer = ClusterScorer(cfg.search.objective, cfg.metrics.silhouette_sample, cfg.metrics.seed)
+    cv = KFold(n_splits=cfg.search.cv, shuffle=True, random_state=cfg.search.seed)
+    base = sklearn_estimator(cfg.model)
+    common = dict(scoring=scorer, cv=cv, refit=False, error_score=np.nan, n_jobs=-1, return_train_score=False)
+    if cfg.search.strategy == "grid":
+        grid = {k: v for k, v in grid_values(cfg.search).items() if k != "oversampling_factor"}
+        search = GridSearchCV(base, grid, **common)
+    else:
+        search = RandomizedSearchCV(
+            base, _distributions(cfg), n_iter=cfg.search.n_trials, random_state=cfg.search.seed, **common
+        )
+    with joblib.parallel_backend("dask", client=client) if client is not None else joblib.parallel_backend("loky"):
+        search.fit(X, y)
+    search.scorer_natural = scorer.natural
+    return search

@@ -1,0 +1,104 @@
+"""The search space: checked against the backend up front, sampled by Optuna or enumerated.
+
+A trial's parameters are the ``model`` section with the space's entries replaced; the result
+is always a full :class:`~toolkit.config.ModelConfig`, so a trial is an ordinary fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolkit.config import FloatRange, ModelConfig, SearchConfig
+from toolkit.errors import ConfigError
+
+__all__ = ["check_space", "grid_values", "model_for", "suggest"]
+
+_SPACE_KEYS = ("n_clusters", "init", "max_iter", "tol", "n_init", "oversampling_factor")
+
+
+def check_space(search: SearchConfig, backend: Any, n_samples: int, has_labels: bool) -> None:
+    """Reject what the backend or the data cannot do, before any trial runs."""
+    space = search.space
+    bad = [i for i in (space.init or []) if i not in backend.inits]
+    if bad:
+        raise ConfigError(
+            f"search.space.init has {bad}, which backend {backend.name!r} does not support",
+            f"use only {', '.join(backend.inits)}",
+        )
+    if space.n_clusters.high > n_samples:
+        raise ConfigError(
+            f"search.space.n_clusters.high={space.n_clusters.high} exceeds the {n_samples} samples",
+            f"set search.space.n_clusters.high <= {n_samples}",
+        )
+    if space.n_clusters.low < 2 and search.objective in ("silhouette", "davies_bouldin", "calinski_harabasz"):
+        raise ConfigError(
+            f"objective {search.objective} needs at least 2 clusters but search.space.n_clusters.low=1",
+            "set search.space.n_clusters.low >= 2",
+        )
+    if search.objective == "adjusted_rand" and not has_labels:
+        raise ConfigError(
+            "objective adjusted_rand needs ground-truth labels, which this data has none of",
+            "use silhouette, davies_bouldin or calinski_harabasz, or set data.label_column",
+        )
+
+
+def _float_choice(trial: Any, name: str, spec: Any) -> float:
+    if isinstance(spec, FloatRange):
+        return trial.suggest_float(name, spec.low, spec.high, log=spec.log)
+    return trial.suggest_categorical(name, list(spec))
+
+
+def suggest(trial: Any, search: SearchConfig) -> dict[str, Any]:
+    """Ask an Optuna trial for every parameter the space varies."""
+    space = search.space
+    out: dict[str, Any] = {
+        "n_clusters": trial.suggest_int(
+            "n_clusters", space.n_clusters.low, space.n_clusters.high, step=space.n_clusters.step
+        )
+    }
+    if space.init:
+        out["init"] = trial.suggest_categorical("init", list(space.init))
+    if space.max_iter:
+        out["max_iter"] = trial.suggest_categorical("max_iter", list(space.max_iter))
+    if space.n_init:
+        out["n_init"] = trial.suggest_categorical("n_init", list(space.n_init))
+    if space.tol is not None:
+        out["tol"] = _float_choice(trial, "tol", space.tol)
+    if space.oversampling_factor is not None:
+        out["oversampling_factor"] = _float_choice(trial, "oversampling_factor", space.oversampling_factor)
+    return out
+
+
+def grid_values(search: SearchConfig, n_points: int = 4) -> dict[str, list[Any]]:
+    """The space as lists (ranges become ``n_points`` evenly spaced values), for grid search."""
+    import numpy as np
+
+    space = search.space
+    grid: dict[str, list[Any]] = {"n_clusters": space.n_clusters.values()}
+    for key in ("init", "max_iter", "n_init"):
+        value = getattr(space, key)
+        if value:
+            grid[key] = list(value)
+    for key in ("tol", "oversampling_factor"):
+        spec = getattr(space, key)
+        if isinstance(spec, FloatRange):
+            pts = (
+                np.geomspace(spec.low, spec.high, n_points)
+                if spec.log
+                else np.linspace(spec.low, spec.high, n_points)
+            )
+            grid[key] = [float(v) for v in pts]
+        elif spec:
+            grid[key] = [float(v) for v in spec]
+    return grid
+
+
+def model_for(base: ModelConfig, params: dict[str, Any], seed: int | None = None) -> ModelConfig:
+    """``base`` with ``params`` applied (and a per-trial seed, so trials differ)."""
+    unknown = set(params) - set(_SPACE_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown search parameter(s) {sorted(unknown)}", f"use {', '.join(_SPACE_KEYS)}")
+    update = dict(params)
+    if seed is not None:
+        update["random_state"] = seed
+    return ModelConfig.model_validate({**base.model_dump(), **update})

@@ -1,0 +1,96 @@
+"""Optuna studies in persistent storage: naming, resuming, cleaning up after a crash.
+
+A fresh search gets a new study ``<base>`` (or ``<base>-2``, ``-3``... when that name is taken),
+so running the same command twice never mixes two searches; ``resume`` continues the newest
+study of that base name.  The study remembers its MLflow parent run in a user attribute.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from toolkit.config import ExperimentConfig
+from toolkit.errors import ConfigError
+
+__all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "open_study", "study_storage", "stale_trials"]
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def study_storage(url: str | None) -> Any:
+    """An Optuna RDB storage for ``url`` (default ``sqlite:///optuna.db``)."""
+    import optuna
+
+    url = url or DEFAULT_STORAGE
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot open Optuna storage {url!r}: {str(exc).splitlines()[0]}",
+            "set search.storage to a valid SQLAlchemy URL, e.g. sqlite:///optuna.db",
+        ) from None
+
+
+def _sampler(cfg: ExperimentConfig, offset: int) -> Any:
+    import optuna
+
+    from toolkit.search.space import grid_values
+
+    seed = cfg.search.seed + offset  # a resumed study must not replay the first run's draws
+    kind = "grid" if cfg.search.strategy == "grid" else cfg.search.sampler
+    if cfg.search.strategy == "random":
+        kind = "random"
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=5)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        return optuna.samplers.GridSampler(grid_values(cfg.search), seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    return optuna.samplers.QMCSampler(seed=seed)
+
+
+def _names(storage: Any, base: str) -> list[tuple[int, str]]:
+    import optuna
+
+    pattern = re.compile(rf"^{re.escape(base)}(?:-(\d+))?$")
+    found = []
+    for name in optuna.get_all_study_names(storage):
+        m = pattern.match(name)
+        if m:
+            found.append((int(m.group(1) or 1), name))
+    return sorted(found)
+
+
+def open_study(cfg: ExperimentConfig, direction: str) -> tuple[Any, bool]:
+    """Create a new study, or with ``search.resume`` load the newest one; return (study, resumed)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = study_storage(cfg.search.storage)
+    base = cfg.search.study_name or f"{cfg.name}-{cfg.backend}"
+    existing = _names(storage, base)
+    if cfg.search.resume and existing:
+        name = existing[-1][1]
+        n_done = len(optuna.load_study(study_name=name, storage=storage).trials)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, n_done))
+        if study.direction.name.lower() != direction:
+            raise ConfigError(
+                f"study {name!r} was created to {study.direction.name.lower()} but the objective "
+                f"{cfg.search.objective} needs {direction}",
+                "resume with the same objective, or start a new search (resume=false)",
+            )
+        return study, True
+    name = base if not existing else f"{base}-{existing[-1][0] + 1}"
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=_sampler(cfg, 0))
+    return study, False
+
+
+def stale_trials(study: Any) -> list[Any]:
+    """Trials left RUNNING by a driver that died (no other driver runs this study)."""
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))

@@ -1,0 +1,192 @@
+"""Running trials: where a fit happens, and what comes back to the driver.
+
+*Trial-parallel* (single-device backends: sklearn, cuml): the data is scattered once to every
+worker and each trial is one Dask task; several run at once, one per worker thread.
+*Data-parallel* (dask-ml, dask, cuml-dask): trials run one after another on the driver and each
+fit is spread over the whole cluster.  Either way a trial returns a small :class:`TrialResult`
+(centroids, metrics) and the driver alone writes MLflow runs.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from toolkit.config import MetricsConfig, ModelConfig
+
+__all__ = ["DataParallelRunner", "TrialParallelRunner", "TrialResult", "run_trial"]
+
+
+@dataclass
+class TrialResult:
+    """A finished trial, as sent back to the driver (small: no data, no labels)."""
+
+    key: Any
+    params: ModelConfig
+    metrics: dict[str, float] = field(default_factory=dict)
+    centers: np.ndarray | None = None
+    model: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    started: float = 0.0
+    finished: float = 0.0
+    worker: str = "driver"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_trial(
+    key: Any,
+    backend: Any,
+    X: Any,
+    params: ModelConfig,
+    metrics_cfg: MetricsConfig,
+    y: np.ndarray | None,
+    keep_model: bool = True,
+) -> TrialResult:
+    """Fit and score one parameter set; a failure is returned, not raised."""
+    from toolkit.train import fit_and_score
+
+    started = time.time()
+    try:
+        fit, metrics = fit_and_score(backend, X, params, metrics_cfg, y)
+    except Exception as exc:  # a failed trial is data for the driver, not a crash
+        res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__)
+        res.metrics = {}
+        res.started, res.finished = started, time.time()
+        if not hasattr(exc, "problem"):
+            res.error = res.error + " | " + traceback.format_exc(limit=3).replace("\n", " ")[-600:]
+        return res
+    return TrialResult(
+        key,
+        params,
+        metrics=metrics,
+        centers=fit.centers,
+        model=fit.model if keep_model else None,
+        started=started,
+        finished=time.time(),
+    )
+
+
+def _worker_trial(
+    key: Any,
+    backend_name: str,
+    X: np.ndarray,
+    params: ModelConfig,
+    metrics_cfg: MetricsConfig,
+    y: np.ndarray | None,
+) -> TrialResult:
+    """Task body on a worker: a local backend, BLAS/OpenMP threads limited to the worker's."""
+    from threadpoolctl import threadpool_limits
+
+    from toolkit.backends import get_backend
+    from toolkit.data import Dataset
+
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        nthreads, name = worker.state.nthreads, str(worker.address)
+    except (ImportError, ValueError):
+        nthreads, name = 1, "local"
+    backend = get_backend(backend_name)(client=None)
+    with threadpool_limits(limits=max(1, nthreads)):
+        prepared = backend.prepare(Dataset("trial", X, None, [], "scattered"))
+        res = run_trial(key, backend, prepared, params, metrics_cfg, y)
+    res.worker = name
+    return res
+
+
+def _warm_up(backend_name: str) -> None:
+    import threadpoolctl  # noqa: F401
+
+    import toolkit.train  # noqa: F401
+    from toolkit.backends import get_backend
+
+    get_backend(backend_name)
+
+
+class TrialParallelRunner:
+    """Many small fits at once, one Dask task per trial, data scattered once to all workers."""
+
+    mode = "trial"
+
+    def __init__(self, client: Any, backend_name: str, X: np.ndarray, y: np.ndarray | None,
+                 metrics_cfg: MetricsConfig) -> None:
+        self.client = client
+        self.backend_name = backend_name
+        self.metrics_cfg = metrics_cfg
+        # Import the fitting code on every worker now, in parallel, not inside the first trials.
+        client.run(_warm_up, backend_name)
+        # One copy per worker, not one per task.
+        self._X = client.scatter(np.asarray(X), broadcast=True, hash=False)
+        self._y = client.scatter(y, broadcast=True, hash=False) if y is not None else None
+        self._futures: dict[Any, Any] = {}
+
+    @property
+    def slots(self) -> int:
+        info = self.client.scheduler_info().get("workers", {})
+        return max(1, sum(w.get("nthreads", 1) for w in info.values()))
+
+    def submit(self, key: Any, params: ModelConfig) -> None:
+        fut = self.client.submit(
+            _worker_trial, key, self.backend_name, self._X, params, self.metrics_cfg, self._y,
+            pure=False, key=f"trial-{key}-{time.time_ns()}",
+        )
+        self._futures[fut] = (key, params, time.time())
+
+    def pending(self) -> int:
+        return len(self._futures)
+
+    def results(self) -> Iterator[TrialResult]:
+        """Yield results as trials finish (a lost worker becomes a failed trial)."""
+        from distributed import wait
+
+        while self._futures:
+            done, _ = wait(list(self._futures), return_when="FIRST_COMPLETED")
+            for fut in done:
+                key, params, started = self._futures.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as exc:
+                    res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__,
+                                      started=started, finished=time.time())
+                yield res
+            return  # give the driver a chance to submit more before waiting again
+
+
+class DataParallelRunner:
+    """One fit at a time on the driver; the backend spreads each fit over the cluster."""
+
+    mode = "data"
+    slots = 1
+
+    def __init__(self, backend: Any, X: Any, y: np.ndarray | None, metrics_cfg: MetricsConfig) -> None:
+        self.backend = backend
+        self.X = X
+        self.y = y
+        self.metrics_cfg = metrics_cfg
+        self._queue: list[tuple[Any, ModelConfig]] = []
+
+    def submit(self, key: Any, params: ModelConfig) -> None:
+        self._queue.append((key, params))
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def results(self) -> Iterator[TrialResult]:
+        if self._queue:
+            key, params = self._queue.pop(0)
+            yield run_trial(key, self.backend, self.X, params, self.metrics_cfg, self.y)
