@@ -36,7 +36,10 @@ def main() -> int:
     )
     say(f"best {out.objective} = {out.best_value:.4f} with {_short(out.best_params)}")
     if "adjusted_rand" in out.best_metrics:
-        say(f"best model adjusted Rand index vs ground truth: {out.best_metrics['adjusted_rand']:.4f}")
+        line = f"best model adjusted Rand index vs ground truth: {out.best_metrics['adjusted_rand']:.4f}"
+        if out.baseline is not None:
+            line += f"  (baseline scikit-learn KMeans with k = true classes: {out.baseline:.4f})"
+        say(line)
     say(f"experiment: {out.experiment}   parent run: {out.parent_run_id}")
     say(f"look: {run_url(out.parent_run_id)}")
     return 0

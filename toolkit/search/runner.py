@@ -61,6 +61,7 @@ class SearchOutcome:
     best_fit: FitResult | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
     resumed: bool = False
+    baseline: float | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -346,9 +347,24 @@ def search(
                 fit, metrics = fit_and_score(backend, X, best_model, cfg.metrics, dataset.y)
                 log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model")
                 outcome.best_fit, outcome.best_metrics = fit, metrics
+            if dataset.y is not None and not dataset.is_lazy:
+                outcome.baseline = _baseline_ari(dataset, cfg.model.random_state)
+                log_metrics(parent, {"baseline_adjusted_rand": outcome.baseline})
+                log_tags(parent, {"baseline": f"sklearn KMeans(n_clusters={len(np.unique(dataset.y))}, "
+                                              f"n_init=10, random_state={cfg.model.random_state})"})
             if on_best is not None:
                 on_best(outcome, backend, X, dataset)
     return outcome
+
+
+def _baseline_ari(dataset: Dataset, seed: int) -> float:
+    """Adjusted Rand index of plain scikit-learn KMeans with k = number of true classes."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    k = len(np.unique(dataset.y))
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(dataset.X)
+    return float(adjusted_rand_score(dataset.y, labels))
 
 
 def _best(study: Any, loop: _Loop, direction: str) -> tuple[dict[str, Any] | None, float]:
