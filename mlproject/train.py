@@ -9,13 +9,15 @@ from mlproject._cli import base_parser, load_config, run_main
 
 
 def main() -> int:
-    args = base_parser(__doc__.splitlines()[0]).parse_args()
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--register", default="false", help="true: register the native model and its twin")
+    args = parser.parse_args()
     cfg = load_config(args)
     from toolkit.console import say
     from toolkit.tracking import run_url
     from toolkit.train import train
 
-    outcome = train(cfg)
+    outcome = train(cfg, register=str(args.register).lower() in ("1", "true", "yes"))
     shown = {k: round(v, 4) for k, v in outcome.metrics.items()}
     say(f"train finished: backend={cfg.backend} k={cfg.model.n_clusters} metrics={shown}")
     say(f"run: {run_url(outcome.run_id)}")

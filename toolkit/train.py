@@ -125,8 +125,13 @@ def run_params(cfg: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:
     return params
 
 
-def train(cfg: ExperimentConfig, client: Any = None, run_name: str | None = None) -> TrainOutcome:
+def train(
+    cfg: ExperimentConfig, client: Any = None, run_name: str | None = None, register: bool = False
+) -> TrainOutcome:
     """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.backend`` inside one MLflow run.
+
+    With ``register``, the native model and its scikit-learn twin are logged and registered
+    under the config's registry names (see :mod:`toolkit.registry`).
 
     The run is started first, so that any later failure (bad data, missing GPU, ...) ends it
     FAILED with the reason in its ``error`` tag.
@@ -142,4 +147,8 @@ def train(cfg: ExperimentConfig, client: Any = None, run_name: str | None = None
             X = backend.prepare(dataset)
             result, metrics = fit_and_score(backend, X, cfg.model, cfg.metrics, dataset.y)
             log_fit(run_id, cfg, dataset, result, metrics, X, backend)
+            if register:
+                from toolkit.registry import register_fit
+
+                register_fit(cfg, backend, result, X, dataset, run_id)
         return TrainOutcome(run_id=run_id, result=result, metrics=metrics, backend=cfg.backend)

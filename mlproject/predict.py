@@ -1,0 +1,42 @@
+"""Entry point ``predict``: score CSV/Parquet files in parallel with a registered model.
+
+    mlflow run . -e predict -P model_uri=models:/blobs-kmeans-sklearn@champion \
+        -P input="data/*.parquet" -P output=predictions.parquet --env-manager local
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mlproject._cli import run_main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="score files with a registered k-means model")
+    parser.add_argument("--model-uri", required=True, help="models:/name@alias, models:/name/version, runs:/id/path")
+    parser.add_argument("--input", required=True, help="CSV/Parquet file, directory or glob")
+    parser.add_argument("--output", required=True, help="Parquet directory to write (must not exist)")
+    parser.add_argument("--columns", default="", help="comma-separated feature columns (default: all)")
+    parser.add_argument("--n-workers", default="2")
+    parser.add_argument("--scheduler-address", default="")
+    parser.add_argument("--overwrite", default="false")
+    args = parser.parse_args()
+
+    from toolkit.cluster import dask_client
+    from toolkit.config import ClusterConfig
+    from toolkit.console import say
+    from toolkit.serving import load_predictor, resolve, score_files
+
+    resolve(args.model_uri)  # fail on a bad URI before starting a cluster
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] or None
+    cfg = ClusterConfig(n_workers=int(args.n_workers or 2), scheduler_address=args.scheduler_address or None)
+    with dask_client(cfg) as client:
+        predictor = load_predictor(args.model_uri, client=client)
+        info = score_files(predictor, args.input, args.output, columns,
+                           overwrite=args.overwrite.lower() in ("1", "true", "yes"))
+    say(f"scored {info['files']} file(s) in {info['partitions']} partition(s) -> {info['output']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

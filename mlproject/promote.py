@@ -1,0 +1,44 @@
+"""Entry point ``promote``: move ``champion`` to ``challenger`` only if it scores better.
+
+    mlflow run . -e promote -P model_name=blobs-kmeans -P config=experiments/blobs.yaml --env-manager local
+"""
+
+from __future__ import annotations
+
+from mlproject._cli import base_parser, load_config, run_main
+
+
+def main() -> int:
+    parser = base_parser("promote a registered k-means model by alias", fields=())
+    parser.add_argument("--model-name", dest="model_name", required=True, help="registered model name")
+    parser.add_argument("--metric", default="", help="evaluation metric (default: registry.eval_metric)")
+    parser.add_argument("--force", default="false", help="true: promote even if the challenger loses")
+    args = parser.parse_args()
+    cfg = load_config(args)
+
+    from toolkit.console import say
+    from toolkit.data import load_dataset
+    from toolkit.registry import promote
+    from toolkit.tracking import log_metrics, log_params, log_tags, tracked_run
+
+    metric = args.metric or cfg.registry.eval_metric
+    with tracked_run(cfg.experiment_name, f"promote-{args.model_name}", {"entry_point": "promote"}) as run_id:
+        dataset = load_dataset(cfg.data)
+        X = dataset.X if not dataset.is_lazy else dataset.X.compute()
+        log_params(run_id, {"model_name": args.model_name, "metric": metric, "force": args.force,
+                            "eval.data": dataset.name, "eval.rows": dataset.n_samples})
+        res = promote(args.model_name, X, dataset.y, metric=metric,
+                      force=str(args.force).lower() in ("1", "true", "yes"), seed=cfg.metrics.seed)
+        log_metrics(run_id, {"challenger_score": res.challenger_score,
+                             **({"champion_score": res.champion_score} if res.champion_score is not None else {})})
+        log_tags(run_id, {"promotion.outcome": "promoted" if res.promoted else "rejected",
+                          "promotion.reason": res.reason,
+                          "promotion.challenger_version": res.challenger_version,
+                          "promotion.champion_version": str(res.champion_version)})
+    verdict = "promoted to champion" if res.promoted else "kept as challenger"
+    say(f"{res.name} v{res.challenger_version} {verdict}: {res.reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,39 @@
+"""Model registry: the native model and its scikit-learn twin, linked, promoted by alias.
+
+``flavor`` is the small MLflow flavor for native (cuML, dask-ml, dask) models; ``register``
+logs and registers both models; ``promote`` moves the ``champion`` alias when a challenger wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolkit.registry.promote import PromotionResult, promote
+from toolkit.registry.register import CHALLENGER, CHAMPION, Registered, log_and_register
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "PromotionResult",
+    "Registered",
+    "log_and_register",
+    "promote",
+    "register_fit",
+]
+
+
+def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id: str,
+                 search_parent_run_id: str | None = None) -> Registered:
+    """Log and register ``fit`` (a :class:`~toolkit.backends.FitResult`) under ``cfg``'s names."""
+    from toolkit.metrics import sample_rows
+
+    hX, hlabels = backend.host_view(X, fit.labels)
+    sample, _ = sample_rows(hX, hlabels, 2_000, cfg.metrics.seed)
+    native = backend.native_model(fit)
+    twin = backend.to_sklearn(native)
+    return log_and_register(
+        native, twin, run_id=run_id, backend=backend.name,
+        native_name=cfg.native_model_name, sklearn_name=cfg.sklearn_model_name,
+        sample=sample, feature_names=dataset.feature_names,
+        search_parent_run_id=search_parent_run_id, register=cfg.registry.register_best,
+    )

@@ -1,0 +1,226 @@
+"""Serving: from a model URI to a local or a distributed predictor.
+
+``load_predictor("models:/blobs-kmeans-sklearn@champion")`` gives a local predictor
+(scikit-learn on CPU; cuML where the model is native cuML and a GPU is present).
+``load_predictor(uri, client=client)`` gives a distributed one: for CPU models the scikit-learn
+model is broadcast to every worker once and each partition is predicted where it lives; for a
+registered single-GPU cuML model a ``cuml.dask.cluster.KMeans`` is rebuilt around it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import DataError, ModelError
+
+__all__ = ["DistributedPredictor", "LocalPredictor", "ModelSource", "load_predictor", "resolve"]
+
+
+@dataclass
+class ModelSource:
+    """A resolved model URI: where its files are and what kind of model it is."""
+
+    uri: str
+    local_path: str
+    flavors: dict[str, Any]
+    name: str | None = None
+    version: str | None = None
+    tags: dict[str, str] | None = None
+
+    @property
+    def is_native(self) -> bool:
+        return "kmeans_native" in self.flavors
+
+    @property
+    def device(self) -> str:
+        return self.flavors.get("kmeans_native", {}).get("device", "cpu")
+
+    def twin_hint(self) -> str | None:
+        tags = self.tags or {}
+        if tags.get("twin.name") and tags.get("twin.version"):
+            return f"its scikit-learn twin models:/{tags['twin.name']}/{tags['twin.version']}"
+        if self.name:
+            return f"its scikit-learn twin (registered model '{self.name}-sklearn' or the run's sklearn_model)"
+        return None
+
+
+def _version_of(uri: str) -> tuple[str | None, Any]:
+    """For ``models:/name@alias`` or ``models:/name/version``: (name, ModelVersion)."""
+    from toolkit.tracking.runs import client
+
+    if not uri.startswith("models:/"):
+        return None, None
+    body = uri[len("models:/"):]
+    c = client()
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        from toolkit.registry.promote import get_version
+
+        return name, get_version(name, alias)
+    name, _, ver = body.partition("/")
+    try:
+        c.get_registered_model(name)
+    except Exception:
+        raise ModelError(f"registered model {name!r} does not exist",
+                         "check the name (mlflow ui, Models tab) or register one with a search") from None
+    if ver.lower() == "latest" or not ver:
+        versions = c.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise ModelError(f"registered model {name!r} has no versions", "register one with a search")
+        return name, max(versions, key=lambda v: int(v.version))
+    try:
+        return name, c.get_model_version(name, ver)
+    except Exception:
+        raise ModelError(f"version {ver!r} of registered model {name!r} does not exist",
+                         f"use an existing version or an alias, e.g. models:/{name}@champion") from None
+
+
+def resolve(uri: str) -> ModelSource:
+    """Download ``uri`` (models:/, runs:/, or a local path) and read its MLmodel flavors."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    name, mv = _version_of(uri)
+    target = f"models:/{mv.name}/{mv.version}" if mv is not None else uri
+    try:
+        local = target if os.path.isdir(target) else download_artifacts(target)
+    except Exception as exc:
+        raise ModelError(f"cannot load model {uri!r}: {str(exc).splitlines()[0][:300]}",
+                         "check the URI (models:/name@alias, models:/name/version, runs:/id/path)") from None
+    if not os.path.exists(os.path.join(local, "MLmodel")):
+        raise ModelError(f"{uri!r} is not an MLflow model (no MLmodel file)", "point at a logged model")
+    flavors = Model.load(os.path.join(local, "MLmodel")).flavors
+    return ModelSource(uri, local, flavors, name, str(mv.version) if mv is not None else None,
+                       dict(mv.tags or {}) if mv is not None else None)
+
+
+def _load_model(src: ModelSource) -> Any:
+    if src.is_native:
+        from toolkit.registry.flavor import _load_local
+
+        return _load_local(src.local_path, src.twin_hint())
+    if "sklearn" in src.flavors:
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(src.local_path)
+    raise ModelError(f"{src.uri!r} has flavors {sorted(src.flavors)}, none of them k-means",
+                     "use a model registered by kmeans-lifecycle")
+
+
+def _check_features(model: Any, n_features: int, where: str) -> None:
+    expected = getattr(model, "n_features_in_", None)
+    if expected is None and getattr(model, "cluster_centers_", None) is not None:
+        expected = np.asarray(model.cluster_centers_).shape[1]
+    if expected is not None and int(expected) != int(n_features):
+        raise DataError(f"{where} has {n_features} feature column(s) but the model expects {expected}",
+                        "select the model's feature columns (data.columns / --columns)")
+
+
+def _numeric_frame(frame: Any, where: str) -> None:
+    import pandas as pd
+
+    bad = [str(c) for c, t in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
+    if bad:
+        raise DataError(f"{where} has non-numeric column(s): {', '.join(bad)}",
+                        "select numeric feature columns (--columns)")
+
+
+class LocalPredictor:
+    """Predicts in this process (scikit-learn, or cuML on a GPU)."""
+
+    def __init__(self, model: Any, source: ModelSource | None = None) -> None:
+        self.model = model
+        self.source = source
+
+    def predict(self, data: Any) -> np.ndarray:
+        if hasattr(data, "dtypes"):
+            _numeric_frame(data, "input")
+            data = data.to_numpy()
+        X = np.asarray(data, dtype=np.float32)
+        if X.ndim != 2:
+            raise DataError(f"input must be 2-D (rows x features), got shape {X.shape}", "reshape it")
+        _check_features(self.model, X.shape[1], "input")
+        from toolkit.convert import to_numpy
+
+        return to_numpy(self.model.predict(X)).astype(np.int32)
+
+
+def _predict_block(block: np.ndarray, model: Any) -> np.ndarray:
+    return np.asarray(model.predict(np.asarray(block, dtype=np.float32)), dtype=np.int32)
+
+
+def _predict_frame(frame: Any, model: Any) -> Any:
+    import pandas as pd
+
+    labels = model.predict(frame.to_numpy(dtype=np.float32)) if len(frame) else np.empty(0, np.int32)
+    return pd.Series(np.asarray(labels, dtype=np.int32), index=frame.index, name="label")
+
+
+class DistributedPredictor:
+    """Predicts partition by partition on a Dask cluster; the model is on every worker once."""
+
+    def __init__(self, model: Any, client: Any, source: ModelSource | None = None) -> None:
+        self.client = client
+        self.model = model
+        self.source = source
+        # Broadcast once; every task refers to this one key, so no worker receives it twice.
+        self.model_future = client.scatter(model, broadcast=True, hash=False)
+
+    def predict(self, data: Any) -> Any:
+        """Lazy labels: a Dask array for a Dask array, a Dask Series (same index) for a DataFrame."""
+        import dask.array as da
+        import dask.dataframe as dd
+
+        if isinstance(data, dd.DataFrame):
+            _numeric_frame(data._meta, "input")
+            _check_features(self.model, len(data.columns), "input")
+            import pandas as pd
+
+            meta = pd.Series(np.empty(0, np.int32), name="label")
+            return data.map_partitions(_predict_frame, self.model_future, meta=meta)
+        if isinstance(data, np.ndarray):
+            data = da.from_array(data, chunks=(max(1, len(data) // (2 * self._n_workers())), data.shape[1]))
+        if not isinstance(data, da.Array) or data.ndim != 2:
+            raise DataError("distributed input must be a 2-D Dask array or a Dask DataFrame",
+                            "wrap it with dask.array.from_array or dask.dataframe.from_pandas")
+        _check_features(self.model, data.shape[1], "input")
+        if data.chunks[1] != (data.shape[1],):
+            data = data.rechunk({1: -1})
+        return data.map_blocks(_predict_block, self.model_future, dtype=np.int32, drop_axis=1)
+
+    def _n_workers(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
+
+
+class _CumlDistributedPredictor:  # pragma: no cover - needs a GPU
+    """A ``cuml.dask.cluster.KMeans`` rebuilt from a registered single-GPU model."""
+
+    def __init__(self, model: Any, client: Any, source: ModelSource | None = None) -> None:
+        from toolkit.backends.cuml_dask import distributed_from_single
+
+        self.model = model
+        self.source = source
+        self.client = client
+        self.dist = distributed_from_single(model, client, datatype="cudf")
+
+    def predict(self, data: Any) -> Any:
+        return self.dist.predict(data)
+
+
+def load_predictor(uri: str, client: Any = None, scheduler_address: str | None = None) -> Any:
+    """A predictor for ``uri``: local by default, distributed given a client or scheduler address."""
+    src = resolve(uri)
+    model = _load_model(src)
+    if client is None and scheduler_address:
+        from distributed import Client
+
+        client = Client(scheduler_address, timeout="10s")
+    if client is None:
+        return LocalPredictor(model, src)
+    if src.device == "gpu":  # pragma: no cover - needs a GPU
+        return _CumlDistributedPredictor(model, client, src)
+    return DistributedPredictor(model, client, src)
