@@ -17,7 +17,7 @@ import numpy as np
 from toolkit.tracking import log_centroids
 from toolkit.tracking.runs import client
 
-__all__ = ["log_figure", "log_table", "log_trial_run", "trial_run_name"]
+__all__ = ["fail_running_children", "log_figure", "log_table", "log_trial_run", "trial_run_name"]
 
 
 def trial_run_name(study_name: str, number: int) -> str:
@@ -74,6 +74,21 @@ def log_trial_run(
         log_centroids(run_id, centers, feature_names, None)
     c.set_terminated(run_id, status=status, end_time=now)
     return run_id
+
+
+def fail_running_children(parent_run_id: str, reason: str) -> int:
+    """End as FAILED (with ``reason``) the child runs a killed driver left RUNNING mid-write."""
+    from toolkit.tracking.runs import mark_failed
+
+    c = client()
+    left = c.search_runs(
+        [_experiment_of(parent_run_id)],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    for run in left:
+        mark_failed(run.info.run_id, reason)
+    return len(left)
 
 
 @functools.lru_cache(maxsize=64)

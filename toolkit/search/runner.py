@@ -62,6 +62,7 @@ class SearchOutcome:
     best_metrics: dict[str, float] = field(default_factory=dict)
     resumed: bool = False
     baseline: float | None = None
+    loop_seconds: float = 0.0
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -79,12 +80,19 @@ def _trial_params(model: ModelConfig) -> dict[str, Any]:
     return model.model_dump()
 
 
+INTERRUPTED_ATTR = "interrupted"
+
+
 def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_names: list[str]) -> int:
     """Mark trials a dead driver left RUNNING as FAILED (Optuna state and a child run)."""
     from optuna.trial import TrialState
 
+    # A child run the dead driver was still writing (its trial already told to Optuna).
+    record.fail_running_children(parent_run_id, "interrupted: the search driver stopped while writing this run")
     stale = stale_trials(study)
     for t in stale:
+        # Remembered so that a resume re-runs it (an interrupted trial is not a finished one).
+        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         started = t.datetime_start.timestamp() if t.datetime_start else time.time()
         record.log_trial_run(
@@ -123,13 +131,18 @@ class _Loop:
         if value is not None:
             metrics["objective"] = value
         tags = {**self.base_tags, "trial.worker": res.worker, **extra_tags}
+        t_write = time.perf_counter()
         run_id = record.log_trial_run(
             self.parent, self.study_name, number, _trial_params(res.params),
             metrics, tags, status, res.started, res.finished, res.centers, self.dataset.feature_names,
             error=res.error,
         )
+        write_s = time.perf_counter() - t_write
+        # Overhead = scheduling (hand-off to result, minus the trial's own compute) + MLflow writes.
+        sched_s = max(0.0, (res.received - res.submitted) - (res.finished - res.started)) if res.received else 0.0
         row = {"number": number, "state": status, "run_id": run_id, "value": value,
                "duration_s": res.finished - res.started, "worker": res.worker, "error": res.error,
+               "schedule_s": sched_s, "mlflow_write_s": write_s, "overhead_s": sched_s + write_s,
                **{f"params_{k}": v for k, v in res.params.model_dump().items()},
                **{f"metric_{k}": v for k, v in res.metrics.items()}}
         self.rows.append(row)
@@ -309,16 +322,27 @@ def search(
 
             n_stale = _fail_stale(cfg, study, parent, dataset.feature_names) if (study and resumed) else 0
             if use_optuna:
+                from optuna.samplers import GridSampler
                 from optuna.trial import TrialState
 
-                done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+                from toolkit.search.space import grid_values
+
+                finished_trials = study.get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+                )
+                # Trials a killed driver left behind were failed above; they do not use up n_trials.
+                done = sum(not t.user_attrs.get(INTERRUPTED_ATTR) for t in finished_trials)
                 n_to_run = max(0, cfg.search.n_trials - done)
+                if isinstance(study.sampler, GridSampler):  # every grid point once, no repeats
+                    n_to_run = min(n_to_run, max(0, math.prod(map(len, grid_values(cfg.search).values()))
+                                                 - len(finished_trials)))
                 if resumed:
                     say(f"resuming study {study_name}: {done} trials done ({n_stale} interrupted), {n_to_run} to run")
             else:
                 n_to_run = cfg.search.n_trials
             loop = _Loop(cfg, parent, study_name, dataset, direction, n_to_run, base_tags)
             cv = None
+            t_loop = time.perf_counter()
             try:
                 if use_optuna:
                     if mode == "trial":
@@ -330,6 +354,10 @@ def search(
                     cv = _cv_loop(cfg, np.asarray(X), dataset.y, dclient, loop)
             finally:
                 loop.close()
+            loop_seconds = time.perf_counter() - t_loop
+            overheads = [r["overhead_s"] for r in loop.rows if r.get("overhead_s") is not None]
+            log_metrics(parent, {"search_seconds": loop_seconds,
+                                 **({"trial_overhead_median_s": float(np.median(overheads))} if overheads else {})})
             counts = _summarise(cfg, loop, parent, study, cv)
             best_params, best_value = _best(study, loop, direction)
             if best_params is None:
@@ -340,7 +368,8 @@ def search(
             log_params(parent, {f"best.{k}": v for k, v in best_params.items()})
             log_metrics(parent, {f"best_{objective}": best_value, "best_value": best_value})
             outcome = SearchOutcome(parent, study_name, cfg.experiment_name, objective, direction,
-                                    best_params, best_value, counts, resumed=resumed, trials=loop.rows)
+                                    best_params, best_value, counts, resumed=resumed, trials=loop.rows,
+                                    loop_seconds=loop_seconds)
             if cfg.search.refit:
                 best_model = model_for(cfg.model, {k: v for k, v in best_params.items() if k != "random_state"},
                                        seed=best_params.get("random_state"))

@@ -47,10 +47,26 @@ def _sampler(cfg: ExperimentConfig, offset: int) -> Any:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":
-        return optuna.samplers.GridSampler(grid_values(cfg.search), seed=seed)
+        return _ask_tell_grid_sampler()(grid_values(cfg.search), seed=seed)
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed)
     return optuna.samplers.QMCSampler(seed=seed)
+
+
+def _ask_tell_grid_sampler() -> type:
+    """``GridSampler`` for the ask/tell loop.
+
+    Optuna's ``GridSampler.after_trial`` calls ``study.stop()`` once the grid is covered, which
+    raises ``RuntimeError`` outside ``study.optimize``; here the loop itself counts trials (and
+    caps them at the grid size), so that stop is not wanted.
+    """
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskTellGridSampler
 
 
 def _names(storage: Any, base: str) -> list[tuple[int, str]]:

@@ -36,6 +36,9 @@ class TrialResult:
     started: float = 0.0
     finished: float = 0.0
     worker: str = "driver"
+    # Driver-side clock: when the trial was handed to a runner and its result came back.
+    submitted: float = 0.0
+    received: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -157,12 +160,13 @@ class TrialParallelRunner:
         while self._futures:
             done, _ = wait(list(self._futures), return_when="FIRST_COMPLETED")
             for fut in done:
-                key, params, started = self._futures.pop(fut)
+                key, params, submitted = self._futures.pop(fut)
                 try:
                     res = fut.result()
                 except Exception as exc:
                     res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__,
-                                      started=started, finished=time.time())
+                                      started=submitted, finished=time.time())
+                res.submitted, res.received = submitted, time.time()
                 yield res
             return  # give the driver a chance to submit more before waiting again
 
@@ -181,12 +185,14 @@ class DataParallelRunner:
         self._queue: list[tuple[Any, ModelConfig]] = []
 
     def submit(self, key: Any, params: ModelConfig) -> None:
-        self._queue.append((key, params))
+        self._queue.append((key, params, time.time()))
 
     def pending(self) -> int:
         return len(self._queue)
 
     def results(self) -> Iterator[TrialResult]:
         if self._queue:
-            key, params = self._queue.pop(0)
-            yield run_trial(key, self.backend, self.X, params, self.metrics_cfg, self.y)
+            key, params, submitted = self._queue.pop(0)
+            res = run_trial(key, self.backend, self.X, params, self.metrics_cfg, self.y)
+            res.submitted, res.received = submitted, time.time()
+            yield res

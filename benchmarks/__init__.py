@@ -1,0 +1,1 @@
+"""Benchmark suite (figures, not tests): ``python -m benchmarks.run``."""

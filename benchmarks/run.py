@@ -1,0 +1,434 @@
+"""Benchmark suite: every backend on the same data, same initial centroids, same iterations.
+
+    python -m benchmarks.run                       # all CPU sections, default sizes
+    python -m benchmarks.run --sections iteration --rows 1000000 --json out.json --mlflow
+    mlflow run . -e benchmark --env-manager local
+
+Sections (figures are medians over ``--repeats`` runs, ratios come from the same run):
+
+* ``iteration``  per-iteration time, end-to-end fit (with init) and peak memory of
+  scikit-learn, dask-ml and ``dask`` (plus ``cuml``/``cuml-dask`` where a GPU exists), and the
+  inertia of each against scikit-learn's from the same initial centroids.
+* ``scaling``    ``dask`` and scikit-learn per-iteration time over rows x workers.
+* ``search``     median per-trial overhead (scheduling + MLflow writes) on tiny fits, and the
+  trial-parallel speed-up of a search with 2 workers over 1.
+* ``outofcore``  ``dask`` with ``persist=False`` on Parquet files several times larger than the
+  workers' summed memory limit; peak worker memory against the limit.
+
+Speed targets live here, never in timed unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+GPU_BACKENDS = ("cuml", "cuml-dask")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _blobs(rows: int, features: int, k: int, seed: int = 0) -> np.ndarray:
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=rows, n_features=features, centers=k, cluster_std=1.0, random_state=seed)
+    return X.astype(np.float32)
+
+
+def _initial_centers(X: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    from sklearn.cluster import kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    sample = X[rng.choice(len(X), size=min(20_000, len(X)), replace=False)].astype(np.float64)
+    centers, _ = kmeans_plusplus(sample, k, random_state=seed)
+    return centers
+
+
+def _median(fn: Callable[[], float], repeats: int) -> float:
+    return statistics.median(fn() for _ in range(repeats))
+
+
+@contextlib.contextmanager
+def _cluster(workers: int, memory_limit: str = "4GiB") -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit,
+                           dashboard_address=":0", silence_logs=logging.ERROR)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _persist(X: np.ndarray, client: Any, chunk_rows: int) -> Any:
+    import dask.array as da
+    from distributed import wait
+
+    dX = client.persist(da.from_array(X, chunks=(chunk_rows, X.shape[1])))
+    wait(dX)
+    return dX
+
+
+def _peak_cluster_memory(client: Any, fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``fn``; return its result and the peak summed worker memory (bytes)."""
+    from distributed.diagnostics import MemorySampler
+
+    ms = MemorySampler()
+    with ms.sample("run", client=client, interval=0.05):
+        out = fn()
+    frame = ms.to_pandas()
+    return out, float(frame.max().iloc[0]) if len(frame) else float("nan")
+
+
+def _gpu_available() -> bool:
+    try:
+        from toolkit.backends import get_backend
+
+        get_backend("cuml").check_available()
+        return True
+    except Exception:
+        return False
+
+
+# -- section: per-iteration ----------------------------------------------------------------------
+def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, workers: int) -> dict[str, Any]:
+    from sklearn.cluster import KMeans
+
+    from toolkit.backends.dask_lloyd import DaskKMeans, lloyd_fit
+
+    X = _blobs(rows, features, k)
+    C0 = _initial_centers(X, k)
+    out: dict[str, Any] = {"rows": rows, "features": features, "k": k, "iterations": iters, "workers": workers}
+    res: dict[str, dict[str, float]] = {}
+
+    # scikit-learn: same init, fixed iterations (tol=0 never stops early).
+    def sk_run() -> tuple[float, Any]:
+        t = time.perf_counter()
+        km = KMeans(n_clusters=k, init=C0, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd").fit(X)
+        return time.perf_counter() - t, km
+
+    sk_times = []
+    for _ in range(repeats):
+        dt, sk = sk_run()
+        sk_times.append(dt / sk.n_iter_)
+    tracemalloc.start()
+    sk_run()
+    sk_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    t = time.perf_counter()
+    KMeans(n_clusters=k, n_init=1, random_state=0).fit(X)
+    res["sklearn"] = {"per_iter_ms": 1e3 * statistics.median(sk_times), "fit_s": time.perf_counter() - t,
+                      "peak_mem_mb": sk_peak / 2**20, "inertia": float(sk.inertia_), "n_iter": int(sk.n_iter_)}
+
+    with _cluster(workers) as client:
+        dX = _persist(X, client, max(1, rows // (4 * workers)))
+        base = _peak_cluster_memory(client, lambda: None)[1]
+
+        dk_times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            centers, inertia, n_iter = lloyd_fit(dX, C0, max_iter=iters, tol=0.0, client=client)
+            dk_times.append((time.perf_counter() - t) / n_iter)
+        (_, peak) = _peak_cluster_memory(client, lambda: lloyd_fit(dX, C0, max_iter=iters, tol=0.0, client=client))
+        t = time.perf_counter()
+        DaskKMeans(n_clusters=k, init="k-means||", random_state=0).fit(dX, client=client)
+        res["dask"] = {"per_iter_ms": 1e3 * statistics.median(dk_times), "fit_s": time.perf_counter() - t,
+                       "peak_mem_mb": (peak - base) / 2**20, "inertia": float(inertia), "n_iter": int(n_iter),
+                       "inertia_rel_diff_vs_sklearn": abs(inertia - sk.inertia_) / sk.inertia_}
+
+        from dask_ml.cluster import KMeans as DMLKMeans
+
+        dml_iters = max(2, min(iters, 5))  # dask-ml is ~30x slower: fewer iterations, same per-iteration figure
+        dml_times = []
+        for _ in range(max(1, repeats - 1)):
+            t = time.perf_counter()
+            m = DMLKMeans(n_clusters=k, init=C0, max_iter=dml_iters, tol=0.0).fit(dX)
+            dml_times.append((time.perf_counter() - t) / max(1, m.n_iter_))
+        t = time.perf_counter()
+        DMLKMeans(n_clusters=k, init="k-means||", random_state=0).fit(dX)
+        res["dask-ml"] = {"per_iter_ms": 1e3 * statistics.median(dml_times), "fit_s": time.perf_counter() - t,
+                          "n_iter": int(m.n_iter_)}
+
+    if _gpu_available():  # pragma: no cover - needs a GPU
+        res.update(_bench_gpu(X, C0, k, iters, repeats))
+
+    sk_ms = res["sklearn"]["per_iter_ms"]
+    out["backends"] = res
+    out["ratios"] = {
+        "dask_per_iter_vs_sklearn": res["dask"]["per_iter_ms"] / sk_ms,
+        "dask_ml_per_iter_vs_dask": res["dask-ml"]["per_iter_ms"] / res["dask"]["per_iter_ms"],
+        "dask_ml_per_iter_vs_sklearn": res["dask-ml"]["per_iter_ms"] / sk_ms,
+    }
+    out["targets"] = {
+        "dask <= 1.5x sklearn": out["ratios"]["dask_per_iter_vs_sklearn"] <= 1.5,
+        "dask >= 10x faster than dask-ml": out["ratios"]["dask_ml_per_iter_vs_dask"] >= 10,
+        "same inertia (rel diff <= 1e-5)": res["dask"]["inertia_rel_diff_vs_sklearn"] <= 1e-5,
+    }
+    return out
+
+
+def _bench_gpu(X: np.ndarray, C0: np.ndarray, k: int, iters: int, repeats: int) -> dict[str, Any]:  # pragma: no cover
+    import cuml
+    import cupy
+
+    gX = cupy.asarray(X)
+    times = []
+    for _ in range(repeats):
+        cupy.cuda.runtime.deviceSynchronize()
+        t = time.perf_counter()
+        m = cuml.KMeans(n_clusters=k, init=C0.astype(np.float32), n_init=1, max_iter=iters, tol=0.0).fit(gX)
+        cupy.cuda.runtime.deviceSynchronize()
+        times.append((time.perf_counter() - t) / max(1, int(m.n_iter_)))
+    return {"cuml": {"per_iter_ms": 1e3 * statistics.median(times), "inertia": float(m.inertia_)}}
+
+
+# -- section: scaling ----------------------------------------------------------------------------
+def bench_scaling(row_sizes: list[int], worker_counts: list[int], features: int, k: int, iters: int,
+                  repeats: int) -> dict[str, Any]:
+    from sklearn.cluster import KMeans
+
+    from toolkit.backends.dask_lloyd import lloyd_fit
+
+    table = []
+    for rows in row_sizes:
+        X = _blobs(rows, features, k)
+        C0 = _initial_centers(X, k)
+
+        def sk_once() -> float:
+            t = time.perf_counter()
+            m = KMeans(n_clusters=k, init=C0, n_init=1, max_iter=iters, tol=0.0).fit(X)
+            return (time.perf_counter() - t) / m.n_iter_
+
+        sk_ms = 1e3 * _median(sk_once, repeats)
+        for workers in worker_counts:
+            with _cluster(workers) as client:
+                dX = _persist(X, client, max(1, rows // (4 * workers)))
+
+                def dk_once() -> float:
+                    t = time.perf_counter()
+                    _, _, n = lloyd_fit(dX, C0, max_iter=iters, tol=0.0, client=client)
+                    return (time.perf_counter() - t) / n
+
+                dk_ms = 1e3 * _median(dk_once, repeats)
+            table.append({"rows": rows, "workers": workers, "sklearn_ms": sk_ms, "dask_ms": dk_ms,
+                          "dask_vs_sklearn": dk_ms / sk_ms})
+    return {"features": features, "k": k, "iterations": iters, "table": table}
+
+
+# -- section: search overhead and trial-parallel speed-up -------------------------------------
+def _search_cfg(name: str, rows: int, n_trials: int, workers: int, storage: str) -> Any:
+    from toolkit.config import load_experiment
+
+    return load_experiment(None, {
+        "name": name, "backend": "sklearn", "data.n_samples": rows, "data.n_features": 2, "data.centers": 4,
+        "cluster.n_workers": workers, "search.n_trials": n_trials, "search.storage": storage,
+        "search.space.n_clusters.low": 2, "search.space.n_clusters.high": 8, "search.refit": False,
+        "metrics.silhouette_sample": min(rows, 500), "tracking.log_plot": False,
+        "model.n_init": 1, "registry.register_best": False,
+    })
+
+
+def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int) -> dict[str, Any]:
+    from toolkit.search import search
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench-mlflow.db"
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    storage = f"sqlite:///{tmp}/bench-optuna.db"
+    out: dict[str, Any] = {}
+    with _cluster(2) as client:
+        # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state.
+        search(_search_cfg("warmup", tiny_rows, 4, 2, storage), client=client)
+        tiny = search(_search_cfg("overhead", tiny_rows, tiny_trials, 2, storage), client=client)
+    overhead = [r["overhead_s"] for r in tiny.trials]
+    out["overhead"] = {
+        "rows": tiny_rows, "trials": tiny_trials,
+        "median_overhead_ms": 1e3 * statistics.median(overhead),
+        "median_schedule_ms": 1e3 * statistics.median(r["schedule_s"] for r in tiny.trials),
+        "median_mlflow_write_ms": 1e3 * statistics.median(r["mlflow_write_s"] for r in tiny.trials),
+        "median_trial_compute_ms": 1e3 * statistics.median(r["duration_s"] for r in tiny.trials),
+    }
+    walls = {}
+    for workers in (1, 2):
+        with _cluster(workers) as client:
+            search(_search_cfg(f"warm{workers}", speed_rows, 2, workers, storage), client=client)
+            res = search(_search_cfg(f"speed{workers}", speed_rows, speed_trials, workers, storage), client=client)
+        walls[workers] = res.loop_seconds
+    out["speedup"] = {"rows": speed_rows, "trials": speed_trials, "wall_1_worker_s": walls[1],
+                      "wall_2_workers_s": walls[2], "speedup_2_over_1": walls[1] / walls[2]}
+    out["targets"] = {
+        "per-trial overhead <= 50 ms": out["overhead"]["median_overhead_ms"] <= 50,
+        "trial-parallel speed-up >= 1.7x": out["speedup"]["speedup_2_over_1"] >= 1.7,
+    }
+    return out
+
+
+# -- section: out of core ------------------------------------------------------------------------
+def bench_outofcore(tmp: str, rows: int, features: int, k: int, iters: int, memory_limit_mb: int,
+                    workers: int = 2, files: int = 32) -> dict[str, Any]:
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from toolkit.backends.dask_lloyd import lloyd_fit
+
+    folder = os.path.join(tmp, "ooc")
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 10, size=(k, features)).astype(np.float32)
+    per = rows // files
+    cols = [f"x{i}" for i in range(features)]
+    for f in range(files):
+        lab = rng.integers(0, k, per)
+        block = centers[lab] + rng.standard_normal((per, features), dtype=np.float32)
+        pd.DataFrame(block, columns=cols).to_parquet(os.path.join(folder, f"part-{f:03d}.parquet"), index=False)
+    data_bytes = rows * features * 4
+    limit = memory_limit_mb * 2**20
+    with _cluster(workers, memory_limit=f"{memory_limit_mb}MiB") as client:
+        X = dd.read_parquet(os.path.join(folder, "*.parquet")).to_dask_array(lengths=True)
+        C0 = centers.astype(np.float64) + 0.5
+
+        def run() -> Any:
+            return lloyd_fit(X, C0, max_iter=iters, tol=0.0, client=client)
+
+        t = time.perf_counter()
+        from distributed.diagnostics import MemorySampler
+
+        ms = MemorySampler()
+        with ms.sample("per-worker", client=client, measure="process", interval=0.1):
+            _, inertia, n_iter = run()
+        wall = time.perf_counter() - t
+        peak_total = float(ms.to_pandas().max().iloc[0])
+        peaks = client.run(lambda dask_worker: dask_worker.monitor.range_query(start=0)["memory"])
+        per_worker_peak = max(max(v) for v in peaks.values() if v) if peaks else float("nan")
+    shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "rows": rows, "features": features, "data_gib": data_bytes / 2**30, "workers": workers,
+        "worker_limit_mib": memory_limit_mb, "data_over_summed_limit": data_bytes / (workers * limit),
+        "iterations": int(n_iter), "wall_s": wall, "per_iter_s": wall / max(1, n_iter),
+        "peak_worker_mib": per_worker_peak / 2**20, "peak_cluster_mib": peak_total / 2**20,
+        "targets": {"data >= 4x summed limit": data_bytes >= 4 * workers * limit,
+                    "peak worker memory < limit": per_worker_peak < limit},
+    }
+
+
+# -- report --------------------------------------------------------------------------------------
+def _print_report(report: dict[str, Any]) -> None:
+    print(f"\n== kmeans-lifecycle benchmarks  ({report['machine']})")
+    it = report.get("iteration")
+    if it:
+        print(f"\n-- per iteration: {it['rows']:,} x {it['features']} float32, k={it['k']}, "
+              f"{it['iterations']} iterations from the same centroids, {it['workers']} workers")
+        print(f"{'backend':<10} {'ms/iter':>10} {'fit s':>8} {'peak MiB':>9} {'inertia':>16}")
+        for name, r in it["backends"].items():
+            print(f"{name:<10} {r['per_iter_ms']:>10.1f} {r.get('fit_s', float('nan')):>8.2f} "
+                  f"{r.get('peak_mem_mb', float('nan')):>9.1f} {r.get('inertia', float('nan')):>16.6g}")
+        for k, v in it["ratios"].items():
+            print(f"  {k:<32} {v:8.2f}")
+        print(f"  dask inertia rel. diff vs sklearn: {it['backends']['dask']['inertia_rel_diff_vs_sklearn']:.2e}")
+    sc = report.get("scaling")
+    if sc:
+        print(f"\n-- scaling: {sc['features']} features, k={sc['k']}, ms per iteration")
+        print(f"{'rows':>10} {'workers':>8} {'sklearn':>9} {'dask':>9} {'ratio':>7}")
+        for r in sc["table"]:
+            print(f"{r['rows']:>10,} {r['workers']:>8} {r['sklearn_ms']:>9.1f} {r['dask_ms']:>9.1f} "
+                  f"{r['dask_vs_sklearn']:>7.2f}")
+    se = report.get("search")
+    if se:
+        o, s = se["overhead"], se["speedup"]
+        print(f"\n-- search: median per-trial overhead {o['median_overhead_ms']:.1f} ms "
+              f"(scheduling {o['median_schedule_ms']:.1f} + MLflow writes {o['median_mlflow_write_ms']:.1f}; "
+              f"{o['trials']} tiny trials, compute {o['median_trial_compute_ms']:.1f} ms each)")
+        print(f"   trial-parallel: {s['trials']} trials on {s['rows']:,} rows: 1 worker {s['wall_1_worker_s']:.2f} s, "
+              f"2 workers {s['wall_2_workers_s']:.2f} s -> speed-up {s['speedup_2_over_1']:.2f}x")
+    oc = report.get("outofcore")
+    if oc:
+        print(f"\n-- out of core: {oc['data_gib']:.2f} GiB on disk = {oc['data_over_summed_limit']:.1f}x the "
+              f"summed worker limit ({oc['workers']} x {oc['worker_limit_mib']} MiB); {oc['per_iter_s']:.2f} s/iter; "
+              f"peak worker memory {oc['peak_worker_mib']:.0f} MiB")
+    targets = {k: v for sec in ("iteration", "search", "outofcore") for k, v in report.get(sec, {}).get("targets", {}).items()}
+    if targets:
+        print("\n-- targets")
+        for k, v in targets.items():
+            print(f"  [{'met' if v else 'MISSED'}] {k}")
+
+
+def _log_mlflow(report: dict[str, Any], path: str) -> str:
+    from toolkit.tracking import tracked_run
+    from toolkit.tracking.record import log_metrics, log_tags
+    from toolkit.tracking.runs import client
+
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            flat[prefix.replace(" ", "_").replace(">", "gt").replace("<", "lt").replace("=", "")] = float(node)
+
+    walk("", {k: v for k, v in report.items() if k != "scaling"})
+    for row in report.get("scaling", {}).get("table", []):
+        flat[f"scaling.dask_ms.rows{row['rows']}.w{row['workers']}"] = row["dask_ms"]
+    with tracked_run("benchmarks", "benchmark", {"entry_point": "benchmark"}) as run_id:
+        log_metrics(run_id, flat)
+        log_tags(run_id, {"machine": report["machine"]})
+        client().log_artifact(run_id, path, "benchmark")
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", default="iteration,scaling,search",
+                   help="comma list of iteration, scaling, search, outofcore")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--features", type=int, default=16)
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--scaling-rows", default="250000,1000000,4000000")
+    p.add_argument("--scaling-workers", default="1,2")
+    p.add_argument("--ooc-rows", type=int, default=40_000_000)
+    p.add_argument("--ooc-limit-mib", type=int, default=600)
+    p.add_argument("--json", default="benchmarks/results/latest.json")
+    p.add_argument("--mlflow", action="store_true", help="log the figures to an MLflow run")
+    args = p.parse_args(argv)
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    report: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+                              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "iteration" in sections:
+            report["iteration"] = bench_iteration(args.rows, args.features, args.k, args.iters, args.repeats, args.workers)
+        if "scaling" in sections:
+            report["scaling"] = bench_scaling([int(r) for r in args.scaling_rows.split(",")],
+                                              [int(w) for w in args.scaling_workers.split(",")],
+                                              args.features, args.k, max(5, args.iters // 2), args.repeats)
+        if "search" in sections:
+            report["search"] = bench_search(tmp, 300, 40, 20_000, 16)
+        if "outofcore" in sections:
+            report["outofcore"] = bench_outofcore(tmp, args.ooc_rows, args.features, args.k, 3, args.ooc_limit_mib)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump(report, fh, indent=2, default=float)
+    _print_report(report)
+    print(f"\nJSON: {args.json}")
+    if args.mlflow:
+        print(f"MLflow run: {_log_mlflow(report, args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
