@@ -8,6 +8,7 @@ libraries (dask-ml, cuML, ...) are imported inside its module, which the registr
 from __future__ import annotations
 
 import abc
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -116,8 +117,17 @@ class KMeansBackend(abc.ABC):
 
     # -- models ---------------------------------------------------------------------------
     def native_model(self, result: FitResult) -> Any:
-        """The model to register in the backend's own format."""
-        return result.model
+        """The model to register in the backend's own format, safe to pickle.
+
+        Lazy ``labels_`` (a Dask array over the cluster's data) are dropped from a copy: they
+        point at live cluster memory and would make the file depend on a running cluster.
+        """
+        model = result.model
+        labels = getattr(model, "labels_", None)
+        if labels is not None and not isinstance(labels, np.ndarray):
+            model = copy.copy(model)
+            model.labels_ = None
+        return model
 
     def to_sklearn(self, model: Any) -> Any:
         """The scikit-learn ``KMeans`` that predicts like ``model``."""
