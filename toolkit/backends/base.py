@@ -46,6 +46,14 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _n_rows(X: Any) -> int:
+    """Row count of an array (NumPy, Dask, CuPy) or a (Dask) DataFrame."""
+    shape = getattr(X, "shape", None)
+    if shape is not None and isinstance(shape[0], (int, np.integer)):
+        return int(shape[0])
+    return int(len(X))
+
+
 class KMeansBackend(abc.ABC):
     """A k-means implementation on one kind of hardware and data placement.
 
@@ -101,7 +109,7 @@ class KMeansBackend(abc.ABC):
 
     def fit(self, X: Any, params: ModelConfig) -> FitResult:
         """Fit k-means with ``params`` on data returned by :meth:`prepare`."""
-        self.validate(params, int(X.shape[0]))
+        self.validate(params, _n_rows(X))
         start = time.perf_counter()
         result = self._fit(X, params)
         result.fit_seconds = time.perf_counter() - start

@@ -1,0 +1,217 @@
+"""cuML multi-node multi-GPU backend: ``cuml.dask.cluster.KMeans`` on dask_cudf; data-parallel.
+
+The Dask client comes from ``toolkit.cluster.dask_client(cfg, gpu=True)`` (a LocalCUDACluster or
+a scheduler with ``dask cuda worker``s).  RAPIDS is imported inside functions only.
+
+What the fitted Dask wrapper holds (cuML 26.x, ``python/cuml/cuml/dask/cluster/kmeans.py``):
+
+* ``inertia_`` -- the global inertia, summed over every worker. Logged.
+* ``labels_`` -- lazy and distributed, but concatenated *worker by worker*
+  (``DistributedDataHandler.worker_to_parts``), not in row order when a worker holds
+  non-adjacent partitions.  It is kept as ``FitResult.extra["worker_labels"]``; the row-aligned
+  labels the metrics need come from ``predict`` on the same data, which runs partition by
+  partition with the same final centroids (cuML's own tests assert ``fit_predict == predict``).
+* ``get_combined_model()`` -- a local ``KMeansMG`` with worker 0's ``labels_``/``inertia_`` and a
+  comms ``handle`` it cannot be cloned without; :func:`single_gpu_model` turns it into a plain
+  ``cuml.KMeans`` with the global inertia, which is what gets registered.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, ClassVar
+
+import numpy as np
+
+from toolkit.backends.base import FitResult, KMeansBackend
+from toolkit.backends.cuml_single import CUML_INIT, check_gpu, gpu_library_versions
+from toolkit.config import ModelConfig
+from toolkit.convert import combined_to_single, to_numpy
+from toolkit.data import Dataset
+from toolkit.errors import BackendUnavailableError, ConfigError, ToolkitError
+
+__all__ = ["CumlDaskBackend", "distributed_from_single", "host_dask", "single_gpu_model"]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-installed package
+        return False
+
+
+def single_gpu_model(wrapper: Any) -> Any:
+    """A plain single-GPU ``cuml.KMeans`` equal to a fitted ``cuml.dask.cluster.KMeans``.
+
+    Built as ``cuml.KMeans.from_sklearn(wrapper.get_combined_model().as_sklearn())`` (with a
+    fallback for cuML < 25.02, see :func:`toolkit.convert.combined_to_single`).  ``inertia_`` is
+    set to the wrapper's global value; ``labels_`` stays worker 0's, so do not read it.
+    """
+    local = combined_to_single(wrapper.get_combined_model())
+    local.inertia_ = float(wrapper.inertia_)
+    return local
+
+
+def distributed_from_single(local_model: Any, client: Any, datatype: str = "cudf") -> Any:
+    """A ``cuml.dask.cluster.KMeans`` that predicts with ``local_model`` on every worker.
+
+    For serving a registered single-GPU model over distributed data, partition by partition.
+
+    Args:
+        local_model: a fitted ``cuml.KMeans`` (a ``KMeansMG`` is first made a plain one).
+            Its ``output_type`` is set to ``datatype``: each partition's predict must return
+            that type for the output collection to build.
+        client: the Dask client of the GPU cluster.
+        datatype: ``"cudf"`` to predict dask_cudf DataFrames, ``"cupy"`` for Dask arrays of
+            CuPy chunks.
+
+    Returns:
+        The distributed wrapper; ``predict(X)`` gives a lazy dask_cudf Series (or Dask array).
+    """
+    if datatype not in ("cudf", "cupy"):
+        raise ConfigError(f"datatype {datatype!r} is not supported", "use 'cudf' or 'cupy'")
+    from cuml.dask.cluster import KMeans as DaskKMeans
+
+    if type(local_model).__name__ == "KMeansMG":
+        local_model = combined_to_single(local_model)
+    wrapper = DaskKMeans(client=client, n_clusters=int(local_model.n_clusters))
+    # Private cuML API, all of it here (checked on cuML 26.10; cuML's own Dask UMAP does the
+    # same): the wrapper predicts with whatever _set_internal_model holds, and needs `datatype`
+    # (normally set by fit) to build its output collection.
+    wrapper._set_internal_model(local_model)
+    wrapper.datatype = datatype
+    local_model.output_type = datatype
+    return wrapper
+
+
+def host_dask(obj: Any) -> Any:
+    """A GPU Dask collection as a Dask array of NumPy chunks with known chunk sizes.
+
+    dask_cudf frames/series go through the pandas backend; Dask arrays of CuPy chunks are
+    copied chunk by chunk.  Anything else is returned unchanged.
+    """
+    if hasattr(obj, "to_backend") and hasattr(obj, "to_dask_array"):
+        return obj.to_backend("pandas").to_dask_array(lengths=True)
+    if hasattr(obj, "map_blocks") and hasattr(obj, "chunks"):
+        meta = np.empty((0,) * obj.ndim, dtype=obj.dtype)
+        arr = obj.map_blocks(to_numpy, dtype=obj.dtype, meta=meta)
+        # cuML's predict on Dask arrays leaves the row chunks unknown (NaN).
+        return arr.compute_chunk_sizes() if np.isnan(sum(arr.chunks[0])) else arr
+    return obj
+
+
+class CumlDaskBackend(KMeansBackend):
+    """One ``cuml.dask.cluster.KMeans`` fit spread over every GPU worker of the Dask cluster."""
+
+    name: ClassVar[str] = "cuml-dask"
+    device = "gpu"
+    parallelism = "data"
+    inits = ("k-means||", "random")
+    requires = ("cuml", "cupy", "dask_cudf", "dask_cuda")
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise :class:`BackendUnavailableError` naming the missing package, or the GPU."""
+        super().check_available()
+        # Since cuML 25.12 the Dask layer is the [dask] extra: without raft_dask,
+        # `import cuml.dask` fails even though `cuml` is installed.
+        if not _importable("raft_dask"):
+            raise BackendUnavailableError(
+                f"backend {cls.name!r} needs the Python package 'raft_dask', "
+                "which is not installed",
+                'install cuml-cu12[dask] (pip install ".[gpu]") or choose a CPU backend '
+                "(sklearn, dask, dask-ml)",
+            )
+        check_gpu(cls.name)
+
+    def validate(self, params: ModelConfig, n_samples: int) -> None:
+        """Reject what multi-GPU cuML rejects, before any GPU work."""
+        if params.init == "k-means++":
+            raise ConfigError(
+                "backend 'cuml-dask' does not support init 'k-means++' "
+                "(cuML's multi-GPU KMeans rejects it)",
+                "use init 'k-means||' (scalable k-means++) or 'random', "
+                "or backend 'cuml' for exact k-means++ on one GPU",
+            )
+        super().validate(params, n_samples)
+
+    def _client(self) -> Any:
+        if self.client is None:
+            raise ToolkitError(
+                "backend 'cuml-dask' needs a Dask client with GPU workers",
+                "open one with toolkit.cluster.dask_client(cfg, gpu=True) and pass it",
+            )
+        return self.client
+
+    def prepare(self, dataset: Dataset) -> Any:
+        """The data as a float32 dask_cudf DataFrame, persisted on the GPU workers.
+
+        Files are read by dask_cudf on the workers; in-memory data is split into at least two
+        partitions per worker and moved to cuDF on the workers, so the client needs no GPU.
+        """
+        import dask_cudf
+        from distributed import wait
+
+        client = self._client()
+        if dataset.files:
+            # Feature columns only: the label column was dropped from feature_names.
+            cols = list(dataset.columns or dataset.feature_names)
+            if dataset.file_format == "parquet":
+                ddf = dask_cudf.read_parquet(dataset.files, columns=cols)
+            else:
+                ddf = dask_cudf.read_csv(dataset.files, usecols=cols)
+            ddf = ddf[cols].astype(np.float32)
+        else:
+            import dask.dataframe as dd
+            import pandas as pd
+
+            X = dataset.X if isinstance(dataset.X, np.ndarray) else dataset.X.compute()
+            n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+            n_parts = max(2 * n_workers, -(-X.shape[0] // self.chunk_rows))
+            pdf = pd.DataFrame(np.asarray(X, dtype=np.float32), columns=dataset.feature_names)
+            ddf = dd.from_pandas(pdf, npartitions=n_parts).to_backend("cudf")
+        if self.persist:
+            ddf = client.persist(ddf)
+            wait(ddf)
+        return ddf
+
+    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
+        from cuml.dask.cluster import KMeans
+
+        km = KMeans(
+            client=self._client(),
+            n_clusters=params.n_clusters,
+            init=CUML_INIT[params.init],
+            max_iter=params.max_iter,
+            tol=params.tol,
+            n_init=params.n_init,
+            oversampling_factor=params.oversampling_factor,
+            random_state=params.random_state,
+        )
+        km.fit(X)
+        return FitResult(
+            model=km,
+            centers=np.asarray(to_numpy(km.cluster_centers_), dtype=np.float64),
+            inertia=float(km.inertia_),  # global, from the wrapper
+            n_iter=int(km.n_iter_),
+            fit_seconds=0.0,
+            # Row-aligned and lazy; see the module docstring for why not km.labels_.
+            labels=km.predict(X),
+            extra={"worker_labels": km.labels_},
+        )
+
+    def host_view(self, X: Any, labels: Any) -> tuple[Any, Any]:
+        """Data and labels as Dask arrays of NumPy chunks, chunk-aligned row for row."""
+        if hasattr(labels, "to_backend"):
+            # Persist the small host labels once: computing chunk lengths would otherwise
+            # run the predictions a second time.
+            labels = self._client().persist(labels.to_backend("pandas"))
+        return host_dask(X), host_dask(labels)
+
+    def native_model(self, result: FitResult) -> Any:
+        """A plain single-GPU ``cuml.KMeans`` (see :func:`single_gpu_model`)."""
+        return single_gpu_model(result.model)
+
+    def library_versions(self) -> dict[str, str]:
+        """NumPy, scikit-learn, the RAPIDS wheels, dask-cuda and the CUDA runtime version."""
+        return {**super().library_versions(), **gpu_library_versions(self.requires)}

@@ -1,0 +1,436 @@
+"""Model conversion as a table: ``(source class, target) -> function``.
+
+Every fitted k-means the toolkit produces (scikit-learn, dask-ml, the ``dask`` backend, cuML
+single-GPU, cuML multi-GPU) can be turned into a scikit-learn ``KMeans`` that predicts the same
+labels, and scikit-learn models can be turned into cuML ones.  Models are matched by their
+fully-qualified class name (``"cuml.cluster.kmeans.KMeans"``), so dispatching never imports a
+GPU library; the library a conversion needs is imported inside that conversion only.
+
+Class names checked against the cuML source (rapidsai/cuml, 26.10): ``cuml.KMeans`` lives in
+``python/cuml/cuml/cluster/kmeans.pyx`` (module ``cuml.cluster.kmeans``); ``KMeansMG`` (what
+``cuml.dask.cluster.KMeans.get_combined_model()`` returns) in ``cluster/kmeans_mg.py`` (a ``.pyx``
+before 26.x, same module name); the Dask wrapper in ``python/cuml/cuml/dask/cluster/kmeans.py``.
+``as_sklearn``/``from_sklearn`` come from ``cuml/internals/interop.py`` (cuML >= 25.02).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import ModelError
+
+__all__ = [
+    "CONVERSIONS",
+    "Converter",
+    "assert_equivalent",
+    "check_equivalent",
+    "class_key",
+    "combined_to_single",
+    "convert",
+    "register_conversion",
+    "to_cuml",
+    "to_numpy",
+    "to_sklearn",
+]
+
+Converter = Callable[[Any], Any]
+
+# Source keys: "<module>.<qualname>" of the classes as defined (not as re-exported).
+_SKLEARN = "sklearn.cluster._kmeans.KMeans"
+_DASK_ML = "dask_ml.cluster.k_means.KMeans"
+_DASK_LLOYD = "toolkit.backends.dask_lloyd.DaskKMeans"
+_CUML = "cuml.cluster.kmeans.KMeans"
+_CUML_MG = "cuml.cluster.kmeans_mg.KMeansMG"
+_CUML_DASK = "cuml.dask.cluster.kmeans.KMeans"
+
+# Hyperparameters shared by scikit-learn and cuML KMeans (oversampling_factor is cuML/dask-ml only).
+_COMMON_PARAMS = ("n_clusters", "init", "n_init", "max_iter", "tol", "random_state")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def to_numpy(a: Any) -> np.ndarray:
+    """``a`` as a host NumPy array: NumPy, Dask, pandas, CuPy, cuDF and CumlArray all work."""
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "__dask_graph__"):
+        a = a.compute()
+    if hasattr(a, "to_numpy"):  # pandas / cuDF
+        return np.asarray(a.to_numpy())
+    if hasattr(a, "__cuda_array_interface__") and hasattr(a, "get"):  # CuPy
+        return a.get()
+    if hasattr(a, "to_output"):  # CumlArray
+        return np.asarray(a.to_output("numpy"))
+    return np.asarray(a)
+
+
+def class_key(obj: Any) -> str:
+    """``"module.QualName"`` of ``obj`` (a class, or an instance's class)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _params_dict(source: Any) -> dict[str, Any]:
+    """Hyperparameters from a mapping, a pydantic model or an estimator's ``get_params``."""
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return dict(source)
+    if hasattr(source, "model_dump"):
+        return dict(source.model_dump())
+    if hasattr(source, "get_params"):
+        return dict(source.get_params())
+    return {}
+
+
+def _sklearn_init(init: Any) -> Any:
+    """An ``init`` value scikit-learn accepts, from any backend's vocabulary."""
+    if init is None:
+        return "k-means++"
+    if isinstance(init, str):
+        # 'k-means||' / cuML's 'scalable-k-means++' are k-means++ variants sklearn lacks.
+        return "random" if init == "random" else "k-means++"
+    return init if callable(init) else to_numpy(init)
+
+
+def _openmp_threads() -> int:
+    try:
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+    except ImportError:  # moved in some future scikit-learn: one thread is always valid
+        return 1
+    return int(_openmp_effective_n_threads())
+
+
+def _sklearn_from_attrs(
+    centers: Any,
+    *,
+    params: Any = None,
+    inertia: float | None = None,
+    n_iter: int | None = None,
+    labels: Any = None,
+    n_features_in: int | None = None,
+) -> Any:
+    """A fitted ``sklearn.cluster.KMeans`` built from centroids, without refitting.
+
+    The one place models are hand-built; every path that cannot use a library's own converter
+    (dask-ml, old cuML) comes here.  Centers keep their float dtype: scikit-learn's predict
+    needs X in the same dtype as ``cluster_centers_``.
+    """
+    from sklearn.cluster import KMeans
+
+    centers = np.ascontiguousarray(to_numpy(centers))
+    if centers.dtype not in (np.float32, np.float64):
+        centers = centers.astype(np.float64)
+    given = _params_dict(params)
+    kwargs = {k: given[k] for k in _COMMON_PARAMS if k in given and given[k] is not None}
+    kwargs["n_clusters"] = int(centers.shape[0])
+    kwargs["init"] = _sklearn_init(given.get("init"))
+    if not isinstance(kwargs.get("n_init", "auto"), (int, np.integer)):
+        kwargs["n_init"] = "auto"
+    if not isinstance(kwargs.get("random_state"), (int, np.integer, type(None))):
+        kwargs.pop("random_state")  # e.g. a RandomState / cuML seed object
+    model = KMeans(**kwargs)
+    model.cluster_centers_ = centers
+    model.n_features_in_ = int(n_features_in if n_features_in is not None else centers.shape[1])
+    if inertia is not None:
+        model.inertia_ = float(inertia)
+    if n_iter is not None:
+        model.n_iter_ = int(n_iter)
+    if labels is not None:
+        model.labels_ = to_numpy(labels)
+    # scikit-learn private attributes KMeans.fit sets: predict needs _n_threads,
+    # get_feature_names_out needs _n_features_out.
+    model._n_threads = _openmp_threads()
+    model._n_features_out = int(centers.shape[0])
+    return model
+
+
+def _cuml_from_centers(
+    centers: Any, *, params: Any = None, inertia: Any = None, n_iter: Any = None
+) -> Any:
+    """A fitted ``cuml.KMeans`` from centroids, for cuML < 25.02 (no ``from_sklearn``).
+
+    Fits on the centroids themselves with ``init=centroids``: each centroid is its own cluster,
+    so one Lloyd step returns them unchanged; the hyperparameters are restored afterwards.
+    """
+    import cuml
+
+    centers = np.ascontiguousarray(to_numpy(centers))
+    given = _params_dict(params)
+    model = cuml.KMeans(
+        n_clusters=int(centers.shape[0]), init=centers, n_init=1, max_iter=1, output_type="numpy"
+    )
+    model.fit(centers)
+    restore = {k: given[k] for k in ("n_init", "max_iter", "tol", "random_state") if k in given}
+    init = given.get("init", "scalable-k-means++")
+    restore["init"] = init if isinstance(init, str) else centers
+    model.set_params(**restore)
+    if inertia is not None:
+        model.inertia_ = float(inertia)
+    if n_iter is not None:
+        model.n_iter_ = int(n_iter)
+    return model
+
+
+# -- conversions ------------------------------------------------------------------------------
+def _identity(model: Any) -> Any:
+    return model
+
+
+def _daskml_to_sklearn(model: Any) -> Any:
+    # labels_ is a lazy Dask array as long as the data: dropped, not computed.
+    return _sklearn_from_attrs(
+        model.cluster_centers_,
+        params=model,
+        inertia=model.inertia_,
+        n_iter=model.n_iter_,
+        n_features_in=getattr(model, "n_features_in_", None),
+    )
+
+
+def _dask_lloyd_to_sklearn(model: Any) -> Any:
+    # Imported here: the module belongs to the ``dask`` backend and pulls in Dask.
+    from toolkit.backends.dask_lloyd import sklearn_from_centers
+
+    params = model.get_params() if hasattr(model, "get_params") else None
+    labels = getattr(model, "labels_", None)
+    return sklearn_from_centers(
+        model.cluster_centers_,
+        inertia=model.inertia_,
+        n_iter=model.n_iter_,
+        params=params,
+        # NumPy labels (NumPy input) are kept; lazy Dask ones refer to data on the cluster.
+        labels=labels if isinstance(labels, np.ndarray) else None,
+    )
+
+
+def _cuml_to_sklearn(model: Any) -> Any:
+    if hasattr(model, "as_sklearn"):
+        return model.as_sklearn()
+    # cuML < 25.02 has no interop API: hand-build from what predict needs.
+    return _sklearn_from_attrs(
+        model.cluster_centers_,
+        params=model,
+        inertia=getattr(model, "inertia_", None),
+        n_iter=getattr(model, "n_iter_", None),
+        labels=getattr(model, "labels_", None),
+        n_features_in=getattr(model, "n_features_in_", None),
+    )
+
+
+def _cuml_mg_to_sklearn(model: Any) -> Any:
+    sk = _cuml_to_sklearn(model)
+    # A KMeansMG holds worker 0's labels only; a scikit-learn labels_ must cover all rows.
+    if hasattr(sk, "labels_"):
+        del sk.labels_
+    return sk
+
+
+def _cuml_dask_to_sklearn(model: Any) -> Any:
+    sk = _cuml_mg_to_sklearn(model.get_combined_model())
+    sk.inertia_ = float(model.inertia_)  # the wrapper's inertia_ is the global one
+    return sk
+
+
+def _sklearn_to_cuml(model: Any) -> Any:
+    import cuml
+
+    if not hasattr(cuml.KMeans, "from_sklearn"):  # cuML < 25.02
+        return _cuml_from_centers(
+            model.cluster_centers_,
+            params=model,
+            inertia=getattr(model, "inertia_", None),
+            n_iter=getattr(model, "n_iter_", None),
+        )
+    if not all(hasattr(model, a) for a in ("labels_", "inertia_", "n_iter_")):
+        # from_sklearn copies these; converted models (dask-ml, multi-GPU) may lack them.
+        model = copy.copy(model)
+        model.labels_ = getattr(model, "labels_", np.empty(0, dtype=np.int32))
+        model.inertia_ = getattr(model, "inertia_", float("nan"))
+        model.n_iter_ = getattr(model, "n_iter_", 0)
+    return cuml.KMeans.from_sklearn(model)
+
+
+def combined_to_single(kmeans_mg: Any) -> Any:
+    """A plain single-GPU ``cuml.KMeans`` equal to a multi-GPU ``KMeansMG``.
+
+    ``KMeansMG.__init__`` needs a comms ``handle``, so it can be neither cloned nor used apart
+    from its cluster; ``cuml.KMeans.from_sklearn(mg.as_sklearn())`` gives a free-standing model.
+    Its ``labels_``/``inertia_`` are worker 0's, as on the ``KMeansMG``.
+    """
+    import cuml
+
+    if hasattr(kmeans_mg, "as_sklearn") and hasattr(cuml.KMeans, "from_sklearn"):
+        return cuml.KMeans.from_sklearn(kmeans_mg.as_sklearn())
+    # cuML < 25.02
+    return _cuml_from_centers(
+        kmeans_mg.cluster_centers_,
+        params=kmeans_mg,
+        inertia=getattr(kmeans_mg, "inertia_", None),
+        n_iter=getattr(kmeans_mg, "n_iter_", None),
+    )
+
+
+def _cuml_dask_to_cuml(model: Any) -> Any:
+    from toolkit.backends.cuml_dask import single_gpu_model
+
+    return single_gpu_model(model)
+
+
+#: ``(source class key, target) -> converter``; targets are "sklearn" and "cuml".
+CONVERSIONS: dict[tuple[str, str], Converter] = {
+    (_SKLEARN, "sklearn"): _identity,
+    (_DASK_ML, "sklearn"): _daskml_to_sklearn,
+    (_DASK_LLOYD, "sklearn"): _dask_lloyd_to_sklearn,
+    (_CUML, "sklearn"): _cuml_to_sklearn,
+    (_CUML_MG, "sklearn"): _cuml_mg_to_sklearn,
+    (_CUML_DASK, "sklearn"): _cuml_dask_to_sklearn,
+    (_SKLEARN, "cuml"): _sklearn_to_cuml,
+    (_CUML, "cuml"): _identity,
+    (_CUML_MG, "cuml"): combined_to_single,
+    (_CUML_DASK, "cuml"): _cuml_dask_to_cuml,
+}
+
+
+def register_conversion(source_key: str, target: str, fn: Converter) -> None:
+    """Add or replace an entry of :data:`CONVERSIONS`.
+
+    Args:
+        source_key: the source class as ``"module.ClassName"`` (see :func:`class_key`).
+        target: ``"sklearn"`` or ``"cuml"`` (or a new target name).
+        fn: takes a fitted source model, returns the converted model; import what it needs
+            inside, so that registering never imports a GPU library.
+    """
+    if "." not in source_key:
+        raise ModelError(
+            f"conversion source {source_key!r} is not a fully-qualified class name",
+            "pass 'package.module.ClassName'",
+        )
+    CONVERSIONS[(source_key, target)] = fn
+
+
+def _same_public_class(cls: type, key: str) -> bool:
+    """``cls`` is ``key``'s class moved to another private module of the same package."""
+    module, _, name = key.rpartition(".")
+    package = module.rpartition(".")[0] or module
+    return cls.__name__ == name and (
+        cls.__module__ == package or cls.__module__.startswith(package + ".")
+    )
+
+
+def _find(model: Any, target: str) -> Converter | None:
+    mro = type(model).__mro__
+    for cls in mro:
+        fn = CONVERSIONS.get((class_key(cls), target))
+        if fn is not None:
+            return fn
+    # Libraries move classes between private modules; match on name and package too.
+    for cls in mro:
+        for (key, tgt), fn in CONVERSIONS.items():
+            if tgt == target and _same_public_class(cls, key):
+                return fn
+    return None
+
+
+def _unsupported(model: Any, target: str) -> ModelError:
+    known = sorted({key for key, tgt in CONVERSIONS if tgt == "sklearn" or tgt == target})
+    return ModelError(
+        f"no conversion from {class_key(model)} to {target}",
+        f"pass a fitted model of a known type: {', '.join(known)}",
+    )
+
+
+def convert(model: Any, target: str) -> Any:
+    """Convert ``model`` to ``target`` ("sklearn" or "cuml") through :data:`CONVERSIONS`.
+
+    Raises:
+        ModelError: no conversion is registered for the model's class.
+    """
+    fn = _find(model, target)
+    if fn is None:
+        raise _unsupported(model, target)
+    return fn(model)
+
+
+def to_sklearn(model: Any) -> Any:
+    """The ``sklearn.cluster.KMeans`` that predicts like ``model`` (no refit).
+
+    Raises:
+        ModelError: the model's type has no conversion.
+    """
+    return convert(model, "sklearn")
+
+
+def to_cuml(model: Any) -> Any:
+    """A single-GPU ``cuml.KMeans`` that predicts like ``model``.
+
+    Models with no direct entry (dask-ml, the ``dask`` backend) go through scikit-learn.
+
+    Raises:
+        ModelError: the model's type has no conversion.
+    """
+    fn = _find(model, "cuml")
+    if fn is not None:
+        return fn(model)
+    if _find(model, "sklearn") is None:
+        raise _unsupported(model, "cuml")
+    return _sklearn_to_cuml(to_sklearn(model))
+
+
+# -- equivalence ------------------------------------------------------------------------------
+def _predict_labels(model: Any, X: np.ndarray) -> np.ndarray:
+    centers = getattr(model, "cluster_centers_", None)
+    dtype = X.dtype
+    if centers is not None:
+        cdtype = to_numpy(centers).dtype
+        # scikit-learn predict fails when X and the centers differ in float width.
+        dtype = cdtype if cdtype in (np.float32, np.float64) else dtype
+    labels = model.predict(np.ascontiguousarray(X, dtype=dtype))
+    return to_numpy(labels).ravel()
+
+
+def check_equivalent(a: Any, b: Any, X_sample: Any) -> float:
+    """Fraction of rows of ``X_sample`` on which ``a`` and ``b`` predict the same label.
+
+    Args:
+        a: a fitted model that predicts on host data (scikit-learn, dask-ml, the ``dask``
+            backend's model, single-GPU cuML).
+        b: another such model.
+        X_sample: ``(n, d)`` rows (NumPy, pandas, Dask or CuPy); each model gets them in the
+            float dtype of its own centers.
+
+    Returns:
+        The fraction in ``[0, 1]``; label ids must match exactly, so a permutation of the
+        clusters counts as a mismatch.
+
+    Raises:
+        ModelError: the sample is empty or not 2-D, or the models return different lengths.
+    """
+    X = to_numpy(X_sample)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ModelError(
+            f"equivalence sample must be a non-empty 2-D array, got shape {X.shape}",
+            "pass some rows of the training data",
+        )
+    la = _predict_labels(a, X)
+    lb = _predict_labels(b, X)
+    if la.shape != lb.shape:
+        raise ModelError(
+            f"{class_key(a)} predicted {la.shape[0]} labels but {class_key(b)} {lb.shape[0]}",
+            "pass both models the same sample",
+        )
+    return float(np.mean(la == lb))
+
+
+def assert_equivalent(a: Any, b: Any, X_sample: Any) -> None:
+    """Raise :class:`ModelError` unless ``a`` and ``b`` agree on every row of ``X_sample``."""
+    agree = check_equivalent(a, b, X_sample)
+    if agree < 1.0:
+        raise ModelError(
+            f"{class_key(a)} and {class_key(b)} predict different labels on "
+            f"{1.0 - agree:.2%} of {len(to_numpy(X_sample))} sample rows",
+            "convert with toolkit.convert.to_sklearn/to_cuml instead of refitting",
+        )
