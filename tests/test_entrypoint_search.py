@@ -1,0 +1,283 @@
+"""The ``search`` entry point as real subprocesses: ``mlflow run`` and a killed-then-resumed driver.
+
+Each test gets its own sqlite MLflow store (a copy of one migrated once for the module, so no
+process pays for MLflow's schema migrations) and its own Optuna database in a temp dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def migrated_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store at the current schema, made once and copied per test."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture()
+def store(migrated_store, tracking_uri, tmp_path) -> Path:
+    """The test's store (``tracking_uri``), ready to use; returns the database file."""
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    assert not db.exists()
+    shutil.copyfile(migrated_store, db)
+    return db
+
+
+def _experiment(uri: str, name: str, tmp_path: Path) -> str:
+    """The experiment, made up front with its artifacts in the temp dir (not the repo's mlruns/)."""
+    return MlflowClient(tracking_uri=uri).create_experiment(
+        name, artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+
+
+def _tail(text: str | bytes | None, n: int = 3000) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return (text or "")[-n:]
+
+
+def _children(mlc: MlflowClient, parent_id: str) -> list:
+    exp_id = mlc.get_run(parent_id).info.experiment_id
+    return mlc.search_runs(
+        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000
+    )
+
+
+def _running(mlc: MlflowClient) -> list:
+    exp_ids = [e.experiment_id for e in mlc.search_experiments()]
+    return mlc.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+
+
+# -- mlflow run . -e search ---------------------------------------------------------------
+
+
+def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess_env, tmp_path):
+    exp_id = _experiment(tracking_uri, "t", tmp_path)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        ".",
+        "-e",
+        "search",
+        "-P",
+        "n_trials=5",
+        "-P",
+        "overrides=data.n_samples=3000",
+        "-P",
+        f"storage=sqlite:///{tmp_path / 'optuna.db'}",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "t",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=480
+    )
+    assert proc.returncode == 0, _tail(proc.stdout) + _tail(proc.stderr)
+
+    mlc = MlflowClient(tracking_uri=tracking_uri)
+    runs = mlc.search_runs([exp_id], max_results=1000)
+    tops = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(tops) == 1, [r.info.run_name for r in tops]
+    parent = tops[0]
+    # The parent is the run `mlflow run` created (not a second top-level run of the search).
+    assert parent.data.tags.get("mlflow.source.type") == "PROJECT"
+    assert parent.data.tags.get("mlflow.project.entryPoint") == "search"
+    assert parent.data.params["n_trials"] == "5"
+    assert parent.data.tags["entry_point"] == "search"
+    assert parent.info.status == "FINISHED"
+    assert parent.info.artifact_uri.startswith((tmp_path / "artifacts").as_uri())
+    assert parent.info.run_id in re.findall(r"Run \(ID '([0-9a-f]+)'\)", proc.stdout + proc.stderr)
+    # The config's own experiment ("blobs") got nothing: every run is in the one mlflow run chose.
+    blobs = mlc.get_experiment_by_name("blobs")
+    assert blobs is None or not mlc.search_runs([blobs.experiment_id])
+
+    kids = _children(mlc, parent.info.run_id)
+    assert len(kids) == 5
+    assert len(runs) == 1 + 5  # children hang under the parent, in the same experiment
+    assert {k.info.experiment_id for k in kids} == {exp_id}
+    for k in kids:
+        assert k.info.status in ("FINISHED", "FAILED")
+        if k.info.status == "FAILED":
+            assert k.data.tags.get("error")
+    study_name = parent.data.tags["search.study_name"]
+    assert sorted(k.info.run_name for k in kids) == [
+        f"{study_name}-trial-{i:03d}" for i in range(5)
+    ]
+
+    assert {"best.n_clusters", "best.init"} <= set(parent.data.params)
+    assert f"best_{parent.data.tags['search.objective']}" in parent.data.metrics
+    plots = {f.path for f in mlc.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/elbow.png"} <= plots
+    assert "plots/param_importance.png" in plots or parent.data.tags[
+        "search.importance"
+    ].startswith("not computed")
+    assert not _running(mlc)
+
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert len(study.trials) == 5
+
+
+# -- kill the driver mid-search, then resume ----------------------------------------------
+
+
+def _finished_children(db: Path) -> int:
+    """Child runs already FINISHED, read straight from the sqlite file (cheap, no MLflow import)."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5)
+        ) as con:
+            row = con.execute(
+                "SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+                "WHERE t.key = 'mlflow.parentRunId' AND r.status = 'FINISHED'"
+            ).fetchone()
+            return int(row[0])
+    except sqlite3.Error:  # tables not there yet, or a writer holds the lock this instant
+        return 0
+
+
+def _running_trials(db: Path) -> int:
+    """Optuna trials in state RUNNING (a fit under way on the driver)."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5)
+        ) as con:
+            return int(
+                con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+            )
+    except sqlite3.Error:
+        return 0
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver's whole process group (the driver and its Dask workers)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+
+
+def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_path):
+    optuna_db = tmp_path / "optuna.db"
+    storage = f"sqlite:///{optuna_db}"
+    _experiment(tracking_uri, "blobs", tmp_path)
+    # Data-parallel with sklearn: trials run one after another on the driver, so a kill once
+    # 3 child runs are written and the next trial is RUNNING lands inside that trial's fit.
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlproject.search",
+        "--config",
+        "experiments/blobs.yaml",
+        "--n-trials",
+        "8",
+        "--storage",
+        storage,
+        "--set",
+        "data.n_samples=3000 search.parallelism=data",
+    ]
+    log1 = tmp_path / "first.log"
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(log1, "wb") as out:
+            first = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=subprocess_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            procs.append(first)
+            deadline = time.monotonic() + 300
+            while _finished_children(store) < 3 or not _running_trials(optuna_db):
+                assert first.poll() is None, "search ended before it could be killed:\n" + _tail(
+                    log1.read_bytes()
+                )
+                assert time.monotonic() < deadline, "no 3 child runs in time:\n" + _tail(
+                    log1.read_bytes()
+                )
+                time.sleep(0.01)
+            _kill_group(first)
+        assert first.returncode == -signal.SIGKILL
+
+        # What the dead driver left behind.
+        study = optuna.load_study(study_name="blobs-sklearn", storage=storage)
+        parent_id = study.user_attrs["mlflow_parent_run_id"]
+        done_before = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+        interrupted = {t.number for t in study.trials if t.state == TrialState.RUNNING}
+        assert len(done_before) >= 3 and len(done_before) < 8
+        mlc = MlflowClient(tracking_uri=tracking_uri)
+        assert mlc.get_run(parent_id).info.status == "RUNNING"
+
+        log2 = tmp_path / "resume.log"
+        with open(log2, "wb") as out:
+            second = subprocess.Popen(
+                cmd + ["--resume", "true"],
+                cwd=REPO,
+                env=subprocess_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            procs.append(second)
+            rc = second.wait(timeout=300)
+        assert rc == 0, _tail(log2.read_bytes())
+        assert "resuming study blobs-sklearn" in log2.read_text()
+    finally:
+        for p in procs:
+            _kill_group(p)
+
+    study = optuna.load_study(study_name="blobs-sklearn", storage=storage)
+    complete = [t.number for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 8
+    assert len(set(complete)) == len(complete)
+    assert set(done_before) <= set(complete)
+    assert study.user_attrs["mlflow_parent_run_id"] == parent_id  # the same parent, resumed
+    parent = mlc.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_complete"] == 8
+
+    kids = _children(mlc, parent_id)
+    by_number: dict[int, list] = {}
+    for k in kids:
+        by_number.setdefault(int(k.data.tags["optuna.trial_number"]), []).append(k)
+    finished_numbers = [
+        int(k.data.tags["optuna.trial_number"]) for k in kids if k.info.status == "FINISHED"
+    ]
+    assert len(finished_numbers) == len(set(finished_numbers)) == 8
+    assert set(finished_numbers) == set(complete)
+    for n in done_before:  # not re-run
+        assert len(by_number[n]) == 1, n
+    states = {t.number: t.state for t in study.trials}
+    for n in interrupted:
+        assert states[n] == TrialState.FAIL
+        assert [k.info.status for k in by_number[n]] == ["FAILED"]
+        assert "interrupted" in by_number[n][0].data.tags["error"]
+    assert set(states.values()) <= {TrialState.COMPLETE, TrialState.FAIL}
+    assert not _running(mlc)

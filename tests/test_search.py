@@ -1,0 +1,486 @@
+"""``toolkit.search.search`` in process, on the session's 2-worker cluster and a temp sqlite store.
+
+One search per scenario, small data; the trial-parallel blobs search is shared by several tests.
+Nothing is mocked: real Optuna studies (sqlite), real MLflow runs, real Dask workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import flaky_backend
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+import toolkit.backends
+from toolkit.config import load_experiment
+from toolkit.errors import ConfigError, ToolkitError
+from toolkit.search import search
+
+REPO = Path(__file__).resolve().parents[1]
+BLOBS = REPO / "experiments" / "blobs.yaml"
+DIGITS = REPO / "experiments" / "digits.yaml"
+TRIAL_METRICS = {
+    "silhouette",
+    "inertia",
+    "objective",
+    "davies_bouldin",
+    "calinski_harabasz",
+    "fit_seconds",
+    "n_iter",
+}
+
+
+# -- fixtures and helpers -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite MLflow store for this module (each test uses its own experiment).
+
+    The working directory moves to a temp dir too, so default artifact roots land there.
+    """
+    root = tmp_path_factory.mktemp("search")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(var, raising=False)
+        mp.setenv("KMEANS_QUIET", "1")
+        mp.chdir(root)
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def mlc(store):
+    return MlflowClient(tracking_uri=store)
+
+
+@pytest.fixture()
+def optuna_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def make_cfg(experiment: str, storage: str, *overrides: str, path: Path = BLOBS):
+    return load_experiment(
+        path,
+        [
+            f"tracking.experiment={experiment}",
+            f"search.storage={storage}",
+            "metrics.silhouette_sample=1000",
+            *overrides,
+        ],
+    )
+
+
+def children(mlc: MlflowClient, parent_id: str) -> list:
+    exp_id = mlc.get_run(parent_id).info.experiment_id
+    return mlc.search_runs(
+        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000
+    )
+
+
+def runs_of(mlc: MlflowClient, experiment: str) -> list:
+    exp = mlc.get_experiment_by_name(experiment)
+    return [] if exp is None else mlc.search_runs([exp.experiment_id], max_results=1000)
+
+
+def assert_none_running(mlc: MlflowClient) -> None:
+    exp_ids = [e.experiment_id for e in mlc.search_experiments()]
+    running = mlc.search_runs(
+        exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    assert not running, [(r.info.run_name, r.info.run_id) for r in running]
+
+
+def artifact_paths(mlc: MlflowClient, run_id: str, path: str) -> set[str]:
+    return {f.path for f in mlc.list_artifacts(run_id, path)}
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name} {record.levelname} {record.getMessage()}")
+
+
+@pytest.fixture(scope="module")
+def blobs_search(store, mlc, client, tmp_path_factory):
+    """Trial-parallel sklearn search on blobs: 8 trials over n_clusters 2..10, on 2 workers.
+
+    Every log record (root, mlflow, sqlalchemy, optuna, distributed) and the driver's
+    stdout/stderr are captured, for the one-writer check.
+    """
+    storage = f"sqlite:///{tmp_path_factory.mktemp('optuna-blobs') / 'optuna.db'}"
+    cfg = make_cfg("search-blobs", storage, "data.n_samples=4000", "search.n_trials=8")
+    assert cfg.search.space.n_clusters.low == 2 and cfg.search.space.n_clusters.high == 10
+    handler = _Records()
+    loggers = [
+        logging.getLogger(n)
+        for n in ("", "mlflow", "sqlalchemy", "optuna", "distributed", "alembic")
+    ]
+    for lg in loggers:
+        lg.addHandler(handler)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            outcome = search(cfg, client=client)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    captured = "\n".join(handler.lines) + out.getvalue() + err.getvalue()
+    return (
+        cfg,
+        outcome,
+        mlc.get_run(outcome.parent_run_id),
+        children(mlc, outcome.parent_run_id),
+        captured,
+    )
+
+
+# -- trial-parallel on blobs --------------------------------------------------------------
+
+
+def test_blobs_search_finds_six_clusters(blobs_search, mlc):
+    cfg, outcome, parent, _, _ = blobs_search
+    assert outcome.best_params["n_clusters"] == 6
+    assert parent.data.params["best.n_clusters"] == "6"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["search.parallelism"] == "trial"
+    assert outcome.counts == {"complete": 8, "failed": 0, "pruned": 0}
+    assert parent.data.metrics["trials_complete"] == 8
+    assert parent.data.metrics["best_silhouette"] == pytest.approx(outcome.best_value)
+    assert outcome.best_value > 0.8
+    # The refitted best model is on the parent.
+    assert outcome.best_fit is not None and outcome.best_fit.centers.shape == (6, 2)
+    assert {"best_model/centroids.csv", "best_model/centroids.npy"} <= artifact_paths(
+        mlc, parent.info.run_id, "best_model"
+    )
+
+
+def test_blobs_search_study_remembers_parent(blobs_search):
+    cfg, outcome, parent, _, _ = blobs_search
+    assert outcome.study_name == "blobs-sklearn"
+    study = optuna.load_study(study_name=outcome.study_name, storage=cfg.search.storage)
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
+    assert study.best_trial.params["n_clusters"] == 6
+
+
+def test_trial_parallel_uses_both_workers(blobs_search, client):
+    _, _, _, kids, _ = blobs_search
+    workers = set(client.scheduler_info()["workers"])
+    assert len(workers) == 2
+    assert {k.data.tags["trial.worker"] for k in kids} == workers
+    assert {k.data.tags["search.parallelism"] for k in kids} == {"trial"}
+
+
+def test_one_writer_no_child_missing_no_lock(blobs_search, mlc):
+    cfg, outcome, parent, kids, captured = blobs_search
+    assert len(kids) == cfg.search.n_trials == 8
+    assert sorted(int(k.data.tags["optuna.trial_number"]) for k in kids) == list(range(8))
+    assert "database is locked" not in captured.lower()
+    assert_none_running(mlc)
+
+
+def test_child_runs_named_and_complete(blobs_search, mlc):
+    cfg, outcome, parent, kids, _ = blobs_search
+    study = outcome.study_name
+    assert sorted(k.info.run_name for k in kids) == [f"{study}-trial-{i:03d}" for i in range(8)]
+    for k in kids:
+        assert k.info.status == "FINISHED"
+        assert k.info.experiment_id == parent.info.experiment_id
+        assert k.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert k.data.tags["optuna.study_name"] == study
+        assert k.info.run_name == f"{study}-trial-{int(k.data.tags['optuna.trial_number']):03d}"
+        assert int(k.data.params["n_clusters"]) in range(2, 11)
+        assert k.data.params["init"] in ("k-means++", "random")
+        assert {"max_iter", "tol", "n_init", "random_state"} <= set(k.data.params)
+        assert TRIAL_METRICS <= set(k.data.metrics)
+        assert k.data.metrics["objective"] == pytest.approx(k.data.metrics["silhouette"])
+        assert k.info.start_time and k.info.end_time
+        assert (
+            parent.info.start_time <= k.info.start_time <= k.info.end_time <= parent.info.end_time
+        )
+        assert float(k.data.tags["trial.duration_s"]) >= 0
+        assert {"centroids/centroids.csv", "centroids/centroids.npy"} <= artifact_paths(
+            mlc, k.info.run_id, "centroids"
+        )
+    # Centroids match the trial's n_clusters.
+    one = kids[0]
+    local = mlc.download_artifacts(one.info.run_id, "centroids/centroids.npy")
+    assert np.load(local).shape == (int(one.data.params["n_clusters"]), 2)
+
+
+def test_parent_plots_and_tables(blobs_search, mlc):
+    _, outcome, parent, _, _ = blobs_search
+    run_id = parent.info.run_id
+    assert {
+        "plots/optimization_history.png",
+        "plots/elbow.png",
+        "plots/param_importance.png",
+    } <= artifact_paths(mlc, run_id, "plots")
+    assert {"search/trials.csv", "search/study_trials.csv"} <= artifact_paths(mlc, run_id, "search")
+    trials = pd.read_csv(mlc.download_artifacts(run_id, "search/trials.csv"))
+    assert len(trials) == 8 and set(trials["state"]) == {"FINISHED"}
+    assert {
+        f"best.{k}" for k in ("n_clusters", "init", "n_init", "max_iter", "tol", "random_state")
+    } <= set(parent.data.params)
+    assert parent.data.params["search.n_trials"] == "8"
+
+
+# -- digits: adjusted Rand index next to the plain KMeans baseline -------------------------
+
+
+def test_digits_reports_ari_next_to_baseline(store, mlc, client, optuna_url):
+    cfg = make_cfg(
+        "search-digits",
+        optuna_url,
+        "search.n_trials=4",
+        "metrics.silhouette_sample=500",
+        "tracking.log_plot=false",
+        path=DIGITS,
+    )
+    assert cfg.search.objective == "adjusted_rand"
+    outcome = search(cfg, client=client)
+    parent = mlc.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert outcome.baseline is not None and 0.3 < outcome.baseline <= 1.0
+    assert parent.data.metrics["baseline_adjusted_rand"] == pytest.approx(outcome.baseline)
+    assert parent.data.tags["baseline"].startswith("sklearn KMeans(n_clusters=10")
+    assert "adjusted_rand" in outcome.best_metrics
+    assert 0.0 < outcome.best_metrics["adjusted_rand"] <= 1.0
+    assert parent.data.metrics["best_adjusted_rand"] == pytest.approx(outcome.best_value)
+    assert len(children(mlc, outcome.parent_run_id)) == 4
+    assert_none_running(mlc)
+
+
+# -- data-parallel ------------------------------------------------------------------------
+
+
+def test_data_parallel_dask_ml(store, mlc, client, optuna_url):
+    cfg = make_cfg(
+        "search-daskml",
+        optuna_url,
+        "backend=dask-ml",
+        "data.n_samples=600",
+        "data.chunk_rows=150",
+        "search.n_trials=3",
+        "search.space.init=null",
+        "search.space.n_clusters.low=4",
+        "search.space.n_clusters.high=7",
+        "tracking.log_plot=false",
+    )
+    outcome = search(cfg, client=client)
+    parent = mlc.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["search.parallelism"] == "data"
+    assert outcome.study_name == "blobs-dask-ml"
+    kids = children(mlc, outcome.parent_run_id)
+    assert len(kids) == 3
+    for k in kids:
+        assert k.info.status == "FINISHED"
+        assert k.data.tags["search.parallelism"] == "data"
+        assert k.data.tags["backend"] == "dask-ml"
+        assert k.data.tags["trial.worker"] == "driver"
+        assert "silhouette" in k.data.metrics
+    assert 4 <= outcome.best_params["n_clusters"] <= 7
+    assert_none_running(mlc)
+
+
+def test_dask_ml_cannot_run_trial_parallel(store, mlc, client, optuna_url):
+    cfg = make_cfg(
+        "search-daskml-trial",
+        optuna_url,
+        "backend=dask-ml",
+        "search.parallelism=trial",
+        "data.n_samples=600",
+    )
+    with pytest.raises(ConfigError, match="data-parallel"):
+        search(cfg, client=client)
+    assert runs_of(mlc, "search-daskml-trial") == []
+
+
+# -- scikit-learn CV strategies on joblib-dask -------------------------------------------
+
+
+def test_grid_strategy_child_per_grid_point(store, mlc, client, optuna_url):
+    cfg = make_cfg(
+        "search-grid",
+        optuna_url,
+        "search.strategy=grid",
+        "data.n_samples=600",
+        "search.cv=2",
+        "search.space.init=null",
+        "search.space.n_clusters.low=5",
+        "search.space.n_clusters.high=7",
+        "tracking.log_plot=false",
+    )
+    outcome = search(cfg, client=client)
+    parent = mlc.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert outcome.study_name.startswith("blobs-sklearn-grid-")
+    kids = children(mlc, outcome.parent_run_id)
+    assert len(kids) == 3
+    assert sorted(int(k.data.params["n_clusters"]) for k in kids) == [5, 6, 7]
+    assert sorted(k.info.run_name for k in kids) == [
+        f"{outcome.study_name}-trial-{i:03d}" for i in range(3)
+    ]
+    assert {k.data.tags["trial.worker"] for k in kids} == {"dask-joblib"}
+    assert all(k.info.status == "FINISHED" and "cv_silhouette" in k.data.metrics for k in kids)
+    assert "search/cv_results.csv" in artifact_paths(mlc, outcome.parent_run_id, "search")
+    table = pd.read_csv(mlc.download_artifacts(outcome.parent_run_id, "search/cv_results.csv"))
+    assert len(table) == 3 and "mean_test_score" in table
+    assert outcome.best_params["n_clusters"] == 6
+    assert parent.data.params["best.n_clusters"] == "6"
+    assert_none_running(mlc)
+
+
+def test_random_strategy_n_trials_candidates(store, mlc, client, optuna_url):
+    cfg = make_cfg(
+        "search-random",
+        optuna_url,
+        "search.strategy=random",
+        "search.n_trials=3",
+        "data.n_samples=600",
+        "search.cv=2",
+        "tracking.log_plot=false",
+    )
+    outcome = search(cfg, client=client)
+    assert mlc.get_run(outcome.parent_run_id).info.status == "FINISHED"
+    kids = children(mlc, outcome.parent_run_id)
+    assert len(kids) == 3
+    assert sum(outcome.counts.values()) == 3
+    assert "search/cv_results.csv" in artifact_paths(mlc, outcome.parent_run_id, "search")
+    assert_none_running(mlc)
+
+
+# -- failed trials ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def flaky_sklearn(monkeypatch):
+    """Register tests/flaky_backend.py as the sklearn backend (fails when n_clusters == 3)."""
+    target = f"{flaky_backend.__name__}:SklearnBackend"
+    monkeypatch.setitem(toolkit.backends.BACKENDS, "sklearn", target)
+    assert toolkit.backends.get_backend("sklearn") is flaky_backend.SklearnBackend
+    return target
+
+
+def test_failed_trial_is_recorded_and_search_goes_on(store, mlc, client, optuna_url, flaky_sklearn):
+    # Optuna's grid sampler over n_clusters 3..5: each point once, so n_clusters=3 surely runs
+    # (and n_trials above the grid size is capped at it, with no crash when the grid is covered).
+    cfg = make_cfg(
+        "search-flaky",
+        optuna_url,
+        "search.parallelism=data",
+        "search.sampler=grid",
+        "search.n_trials=5",
+        "data.n_samples=600",
+        "search.space.init=null",
+        "search.space.n_clusters.low=3",
+        "search.space.n_clusters.high=5",
+        "tracking.log_plot=false",
+    )
+    outcome = search(cfg, client=client)
+    parent = mlc.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_failed"] >= 1
+    assert outcome.counts == {"complete": 2, "failed": 1, "pruned": 0}
+    kids = children(mlc, outcome.parent_run_id)
+    assert sorted(int(k.data.params["n_clusters"]) for k in kids) == [3, 4, 5]
+    for k in kids:
+        if k.data.params["n_clusters"] == "3":
+            assert k.info.status == "FAILED"
+            assert "boom" in k.data.tags["error"]
+            assert k.data.tags["trial.state"] == "FAILED"
+            assert "objective" not in k.data.metrics
+        else:
+            assert k.info.status == "FINISHED" and "error" not in k.data.tags
+    study = optuna.load_study(study_name=outcome.study_name, storage=optuna_url)
+    states = {t.params["n_clusters"]: t.state for t in study.trials}
+    assert states == {3: TrialState.FAIL, 4: TrialState.COMPLETE, 5: TrialState.COMPLETE}
+    assert outcome.best_params["n_clusters"] in (4, 5)
+    assert_none_running(mlc)
+
+
+def test_all_trials_failing_fails_the_parent(store, mlc, client, optuna_url, flaky_sklearn):
+    cfg = make_cfg(
+        "search-allfail",
+        optuna_url,
+        "search.parallelism=data",
+        "search.n_trials=2",
+        "data.n_samples=600",
+        "search.space.init=null",
+        "search.space.n_clusters.low=3",
+        "search.space.n_clusters.high=3",
+    )
+    with pytest.raises(ToolkitError, match="no trial"):
+        search(cfg, client=client)
+    runs = runs_of(mlc, "search-allfail")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FAILED"
+    assert "no trial" in parent.data.tags["error"]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(kids) == 2
+    assert all(k.info.status == "FAILED" and "boom" in k.data.tags["error"] for k in kids)
+    assert_none_running(mlc)
+
+
+# -- config checks before any trial -------------------------------------------------------
+
+
+def _assert_no_trial_work(mlc: MlflowClient, experiment: str, storage: str) -> None:
+    runs = runs_of(mlc, experiment)
+    assert all("mlflow.parentRunId" not in r.data.tags for r in runs), "no child run may exist"
+    for r in runs:  # the parent (if any) ends FAILED with the reason, never RUNNING
+        assert r.info.status == "FAILED" and r.data.tags["error"]
+    for summary in optuna.get_all_study_summaries(storage):
+        assert summary.n_trials == 0
+    assert_none_running(mlc)
+
+
+def test_space_init_not_supported_by_backend(store, mlc, client, optuna_url):
+    cfg = make_cfg(
+        "search-badinit", optuna_url, "data.n_samples=600", "search.space.init=[k-means||]"
+    )
+    with pytest.raises(ConfigError, match=r"k-means\|\|"):
+        search(cfg, client=client)
+    _assert_no_trial_work(mlc, "search-badinit", optuna_url)
+
+
+def test_space_n_clusters_above_n_samples(store, mlc, client, optuna_url):
+    cfg = make_cfg(
+        "search-bigk", optuna_url, "data.n_samples=50", "search.space.n_clusters.high=60"
+    )
+    with pytest.raises(ConfigError, match="exceeds the 50 samples"):
+        search(cfg, client=client)
+    _assert_no_trial_work(mlc, "search-bigk", optuna_url)
+
+
+def test_adjusted_rand_needs_labels(store, mlc, client, optuna_url, tmp_path):
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "points.csv"
+    pd.DataFrame(rng.normal(size=(200, 2)), columns=["a", "b"]).to_csv(csv, index=False)
+    cfg = make_cfg(
+        "search-nolabels",
+        optuna_url,
+        "data.source=file",
+        f"data.path={csv}",
+        "search.objective=adjusted_rand",
+    )
+    assert cfg.data.label_column is None
+    with pytest.raises(ConfigError, match="ground-truth labels"):
+        search(cfg, client=client)
+    _assert_no_trial_work(mlc, "search-nolabels", optuna_url)
