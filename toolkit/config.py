@@ -309,7 +309,12 @@ def _format_validation(err: ValidationError, where: str) -> str:
     loc = ".".join(str(p) for p in first["loc"])
     more = len(err.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{where}: {loc or '<top>'}: {first['msg']}{suffix}"
+    # Say what was given (e.g. backend 'tensorflow'), for wrong scalar values.
+    given = first.get("input")
+    got = ""
+    if first.get("type") != "extra_forbidden" and isinstance(given, str | int | float | bool):
+        got = f" (got {given!r})"
+    return f"{where}: {loc or '<top>'}: {first['msg']}{got}{suffix}"
 
 
 def load_experiment(

@@ -160,7 +160,12 @@ def read_table(
             return dd.read_parquet(files, columns=columns)
         return dd.read_csv(files, usecols=columns, blocksize=blocksize)
     except (ValueError, KeyError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # Dask wraps the reader's error: "An error occurred while calling the read_csv method
+        # ...\nOriginal Message: <the real reason>"; report the real reason.
+        text = str(exc.args[0]) if exc.args else ""
+        if "Original Message:" in text:
+            text = text.split("Original Message:", 1)[1]
+        msg = " ".join(text.split()) or type(exc).__name__
         raise DataError(f"cannot read {files[0]!r}: {msg}", "check data.columns and data.format") from None
 
 
@@ -170,11 +175,15 @@ def numeric_block(ddf: Any, where: str) -> Any:
 
     bad = [str(c) for c, t in ddf.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
     if bad:
+        if len(ddf.index) == 0:  # a header-only CSV reads as empty object columns
+            raise DataError(f"{where} holds no rows", "point at non-empty data")
         raise DataError(
             f"{where} has non-numeric column(s): {', '.join(bad)}",
             "select numeric columns with data.columns or encode them first",
         )
-    X = ddf.astype(np.float32).to_dask_array(lengths=True)
+    # Optimise first: column projection can fuse small Parquet files into fewer partitions,
+    # and lengths computed on the optimised graph must match the array's partitions.
+    X = ddf.astype(np.float32).optimize().to_dask_array(lengths=True)
     return X
 
 

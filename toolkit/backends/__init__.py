@@ -46,7 +46,11 @@ _PIP_NAMES = {
 def require_packages(backend: str, modules: tuple[str, ...]) -> None:
     """Raise :class:`BackendUnavailableError` if any of ``modules`` cannot be imported."""
     for mod in modules:
-        if importlib.util.find_spec(mod) is None:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):  # a blocked or half-installed package
+            found = False
+        if not found:
             raise BackendUnavailableError(
                 f"backend {backend!r} needs the Python package {mod!r}, which is not installed",
                 f"install {_PIP_NAMES.get(mod, mod)} or choose a CPU backend (sklearn, dask, dask-ml)",

@@ -1,0 +1,39 @@
+"""Fresh sqlite MLflow stores without paying for MLflow's schema migrations each time.
+
+Creating a sqlite store runs every MLflow migration (seconds on a slow machine, more inside a
+subprocess that must also import MLflow first).  ``init_store(path)`` lets MLflow create one
+real store per test process, then copies that file to ``path``: each copy is an ordinary,
+independent, fully migrated MLflow database.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+_template: Path | None = None
+
+
+def _make_template() -> Path:
+    from mlflow import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="kmeans-mlflow-template-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    db = folder / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # creates the tables
+    return db
+
+
+def init_store(path: str | Path) -> str:
+    """Put an initialised MLflow sqlite store at ``path`` (a file or a ``sqlite:///`` URI)."""
+    global _template
+    target = Path(str(path).removeprefix("sqlite:///"))
+    if target.exists():
+        raise FileExistsError(target)
+    if _template is None:
+        _template = _make_template()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_template, target)
+    return f"sqlite:///{target}"

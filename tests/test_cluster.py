@@ -1,0 +1,55 @@
+"""``toolkit.cluster``: which scheduler is used, and that what was opened is closed."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolkit.cluster import client_info, dask_client, scheduler_address
+from toolkit.config import ClusterConfig
+
+
+def test_scheduler_address_precedence(monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert scheduler_address(ClusterConfig()) is None
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://env:8786")
+    assert scheduler_address(ClusterConfig()) == "tcp://env:8786"
+    assert scheduler_address(ClusterConfig(scheduler_address="tcp://cfg:8786")) == "tcp://cfg:8786"
+
+
+def test_connect_to_existing_scheduler_leaves_it_running(client, monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    address = client.scheduler.address
+    with dask_client(ClusterConfig(scheduler_address=address)) as c:
+        assert c is not client
+        assert c.submit(sum, [1, 2, 3]).result() == 6
+        info = client_info(c)
+    assert c.status == "closed"
+    assert info["dask.scheduler"] == address
+    assert info["dask.workers"] == "2" and info["dask.threads"] == "2"
+    assert info["dask.dashboard"].startswith("http")
+    # The session cluster was not ours to close.
+    assert client.submit(sum, [4, 5]).result() == 9
+
+
+def test_scheduler_from_environment(client, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", client.scheduler.address)
+    with dask_client(ClusterConfig()) as c:
+        assert c.scheduler.address == client.scheduler.address
+    assert c.status == "closed"
+
+
+def test_local_cluster_is_closed_on_error(monkeypatch):
+    # Explicitly about start/close: a small threaded LocalCluster, closed by dask_client itself.
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    cfg = ClusterConfig(n_workers=1, threads_per_worker=1, processes=False)
+    cluster = None
+    try:
+        with pytest.raises(RuntimeError, match="boom"), dask_client(cfg) as c:
+            cluster = c.cluster
+            assert len(c.scheduler_info()["workers"]) == 1
+            raise RuntimeError("boom")
+        assert c.status == "closed"
+        assert cluster is not None and cluster.status.name == "closed"
+    finally:
+        if cluster is not None and cluster.status.name != "closed":
+            cluster.close()

@@ -1,0 +1,232 @@
+"""Experiment configs: every shipped file loads; every kind of mistake is a one-line ConfigError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.config import ExperimentConfig, load_experiment, parse_overrides
+from toolkit.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+
+
+def _one_line(err: pytest.ExceptionInfo[ConfigError]) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def _write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_experiments_dir_is_not_empty():
+    assert {p.name for p in EXPERIMENTS} >= {"blobs.yaml", "digits.yaml"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_file_loads(path):
+    cfg = load_experiment(path)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.name == path.stem
+    assert cfg.source_path == str(path)
+    # Search ranges in the shipped files are usable.
+    assert cfg.search.space.n_clusters.values()
+
+
+def test_file_values_override_defaults():
+    cfg = load_experiment(REPO / "experiments" / "blobs.yaml")
+    assert cfg.model.n_clusters == 6
+    assert cfg.data.chunk_rows == 25_000
+    assert cfg.search.space.init == ["k-means++", "random"]
+    assert cfg.experiment_name == "blobs"
+    flat = cfg.flat()
+    assert flat["model.n_clusters"] == 6
+    assert flat["search.space.n_clusters.high"] == 10
+    assert "source_path" not in flat
+
+
+def test_no_path_gives_defaults():
+    cfg = load_experiment(None)
+    assert cfg.name == "default"
+    assert cfg.backend == "sklearn"
+    assert cfg.source_path is None
+
+
+def test_unknown_key_in_file_names_file_and_dotted_key(tmp_path):
+    path = _write(tmp_path, "name: t\ndata:\n  source: blobs\n  foo: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    msg = _one_line(err)
+    assert str(path) in msg
+    assert "data.foo" in msg
+
+
+def test_unknown_top_level_key_in_file(tmp_path):
+    path = _write(tmp_path, "name: t\nmodle:\n  n_clusters: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    msg = _one_line(err)
+    assert str(path) in msg and "modle" in msg
+
+
+def test_wrong_type(tmp_path):
+    path = _write(tmp_path, "name: t\nmodel:\n  n_clusters: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    msg = _one_line(err)
+    assert str(path) in msg and "model.n_clusters" in msg
+    assert "integer" in msg
+    assert "'many'" in msg  # what was given
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("model:\n  n_clusters: 0\n", "model.n_clusters"),
+        ("data:\n  cluster_std: -1.0\n", "data.cluster_std"),
+        ("metrics:\n  silhouette_sample: 1\n", "metrics.silhouette_sample"),
+        ("search:\n  cv: 1\n", "search.cv"),
+        ("search:\n  space:\n    n_clusters: {low: 9, high: 3}\n", "search.space.n_clusters"),
+    ],
+)
+def test_out_of_range_value(tmp_path, text, key):
+    path = _write(tmp_path, "name: t\n" + text)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    msg = _one_line(err)
+    assert str(path) in msg and key in msg
+
+
+def test_literal_value_not_allowed(tmp_path):
+    path = _write(tmp_path, "name: t\nmodel:\n  init: kmeans-plus-plus\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert "model.init" in _one_line(err)
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = _write(tmp_path, "name: t\nmodel:\n  n_clusters: [3, 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    msg = _one_line(err)
+    assert str(path) in msg and "invalid YAML" in msg and "line" in msg
+
+
+def test_top_level_not_a_mapping(tmp_path):
+    path = _write(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert "mapping" in _one_line(err)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    msg = _one_line(err)
+    assert str(path) in msg and "does not exist" in msg
+
+
+def test_overrides_of_nested_keys():
+    cfg = load_experiment(
+        REPO / "experiments" / "blobs.yaml",
+        [
+            "model.n_clusters=5",
+            "search.space.n_clusters.low=3",
+            "model.tol=1e-3",
+            "data.persist=false",
+        ],
+    )
+    assert cfg.model.n_clusters == 5
+    assert cfg.search.space.n_clusters.low == 3
+    assert cfg.search.space.n_clusters.high == 10  # sibling kept from the file
+    assert cfg.model.tol == pytest.approx(1e-3)
+    assert cfg.data.persist is False
+    assert cfg.model.init == "k-means++"  # untouched keys keep the file's value
+
+
+def test_override_forms_are_equivalent():
+    as_list = load_experiment(None, ["model.n_clusters=5", "model.max_iter=20"])
+    as_str = load_experiment(None, "model.n_clusters=5 model.max_iter=20")
+    as_map = load_experiment(None, {"model.n_clusters": 5, "model.max_iter": 20})
+    assert as_list.model == as_str.model == as_map.model
+    assert as_list.model.n_clusters == 5 and as_list.model.max_iter == 20
+
+
+def test_override_of_optional_search_range():
+    cfg = load_experiment(None, "search.space.tol.low=0.001 search.space.tol.high=0.1")
+    assert cfg.search.space.tol.low == pytest.approx(0.001)
+    assert cfg.search.space.tol.high == pytest.approx(0.1)
+
+
+def test_alias_keys():
+    cfg = load_experiment(None, "n_clusters=4 n_samples=500 n_workers=3 n_trials=7 strategy=grid")
+    assert cfg.model.n_clusters == 4
+    assert cfg.data.n_samples == 500
+    assert cfg.cluster.n_workers == 3
+    assert cfg.search.n_trials == 7
+    assert cfg.search.strategy == "grid"
+
+
+def test_unknown_override_key():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(REPO / "experiments" / "blobs.yaml", ["model.n_clusterz=5"])
+    msg = _one_line(err)
+    assert "model.n_clusterz" in msg
+    assert "model.n_clusters" in msg  # the fix lists the real keys
+
+
+def test_override_below_a_leaf_is_unknown():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["model.n_clusters.low=5"])
+    assert "model.n_clusters.low" in _one_line(err)
+
+
+def test_override_wrong_type_and_range():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["model.n_clusters=abc"])
+    assert "model.n_clusters" in _one_line(err)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["search.space.n_clusters.low=30"])  # above default high (12)
+    assert "search.space.n_clusters" in _one_line(err)
+
+
+def test_override_not_key_value():
+    with pytest.raises(ConfigError) as err:
+        parse_overrides("model.n_clusters")
+    assert "key=value" in _one_line(err)
+
+
+def test_parse_overrides_types():
+    out = parse_overrides("a=5 b=1e-3 c=true d=null e=[x,y] f=text g=")
+    assert out["a"] == 5 and isinstance(out["a"], int)
+    assert out["b"] == pytest.approx(1e-3) and isinstance(out["b"], float)
+    assert out["c"] is True
+    assert out["d"] is None
+    assert out["e"] == ["x", "y"]
+    assert out["f"] == "text"
+    assert out["g"] is None
+    assert parse_overrides(None) == {} and parse_overrides("  ") == {}
+
+
+def test_unknown_backend_in_config():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["backend=tensorflow"])
+    msg = _one_line(err)
+    assert "backend" in msg and "sklearn" in msg
+    assert "'tensorflow'" in msg  # what was given
+
+
+def test_source_needs_its_settings():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["data.source=file"])
+    assert "data.path" in _one_line(err)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["data.source=sklearn"])
+    assert "data.dataset" in _one_line(err)
