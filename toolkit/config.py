@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -278,10 +279,10 @@ def _apply(tree: dict[str, Any], dotted: str, value: Any, known: Mapping[str, An
     schema: Any = known
     for i, part in enumerate(parts):
         if not isinstance(schema, Mapping) or part not in schema:
-            raise ConfigError(
-                f"unknown config key {dotted!r}",
-                f"use one of: {', '.join(sorted(_flatten(known)))}",
-            )
+            keys = sorted(_flatten(known))
+            close = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(close)}?" if close else "see experiments/blobs.yaml for the keys"
+            raise ConfigError(f"unknown config key {dotted!r}", hint)
         schema = schema[part]
         if i == len(parts) - 1:
             node[part] = value
