@@ -32,8 +32,12 @@ def main() -> int:
     cfg = ClusterConfig(n_workers=int(args.n_workers or 2), scheduler_address=args.scheduler_address or None)
     with dask_client(cfg) as client:
         predictor = load_predictor(args.model_uri, client=client)
-        info = score_files(predictor, args.input, args.output, columns,
-                           overwrite=args.overwrite.lower() in ("1", "true", "yes"))
+        try:
+            info = score_files(predictor, args.input, args.output, columns,
+                               overwrite=args.overwrite.lower() in ("1", "true", "yes"))
+        finally:  # on a shared cluster (--scheduler-address), take the model off its workers
+            if hasattr(predictor, "close"):
+                predictor.close()
     say(f"scored {info['files']} file(s) in {info['partitions']} partition(s) -> {info['output']}")
     return 0
 

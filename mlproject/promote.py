@@ -25,7 +25,9 @@ def main() -> int:
     with tracked_run(cfg.experiment_name, f"promote-{args.model_name}", {"entry_point": "promote"}) as run_id:
         dataset = load_dataset(cfg.data)
         X = dataset.X if not dataset.is_lazy else dataset.X.compute()
-        log_params(run_id, {"model_name": args.model_name, "metric": metric, "force": args.force,
+        # `mlflow run` has already logged its -P values as params (metric="" when left out) and
+        # MLflow refuses to change a logged param: the effective metric is logged as eval.metric.
+        log_params(run_id, {"model_name": args.model_name, "force": args.force, "eval.metric": metric,
                             "eval.data": dataset.name, "eval.rows": dataset.n_samples})
         res = promote(args.model_name, X, dataset.y, metric=metric,
                       force=str(args.force).lower() in ("1", "true", "yes"), seed=cfg.metrics.seed)

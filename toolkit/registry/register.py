@@ -50,11 +50,11 @@ def sklearn_requirements() -> list[str]:
     return reqs
 
 
-def _signature(sample: np.ndarray, feature_names: list[str]) -> tuple[Any, Any]:
+def _signature(sample: np.ndarray, feature_names: list[str], dtype: Any = np.float32) -> tuple[Any, Any]:
     import pandas as pd
     from mlflow.models import infer_signature
 
-    frame = pd.DataFrame(sample[:5].astype(np.float32), columns=feature_names)
+    frame = pd.DataFrame(sample[:5].astype(dtype), columns=feature_names)
     labels = np.zeros(len(frame), dtype=np.int32)
     return infer_signature(frame, labels), frame
 
@@ -62,7 +62,12 @@ def _signature(sample: np.ndarray, feature_names: list[str]) -> tuple[Any, Any]:
 def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str]) -> str:
     import mlflow.sklearn
 
-    signature, example = _signature(sample, feature_names)
+    # In the dtype of the twin's centers: scikit-learn predicts only rows of that float width,
+    # and `mlflow models serve` casts requests to the signature's types (float64 for the
+    # ``dask`` backend's twin, float32 otherwise).
+    centers = np.asarray(twin.cluster_centers_)
+    dtype = centers.dtype if centers.dtype in (np.float32, np.float64) else np.float32
+    signature, example = _signature(sample, feature_names, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "model")
         mlflow.sklearn.save_model(

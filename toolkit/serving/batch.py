@@ -31,7 +31,14 @@ def score_files(
     if os.path.exists(output) and not overwrite:
         raise DataError(f"output {output!r} already exists", "choose another path or pass --overwrite")
     files = _expand(path)
-    ddf = read_table(files, _format_of(files, fmt), columns)
+    # Every column is read (and written back): ``columns`` only picks the features, so ids
+    # and other non-feature columns stay beside the label.
+    ddf = read_table(files, _format_of(files, fmt))
+    if columns:
+        missing = [c for c in columns if c not in ddf.columns]
+        if missing:
+            raise DataError(f"{files[0]!r} has no column(s) {', '.join(missing)}; it has "
+                            f"{', '.join(map(str, ddf.columns))}", "fix --columns")
     features = ddf[columns] if columns else ddf
     labels = predictor.predict(features)
     scored = ddf.assign(label=labels)

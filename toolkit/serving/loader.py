@@ -2,9 +2,9 @@
 
 ``load_predictor("models:/blobs-kmeans-sklearn@champion")`` gives a local predictor
 (scikit-learn on CPU; cuML where the model is native cuML and a GPU is present).
-``load_predictor(uri, client=client)`` gives a distributed one: for CPU models the scikit-learn
-model is broadcast to every worker once and each partition is predicted where it lives; for a
-registered single-GPU cuML model a ``cuml.dask.cluster.KMeans`` is rebuilt around it.
+``load_predictor(uri, client=client)`` gives a distributed one: for CPU models the model is
+installed on every worker once (a worker plugin) and each partition is predicted where it lives;
+for a registered single-GPU cuML model a ``cuml.dask.cluster.KMeans`` is rebuilt around it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from toolkit.errors import DataError, ModelError
 
@@ -120,6 +121,18 @@ def _check_features(model: Any, n_features: int, where: str) -> None:
                         "select the model's feature columns (data.columns / --columns)")
 
 
+def _input_dtype(model: Any) -> Any:
+    """The float dtype ``model`` predicts: its centers' when they are a NumPy array, else float32.
+
+    scikit-learn's ``predict`` refuses rows of another float width than ``cluster_centers_``
+    (the ``dask`` backend's twin has float64 centers); native models take float32.
+    """
+    centers = getattr(model, "cluster_centers_", None)
+    if isinstance(centers, np.ndarray) and centers.dtype in (np.float32, np.float64):
+        return centers.dtype
+    return np.dtype(np.float32)
+
+
 def _numeric_frame(frame: Any, where: str) -> None:
     import pandas as pd
 
@@ -140,23 +153,57 @@ class LocalPredictor:
         if hasattr(data, "dtypes"):
             _numeric_frame(data, "input")
             data = data.to_numpy()
-        X = np.asarray(data, dtype=np.float32)
+        X = np.asarray(data, dtype=np.float32)  # the values every predictor sees, whatever the model
         if X.ndim != 2:
             raise DataError(f"input must be 2-D (rows x features), got shape {X.shape}", "reshape it")
         _check_features(self.model, X.shape[1], "input")
         from toolkit.convert import to_numpy
 
-        return to_numpy(self.model.predict(X)).astype(np.int32)
+        return to_numpy(self.model.predict(X.astype(_input_dtype(self.model), copy=False))).astype(np.int32)
 
 
-def _predict_block(block: np.ndarray, model: Any) -> np.ndarray:
-    return np.asarray(model.predict(np.asarray(block, dtype=np.float32)), dtype=np.int32)
+class _ModelOnWorkers(WorkerPlugin):
+    """Worker plugin holding the model: the scheduler sends it to each worker once.
+
+    Not ``client.scatter(model, broadcast=True)``: the Active Memory Manager (on by default)
+    drops the extra replicas of a broadcast key within seconds, so later predictions fetched
+    the model from another worker again (dask/dask#11148).  A plugin stays on its worker, also
+    reaches workers that join later, and tasks carry only its name.
+    """
+
+    def __init__(self, name: str, model: Any) -> None:
+        self.name = name
+        self.model = model
+        self.worker_address: str | None = None
+
+    def setup(self, worker: Any) -> None:
+        self.worker_address = worker.address
 
 
-def _predict_frame(frame: Any, model: Any) -> Any:
+def _worker_model(plugin_name: str) -> Any:
+    from distributed import get_worker
+
+    try:
+        return get_worker().plugins[plugin_name].model
+    except (KeyError, ValueError):
+        raise ModelError(f"the model ({plugin_name}) is not installed on this worker",
+                         "compute the predictions while the DistributedPredictor is open") from None
+
+
+def _predict_block(block: np.ndarray, plugin_name: str) -> np.ndarray:
+    model = _worker_model(plugin_name)
+    X = np.asarray(block, dtype=np.float32).astype(_input_dtype(model), copy=False)
+    return np.asarray(model.predict(X), dtype=np.int32)
+
+
+def _predict_frame(frame: Any, plugin_name: str) -> Any:
     import pandas as pd
 
-    labels = model.predict(frame.to_numpy(dtype=np.float32)) if len(frame) else np.empty(0, np.int32)
+    if len(frame):
+        model = _worker_model(plugin_name)
+        labels = model.predict(frame.to_numpy(dtype=np.float32).astype(_input_dtype(model), copy=False))
+    else:
+        labels = np.empty(0, np.int32)
     return pd.Series(np.asarray(labels, dtype=np.int32), index=frame.index, name="label")
 
 
@@ -164,24 +211,40 @@ class DistributedPredictor:
     """Predicts partition by partition on a Dask cluster; the model is on every worker once."""
 
     def __init__(self, model: Any, client: Any, source: ModelSource | None = None) -> None:
+        import uuid
+
         self.client = client
         self.model = model
         self.source = source
-        # Broadcast once; every task refers to this one key, so no worker receives it twice.
-        self.model_future = client.scatter(model, broadcast=True, hash=False)
+        self.plugin_name: str | None = f"kmeans-model-{uuid.uuid4().hex}"
+        client.register_plugin(_ModelOnWorkers(self.plugin_name, model), name=self.plugin_name)
+
+    def close(self) -> None:
+        """Remove the model from the workers (lazy results can no longer be computed)."""
+        if self.plugin_name is not None and self.client.status == "running":
+            self.client.unregister_worker_plugin(self.plugin_name)
+        self.plugin_name = None
+
+    def __enter__(self) -> DistributedPredictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def predict(self, data: Any) -> Any:
         """Lazy labels: a Dask array for a Dask array, a Dask Series (same index) for a DataFrame."""
         import dask.array as da
         import dask.dataframe as dd
 
+        if self.plugin_name is None:
+            raise ModelError("this DistributedPredictor is closed", "load a new one with load_predictor")
         if isinstance(data, dd.DataFrame):
             _numeric_frame(data._meta, "input")
             _check_features(self.model, len(data.columns), "input")
             import pandas as pd
 
             meta = pd.Series(np.empty(0, np.int32), name="label")
-            return data.map_partitions(_predict_frame, self.model_future, meta=meta)
+            return data.map_partitions(_predict_frame, self.plugin_name, meta=meta)
         if isinstance(data, np.ndarray):
             data = da.from_array(data, chunks=(max(1, len(data) // (2 * self._n_workers())), data.shape[1]))
         if not isinstance(data, da.Array) or data.ndim != 2:
@@ -190,7 +253,7 @@ class DistributedPredictor:
         _check_features(self.model, data.shape[1], "input")
         if data.chunks[1] != (data.shape[1],):
             data = data.rechunk({1: -1})
-        return data.map_blocks(_predict_block, self.model_future, dtype=np.int32, drop_axis=1)
+        return data.map_blocks(_predict_block, self.plugin_name, dtype=np.int32, drop_axis=1)
 
     def _n_workers(self) -> int:
         return max(1, len(self.client.scheduler_info().get("workers", {})))

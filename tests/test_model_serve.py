@@ -1,0 +1,163 @@
+"""`mlflow models serve -m models:/<twin>@champion` serves the scikit-learn twin.
+
+A real server on loopback (its own process group, killed by its own handle), a real POST to
+/invocations, compared with the local predictor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from _mlflow_store import init_store
+
+from toolkit.config import load_experiment
+from toolkit.data import load_dataset
+from toolkit.serving import load_predictor
+from toolkit.train import train
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+TWIN = "served-blobs-sklearn"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A migrated sqlite store for this module, as tracking and registry URI (env and mlflow)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    uri = init_store(tmp_path_factory.mktemp("serve") / "mlflow.db")
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_REGISTRY_URI", uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(var, raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield uri
+        finally:
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (it was started in a new session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+def _wait_ready(proc: subprocess.Popen, base: str, log: Path, limit_s: float = 90.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(f"{base}/ping", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"mlflow models serve not ready after {limit_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "dask"])
+def test_models_serve_twin_matches_local_predictor(store, client, tmp_path, backend):
+    name = f"served-{backend}"
+    cfg = load_experiment(
+        REPO / "experiments" / "blobs.yaml",
+        [
+            "data.n_samples=2000",
+            "tracking.log_plot=false",
+            f"backend={backend}",
+            "data.chunk_rows=500",
+            f"registry.native_name={name}",
+            f"registry.sklearn_name={name}-sklearn",
+            "tracking.experiment=model-serve",
+        ],
+    )
+    train(cfg, client=client if backend == "dask" else None, register=True)
+    uri = f"models:/{name}-sklearn@champion"
+    X = load_dataset(cfg.data).X[:300]
+    expected = load_predictor(uri).predict(X)
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store}
+    env.pop("MLFLOW_RUN_ID", None)
+    with open(log, "w") as log_fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                "1",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(proc, base, log)
+        body = {"dataframe_split": {"columns": ["x0", "x1"], "data": X.astype(float).tolist()}}
+        request = urllib.request.Request(
+            f"{base}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                answer = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"/invocations answered {exc.code}: {exc.read()[:2000]!r}")
+        served = np.asarray(answer["predictions"])
+        assert served.shape == (len(X),)
+        assert np.array_equal(served, expected)
+    finally:
+        _stop(proc)
+    assert proc.poll() is not None

@@ -1,0 +1,391 @@
+"""Registry: the native model and its scikit-learn twin, linked by tags, promoted by alias.
+
+Everything runs for real against a temporary sqlite MLflow store (one per module, copied from
+a migrated template): a small search registers the best model, ``train(register=True)``
+registers more, ``promote`` moves ``champion`` only when the metric says so.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from _mlflow_store import init_store
+from mlflow import MlflowClient
+from mlflow.models import Model
+
+from toolkit.config import load_experiment
+from toolkit.data import load_dataset
+from toolkit.errors import ModelError
+from toolkit.registry import CHALLENGER, CHAMPION, flavor, log_and_register, promote, register_fit
+from toolkit.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+BLOBS = REPO / "experiments" / "blobs.yaml"
+SMALL = ["data.n_samples=2000", "tracking.log_plot=false"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A migrated sqlite store for this module, as tracking and registry URI (env and mlflow)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    uri = init_store(tmp_path_factory.mktemp("registry") / "mlflow.db")
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_REGISTRY_URI", uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(var, raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield uri
+        finally:
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+
+
+@pytest.fixture(scope="module")
+def mlc(store):
+    return MlflowClient(tracking_uri=store, registry_uri=store)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """The evaluation data of every promotion here: blobs.yaml at 2,000 rows (6 blobs)."""
+    ds = load_dataset(load_experiment(BLOBS, SMALL).data)
+    return ds.X, ds.y
+
+
+def _train_register(name: str, k: int, backend: str = "sklearn", client=None, extra=()):
+    cfg = load_experiment(
+        BLOBS,
+        [
+            *SMALL,
+            f"backend={backend}",
+            f"model.n_clusters={k}",
+            f"registry.native_name={name}",
+            f"registry.sklearn_name={name}-sklearn",
+            f"tracking.experiment=registry-{name}",
+            *extra,
+        ],
+    )
+    return train(cfg, client=client, register=True)
+
+
+def _aliases(mlc, name: str) -> dict[str, str]:
+    return {a: str(v) for a, v in mlc.get_registered_model(name).aliases.items()}
+
+
+# -- a search registers the best model ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def searched(store, client, tmp_path_factory):
+    """A 3-trial search on blobs.yaml with the registration mlproject/search.py hooks in."""
+    from toolkit.search import search
+
+    optuna_db = tmp_path_factory.mktemp("optuna") / "optuna.db"
+    cfg = load_experiment(
+        BLOBS,
+        [
+            *SMALL,
+            "search.n_trials=3",
+            f"search.storage=sqlite:///{optuna_db}",
+            "tracking.experiment=registry-search",
+        ],
+    )
+    registered = []
+
+    def on_best(outcome, backend, X, dataset):  # as in mlproject/search.py
+        if cfg.registry.register_best and outcome.best_fit is not None:
+            registered.append(
+                register_fit(
+                    cfg,
+                    backend,
+                    outcome.best_fit,
+                    X,
+                    dataset,
+                    outcome.parent_run_id,
+                    search_parent_run_id=outcome.parent_run_id,
+                )
+            )
+
+    outcome = search(cfg, client=client, on_best=on_best)
+    assert len(registered) == 1
+    return cfg, outcome, registered[0]
+
+
+def test_search_registers_native_and_twin_linked(searched, mlc):
+    cfg, outcome, reg = searched
+    assert (reg.native_name, reg.sklearn_name) == ("blobs-kmeans", "blobs-kmeans-sklearn")
+    assert (reg.native_version, reg.sklearn_version) == ("1", "1")
+    assert reg.agreement == 1.0
+    native = mlc.get_model_version(cfg.native_model_name, "1")
+    twin = mlc.get_model_version(cfg.sklearn_model_name, "1")
+    for mv in (native, twin):
+        assert mv.run_id == outcome.parent_run_id
+        assert mv.tags["source_run_id"] == outcome.parent_run_id
+        assert mv.tags["search_parent_run_id"] == outcome.parent_run_id
+        assert mv.tags["equivalence.agreement"] == "1.000000"
+        assert mv.tags["backend"] == "sklearn"
+    # The two versions point at each other.
+    assert (native.tags["twin.name"], native.tags["twin.version"]) == (cfg.sklearn_model_name, "1")
+    assert (twin.tags["twin.name"], twin.tags["twin.version"]) == (cfg.native_model_name, "1")
+    assert native.tags["kind"] == "native" and twin.tags["kind"] == "sklearn_twin"
+    # First registration: challenger and champion at once, on both names.
+    for name in (cfg.native_model_name, cfg.sklearn_model_name):
+        assert _aliases(mlc, name) == {CHAMPION: "1", CHALLENGER: "1"}
+    run = mlc.get_run(outcome.parent_run_id)
+    assert run.data.tags["registry.native"] == "blobs-kmeans/1"
+    assert run.data.tags["registry.sklearn"] == "blobs-kmeans-sklearn/1"
+    assert run.data.metrics["twin_agreement"] == 1.0
+
+
+def test_search_twin_is_skops_with_signature_and_example(searched, mlc, tmp_path, blobs):
+    import mlflow.sklearn
+    import pandas as pd
+
+    cfg, outcome, _ = searched
+    local = mlc.download_artifacts(outcome.parent_run_id, "sklearn_model", str(tmp_path))
+    mlmodel = Model.load(os.path.join(local, "MLmodel"))
+    assert mlmodel.flavors["sklearn"]["serialization_format"] == "skops"
+    assert mlmodel.signature is not None
+    assert [c.name for c in mlmodel.signature.inputs.inputs] == ["x0", "x1"]
+    example = mlmodel.load_input_example(local)
+    assert (
+        isinstance(example, pd.DataFrame) and list(example.columns) == ["x0", "x1"] and len(example)
+    )
+
+    twin = mlflow.sklearn.load_model(f"models:/{cfg.sklearn_model_name}@{CHAMPION}")
+    native = flavor.load_model(f"models:/{cfg.native_model_name}@{CHAMPION}")
+    X, _ = blobs
+    assert twin.n_clusters == native.n_clusters == outcome.best_params["n_clusters"]
+    assert np.array_equal(twin.predict(X), native.predict(X))
+    ex = example.to_numpy(np.float32)
+    assert np.array_equal(twin.predict(ex), native.predict(ex))
+
+
+def test_search_native_model_flavor(searched, mlc, tmp_path, blobs):
+    cfg, outcome, _ = searched
+    local = mlc.download_artifacts(outcome.parent_run_id, "native_model", str(tmp_path))
+    conf = flavor.flavor_conf(local)
+    assert conf["backend"] == "sklearn" and conf["device"] == "cpu"
+    assert conf["model_class"] == "sklearn.cluster._kmeans.KMeans"
+    assert conf["versions"]["scikit-learn"]
+    mlmodel = Model.load(os.path.join(local, "MLmodel"))
+    assert mlmodel.signature is not None and mlmodel.saved_input_example_info is not None
+    # The flavor's pyfunc face predicts the same labels (its signature names the columns).
+    import pandas as pd
+
+    X, _ = blobs
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{cfg.native_model_name}/1")
+    labels = pyfunc.predict(pd.DataFrame(X, columns=["x0", "x1"]))
+    assert np.array_equal(np.asarray(labels), flavor.load_model(local).predict(X))
+
+
+# -- data-parallel backends: the native model is the Dask one ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "backend, model_class",
+    [
+        ("dask-ml", "dask_ml.cluster.k_means.KMeans"),
+        ("dask", "toolkit.backends.dask_lloyd.DaskKMeans"),
+    ],
+)
+def test_dask_backends_register_native_and_equal_twin(
+    store, mlc, client, blobs, backend, model_class
+):
+    import mlflow.sklearn
+
+    from toolkit.convert import to_numpy
+
+    name = f"reg-{backend}"
+    out = _train_register(name, 6, backend=backend, client=client, extra=["data.chunk_rows=500"])
+    native_mv = mlc.get_model_version(name, "1")
+    assert native_mv.tags["backend"] == backend and native_mv.tags["device"] == "cpu"
+    assert native_mv.tags["source_run_id"] == out.run_id
+    assert "search_parent_run_id" not in native_mv.tags
+    assert (native_mv.tags["twin.name"], native_mv.tags["twin.version"]) == (f"{name}-sklearn", "1")
+    assert mlc.get_model_version(f"{name}-sklearn", "1").tags["twin.version"] == "1"
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/1")
+    assert flavor.flavor_conf(local)["model_class"] == model_class
+    native = flavor.load_model(f"models:/{name}@{CHAMPION}")
+    assert flavor.FLAVOR_NAME == "kmeans_native"
+    assert f"{type(native).__module__}.{type(native).__qualname__}" == model_class
+    twin = mlflow.sklearn.load_model(f"models:/{name}-sklearn@{CHAMPION}")
+    X, _ = blobs
+    native_labels = to_numpy(native.predict(X)).ravel()
+    # scikit-learn predicts rows of its centers' float width only (float64 for the dask twin).
+    assert np.array_equal(native_labels, twin.predict(X.astype(twin.cluster_centers_.dtype)))
+    # ...so its signature is in that dtype (what `mlflow models serve` casts requests to),
+    twin_dir = mlflow.artifacts.download_artifacts(f"models:/{name}-sklearn/1")
+    sig_type = Model.load(os.path.join(twin_dir, "MLmodel")).signature.inputs.inputs[0].type
+    assert sig_type.to_numpy() == twin.cluster_centers_.dtype
+    # ...and the serving predictor takes float32 rows for either.
+    from toolkit.serving import load_predictor
+
+    assert np.array_equal(
+        load_predictor(f"models:/{name}-sklearn@{CHAMPION}").predict(X), native_labels
+    )
+    assert (
+        _aliases(mlc, name) == _aliases(mlc, f"{name}-sklearn") == {CHAMPION: "1", CHALLENGER: "1"}
+    )
+
+
+# -- a twin that disagrees is not registered --------------------------------------------------
+
+
+def test_disagreeing_twin_is_not_registered(store, mlc, blobs):
+    import copy
+
+    from sklearn.cluster import KMeans
+
+    from toolkit.tracking import tracked_run
+
+    X, _ = blobs
+    native = KMeans(n_clusters=6, n_init=1, random_state=0).fit(X)
+    twin = copy.deepcopy(native)
+    twin.cluster_centers_ = np.roll(native.cluster_centers_, 1, axis=0)  # same centers, other ids
+    with tracked_run("registry-mismatch", "mismatch") as run_id:
+        with pytest.raises(ModelError, match="twin agrees with the native model on only") as err:
+            log_and_register(
+                native,
+                twin,
+                run_id=run_id,
+                backend="sklearn",
+                native_name="mismatch",
+                sklearn_name="mismatch-sklearn",
+                sample=X[:500],
+                feature_names=["x0", "x1"],
+            )
+    assert "\n" not in str(err.value)
+    mv = mlc.get_model_version("mismatch", "1")
+    assert "twin.rejected" in mv.tags and "not registered" in mv.tags["twin.rejected"]
+    assert mv.tags["equivalence.agreement"] == "0.000000"
+    assert mlc.search_model_versions("name='mismatch-sklearn'") == []
+    run = mlc.get_run(run_id)
+    assert run.data.tags["twin.equivalent"] == "False"
+    assert run.data.tags["registry.sklearn"] == "not registered"
+    assert [a.path for a in mlc.list_artifacts(run_id)] == ["native_model"]  # no sklearn_model
+
+
+# -- aliases and promotion ------------------------------------------------------------------
+
+
+def test_challenger_then_promote_rejects_worse_and_force_promotes(store, mlc, blobs):
+    name = "promo-good-first"
+    X, y = blobs
+    _train_register(name, 6)
+    assert _aliases(mlc, name) == {CHAMPION: "1", CHALLENGER: "1"}
+    _train_register(name, 3)
+    # The new registration is the challenger; the first stays champion.
+    for n in (name, f"{name}-sklearn"):
+        assert _aliases(mlc, n) == {CHAMPION: "1", CHALLENGER: "2"}
+
+    res = promote(name, X, y, metric="silhouette")
+    assert not res.promoted
+    assert (res.challenger_version, res.champion_version) == ("2", "1")
+    assert res.challenger_score < res.champion_score
+    for n in (name, f"{name}-sklearn"):
+        assert _aliases(mlc, n)[CHAMPION] == "1"
+    tags = mlc.get_model_version(name, "2").tags
+    assert tags["promotion.outcome"] == "rejected"
+    assert tags["promotion.metric"] == "silhouette"
+    assert tags["promotion.champion_version"] == "1"
+    assert "does not beat" in tags["promotion.reason"]
+    assert "promotion.replaced_by" not in mlc.get_model_version(name, "1").tags
+
+    forced = promote(name, X, y, metric="silhouette", force=True)
+    assert forced.promoted and forced.reason.endswith("; forced")
+    for n in (name, f"{name}-sklearn"):
+        assert _aliases(mlc, n) == {CHAMPION: "2", CHALLENGER: "2"}
+        assert mlc.get_model_version(n, "2").tags["promotion.outcome"] == "promoted"
+        assert mlc.get_model_version(n, "2").tags["promotion.replaced_version"] == "1"
+        assert mlc.get_model_version(n, "1").tags["promotion.replaced_by"] == "2"
+
+    again = promote(name, X, y)
+    assert not again.promoted and again.reason == "challenger already is the champion"
+
+
+def test_promote_moves_champion_when_challenger_wins(store, mlc, blobs):
+    name = "promo-bad-first"
+    X, y = blobs
+    _train_register(name, 3)
+    _train_register(name, 6)
+    res = promote(name, X, y, metric="silhouette")
+    assert res.promoted and "beats champion v1" in res.reason
+    assert res.challenger_score > res.champion_score
+    for n in (name, f"{name}-sklearn"):  # the twin's name moves in step
+        assert _aliases(mlc, n) == {CHAMPION: "2", CHALLENGER: "2"}
+        new, old = mlc.get_model_version(n, "2").tags, mlc.get_model_version(n, "1").tags
+        assert new["promotion.outcome"] == "promoted"
+        assert new["promotion.replaced_version"] == "1"
+        assert old["promotion.replaced_by"] == "2"
+        assert "beats" in old["promotion.replaced_reason"]
+    # A lower-is-better metric agrees.
+    assert (
+        promote(name, X, y, metric="davies_bouldin").reason == "challenger already is the champion"
+    )
+
+
+def test_promote_unknown_model_is_a_one_line_error(store, blobs):
+    X, y = blobs
+    with pytest.raises(ModelError, match="registered model 'no-such-model' does not exist") as err:
+        promote("no-such-model", X, y)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_mlflow_run_promote_entry_point(store, mlc):
+    name = "promo-cli"
+    _train_register(name, 3)
+    _train_register(name, 6)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "MLFLOW_REGISTRY_URI": store,
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "promote",
+            "-P",
+            f"model_name={name}",
+            "-P",
+            "config=experiments/blobs.yaml",
+            "-P",
+            "overrides=data.n_samples=2000",
+            "--env-manager",
+            "local",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{name} v2 promoted to champion" in proc.stdout + proc.stderr
+    for n in (name, f"{name}-sklearn"):
+        assert _aliases(mlc, n)[CHAMPION] == "2"
+    runs = mlc.search_runs(["0"], "tags.entry_point = 'promote'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["promotion.outcome"] == "promoted"
+    assert runs[0].data.params["eval.metric"] == "silhouette"  # -P metric was left empty
+    assert runs[0].data.metrics["challenger_score"] > runs[0].data.metrics["champion_score"]

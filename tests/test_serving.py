@@ -1,0 +1,455 @@
+"""Serving: model URI -> local or distributed predictor, batch scoring, and bad input.
+
+Models are registered for real (``train(register=True)``) into a temporary sqlite store; the
+distributed predictor runs on the session's 2-worker LocalCluster.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dask.array as da
+import dask.dataframe as dd
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from _mlflow_store import init_store
+from mlflow import MlflowClient
+
+from toolkit.config import load_experiment
+from toolkit.data import load_dataset
+from toolkit.errors import DataError, ModelError
+from toolkit.registry import flavor
+from toolkit.serving import DistributedPredictor, LocalPredictor, load_predictor, score_files
+from toolkit.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+BLOBS = REPO / "experiments" / "blobs.yaml"
+NAME = "serve-blobs"
+TWIN = "serve-blobs-sklearn"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A migrated sqlite store for this module, as tracking and registry URI (env and mlflow)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    uri = init_store(tmp_path_factory.mktemp("serving") / "mlflow.db")
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_REGISTRY_URI", uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(var, raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield uri
+        finally:
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+
+
+@pytest.fixture(scope="module")
+def registered(store):
+    """blobs.yaml at 2,000 rows, trained and registered: (run id, data, reference twin)."""
+    import mlflow.sklearn
+
+    cfg = load_experiment(
+        BLOBS,
+        [
+            "data.n_samples=2000",
+            "tracking.log_plot=false",
+            f"registry.native_name={NAME}",
+            f"registry.sklearn_name={TWIN}",
+            "tracking.experiment=serving",
+        ],
+    )
+    out = train(cfg, client=None, register=True)
+    X = load_dataset(cfg.data).X
+    return out.run_id, X, mlflow.sklearn.load_model(f"models:/{TWIN}@champion")
+
+
+@pytest.fixture(scope="module")
+def local(registered) -> LocalPredictor:
+    return load_predictor(f"models:/{TWIN}@champion")
+
+
+@pytest.fixture(scope="module")
+def distributed(registered, client):
+    predictor = load_predictor(f"models:/{TWIN}@champion", client=client)
+    try:
+        yield predictor
+    finally:
+        predictor.close()
+
+
+# -- local predictor ------------------------------------------------------------------------
+
+
+def test_local_predictor_from_alias_equals_sklearn(registered, local):
+    _, X, twin = registered
+    assert isinstance(local, LocalPredictor)
+    assert (local.source.name, local.source.version) == (TWIN, "1")
+    labels = local.predict(X)
+    assert labels.dtype == np.int32 and labels.shape == (len(X),)
+    assert np.array_equal(labels, twin.predict(X))
+    frame = pd.DataFrame(X, columns=["x0", "x1"])
+    assert np.array_equal(local.predict(frame), labels)
+    assert np.array_equal(local.predict(X.astype(np.float64)), labels)  # any float width
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"models:/{TWIN}/1",
+        f"models:/{TWIN}/latest",
+        f"models:/{NAME}@champion",  # the native model (scikit-learn here) through its flavor
+        "runs:/{run_id}/sklearn_model",
+        "runs:/{run_id}/native_model",
+    ],
+)
+def test_every_uri_form_predicts_the_same(registered, local, uri):
+    run_id, X, _ = registered
+    predictor = load_predictor(uri.format(run_id=run_id))
+    assert np.array_equal(predictor.predict(X), local.predict(X))
+
+
+# -- distributed predictor ------------------------------------------------------------------
+
+
+def test_distributed_predictor_matches_local_on_1m_rows(distributed, local, client):
+    X = np.random.default_rng(7).normal(0.0, 6.0, size=(1_000_000, 2)).astype(np.float32)
+    dX = da.from_array(X, chunks=(125_000, 2))
+    lazy = distributed.predict(dX)
+    assert isinstance(lazy, da.Array) and lazy.numblocks == (8,)
+    labels = client.compute(lazy).result()
+    assert labels.dtype == np.int32
+    assert np.array_equal(labels, local.predict(X))
+
+
+def test_distributed_predictor_ships_the_model_once_per_worker(distributed, local, client):
+    """The model reaches each worker once and stays: no worker ever fetches it from another.
+
+    ``client.scatter(model, broadcast=True)`` (the first design) fails this: the Active Memory
+    Manager drops the extra replicas as soon as no task waits on them, and the next prediction
+    transfers the model between workers again.  ``amm.run_once()`` forces that pass now.
+    """
+    name = distributed.plugin_name
+    X = np.random.default_rng(8).normal(0.0, 6.0, size=(40_000, 2)).astype(np.float32)
+    dX = da.from_array(X, chunks=(5_000, 2))
+
+    def installed(dask_worker):
+        plugin = dask_worker.plugins[name]
+        return plugin.worker_address, id(plugin), id(plugin.model)
+
+    before = client.run(installed)
+    for _ in range(2):
+        assert np.array_equal(client.compute(distributed.predict(dX)).result(), local.predict(X))
+        client.amm.run_once()
+    after = client.run(installed)
+    workers = set(client.scheduler_info()["workers"])
+    assert set(after) == workers and len(workers) == 2
+    assert after == before  # the same model object on each worker throughout
+    assert all(addr == w for w, (addr, _, _) in after.items())  # set up by that worker itself
+
+    # Tasks carry the plugin's name, never the model, and no worker fetched anything model-like.
+    def model_transfers(dask_worker):
+        return [
+            k
+            for t in dask_worker.transfer_incoming_log
+            for k in t["keys"]
+            if "KMeans" in str(k) or name in str(k)
+        ]
+
+    assert client.run(model_transfers) == {w: [] for w in workers}
+    graph = dict(distributed.predict(dX).__dask_graph__())
+    assert not any(type(local.model).__name__ in repr(task) for task in graph.values())
+
+
+def test_distributed_predictor_dataframe_keeps_index(distributed, local, client, registered):
+    _, X, _ = registered
+    index = pd.Index(np.arange(len(X))[::-1] * 3 + 1_000, name="row_id")  # not a default index
+    pdf = pd.DataFrame(X, columns=["x0", "x1"], index=index)
+    ddf = dd.from_pandas(pdf, npartitions=4, sort=False)
+    lazy = distributed.predict(ddf)
+    assert isinstance(lazy, dd.Series) and lazy.name == "label"
+    out = client.compute(lazy).result()
+    assert out.index.equals(pdf.index)
+    assert np.array_equal(out.to_numpy(), local.predict(X))
+
+
+def test_distributed_predictor_numpy_input_and_bad_input(distributed, local, client, registered):
+    _, X, _ = registered
+    assert np.array_equal(client.compute(distributed.predict(X)).result(), local.predict(X))
+    with pytest.raises(DataError, match="3 feature column"):
+        distributed.predict(da.ones((10, 3), chunks=5))
+    bad = dd.from_pandas(pd.DataFrame({"x0": [1.0, 2.0], "x1": ["a", "b"]}), npartitions=1)
+    with pytest.raises(DataError, match="non-numeric column.*x1"):
+        distributed.predict(bad)
+
+
+def test_closed_distributed_predictor_says_so(registered, client):
+    predictor = load_predictor(f"models:/{TWIN}/1", client=client)
+    assert isinstance(predictor, DistributedPredictor)
+    name = predictor.plugin_name
+    predictor.close()
+    assert client.run(lambda dask_worker: name in dask_worker.plugins) == {
+        w: False for w in client.scheduler_info()["workers"]
+    }
+    with pytest.raises(ModelError, match="closed"):
+        predictor.predict(np.zeros((4, 2), np.float32))
+
+
+# -- batch scoring --------------------------------------------------------------------------
+
+
+def _parquet_inputs(folder: Path, X: np.ndarray, n_files: int = 3) -> pd.DataFrame:
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    index = pd.Index(rng.permutation(len(X)) + 50_000, name="row_id")  # shuffled, not 0..n-1
+    frame = pd.DataFrame(X, columns=["x0", "x1"], index=index)
+    for i, part in enumerate(np.array_split(np.arange(len(X)), n_files)):
+        frame.iloc[part].to_parquet(folder / f"part-{i}.parquet")
+    return frame
+
+
+def _read_output(path: str) -> pd.DataFrame:
+    files = sorted(
+        glob.glob(os.path.join(path, "*.parquet")), key=lambda f: int(Path(f).name.split(".")[1])
+    )  # part.0, part.1, ... part.10
+    return pd.concat([pd.read_parquet(f) for f in files])
+
+
+def test_score_parquet_glob_keeps_order_and_index(distributed, local, registered, tmp_path):
+    _, X, _ = registered
+    frame = _parquet_inputs(tmp_path / "in", X)
+    out = tmp_path / "scored.parquet"
+    info = score_files(distributed, str(tmp_path / "in" / "part-*.parquet"), str(out))
+    assert info["files"] == 3 and info["output"] == str(out)
+    got = _read_output(str(out))
+    assert got.index.equals(frame.index)  # same rows, same order, same index
+    assert list(got.columns) == ["x0", "x1", "label"]
+    np.testing.assert_array_equal(got[["x0", "x1"]].to_numpy(), frame.to_numpy())
+    assert np.array_equal(got["label"].to_numpy(), local.predict(X))
+    assert not list(tmp_path.glob(".scoring-*"))
+
+
+def test_score_csv_glob_with_feature_columns_keeps_other_columns(
+    distributed, local, registered, tmp_path
+):
+    _, X, _ = registered
+    (tmp_path / "in").mkdir()
+    ids = np.arange(len(X)) * 7 + 3
+    frame = pd.DataFrame({"id": ids, "x0": X[:, 0], "x1": X[:, 1], "note": "row"})
+    for i, part in enumerate(np.array_split(np.arange(len(X)), 2)):
+        frame.iloc[part].to_csv(tmp_path / "in" / f"batch-{i}.csv", index=False)
+    out = tmp_path / "scored"
+    score_files(distributed, str(tmp_path / "in" / "*.csv"), str(out), columns=["x0", "x1"])
+    got = _read_output(str(out))
+    assert list(got.columns) == ["id", "x0", "x1", "note", "label"]
+    assert np.array_equal(got["id"].to_numpy(), ids)  # rows in input order
+    assert np.array_equal(got["label"].to_numpy(), local.predict(X))
+
+
+def test_score_files_failures_write_nothing(distributed, registered, tmp_path):
+    _, X, _ = registered
+    _parquet_inputs(tmp_path / "in", X, n_files=1)
+    pd.DataFrame({"a": [1.0], "b": [2.0], "c": [3.0]}).to_parquet(tmp_path / "three.parquet")
+    out = tmp_path / "never"
+    with pytest.raises(DataError, match="3 feature column"):
+        score_files(distributed, str(tmp_path / "three.parquet"), str(out))
+    with pytest.raises(DataError, match="no column"):
+        score_files(distributed, str(tmp_path / "in"), str(out), columns=["x0", "nope"])
+    assert not out.exists() and not list(tmp_path.glob(".scoring-*"))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(DataError, match="already exists"):
+        score_files(distributed, str(tmp_path / "in"), str(tmp_path / "taken"))
+    assert list((tmp_path / "taken").iterdir()) == []
+
+
+# -- bad model URIs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("models:/nope@champion", "registered model 'nope' does not exist"),
+        (f"models:/{TWIN}/99", f"version '99' of registered model '{TWIN}' does not exist"),
+        (f"models:/{TWIN}@staging", f"alias 'staging' is not set on registered model '{TWIN}'"),
+        ("runs:/0123456789abcdef0123456789abcdef/sklearn_model", "cannot load model"),
+    ],
+)
+def test_bad_model_uri_is_a_one_line_model_error(registered, uri, message):
+    with pytest.raises(ModelError) as err:
+        load_predictor(uri)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value) and " -- fix: " in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def gpu_model_dir(registered, tmp_path_factory):
+    """A native model whose MLmodel says cuML on a GPU, also registered, linked to the twin.
+
+    No GPU (and no cuML) exists here, so no real cuML model can be made: this saves a
+    scikit-learn model with the kmeans_native flavor and rewrites its MLmodel to the metadata a
+    GPU model has (device: gpu, model_class: cuml.cluster.kmeans.KMeans).
+    """
+    if flavor._gpu_present():
+        pytest.skip("a GPU is present: a cuML model would load")
+    _, _, twin = registered
+    path = tmp_path_factory.mktemp("gpu") / "model"
+    flavor.save_model(twin, str(path), backend="cuml")
+    mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+    mlmodel["flavors"][flavor.FLAVOR_NAME].update(
+        device="gpu", model_class="cuml.cluster.kmeans.KMeans"
+    )
+    (path / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    # Registered as a native version whose twin is TWIN v1 (tags as register.py writes them).
+    c = MlflowClient()
+    run = c.create_run(c.get_experiment_by_name("serving").experiment_id, run_name="gpu-metadata")
+    c.log_artifacts(run.info.run_id, str(path), "native_model")
+    c.set_terminated(run.info.run_id)
+    c.create_registered_model("gpu-kmeans")
+    c.create_model_version(
+        "gpu-kmeans",
+        f"{run.info.artifact_uri}/native_model",
+        run.info.run_id,
+        tags={"kind": "native", "device": "gpu", "twin.name": TWIN, "twin.version": "1"},
+    )
+    c.set_registered_model_alias("gpu-kmeans", "champion", "1")
+    return path
+
+
+def test_gpu_native_model_without_gpu_names_the_twin(gpu_model_dir):
+    with pytest.raises(ModelError, match="needs a CUDA GPU") as err:
+        load_predictor("models:/gpu-kmeans@champion")
+    assert f"models:/{TWIN}/1" in str(err.value) and "scikit-learn twin" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ModelError, match="scikit-learn twin"):
+        load_predictor(str(gpu_model_dir))  # an unregistered copy: the generic hint
+    with pytest.raises(ModelError, match="cuml.cluster.kmeans.KMeans"):
+        flavor.load_model("models:/gpu-kmeans/1")
+
+
+def test_local_predictor_bad_data(local):
+    with pytest.raises(DataError, match="3 feature column.*expects 2"):
+        local.predict(np.zeros((5, 3), np.float32))
+    with pytest.raises(DataError, match="non-numeric column.*name"):
+        local.predict(pd.DataFrame({"x0": [1.0], "name": ["a"]}))
+    with pytest.raises(DataError, match="2-D"):
+        local.predict(np.zeros(4, np.float32))
+
+
+# -- the predict entry point ----------------------------------------------------------------
+
+
+def _main(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
+    from mlproject import predict
+    from mlproject._cli import run_main
+
+    monkeypatch.setattr(sys, "argv", ["predict", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(predict.main)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path, registered):
+    _, X, _ = registered
+    three = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "c": [5.0, 6.0]})
+    three.to_csv(tmp_path / "three.csv", index=False)
+    pd.DataFrame({"x0": [1.0, 2.0], "x1": ["a", "b"]}).to_csv(tmp_path / "text.csv", index=False)
+    pd.DataFrame(X[:100], columns=["x0", "x1"]).to_csv(tmp_path / "good.csv", index=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "uri, data, message",
+    [
+        ("models:/nope@champion", "good.csv", "registered model 'nope' does not exist"),
+        (f"models:/{TWIN}/99", "good.csv", "version '99'"),
+        (f"models:/{TWIN}@staging", "good.csv", "alias 'staging' is not set"),
+        ("models:/gpu-kmeans@champion", "good.csv", f"scikit-learn twin models:/{TWIN}/1"),
+        (f"models:/{TWIN}@champion", "three.csv", "3 feature column(s) but the model expects 2"),
+        (f"models:/{TWIN}@champion", "text.csv", "non-numeric column(s): x1"),
+    ],
+)
+def test_predict_entry_point_bad_input(
+    monkeypatch, capsys, client, bad_inputs, gpu_model_dir, uri, data, message
+):
+    def models_on_workers(dask_worker):
+        return sorted(p for p in dask_worker.plugins if p.startswith("kmeans-model-"))
+
+    before = client.run(models_on_workers)
+    out = bad_inputs / "out.parquet"
+    code, err = _main(
+        monkeypatch,
+        capsys,
+        "--model-uri",
+        uri,
+        "--input",
+        str(bad_inputs / data),
+        "--output",
+        str(out),
+        "--scheduler-address",
+        client.scheduler.address,
+    )
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0]
+    assert not out.exists() and not list(bad_inputs.glob(".scoring-*"))
+    # The session client still works and the shared workers hold no leftover model.
+    assert client.run(models_on_workers) == before
+
+
+@pytest.mark.slow
+def test_mlflow_run_predict_entry_point(store, registered, local, client, tmp_path):
+    _, X, _ = registered
+    frame = _parquet_inputs(tmp_path / "in", X)
+    out = tmp_path / "predictions.parquet"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "MLFLOW_REGISTRY_URI": store,
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("MLFLOW_RUN_ID", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "predict",
+            "-P",
+            f"model_uri=models:/{TWIN}@champion",
+            "-P",
+            f"input={tmp_path / 'in'}/*.parquet",
+            "-P",
+            f"output={out}",
+            "-P",
+            f"scheduler_address={client.scheduler.address}",
+            "--env-manager",
+            "local",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "scored 3 file(s)" in proc.stdout + proc.stderr
+    got = _read_output(str(out))
+    assert got.index.equals(frame.index)
+    assert np.array_equal(got["label"].to_numpy(), local.predict(X))
