@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +18,7 @@ import mlflow
 import numpy as np
 import pytest
 from _mlflow_store import init_store
+from _servers import free_port, stop, wait_ready
 
 from toolkit.config import load_experiment
 from toolkit.data import load_dataset
@@ -54,43 +52,6 @@ def store(tmp_path_factory):
             tracking_utils._tracking_uri, registry_utils._registry_uri = saved
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it was started in a new session), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-
-
-def _wait_ready(proc: subprocess.Popen, base: str, log: Path, limit_s: float = 90.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(
-                f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            )
-        try:
-            with urllib.request.urlopen(f"{base}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow models serve not ready after {limit_s:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.mark.parametrize("backend", ["sklearn", "dask"])
 def test_models_serve_twin_matches_local_predictor(store, client, tmp_path, backend):
     name = f"served-{backend}"
@@ -111,7 +72,7 @@ def test_models_serve_twin_matches_local_predictor(store, client, tmp_path, back
     X = load_dataset(cfg.data).X[:300]
     expected = load_predictor(uri).predict(X)
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store}
@@ -142,7 +103,7 @@ def test_models_serve_twin_matches_local_predictor(store, client, tmp_path, back
             start_new_session=True,
         )
     try:
-        _wait_ready(proc, base, log)
+        wait_ready(proc, f"{base}/ping", log, "mlflow models serve")
         body = {"dataframe_split": {"columns": ["x0", "x1"], "data": X.astype(float).tolist()}}
         request = urllib.request.Request(
             f"{base}/invocations",
@@ -159,5 +120,5 @@ def test_models_serve_twin_matches_local_predictor(store, client, tmp_path, back
         assert served.shape == (len(X),)
         assert np.array_equal(served, expected)
     finally:
-        _stop(proc)
+        stop(proc)
     assert proc.poll() is not None
