@@ -15,7 +15,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from _mlflow_store import init_store
 from mlflow import MlflowClient
 from mlflow.models import Model
 
@@ -28,27 +27,6 @@ from toolkit.train import train
 REPO = Path(__file__).resolve().parents[1]
 BLOBS = REPO / "experiments" / "blobs.yaml"
 SMALL = ["data.n_samples=2000", "tracking.log_plot=false"]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A migrated sqlite store for this module, as tracking and registry URI (env and mlflow)."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    uri = init_store(tmp_path_factory.mktemp("registry") / "mlflow.db")
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_REGISTRY_URI", uri)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            mp.delenv(var, raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        try:
-            yield uri
-        finally:
-            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
 
 
 @pytest.fixture(scope="module")
