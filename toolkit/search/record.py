@@ -76,6 +76,15 @@ def log_trial_run(
     return run_id
 
 
+def child_runs(parent_run_id: str) -> list[Any]:
+    """Every child run of ``parent_run_id``."""
+    return client().search_runs(
+        [_experiment_of(parent_run_id)],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        max_results=10_000,
+    )
+
+
 def fail_running_children(parent_run_id: str, reason: str) -> int:
     """End as FAILED (with ``reason``) the child runs a killed driver left RUNNING mid-write."""
     from toolkit.tracking.runs import mark_failed

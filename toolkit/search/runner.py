@@ -101,7 +101,31 @@ def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_n
             started, time.time(), None, feature_names,
             error="interrupted: the search driver stopped before this trial finished",
         )
+    _backfill_children(cfg, study, parent_run_id)
     return len(stale)
+
+
+def _backfill_children(cfg: ExperimentConfig, study: Any, parent_run_id: str) -> None:
+    """Write the child run of any trial Optuna recorded but the dead driver had not yet logged."""
+    from optuna.trial import TrialState
+
+    logged = {
+        int(r.data.tags["optuna.trial_number"])
+        for r in record.child_runs(parent_run_id)
+        if "optuna.trial_number" in r.data.tags
+    }
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if t.number in logged:
+            continue
+        ok = t.state == TrialState.COMPLETE
+        started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+        finished = t.datetime_complete.timestamp() if t.datetime_complete else time.time()
+        record.log_trial_run(
+            parent_run_id, study.study_name, t.number, dict(t.params),
+            {"objective": t.value} if ok else {}, {"backend": cfg.backend, "trial.backfilled": "true"},
+            "FINISHED" if ok else "FAILED", started, finished,
+            error=None if ok else "the trial failed; its run was written after a resume",
+        )
 
 
 class _Loop:
@@ -161,13 +185,19 @@ def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_
     objective = cfg.search.objective
     in_flight: dict[int, Any] = {}
     asked = finished = 0
-    while finished < n_to_run:
+
+    def fill() -> None:
+        nonlocal asked
         while runner.pending() < runner.slots and asked < n_to_run:
             trial = study.ask()
             params = model_for(cfg.model, suggest(trial, cfg.search), seed=cfg.model.random_state + trial.number)
             in_flight[trial.number] = trial
             runner.submit(trial.number, params)
             asked += 1
+
+    while finished < n_to_run:
+        fill()
+        told = []
         for res in runner.results():
             trial = in_flight.pop(res.key)
             value = res.metrics.get(objective) if res.ok else None
@@ -178,6 +208,9 @@ def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_
                 study.tell(trial, state=TrialState.FAIL)
             else:
                 study.tell(trial, value)
+            told.append((res, value, trial))
+        fill()  # workers start the next trials while the driver writes MLflow runs
+        for res, value, trial in told:
             loop.finish_trial(res.key, res, value, {"optuna.trial_id": str(trial._trial_id)})
             finished += 1
 
@@ -346,12 +379,13 @@ def search(
             try:
                 if use_optuna:
                     if mode == "trial":
-                        runner: Any = TrialParallelRunner(dclient, cfg.backend, np.asarray(X), dataset.y, cfg.metrics)
+                        # Workers get host data and place it themselves (a GPU worker on its own GPU).
+                        runner: Any = TrialParallelRunner(dclient, cfg.backend, _host(dataset), dataset.y, cfg.metrics)
                     else:
                         runner = DataParallelRunner(backend, X, dataset.y, cfg.metrics)
                     _optuna_loop(cfg, study, runner, loop, n_to_run)
                 else:
-                    cv = _cv_loop(cfg, np.asarray(X), dataset.y, dclient, loop)
+                    cv = _cv_loop(cfg, _host(dataset), dataset.y, dclient, loop)
             finally:
                 loop.close()
             loop_seconds = time.perf_counter() - t_loop
@@ -384,6 +418,11 @@ def search(
             if on_best is not None:
                 on_best(outcome, backend, X, dataset)
     return outcome
+
+
+def _host(dataset: Dataset) -> np.ndarray:
+    """The dataset's features as one in-memory NumPy array."""
+    return np.asarray(dataset.X.compute() if dataset.is_lazy else dataset.X)
 
 
 def _baseline_ari(dataset: Dataset, seed: int) -> float:

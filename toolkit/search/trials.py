@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,22 +152,25 @@ class TrialParallelRunner:
     def pending(self) -> int:
         return len(self._futures)
 
-    def results(self) -> Iterator[TrialResult]:
-        """Yield results as trials finish (a lost worker becomes a failed trial)."""
+    def results(self) -> list[TrialResult]:
+        """Wait for at least one trial; return every finished one (a lost worker = a failed trial)."""
         from distributed import wait
 
-        while self._futures:
-            done, _ = wait(list(self._futures), return_when="FIRST_COMPLETED")
-            for fut in done:
-                key, params, submitted = self._futures.pop(fut)
-                try:
-                    res = fut.result()
-                except Exception as exc:
-                    res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__,
-                                      started=submitted, finished=time.time())
-                res.submitted, res.received = submitted, time.time()
-                yield res
-            return  # give the driver a chance to submit more before waiting again
+        if not self._futures:
+            return []
+        done, _ = wait(list(self._futures), return_when="FIRST_COMPLETED")
+        received = time.time()  # one stamp for the batch: later bookkeeping is not scheduling
+        out = []
+        for fut in done:
+            key, params, submitted = self._futures.pop(fut)
+            try:
+                res = fut.result()
+            except Exception as exc:
+                res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__,
+                                  started=submitted, finished=received)
+            res.submitted, res.received = submitted, received
+            out.append(res)
+        return out
 
 
 class DataParallelRunner:
@@ -190,9 +192,11 @@ class DataParallelRunner:
     def pending(self) -> int:
         return len(self._queue)
 
-    def results(self) -> Iterator[TrialResult]:
-        if self._queue:
-            key, params, submitted = self._queue.pop(0)
-            res = run_trial(key, self.backend, self.X, params, self.metrics_cfg, self.y)
-            res.submitted, res.received = submitted, time.time()
-            yield res
+    def results(self) -> list[TrialResult]:
+        """Run the oldest queued trial now, on the driver."""
+        if not self._queue:
+            return []
+        key, params, submitted = self._queue.pop(0)
+        res = run_trial(key, self.backend, self.X, params, self.metrics_cfg, self.y)
+        res.submitted, res.received = submitted, time.time()
+        return [res]
