@@ -48,16 +48,31 @@ def _blobs(rows: int, features: int, k: int, seed: int = 0) -> np.ndarray:
 
 
 def _initial_centers(X: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    from sklearn.cluster import kmeans_plusplus
-
+    """k distinct random rows: a start far enough from the optimum that Lloyd runs every iteration."""
     rng = np.random.default_rng(seed)
-    sample = X[rng.choice(len(X), size=min(20_000, len(X)), replace=False)].astype(np.float64)
-    centers, _ = kmeans_plusplus(sample, k, random_state=seed)
-    return centers
+    return X[rng.choice(len(X), size=k, replace=False)].astype(np.float64)
 
 
-def _median(fn: Callable[[], float], repeats: int) -> float:
-    return statistics.median(fn() for _ in range(repeats))
+def _per_iteration(fits: dict[str, Callable[[int], int]], n1: int, n2: int, repeats: int) -> dict[str, float]:
+    """Median seconds per Lloyd iteration of each fit, as (t(n2) - t(n1)) / (n2 - n1).
+
+    Fixed costs (validation, centring, set-up, the final labelling pass) cancel out; repeats are
+    interleaved across implementations so a noisy neighbour hurts them all alike.  ``fit(n)``
+    runs ``n`` iterations from the shared start and returns the iterations actually run.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fits}
+    for _ in range(repeats):
+        for name, fit in fits.items():
+            t = time.perf_counter()
+            it1 = fit(n1)
+            t1 = time.perf_counter() - t
+            t = time.perf_counter()
+            it2 = fit(n2)
+            t2 = time.perf_counter() - t
+            if it2 <= it1:
+                raise RuntimeError(f"{name} converged before {n2} iterations; use harder data or fewer iterations")
+            times[name].append((t2 - t1) / (it2 - it1))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 @contextlib.contextmanager
@@ -88,7 +103,7 @@ def _peak_cluster_memory(client: Any, fn: Callable[[], Any]) -> tuple[Any, float
     from distributed.diagnostics import MemorySampler
 
     ms = MemorySampler()
-    with ms.sample("run", client=client, interval=0.05):
+    with ms.sample("run", client=client, measure="process", interval=0.05):
         out = fn()
     frame = ms.to_pandas()
     return out, float(frame.max().iloc[0]) if len(frame) else float("nan")
@@ -106,63 +121,60 @@ def _gpu_available() -> bool:
 
 # -- section: per-iteration ----------------------------------------------------------------------
 def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, workers: int) -> dict[str, Any]:
+    from dask_ml.cluster import KMeans as DaskMLKMeans
     from sklearn.cluster import KMeans
 
     from toolkit.backends.dask_lloyd import DaskKMeans, lloyd_fit
 
     X = _blobs(rows, features, k)
     C0 = _initial_centers(X, k)
-    out: dict[str, Any] = {"rows": rows, "features": features, "k": k, "iterations": iters, "workers": workers}
-    res: dict[str, dict[str, float]] = {}
+    n1, n2 = max(1, iters // 4), iters
+    out: dict[str, Any] = {"rows": rows, "features": features, "k": k, "iterations": f"{n1} vs {n2}",
+                           "workers": workers, "method": "(t(n2) - t(n1)) / (n2 - n1), interleaved repeats"}
 
-    # scikit-learn: same init, fixed iterations (tol=0 never stops early).
-    def sk_run() -> tuple[float, Any]:
-        t = time.perf_counter()
-        km = KMeans(n_clusters=k, init=C0, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd").fit(X)
-        return time.perf_counter() - t, km
-
-    sk_times = []
-    for _ in range(repeats):
-        dt, sk = sk_run()
-        sk_times.append(dt / sk.n_iter_)
-    tracemalloc.start()
-    sk_run()
-    sk_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    t = time.perf_counter()
-    KMeans(n_clusters=k, n_init=1, random_state=0).fit(X)
-    res["sklearn"] = {"per_iter_ms": 1e3 * statistics.median(sk_times), "fit_s": time.perf_counter() - t,
-                      "peak_mem_mb": sk_peak / 2**20, "inertia": float(sk.inertia_), "n_iter": int(sk.n_iter_)}
+    def sk_fit(n: int) -> int:
+        return KMeans(n_clusters=k, init=C0, n_init=1, max_iter=n, tol=0.0, algorithm="lloyd").fit(X).n_iter_
 
     with _cluster(workers) as client:
         dX = _persist(X, client, max(1, rows // (4 * workers)))
-        base = _peak_cluster_memory(client, lambda: None)[1]
 
-        dk_times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            centers, inertia, n_iter = lloyd_fit(dX, C0, max_iter=iters, tol=0.0, client=client)
-            dk_times.append((time.perf_counter() - t) / n_iter)
-        (_, peak) = _peak_cluster_memory(client, lambda: lloyd_fit(dX, C0, max_iter=iters, tol=0.0, client=client))
+        def dask_fit(n: int) -> int:
+            return lloyd_fit(dX, C0, max_iter=n, tol=0.0, client=client)[2]
+
+        def dask_ml_fit(n: int) -> int:
+            return DaskMLKMeans(n_clusters=k, init=C0, max_iter=n, tol=0.0).fit(dX).n_iter_
+
+        dask_fit(2)  # warm-up: worker imports and the per-worker actors
+        per_iter = _per_iteration({"sklearn": sk_fit, "dask": dask_fit}, n1, n2, repeats)
+        # dask-ml is an order of magnitude slower: fewer iterations, two repeats, same method.
+        per_iter.update(_per_iteration({"dask-ml": dask_ml_fit}, 2, 6, min(2, repeats)))
+
+        sk = KMeans(n_clusters=k, init=C0, n_init=1, max_iter=n2, tol=0.0, algorithm="lloyd").fit(X)
+        _, dk_inertia, _ = lloyd_fit(dX, C0, max_iter=n2, tol=0.0, client=client)
+        tracemalloc.start()
+        sk_fit(n2)
+        sk_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        _, dk_peak = _peak_cluster_memory(client, lambda: dask_fit(n2))
+        # End to end: each library's own default initialisation, to convergence.
+        t = time.perf_counter()
+        KMeans(n_clusters=k, n_init=1, random_state=0).fit(X)
+        sk_e2e = time.perf_counter() - t
         t = time.perf_counter()
         DaskKMeans(n_clusters=k, init="k-means||", random_state=0).fit(dX, client=client)
-        res["dask"] = {"per_iter_ms": 1e3 * statistics.median(dk_times), "fit_s": time.perf_counter() - t,
-                       "peak_mem_mb": (peak - base) / 2**20, "inertia": float(inertia), "n_iter": int(n_iter),
-                       "inertia_rel_diff_vs_sklearn": abs(inertia - sk.inertia_) / sk.inertia_}
-
-        from dask_ml.cluster import KMeans as DMLKMeans
-
-        dml_iters = max(2, min(iters, 5))  # dask-ml is ~30x slower: fewer iterations, same per-iteration figure
-        dml_times = []
-        for _ in range(max(1, repeats - 1)):
-            t = time.perf_counter()
-            m = DMLKMeans(n_clusters=k, init=C0, max_iter=dml_iters, tol=0.0).fit(dX)
-            dml_times.append((time.perf_counter() - t) / max(1, m.n_iter_))
+        dk_e2e = time.perf_counter() - t
         t = time.perf_counter()
-        DMLKMeans(n_clusters=k, init="k-means||", random_state=0).fit(dX)
-        res["dask-ml"] = {"per_iter_ms": 1e3 * statistics.median(dml_times), "fit_s": time.perf_counter() - t,
-                          "n_iter": int(m.n_iter_)}
+        DaskMLKMeans(n_clusters=k, init="k-means||", random_state=0).fit(dX)
+        dml_e2e = time.perf_counter() - t
 
+    res: dict[str, dict[str, float]] = {
+        "sklearn": {"per_iter_ms": 1e3 * per_iter["sklearn"], "fit_s": sk_e2e, "peak_mem_mb": sk_peak / 2**20,
+                    "inertia": float(sk.inertia_)},
+        "dask": {"per_iter_ms": 1e3 * per_iter["dask"], "fit_s": dk_e2e, "peak_mem_mb": dk_peak / 2**20,
+                 "inertia": float(dk_inertia),
+                 "inertia_rel_diff_vs_sklearn": abs(dk_inertia - sk.inertia_) / sk.inertia_},
+        "dask-ml": {"per_iter_ms": 1e3 * per_iter["dask-ml"], "fit_s": dml_e2e},
+    }
     if _gpu_available():  # pragma: no cover - needs a GPU
         res.update(_bench_gpu(X, C0, k, iters, repeats))
 
@@ -204,29 +216,26 @@ def bench_scaling(row_sizes: list[int], worker_counts: list[int], features: int,
     from toolkit.backends.dask_lloyd import lloyd_fit
 
     table = []
+    n1, n2 = max(1, iters // 4), iters
     for rows in row_sizes:
         X = _blobs(rows, features, k)
         C0 = _initial_centers(X, k)
 
-        def sk_once() -> float:
-            t = time.perf_counter()
-            m = KMeans(n_clusters=k, init=C0, n_init=1, max_iter=iters, tol=0.0).fit(X)
-            return (time.perf_counter() - t) / m.n_iter_
+        def sk_fit(n: int) -> int:
+            return KMeans(n_clusters=k, init=C0, n_init=1, max_iter=n, tol=0.0).fit(X).n_iter_
 
-        sk_ms = 1e3 * _median(sk_once, repeats)
         for workers in worker_counts:
             with _cluster(workers) as client:
                 dX = _persist(X, client, max(1, rows // (4 * workers)))
 
-                def dk_once() -> float:
-                    t = time.perf_counter()
-                    _, _, n = lloyd_fit(dX, C0, max_iter=iters, tol=0.0, client=client)
-                    return (time.perf_counter() - t) / n
+                def dask_fit(n: int) -> int:
+                    return lloyd_fit(dX, C0, max_iter=n, tol=0.0, client=client)[2]
 
-                dk_ms = 1e3 * _median(dk_once, repeats)
-            table.append({"rows": rows, "workers": workers, "sklearn_ms": sk_ms, "dask_ms": dk_ms,
-                          "dask_vs_sklearn": dk_ms / sk_ms})
-    return {"features": features, "k": k, "iterations": iters, "table": table}
+                dask_fit(2)
+                per = _per_iteration({"sklearn": sk_fit, "dask": dask_fit}, n1, n2, repeats)
+            table.append({"rows": rows, "workers": workers, "sklearn_ms": 1e3 * per["sklearn"],
+                          "dask_ms": 1e3 * per["dask"], "dask_vs_sklearn": per["dask"] / per["sklearn"]})
+    return {"features": features, "k": k, "iterations": f"{n1} vs {n2}", "table": table}
 
 
 # -- section: search overhead and trial-parallel speed-up -------------------------------------
@@ -278,7 +287,7 @@ def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, sp
 
 # -- section: out of core ------------------------------------------------------------------------
 def bench_outofcore(tmp: str, rows: int, features: int, k: int, iters: int, memory_limit_mb: int,
-                    workers: int = 2, files: int = 32) -> dict[str, Any]:
+                    workers: int = 2, files: int = 128) -> dict[str, Any]:
     import dask.dataframe as dd
     import pandas as pd
 
@@ -330,11 +339,12 @@ def _print_report(report: dict[str, Any]) -> None:
     it = report.get("iteration")
     if it:
         print(f"\n-- per iteration: {it['rows']:,} x {it['features']} float32, k={it['k']}, "
-              f"{it['iterations']} iterations from the same centroids, {it['workers']} workers")
+              f"{it['iterations']} iterations from the same centroids, {it['workers']} workers; {it['method']}")
         print(f"{'backend':<10} {'ms/iter':>10} {'fit s':>8} {'peak MiB':>9} {'inertia':>16}")
         for name, r in it["backends"].items():
             print(f"{name:<10} {r['per_iter_ms']:>10.1f} {r.get('fit_s', float('nan')):>8.2f} "
                   f"{r.get('peak_mem_mb', float('nan')):>9.1f} {r.get('inertia', float('nan')):>16.6g}")
+        print("  (peak MiB: scikit-learn = allocations during fit, tracemalloc; dask = summed worker process memory)")
         for k, v in it["ratios"].items():
             print(f"  {k:<32} {v:8.2f}")
         print(f"  dask inertia rel. diff vs sklearn: {it['backends']['dask']['inertia_rel_diff_vs_sklearn']:.2e}")
@@ -402,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling-rows", default="250000,1000000,4000000")
     p.add_argument("--scaling-workers", default="1,2")
     p.add_argument("--ooc-rows", type=int, default=40_000_000)
-    p.add_argument("--ooc-limit-mib", type=int, default=600)
+    p.add_argument("--ooc-limit-mib", type=int, default=300)
     p.add_argument("--json", default="benchmarks/results/latest.json")
     p.add_argument("--mlflow", action="store_true", help="log the figures to an MLflow run")
     args = p.parse_args(argv)
@@ -415,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         if "scaling" in sections:
             report["scaling"] = bench_scaling([int(r) for r in args.scaling_rows.split(",")],
                                               [int(w) for w in args.scaling_workers.split(",")],
-                                              args.features, args.k, max(5, args.iters // 2), args.repeats)
+                                              args.features, args.k, args.iters, args.repeats)
         if "search" in sections:
-            report["search"] = bench_search(tmp, 300, 40, 20_000, 16)
+            report["search"] = bench_search(tmp, 300, 40, 500_000, 10)
         if "outofcore" in sections:
             report["outofcore"] = bench_outofcore(tmp, args.ooc_rows, args.features, args.k, 3, args.ooc_limit_mib)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

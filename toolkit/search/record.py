@@ -71,7 +71,7 @@ def log_trial_run(
         tags=[RunTag("trial.duration_s", f"{finished - started:.3f}")],
     )
     if centers is not None:
-        log_centroids(run_id, centers, feature_names, None)
+        log_centroids(run_id, centers, feature_names, None, artifact_uri=run.info.artifact_uri)
     c.set_terminated(run_id, status=status, end_time=now)
     return run_id
 

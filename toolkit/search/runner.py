@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import time
@@ -143,6 +144,10 @@ class _Loop:
         self.best: float | None = None
         self.bar = progress(total, f"search {study_name}")
         self.t0 = time.time()
+        # The one MLflow writer for child runs: a single thread, so the loop goes back to the
+        # workers at once and runs are still written one at a time, in the order trials end.
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
+        self._writes: list[concurrent.futures.Future] = []
 
     def better(self, value: float, than: float | None) -> bool:
         if than is None:
@@ -155,28 +160,38 @@ class _Loop:
         if value is not None:
             metrics["objective"] = value
         tags = {**self.base_tags, "trial.worker": res.worker, **extra_tags}
-        t_write = time.perf_counter()
-        run_id = record.log_trial_run(
-            self.parent, self.study_name, number, _trial_params(res.params),
-            metrics, tags, status, res.started, res.finished, res.centers, self.dataset.feature_names,
-            error=res.error,
-        )
-        write_s = time.perf_counter() - t_write
         # Overhead = scheduling (hand-off to result, minus the trial's own compute) + MLflow writes.
         sched_s = max(0.0, (res.received - res.submitted) - (res.finished - res.started)) if res.received else 0.0
-        row = {"number": number, "state": status, "run_id": run_id, "value": value,
+        row = {"number": number, "state": status, "run_id": None, "value": value,
                "duration_s": res.finished - res.started, "worker": res.worker, "error": res.error,
-               "schedule_s": sched_s, "mlflow_write_s": write_s, "overhead_s": sched_s + write_s,
+               "schedule_s": sched_s, "mlflow_write_s": None, "overhead_s": None,
                **{f"params_{k}": v for k, v in res.params.model_dump().items()},
                **{f"metric_{k}": v for k, v in res.metrics.items()}}
         self.rows.append(row)
+
+        def write() -> None:
+            t_write = time.perf_counter()
+            row["run_id"] = record.log_trial_run(
+                self.parent, self.study_name, number, _trial_params(res.params),
+                metrics, tags, status, res.started, res.finished, res.centers, self.dataset.feature_names,
+                error=res.error,
+            )
+            row["mlflow_write_s"] = time.perf_counter() - t_write
+            row["overhead_s"] = sched_s + row["mlflow_write_s"]
+
+        self._writes.append(self._writer.submit(write))
         if value is not None and self.better(value, self.best):
             self.best = value
         self.bar.update(1)
         self.bar.set_postfix(best=f"{self.best:.4g}" if self.best is not None else "-", refresh=False)
 
-    def close(self) -> None:
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for every child run to be written; re-raise the first write error."""
+        self._writer.shutdown(wait=True)
         self.bar.close()
+        errors = [f.exception() for f in self._writes if f.exception() is not None]
+        if errors and raise_errors:
+            raise errors[0]
 
 
 def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_to_run: int) -> None:
@@ -386,12 +401,16 @@ def search(
                     _optuna_loop(cfg, study, runner, loop, n_to_run)
                 else:
                     cv = _cv_loop(cfg, _host(dataset), dataset.y, dclient, loop)
-            finally:
-                loop.close()
+            except BaseException:
+                loop.close(raise_errors=False)  # keep the real error, still flush what finished
+                raise
+            loop.close()
             loop_seconds = time.perf_counter() - t_loop
             overheads = [r["overhead_s"] for r in loop.rows if r.get("overhead_s") is not None]
+            schedule = [r["schedule_s"] for r in loop.rows if r.get("schedule_s") is not None]
             log_metrics(parent, {"search_seconds": loop_seconds,
-                                 **({"trial_overhead_median_s": float(np.median(overheads))} if overheads else {})})
+                                 **({"trial_overhead_median_s": float(np.median(overheads)),
+                                     "trial_schedule_median_s": float(np.median(schedule))} if overheads else {})})
             counts = _summarise(cfg, loop, parent, study, cv)
             best_params, best_value = _best(study, loop, direction)
             if best_params is None:

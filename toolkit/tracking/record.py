@@ -90,8 +90,12 @@ def log_centroids(
     plot_data: tuple[np.ndarray, np.ndarray] | None = None,
     artifact_path: str = "centroids",
     title: str = "",
+    artifact_uri: str | None = None,
 ) -> None:
-    """Write centroids as CSV and ``.npy`` (and the plot PNG when ``plot_data`` is given)."""
+    """Write centroids as CSV and ``.npy`` (and the plot PNG when ``plot_data`` is given).
+
+    ``artifact_uri`` (the run's, when the caller has it) skips a tracking-store round trip.
+    """
     import pandas as pd
 
     centers = np.asarray(centers)
@@ -111,7 +115,12 @@ def log_centroids(
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-        log_artifacts_dir(run_id, tmp, artifact_path)
+        if artifact_uri:
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            get_artifact_repository(artifact_uri).log_artifacts(tmp, artifact_path)
+        else:
+            log_artifacts_dir(run_id, tmp, artifact_path)
 
 
 def log_dataset(run_id: str, dataset: Any, context: str = "training") -> None:
