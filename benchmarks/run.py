@@ -72,7 +72,8 @@ def _per_iteration(fits: dict[str, Callable[[int], int]], n1: int, n2: int, repe
             if it2 <= it1:
                 raise RuntimeError(f"{name} converged before {n2} iterations; use harder data or fewer iterations")
             times[name].append((t2 - t1) / (it2 - it1))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    # A non-positive difference means fixed-cost noise swamped the iterations: no figure.
+    return {name: (m if (m := statistics.median(ts)) > 0 else float("nan")) for name, ts in times.items()}
 
 
 @contextlib.contextmanager
