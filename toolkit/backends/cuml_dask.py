@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from toolkit.backends.base import FitResult, KMeansBackend
-from toolkit.backends.cuml_single import CUML_INIT, check_gpu, gpu_library_versions
+from toolkit.backends.cuml_single import check_gpu, cuml_kwargs, gpu_library_versions
 from toolkit.config import ModelConfig
 from toolkit.convert import combined_to_single, to_numpy
 from toolkit.data import Dataset
@@ -178,16 +178,7 @@ class CumlDaskBackend(KMeansBackend):
     def _fit(self, X: Any, params: ModelConfig) -> FitResult:
         from cuml.dask.cluster import KMeans
 
-        km = KMeans(
-            client=self._client(),
-            n_clusters=params.n_clusters,
-            init=CUML_INIT[params.init],
-            max_iter=params.max_iter,
-            tol=params.tol,
-            n_init=params.n_init,
-            oversampling_factor=params.oversampling_factor,
-            random_state=params.random_state,
-        )
+        km = KMeans(client=self._client(), **cuml_kwargs(params))
         km.fit(X)
         return FitResult(
             model=km,

@@ -28,6 +28,19 @@ CUML_INIT: dict[str, str] = {
 }
 
 
+def cuml_kwargs(params: ModelConfig) -> dict[str, Any]:
+    """cuML KMeans keyword arguments for ``params`` (shared by the single- and multi-GPU fits)."""
+    return {
+        "n_clusters": params.n_clusters,
+        "init": CUML_INIT[params.init],
+        "max_iter": params.max_iter,
+        "tol": params.tol,
+        "n_init": params.n_init,
+        "oversampling_factor": params.oversampling_factor,
+        "random_state": params.random_state,
+    }
+
+
 def gpu_problem() -> str | None:
     """Why no CUDA GPU can be used here, or ``None`` when one can."""
     try:
@@ -118,16 +131,7 @@ class CumlBackend(KMeansBackend):
     def _fit(self, X: Any, params: ModelConfig) -> FitResult:
         import cuml
 
-        km = cuml.KMeans(
-            n_clusters=params.n_clusters,
-            init=CUML_INIT[params.init],
-            max_iter=params.max_iter,
-            tol=params.tol,
-            n_init=params.n_init,
-            oversampling_factor=params.oversampling_factor,
-            random_state=params.random_state,
-            output_type="numpy",
-        )
+        km = cuml.KMeans(**cuml_kwargs(params), output_type="numpy")
         km.fit(X)
         return FitResult(
             model=km,
