@@ -31,6 +31,7 @@ __all__ = [
     "class_key",
     "combined_to_single",
     "convert",
+    "input_dtype",
     "register_conversion",
     "to_cuml",
     "to_numpy",
@@ -381,14 +382,20 @@ def to_cuml(model: Any) -> Any:
 
 
 # -- equivalence ------------------------------------------------------------------------------
+def input_dtype(model: Any, default: Any = np.float32) -> np.dtype:
+    """The float dtype ``model`` predicts: its centers' (float32 or float64), else ``default``.
+
+    scikit-learn's ``predict`` refuses rows of another float width than ``cluster_centers_``
+    (the ``dask`` backend's twin has float64 centers, models fitted on our data float32).
+    """
+    dtype = getattr(getattr(model, "cluster_centers_", None), "dtype", None)
+    if dtype is not None and np.dtype(dtype) in (np.float32, np.float64):
+        return np.dtype(dtype)
+    return np.dtype(default)
+
+
 def _predict_labels(model: Any, X: np.ndarray) -> np.ndarray:
-    centers = getattr(model, "cluster_centers_", None)
-    dtype = X.dtype
-    if centers is not None:
-        cdtype = to_numpy(centers).dtype
-        # scikit-learn predict fails when X and the centers differ in float width.
-        dtype = cdtype if cdtype in (np.float32, np.float64) else dtype
-    labels = model.predict(np.ascontiguousarray(X, dtype=dtype))
+    labels = model.predict(np.ascontiguousarray(X, dtype=input_dtype(model, X.dtype)))
     return to_numpy(labels).ravel()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.convert import check_equivalent, input_dtype
 from toolkit.errors import ModelError
 from toolkit.registry import flavor
 from toolkit.registry.promote import CHALLENGER, CHAMPION
@@ -62,12 +63,9 @@ def _signature(sample: np.ndarray, feature_names: list[str], dtype: Any = np.flo
 def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str]) -> str:
     import mlflow.sklearn
 
-    # In the dtype of the twin's centers: scikit-learn predicts only rows of that float width,
-    # and `mlflow models serve` casts requests to the signature's types (float64 for the
-    # ``dask`` backend's twin, float32 otherwise).
-    centers = np.asarray(twin.cluster_centers_)
-    dtype = centers.dtype if centers.dtype in (np.float32, np.float64) else np.float32
-    signature, example = _signature(sample, feature_names, dtype)
+    # In the dtype of the twin's centers: `mlflow models serve` casts requests to the
+    # signature's types, and scikit-learn predicts only rows of the centers' float width.
+    signature, example = _signature(sample, feature_names, input_dtype(twin))
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "model")
         mlflow.sklearn.save_model(
@@ -134,15 +132,14 @@ def log_and_register(
         ModelError: the twin disagrees with the native model (nothing of the twin is
             registered; the native model is still logged and registered, tagged as such).
     """
-    from toolkit.convert import check_equivalent
 
     sample = np.asarray(sample, dtype=np.float32)
     names = _names_for(feature_names, sample.shape[1])
     agreement = float(check_equivalent(native_model, twin, sample))
     log_metrics(run_id, {"twin_agreement": agreement})
+    signature, example = _signature(sample, names)
     native_uri = flavor.log_model(
-        native_model, run_id, NATIVE_PATH, backend=backend,
-        signature=_signature(sample, names)[0], input_example=_signature(sample, names)[1],
+        native_model, run_id, NATIVE_PATH, backend=backend, signature=signature, input_example=example
     )
     twin_ok = agreement == 1.0
     sklearn_uri = _log_sklearn(twin, run_id, sample, names) if twin_ok else None

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from toolkit.convert import input_dtype, to_numpy
 from toolkit.errors import DataError, ModelError
 
 __all__ = ["DistributedPredictor", "LocalPredictor", "ModelSource", "load_predictor", "resolve"]
@@ -121,18 +122,6 @@ def _check_features(model: Any, n_features: int, where: str) -> None:
                         "select the model's feature columns (data.columns / --columns)")
 
 
-def _input_dtype(model: Any) -> Any:
-    """The float dtype ``model`` predicts: its centers' when they are a NumPy array, else float32.
-
-    scikit-learn's ``predict`` refuses rows of another float width than ``cluster_centers_``
-    (the ``dask`` backend's twin has float64 centers); native models take float32.
-    """
-    centers = getattr(model, "cluster_centers_", None)
-    if isinstance(centers, np.ndarray) and centers.dtype in (np.float32, np.float64):
-        return centers.dtype
-    return np.dtype(np.float32)
-
-
 def _numeric_frame(frame: Any, where: str) -> None:
     import pandas as pd
 
@@ -157,9 +146,7 @@ class LocalPredictor:
         if X.ndim != 2:
             raise DataError(f"input must be 2-D (rows x features), got shape {X.shape}", "reshape it")
         _check_features(self.model, X.shape[1], "input")
-        from toolkit.convert import to_numpy
-
-        return to_numpy(self.model.predict(X.astype(_input_dtype(self.model), copy=False))).astype(np.int32)
+        return to_numpy(self.model.predict(X.astype(input_dtype(self.model), copy=False))).astype(np.int32)
 
 
 class _ModelOnWorkers(WorkerPlugin):
@@ -192,7 +179,7 @@ def _worker_model(plugin_name: str) -> Any:
 
 def _predict_block(block: np.ndarray, plugin_name: str) -> np.ndarray:
     model = _worker_model(plugin_name)
-    X = np.asarray(block, dtype=np.float32).astype(_input_dtype(model), copy=False)
+    X = np.asarray(block, dtype=np.float32).astype(input_dtype(model), copy=False)
     return np.asarray(model.predict(X), dtype=np.int32)
 
 
@@ -201,7 +188,7 @@ def _predict_frame(frame: Any, plugin_name: str) -> Any:
 
     if len(frame):
         model = _worker_model(plugin_name)
-        labels = model.predict(frame.to_numpy(dtype=np.float32).astype(_input_dtype(model), copy=False))
+        labels = model.predict(frame.to_numpy(dtype=np.float32).astype(input_dtype(model), copy=False))
     else:
         labels = np.empty(0, np.int32)
     return pd.Series(np.asarray(labels, dtype=np.int32), index=frame.index, name="label")
