@@ -203,12 +203,17 @@ def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_
 
     def fill() -> None:
         nonlocal asked
-        while runner.pending() < runner.slots and asked < n_to_run:
+        batch = []
+        while runner.pending() + len(batch) < runner.slots and asked < n_to_run:
             trial = study.ask()
             params = model_for(cfg.model, suggest(trial, cfg.search), seed=cfg.model.random_state + trial.number)
             in_flight[trial.number] = trial
-            runner.submit(trial.number, params)
+            batch.append((trial.number, params))
             asked += 1
+        # Submitted back to back, after the (slow) asks: the scheduler sees the free slots
+        # together and spreads the trials over the workers instead of reusing one idle worker.
+        for number, params in batch:
+            runner.submit(number, params)
 
     while finished < n_to_run:
         fill()
