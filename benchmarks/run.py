@@ -91,12 +91,10 @@ def _cluster(workers: int, memory_limit: str = "4GiB") -> Iterator[Any]:
 
 
 def _persist(X: np.ndarray, client: Any, chunk_rows: int) -> Any:
-    import dask.array as da
-    from distributed import wait
+    """``X`` persisted with its blocks spread evenly over the workers (as the backends do)."""
+    from toolkit.cluster import scatter_rows
 
-    dX = client.persist(da.from_array(X, chunks=(chunk_rows, X.shape[1])))
-    wait(dX)
-    return dX
+    return scatter_rows(X, client, chunk_rows)
 
 
 def _peak_cluster_memory(client: Any, fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from toolkit.cluster import client_info, dask_client, scheduler_address
+from toolkit.cluster import client_info, dask_client, scatter_rows, scheduler_address
 from toolkit.config import ClusterConfig
 
 
@@ -53,3 +54,27 @@ def test_local_cluster_is_closed_on_error(monkeypatch):
     finally:
         if cluster is not None and cluster.status.name != "closed":
             cluster.close()
+
+
+@pytest.mark.parametrize("rows", [10_001, 3])
+def test_scatter_rows_spreads_blocks_evenly_and_keeps_order(client, rows):
+    from distributed import futures_of
+
+    X = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+    dX = scatter_rows(X, client, chunk_rows=1000)
+    futures = futures_of(dX)
+    assert len(futures) == dX.numblocks[0] and dX.numblocks[1] == 1
+    holders = [w for ws in client.who_has(futures).values() for w in ws]
+    per_worker = {w: holders.count(w) for w in set(holders)}
+    if rows > 1000:  # 11 blocks of <= 1000 rows, rounded up to 12 = 6 per worker
+        assert sorted(per_worker.values()) == [6, 6] and max(dX.chunks[0]) <= 1000
+    else:  # fewer rows than 2 blocks per worker: one row per block, none empty
+        assert dX.chunks[0] == (1, 1, 1) and len(per_worker) == 2
+
+    def aligned(dask_worker):
+        keys = {f.key for f in futures}
+        return all(v.flags.aligned and v.flags.c_contiguous and v.ctypes.data % 4 == 0
+                   for k, v in dask_worker.data.items() if k in keys)
+
+    assert all(client.run(aligned).values())
+    np.testing.assert_array_equal(dX.compute(), X)  # last: computing copies blocks around

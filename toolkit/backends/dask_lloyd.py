@@ -21,17 +21,14 @@ How kernels reach the blocks (an "engine"):
   blocks stream from their source.
 * NumPy array -> the same kernels in-process (handy for tests and small data).
 
-Lloyd iteration kernel (per block, in tiles of ~512 KiB that stay in L2 cache, 4096 rows for
-``d=16, k=8``): ``scores = ||c||^2 - 2 x c^T`` (squared distances minus a per-row constant) is
-one float32 BLAS GEMM written straight into a ``(k, rows)`` layout, then the per-row minimum, a
-0/1 assignment matrix ``A = (scores == min)``, and the coordinate sums and counts as two more
-GEMMs ``A @ tile`` and ``A @ 1`` (float32 within a tile, accumulated in float64 across tiles and
-blocks).  No labels are materialised.  Data whose mean is far from 0 (farther than one standard
+Lloyd iteration kernel (per block): a compiled Numba loop (``_lloyd_kernels.lloyd_stats``)
+runs, per tile of 1024 rows, one float32 BLAS GEMM for ``-2 x c^T``, then per row the closest
+center (strict ``<``: a tie goes to the lowest index, as in scikit-learn) fused with adding the
+row to that center's sums and count (float32 within a tile, float64 across tiles and blocks).
+No labels are materialised.  Data whose mean is far from 0 (farther than one standard
 deviation) is centred tile by tile first, as scikit-learn centres ``X``, so float32 products
-stay small.  If a tile's counts exceed its rows, some row tied between centers: that tile is
-redone with ``argmin`` so a tied row goes to the lowest-index center, as in scikit-learn.
-Single-threaded the kernel takes ~1.15x (uncentred) to ~1.4x (centred) the time of
-scikit-learn's Cython Lloyd step on the same rows.
+stay small.  Single-threaded the kernel is faster per core than scikit-learn's Cython Lloyd
+step (benchmarks/run.py measures both).
 
 Semantics (scikit-learn's ``_kmeans_single_lloyd``)
 ---------------------------------------------------
@@ -64,9 +61,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
-from scipy.linalg.blas import sgemm as _sgemm
 from sklearn.base import BaseEstimator, ClusterMixin
 
+from toolkit.backends import _lloyd_kernels as _kernels
 from toolkit.backends.base import FitResult, KMeansBackend
 from toolkit.backends.daskml import to_dask_array
 from toolkit.config import ModelConfig
@@ -76,9 +73,6 @@ __all__ = ["DaskBackend", "DaskKMeans", "lloyd_fit", "sklearn_from_centers"]
 
 #: Rows per tile for the k-means||, moments and distance kernels.
 _TILE = 4096
-#: Lloyd kernel tiles hold about this many bytes (centred rows, scores, assignment matrix), to
-#: stay in L2 cache: 4096 rows for d=16, k=8 (measured best on 1-2 MiB L2; 8192 is 30% slower).
-_TILE_BYTES = 512 * 1024
 #: Actors run kernels on the worker's event loop (not a thread) while a worker holds at most
 #: this many values: a Lloyd pass then takes ~50 ms or less.
 _INLINE_VALUES = 1 << 24
@@ -102,100 +96,31 @@ def _as_f32(block: Any) -> np.ndarray:
     return np.ascontiguousarray(block, dtype=_F32)
 
 
+def _aligned_f32(block: Any) -> np.ndarray:
+    """``block`` as an aligned, C-contiguous float32 array; the same object when it is one."""
+    return np.require(block, dtype=_F32, requirements=("C", "A"))
+
+
 def _tiles(n: int) -> range:
     return range(0, n, _TILE)
-
-
-def _scores(
-    xs: np.ndarray, C2T: np.ndarray, cn: np.ndarray, out: np.ndarray, outT: np.ndarray
-) -> None:
-    """Fill ``out`` ``(k, rows)`` with float32 ``||c||^2 - 2 c . x`` (squared distance minus a
-    per-row constant) for centred rows ``xs``; ``C2T`` is ``-2 c`` ``(k, d)``, ``outT = out.T``.
-
-    BLAS computes the ``(rows, d) @ (d, k)`` product (the fast shape for OpenBLAS, ~2.5x faster
-    than ``(k, d) @ (d, rows)``) and writes it column-major, which is ``out``'s row-major
-    ``(k, rows)`` layout: no transpose pass.
-    """
-    res = _sgemm(1.0, xs.T, C2T, 0.0, outT, 1, 1, 1)
-    if res is not outT:  # the wrapper could not write in place (never for these buffers)
-        out[...] = res.T
-    out += cn
-
-
-def _tile_rows(d: int, k: int) -> int:
-    """Rows per Lloyd tile: a power of two in [256, 16384] keeping a tile near _TILE_BYTES."""
-    rows = _TILE_BYTES // (4 * (d + 2 * k))
-    return int(min(16384, max(256, 1 << max(0, int(rows).bit_length() - 1))))
-
-
-def _centred_tiles(
-    x: np.ndarray, o: np.ndarray, C2: np.ndarray, cn: np.ndarray
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """``(start, centred tile, scores)`` for the row tiles of ``x``; buffers are reused."""
-    n, d = x.shape
-    k = C2.shape[1]
-    C2T = C2.T
-    step = _tile_rows(d, k)
-    centre = bool(np.any(o))  # see _origin
-    # Blocks deserialised from a Dask graph can sit at odd addresses; numpy's matmul and
-    # ufuncs then leave BLAS/SIMD (~3x slower), so such tiles are copied to aligned buffers.
-    copy = centre or not x.flags.aligned
-    t = 0
-    for s in range(0, n, step):
-        xt = x[s : s + step]
-        if xt.shape[0] != t:  # first or last (shorter) tile
-            t = xt.shape[0]
-            D = np.empty((k, t), _F32)
-            DT = D.T
-            if copy:
-                buf = np.empty((t, d), _F32)
-                o_rep = np.tile(o, t)
-        if copy:
-            # Centring as scikit-learn centres X keeps float32 products small (raw rows far
-            # from 0 lose label agreement with sklearn).  Flat: one ufunc loop over the whole
-            # tile instead of one per d-value row.
-            np.subtract(xt.reshape(-1), o_rep, out=buf.reshape(-1))
-            xs = buf
-        else:
-            xs = xt
-        _scores(xs, C2T, cn, D, DT)
-        yield s, xs, D
 
 
 def _k_stats(
     block: Any, i: int, off: int, o: np.ndarray, C2: np.ndarray, cn: np.ndarray
 ) -> np.ndarray:
-    """One Lloyd step on a block: ``(k, d + 1)`` float64 ``[sums of (x - o) | counts]``.
-
-    The assignment matrix is ``A = (scores == column min)``; the sums and counts are the GEMMs
-    ``A @ tile`` and ``A @ 1`` (float32 within a tile, accumulated in float64).
-    """
-    x = _as_f32(block)
-    d = x.shape[1]
-    k = C2.shape[1]
+    """One Lloyd step on a block: ``(k, d + 1)`` float64 ``[sums of (x - o) | counts]``."""
+    x = _aligned_f32(block)
+    k, d = C2.shape[1], x.shape[1]
     sums, counts = np.zeros((k, d)), np.zeros(k)
-    ids = np.arange(k)[:, None]
-    m = -1
-    for _, xs, D in _centred_tiles(x, o, C2, cn):
-        if xs.shape[0] != m:
-            m = xs.shape[0]
-            mn, A, ones = np.empty(m, _F32), np.empty((k, m), _F32), np.ones(m, _F32)
-        np.min(D, axis=0, out=mn)
-        np.equal(D, mn, out=A)
-        cnt = A @ ones
-        if cnt.sum() != m:  # a row tied between centers (or is NaN): lowest index wins
-            np.equal(D.argmin(axis=0), ids, out=A)
-            cnt = A @ ones
-        np.add(counts, cnt, out=counts)
-        np.add(sums, A @ xs, out=sums)
+    _kernels.lloyd_stats(x, o, C2, cn, bool(np.any(o)), sums, counts)
     return np.concatenate([sums, counts[:, None]], axis=1)
 
 
 def _labels_of(x: np.ndarray, o: np.ndarray, C2: np.ndarray, cn: np.ndarray) -> np.ndarray:
     """int32 index of the closest center for every row (first one on ties)."""
+    x = _aligned_f32(x)
     lab = np.empty(x.shape[0], dtype=np.int32)
-    for s, _, D in _centred_tiles(x, o, C2, cn):
-        lab[s : s + D.shape[1]] = D.argmin(axis=0)
+    _kernels.assign(x, o, C2, cn, bool(np.any(o)), lab)
     return lab
 
 
@@ -289,7 +214,6 @@ def _candidate_tiles(
     """
     n, d = x.shape
     copy = bool(np.any(o)) or not x.flags.aligned  # centre / realign, see _centred_tiles
-    cn_row = cn.ravel()
     t = 0
     for s in range(0, n, _TILE):
         xt = x[s : s + _TILE]
@@ -299,7 +223,7 @@ def _candidate_tiles(
             buf = np.empty((t, d), _F32) if copy else None
         xs = np.subtract(xt, o, out=buf) if copy else xt
         np.matmul(xs, C2, out=D)
-        D += cn_row
+        D += cn
         yield s, xs, D
 
 
@@ -347,11 +271,6 @@ def _k_par_weights(
     return w
 
 
-def _aligned_f32(block: Any) -> np.ndarray:
-    """``block`` as an aligned, C-contiguous float32 array; the same object when it is one."""
-    return np.require(block, dtype=_F32, requirements=("C", "A"))
-
-
 def _labels_block(block: Any, o: np.ndarray, C2: np.ndarray, cn: np.ndarray) -> np.ndarray:
     """``map_blocks`` kernel: labels of one block."""
     return _labels_of(_as_f32(block), o, C2, cn)
@@ -381,8 +300,8 @@ class _BlockHolder:
     """
 
     def __init__(self, indices: list[int], offsets: list[int], *blocks: Any) -> None:
-        # Same objects as in the worker's memory when they are float32 already (no copy).
-        self.blocks = [_as_f32(b) for b in blocks]
+        # Same objects as in the worker's memory when they are aligned float32 already (no copy).
+        self.blocks = [_aligned_f32(b) for b in blocks]
         self.indices = list(indices)
         self.offsets = list(offsets)
 
@@ -668,10 +587,10 @@ def _origin(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
 
 def _kernel_centers(centred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd kernel arguments from centred centers: float32 ``-2 c^T`` ``(d, k)`` and
-    ``||c||^2`` ``(k, 1)``."""
+    ``||c||^2`` ``(k,)``."""
     c32 = np.asarray(centred, dtype=_F32)
     c64 = c32.astype(_F64)
-    cn = np.einsum("ij,ij->i", c64, c64).astype(_F32)[:, None]
+    cn = np.einsum("ij,ij->i", c64, c64).astype(_F32)
     return np.ascontiguousarray(-2.0 * c32.T), cn
 
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from toolkit.backends.base import FitResult, KMeansBackend
+from toolkit.cluster import scatter_rows
 from toolkit.config import ModelConfig
 from toolkit.data import Dataset
 
@@ -22,6 +23,8 @@ def to_dask_array(dataset: Dataset, client: Any, persist: bool = True, chunk_row
 
     X = dataset.X
     if isinstance(X, np.ndarray):
+        if persist and client is not None:
+            return scatter_rows(X, client, chunk_rows)  # blocks spread evenly over the workers
         # Split so every worker gets blocks even on small data.
         n_workers = max(1, len(client.scheduler_info().get("workers", {}))) if client else 1
         rows = max(1, min(chunk_rows, -(-X.shape[0] // (2 * n_workers))))
