@@ -20,6 +20,8 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,17 +162,21 @@ def _finished_children(db: Path) -> int:
         return 0
 
 
-def _running_trials(db: Path) -> int:
-    """Optuna trials in state RUNNING (a fit under way on the driver)."""
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5)
-        ) as con:
-            return int(
-                con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
-            )
-    except sqlite3.Error:
+def _running_trials(journal: Path) -> int:
+    """Optuna trials in state RUNNING (a fit under way on the driver), read from the journal
+    file the driver appends to (reading takes no lock)."""
+    if not journal.exists():
         return 0
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return sum(
+        t.state == TrialState.RUNNING
+        for s in storage.get_all_studies()
+        for t in storage.get_all_trials(s._study_id, deepcopy=False)
+    )
+
+
+def _journal(path: str) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(path))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -183,8 +189,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_path):
-    optuna_db = tmp_path / "optuna.db"
-    storage = f"sqlite:///{optuna_db}"
+    # The default storage: an Optuna journal file.
+    journal = tmp_path / "optuna.log"
+    storage = str(journal)
     _experiment(tracking_uri, "blobs", tmp_path)
     # Data-parallel with sklearn: trials run one after another on the driver, so a kill once
     # 3 child runs are written and the next trial is RUNNING lands inside that trial's fit.
@@ -215,7 +222,7 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
             )
             procs.append(first)
             deadline = time.monotonic() + 300
-            while _finished_children(store) < 3 or not _running_trials(optuna_db):
+            while _finished_children(store) < 3 or not _running_trials(journal):
                 assert first.poll() is None, "search ended before it could be killed:\n" + _tail(
                     log1.read_bytes()
                 )
@@ -227,7 +234,7 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
         assert first.returncode == -signal.SIGKILL
 
         # What the dead driver left behind.
-        study = optuna.load_study(study_name="blobs-sklearn", storage=storage)
+        study = optuna.load_study(study_name="blobs-sklearn", storage=_journal(storage))
         parent_id = study.user_attrs["mlflow_parent_run_id"]
         done_before = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
         interrupted = {t.number for t in study.trials if t.state == TrialState.RUNNING}
@@ -253,7 +260,7 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
         for p in procs:
             _kill_group(p)
 
-    study = optuna.load_study(study_name="blobs-sklearn", storage=storage)
+    study = optuna.load_study(study_name="blobs-sklearn", storage=_journal(storage))
     complete = [t.number for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 8
     assert len(set(complete)) == len(complete)

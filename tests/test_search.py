@@ -23,6 +23,7 @@ import toolkit.backends
 from toolkit.config import load_experiment
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.search import search
+from toolkit.search.study import study_storage
 
 REPO = Path(__file__).resolve().parents[1]
 BLOBS = REPO / "experiments" / "blobs.yaml"
@@ -120,7 +121,8 @@ def blobs_search(store, mlc, client, tmp_path_factory):
     Every log record (root, mlflow, sqlalchemy, optuna, distributed) and the driver's
     stdout/stderr are captured, for the one-writer check.
     """
-    storage = f"sqlite:///{tmp_path_factory.mktemp('optuna-blobs') / 'optuna.db'}"
+    # The default kind of Optuna storage: a journal file (RDB storage: the tests below).
+    storage = str(tmp_path_factory.mktemp("optuna-blobs") / "optuna.log")
     cfg = make_cfg("search-blobs", storage, "data.n_samples=4000", "search.n_trials=8")
     assert cfg.search.space.n_clusters.low == 2 and cfg.search.space.n_clusters.high == 10
     handler = _Records()
@@ -170,7 +172,9 @@ def test_blobs_search_finds_six_clusters(blobs_search, mlc):
 def test_blobs_search_study_remembers_parent(blobs_search):
     cfg, outcome, parent, _, _ = blobs_search
     assert outcome.study_name == "blobs-sklearn"
-    study = optuna.load_study(study_name=outcome.study_name, storage=cfg.search.storage)
+    storage = study_storage(cfg.search.storage)
+    assert isinstance(storage, optuna.storages.JournalStorage)
+    study = optuna.load_study(study_name=outcome.study_name, storage=storage)
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
     assert study.best_trial.params["n_clusters"] == 6
@@ -484,3 +488,9 @@ def test_adjusted_rand_needs_labels(store, mlc, client, optuna_url, tmp_path):
     with pytest.raises(ConfigError, match="ground-truth labels"):
         search(cfg, client=client)
     _assert_no_trial_work(mlc, "search-nolabels", optuna_url)
+
+
+def test_storage_in_a_missing_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot open Optuna storage") as err:
+        study_storage(str(tmp_path / "nowhere" / "optuna.log"))
+    assert "journal file path" in err.value.fix

@@ -157,7 +157,9 @@ class SearchConfig(_Strict):
     ] = "silhouette"
     parallelism: Literal["auto", "trial", "data"] = "auto"
     storage: str | None = Field(
-        None, description="Optuna storage URL; default sqlite:///optuna.db beside mlflow.db"
+        None,
+        description="Optuna storage: a journal file path (default optuna.log) or a SQLAlchemy "
+        "URL such as sqlite:///optuna.db",
     )
     study_name: str | None = None
     resume: bool = False

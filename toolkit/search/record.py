@@ -44,15 +44,18 @@ def log_trial_run(
     The child lives in its parent's experiment (under ``mlflow run`` that is the experiment
     ``mlflow run`` chose, not necessarily the config's).
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     c = client()
     exp_id = _experiment_of(parent_run_id)
+    # Three tracking-store calls per child: every tag goes in with create_run (tags in
+    # log_batch cost ~10 ms more on sqlite), params and metrics in one log_batch, then the end.
     all_tags = {
         "mlflow.parentRunId": parent_run_id,
         "optuna.study_name": study_name,
         "optuna.trial_number": str(number),
         "trial.state": status,
+        "trial.duration_s": f"{finished - started:.3f}",
         **{k: str(v) for k, v in tags.items()},
     }
     if error:
@@ -62,14 +65,12 @@ def log_trial_run(
     )
     run_id = run.info.run_id
     now = int(finished * 1000)
-    c.log_batch(
-        run_id,
-        metrics=[
-            Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
-        ],
-        params=[Param(k, str(v)) for k, v in params.items()],
-        tags=[RunTag("trial.duration_s", f"{finished - started:.3f}")],
-    )
+    metric_list = [
+        Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+    ]
+    param_list = [Param(k, str(v)) for k, v in params.items()]
+    if metric_list or param_list:
+        c.log_batch(run_id, metrics=metric_list, params=param_list)
     if centers is not None:
         log_centroids(run_id, centers, feature_names, None, artifact_uri=run.info.artifact_uri)
     c.set_terminated(run_id, status=status, end_time=now)

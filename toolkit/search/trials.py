@@ -9,6 +9,9 @@ fit is spread over the whole cluster.  Either way a trial returns a small :class
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -82,6 +85,22 @@ def run_trial(
     )
 
 
+_limited = threading.local()
+
+
+def _limit_threads(n: int) -> None:
+    """Cap BLAS/OpenMP threads at the worker's thread count, once per worker thread.
+
+    Limits are left in place (the thread only ever runs trials): re-applying and restoring them
+    around every trial cost ~3 ms of scanning the loaded libraries each time.
+    """
+    if getattr(_limited, "n", None) != n:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)
+        _limited.n = n
+
+
 def _worker_trial(
     key: Any,
     backend_name: str,
@@ -91,20 +110,24 @@ def _worker_trial(
     y: np.ndarray | None,
 ) -> TrialResult:
     """Task body on a worker: a local backend, BLAS/OpenMP threads limited to the worker's."""
-    from threadpoolctl import threadpool_limits
-
     from toolkit.backends import get_backend
     from toolkit.data import Dataset
+
+    from threadpoolctl import threadpool_limits
 
     try:
         from distributed import get_worker
 
         worker = get_worker()
-        nthreads, name = worker.state.nthreads, str(worker.address)
-    except (ImportError, ValueError):
-        nthreads, name = 1, "local"
+    except (ImportError, ValueError):  # called in-process: limit this trial only
+        worker = None
+    if worker is not None:
+        _limit_threads(max(1, worker.state.nthreads))
+        name, limits = str(worker.address), contextlib.nullcontext()
+    else:
+        name, limits = "local", threadpool_limits(limits=1)
     backend = get_backend(backend_name)(client=None)
-    with threadpool_limits(limits=max(1, nthreads)):
+    with limits:
         prepared = backend.prepare(Dataset("trial", X, None, [], "scattered"))
         res = run_trial(key, backend, prepared, params, metrics_cfg, y)
     res.worker = name
@@ -136,11 +159,18 @@ class TrialParallelRunner:
         self._X = client.scatter(np.asarray(X), broadcast=True, hash=False)
         self._y = client.scatter(y, broadcast=True, hash=False) if y is not None else None
         self._futures: dict[Any, Any] = {}
+        self._slots, self._slots_at = 1, -math.inf
 
     @property
     def slots(self) -> int:
-        info = self.client.scheduler_info().get("workers", {})
-        return max(1, sum(w.get("nthreads", 1) for w in info.values()))
+        """Worker threads in the cluster, re-read at most once a second: the call is a round
+        trip to the scheduler (~5 ms under load), and the loop asks before every submission."""
+        now = time.monotonic()
+        if now - self._slots_at > 1.0:
+            info = self.client.scheduler_info().get("workers", {})
+            self._slots = max(1, sum(w.get("nthreads", 1) for w in info.values()))
+            self._slots_at = now
+        return self._slots
 
     def submit(self, key: Any, params: ModelConfig) -> None:
         fut = self.client.submit(

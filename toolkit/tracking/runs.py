@@ -9,6 +9,7 @@ exists (``MLFLOW_RUN_ID``) and is resumed rather than created.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import traceback
 from collections.abc import Iterator, Mapping
@@ -23,24 +24,54 @@ __all__ = [
     "start_run",
     "end_run",
     "tracked_run",
+    "registry_uri",
     "tracking_uri",
+    "using_store",
 ]
 
 #: MLflow 3's own default; set explicitly so every process agrees on it.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
+#: Stores pinned for the current thread/task by :func:`using_store` (the background writer).
+_PINNED: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
+    "kmeans_lifecycle_store", default=None
+)
+
+
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory."""
+    """The pinned store (:func:`using_store`), else ``MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db`` in the working directory."""
+    pinned = _PINNED.get()
+    if pinned is not None:
+        return pinned[0]
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def registry_uri() -> str:
+    """The pinned registry, else ``MLFLOW_REGISTRY_URI``, else the tracking store."""
+    pinned = _PINNED.get()
+    if pinned is not None:
+        return pinned[1] or pinned[0]
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri()
+
+
+@contextlib.contextmanager
+def using_store(tracking: str, registry: str | None = None) -> Iterator[None]:
+    """Within the block, :func:`client` in this thread talks to these stores (the environment
+    of the process is left alone)."""
+    token = _PINNED.set((tracking, registry))
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
 
 
 def client() -> Any:
     """An ``MlflowClient`` on the current tracking URI (registry on the same store)."""
     from mlflow import MlflowClient
 
-    uri = tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=registry_uri())
 
 
 def get_or_create_experiment(name: str) -> str:
