@@ -145,8 +145,8 @@ def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, 
 
         dask_fit(2)  # warm-up: worker imports and the per-worker actors
         per_iter = _per_iteration({"sklearn": sk_fit, "dask": dask_fit}, n1, n2, repeats)
-        # dask-ml is an order of magnitude slower: fewer iterations, two repeats, same method.
-        per_iter.update(_per_iteration({"dask-ml": dask_ml_fit}, 2, 10, min(2, repeats)))
+        # dask-ml is an order of magnitude slower: fewer iterations, three repeats, same method.
+        per_iter.update(_per_iteration({"dask-ml": dask_ml_fit}, 2, 10, min(3, repeats)))
 
         sk = KMeans(n_clusters=k, init=C0, n_init=1, max_iter=n2, tol=0.0, algorithm="lloyd").fit(X)
         _, dk_inertia, _ = lloyd_fit(dX, C0, max_iter=n2, tol=0.0, client=client)
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                                               [int(w) for w in args.scaling_workers.split(",")],
                                               args.features, args.k, args.iters, args.repeats)
         if "search" in sections:
-            report["search"] = bench_search(tmp, 300, 40, 500_000, 10)
+            report["search"] = bench_search(tmp, 300, 40, 500_000, 16)
         if "outofcore" in sections:
             report["outofcore"] = bench_outofcore(tmp, args.ooc_rows, args.features, args.k, 3, args.ooc_limit_mib,
                                                   workers=args.ooc_workers)

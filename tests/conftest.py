@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _mlflow_run import run_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,11 +84,10 @@ def tracking_uri(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A migrated sqlite store per test module, as tracking and registry URI (env and mlflow)."""
+    import mlflow
     from _mlflow_store import init_store
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    import mlflow
 
     uri = init_store(tmp_path_factory.mktemp("store") / "mlflow.db")
     saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
@@ -122,8 +121,4 @@ def python_exe() -> str:
 @pytest.fixture()
 def subprocess_env(tracking_uri):
     """Environment for real ``mlflow run`` subprocesses pointed at the temp store."""
-    env = dict(os.environ)
-    env["MLFLOW_TRACKING_URI"] = tracking_uri
-    env.pop("MLFLOW_RUN_ID", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return run_env(tracking_uri)

@@ -8,11 +8,11 @@ are checked the way ``mlflow run`` meets them: the run is created first and hand
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _mlflow_run import mlflow_run
 from _mlflow_store import init_store
 from mlflow import MlflowClient
 
@@ -196,14 +196,10 @@ def test_mlflow_run_with_nan_fails_cleanly(subprocess_env, tracking_uri, tmp_pat
     init_store(tracking_uri)
     data = tmp_path / "nan.csv"
     data.write_text("a,b\n1,2\n,3\n4,5\n6,7\n")
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local",
-            "--experiment-name", "bad-nan-cli",
-            "-P", f"overrides=data.source=file data.path={data}",
-        ],
-        cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    proc = mlflow_run(
+        "train", {"overrides": f"data.source=file data.path={data}"},
+        env=subprocess_env, experiment="bad-nan-cli",
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

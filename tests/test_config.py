@@ -213,6 +213,14 @@ def test_parse_overrides_types():
     assert out["f"] == "text"
     assert out["g"] is None
     assert parse_overrides(None) == {} and parse_overrides("  ") == {}
+    # Words that float() would turn into NaN or infinity stay words.
+    assert parse_overrides("h=nan i=inf j=Infinity") == {"h": "nan", "i": "inf", "j": "Infinity"}
+
+
+def test_nan_tolerance_is_rejected_with_the_key():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["model.tol=nan"])
+    assert "model.tol" in _one_line(err)
 
 
 def test_unknown_backend_in_config():

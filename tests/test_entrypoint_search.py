@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _mlflow_run import mlflow_run
 from mlflow import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -76,27 +77,10 @@ def _running(mlc: MlflowClient) -> list:
 
 def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess_env, tmp_path):
     exp_id = _experiment(tracking_uri, "t", tmp_path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "run",
-        ".",
-        "-e",
+    proc = mlflow_run(
         "search",
-        "-P",
-        "n_trials=5",
-        "-P",
-        "overrides=data.n_samples=3000",
-        "-P",
-        f"storage=sqlite:///{tmp_path / 'optuna.db'}",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        "t",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=480
+        {"n_trials": 5, "overrides": "data.n_samples=3000", "storage": f"sqlite:///{tmp_path / 'optuna.db'}"},
+        env=subprocess_env, experiment="t", timeout=480,
     )
     assert proc.returncode == 0, _tail(proc.stdout) + _tail(proc.stderr)
 

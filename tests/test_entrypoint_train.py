@@ -7,13 +7,13 @@ up, so they overlap well), each writing to its own temp sqlite store.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _mlflow_run import mlflow_run_cmd
 from _mlflow_store import init_store
 from mlflow import MlflowClient
 
@@ -31,9 +31,7 @@ METRICS = {
 
 
 def _mlflow_run(*params: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local"]
-    for p in params:
-        cmd += ["-P", p]
+    cmd = mlflow_run_cmd("train", dict(p.split("=", 1) for p in params))
     handle = open(log, "w")  # noqa: SIM115 - closed by the caller after wait()
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True

@@ -8,13 +8,12 @@ registers more, ``promote`` moves ``champion`` only when the metric says so.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+from _mlflow_run import mlflow_run, run_env
 from mlflow import MlflowClient
 from mlflow.models import Model
 
@@ -327,36 +326,10 @@ def test_mlflow_run_promote_entry_point(store, mlc):
     name = "promo-cli"
     _train_register(name, 3)
     _train_register(name, 6)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": store,
-        "MLFLOW_REGISTRY_URI": store,
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("MLFLOW_RUN_ID", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            ".",
-            "-e",
-            "promote",
-            "-P",
-            f"model_name={name}",
-            "-P",
-            "config=experiments/blobs.yaml",
-            "-P",
-            "overrides=data.n_samples=2000",
-            "--env-manager",
-            "local",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = mlflow_run(
+        "promote",
+        {"model_name": name, "config": "experiments/blobs.yaml", "overrides": "data.n_samples=2000"},
+        env=run_env(store, store),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{name} v2 promoted to champion" in proc.stdout + proc.stderr

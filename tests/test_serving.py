@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _mlflow_run import mlflow_run, run_env
 from mlflow import MlflowClient
 
 from toolkit.config import load_experiment
@@ -392,38 +392,11 @@ def test_mlflow_run_predict_entry_point(store, registered, local, client, tmp_pa
     _, X, _ = registered
     frame = _parquet_inputs(tmp_path / "in", X)
     out = tmp_path / "predictions.parquet"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": store,
-        "MLFLOW_REGISTRY_URI": store,
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("MLFLOW_RUN_ID", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            ".",
-            "-e",
-            "predict",
-            "-P",
-            f"model_uri=models:/{TWIN}@champion",
-            "-P",
-            f"input={tmp_path / 'in'}/*.parquet",
-            "-P",
-            f"output={out}",
-            "-P",
-            f"scheduler_address={client.scheduler.address}",
-            "--env-manager",
-            "local",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = mlflow_run(
+        "predict",
+        {"model_uri": f"models:/{TWIN}@champion", "input": f"{tmp_path / 'in'}/*.parquet",
+         "output": out, "scheduler_address": client.scheduler.address},
+        env=run_env(store, store),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "scored 3 file(s)" in proc.stdout + proc.stderr

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -251,12 +252,15 @@ def parse_overrides(items: Sequence[str] | str | None) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        # YAML reads "1e-3" as a string; make it the number the user meant.
+        # YAML reads "1e-3" as a string; make it the number the user meant (but leave words
+        # such as "nan", "inf" or "infinity", which float() would also accept, as strings).
         if isinstance(value, str):
             try:
-                value = float(value)
+                number = float(value)
             except ValueError:
                 pass
+            else:
+                value = number if math.isfinite(number) else value
         out[key.strip()] = value
     return out
 

@@ -207,13 +207,12 @@ def _candidate_tiles(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(start, centred tile, (rows, m) scores)`` against ``m`` k-means|| candidates.
 
-    Row-major scores here: with tens of candidates the per-row ``min``/``argmin`` over a
-    contiguous row is faster than the Lloyd kernel's ``(k, rows)`` layout.  Buffers are
+    Plain NumPy (k-means|| makes a handful of passes, not one per iteration).  Buffers are
     allocated once: Dask workers set ``MALLOC_TRIM_THRESHOLD_``, which makes every large
     allocation a fresh ``mmap`` (page faults on each tile otherwise).
     """
     n, d = x.shape
-    copy = bool(np.any(o)) or not x.flags.aligned  # centre / realign, see _centred_tiles
+    copy = bool(np.any(o)) or not x.flags.aligned  # centre on o; realign (BLAS fast path)
     t = 0
     for s in range(0, n, _TILE):
         xt = x[s : s + _TILE]

@@ -129,7 +129,9 @@ def _worker_trial(
     backend = get_backend(backend_name)(client=None)
     with limits:
         prepared = backend.prepare(Dataset("trial", X, None, [], "scattered"))
-        res = run_trial(key, backend, prepared, params, metrics_cfg, y)
+        # The fitted estimator stays here: the driver needs only centers and metrics (a
+        # scikit-learn KMeans carries labels_ for every row, megabytes per trial to ship back).
+        res = run_trial(key, backend, prepared, params, metrics_cfg, y, keep_model=False)
     res.worker = name
     return res
 
