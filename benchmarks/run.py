@@ -108,6 +108,25 @@ def _peak_cluster_memory(client: Any, fn: Callable[[], Any]) -> tuple[Any, float
     return out, float(frame.max().iloc[0]) if len(frame) else float("nan")
 
 
+@contextlib.contextmanager
+def _environ(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, remove) environment variables within the block, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _gpu_available() -> bool:
     try:
         from toolkit.backends import get_backend
@@ -251,10 +270,14 @@ def _search_cfg(name: str, rows: int, n_trials: int, workers: int, storage: str)
 
 
 def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int) -> dict[str, Any]:
+    """Search figures on a throwaway MLflow store; the caller's store and run are left alone."""
+    with _environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-mlflow.db", MLFLOW_RUN_ID=None):
+        return _bench_search(tmp, tiny_rows, tiny_trials, speed_rows, speed_trials)
+
+
+def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int) -> dict[str, Any]:
     from toolkit.search import search
 
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench-mlflow.db"
-    os.environ.pop("MLFLOW_RUN_ID", None)
     storage = os.path.join(tmp, "bench-optuna.log")  # the default kind: an Optuna journal file
     out: dict[str, Any] = {}
     with _cluster(2) as client:
@@ -420,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--scaling-rows", default="250000,1000000,4000000")
     p.add_argument("--scaling-workers", default="1,2")
+    p.add_argument("--tiny-trials", type=int, default=40, help="search overhead: trials on 300 rows")
+    p.add_argument("--speed-rows", type=int, default=500_000, help="trial-parallel speed-up: rows")
+    p.add_argument("--speed-trials", type=int, default=16, help="trial-parallel speed-up: trials")
     p.add_argument("--ooc-rows", type=int, default=40_000_000)
     p.add_argument("--ooc-limit-mib", type=int, default=600)
     p.add_argument("--ooc-workers", type=int, default=1)
@@ -437,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                                               [int(w) for w in args.scaling_workers.split(",")],
                                               args.features, args.k, args.iters, args.repeats)
         if "search" in sections:
-            report["search"] = bench_search(tmp, 300, 40, 500_000, 16)
+            report["search"] = bench_search(tmp, 300, args.tiny_trials, args.speed_rows, args.speed_trials)
         if "outofcore" in sections:
             report["outofcore"] = bench_outofcore(tmp, args.ooc_rows, args.features, args.k, 3, args.ooc_limit_mib,
                                                   workers=args.ooc_workers)

@@ -242,3 +242,19 @@ def test_numpy_input_and_bad_init():
     _assert_same_as_sklearn(km, _sklearn(X, C0, tol=1e-4), X)
     with pytest.raises(ValueError, match="shape"):
         DaskKMeans(4, init=C0).fit(X)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_kernel_on_read_only_and_odd_address_blocks(centred):
+    """Blocks received over the network are read-only and can sit at odd addresses."""
+    X = _data(5000, 4, 3) - (0.0 if centred else 3.0)
+    o = X.mean(axis=0) if centred else np.zeros(4, np.float32)
+    C = _init(X, 3, 3).astype(np.float64) - o
+    expected = _k_stats(X, 0, 0, o, *_kernel_centers(C))
+    raw = np.empty(X.nbytes + 1, np.uint8)
+    odd = raw[1:].view(np.float32).reshape(X.shape)  # 1 byte off: not float32-aligned
+    odd[...] = X
+    odd.setflags(write=False)
+    assert not odd.flags.aligned
+    np.testing.assert_array_equal(_k_stats(odd, 0, 0, o, *_kernel_centers(C)), expected)
+    assert expected[:, -1].sum() == len(X) and np.all(expected[:, -1] > 0)

@@ -1,0 +1,44 @@
+"""The benchmark suite runs end to end on small sizes and logs to the caller's MLflow store.
+
+Figures from such small runs mean nothing; the real ones come from ``python -m benchmarks.run``
+(see the README).  This only proves the script works: every section it was asked for is in the
+report, the targets are evaluated, and ``--mlflow`` writes to the store and run it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from mlflow import MlflowClient
+
+from benchmarks import run as bench
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_path):
+    out = tmp_path / "bench.json"
+    rc = bench.main([
+        "--sections", "iteration,search", "--rows", "20000", "--features", "4", "--iters", "4",
+        "--repeats", "1", "--tiny-trials", "6", "--speed-rows", "4000", "--speed-trials", "4",
+        "--json", str(out), "--mlflow",
+    ])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    it, se = report["iteration"], report["search"]
+    assert set(it["backends"]) >= {"sklearn", "dask", "dask-ml"}
+    assert it["backends"]["dask"]["inertia_rel_diff_vs_sklearn"] <= 1e-5
+    assert se["overhead"]["trials"] == 6 and se["overhead"]["median_mlflow_write_ms"] > 0
+    assert se["speedup"]["wall_1_worker_s"] > 0 and se["speedup"]["wall_2_workers_s"] > 0
+    assert {"dask <= 1.5x sklearn", "per-trial overhead <= 50 ms"} <= set(it["targets"]) | set(se["targets"])
+    # The search section's throwaway store did not leak into the caller's environment.
+    assert os.environ["MLFLOW_TRACKING_URI"] == tracking_uri
+    mlc = MlflowClient(tracking_uri=tracking_uri)
+    exp = mlc.get_experiment_by_name("benchmarks")
+    (run,) = mlc.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["iteration.backends.dask.inertia"] == pytest.approx(it["backends"]["dask"]["inertia"])
+    assert "search.overhead.median_overhead_ms" in run.data.metrics
+    assert [a.path for a in mlc.list_artifacts(run.info.run_id, "benchmark")] == ["benchmark/bench.json"]
