@@ -1,7 +1,8 @@
 """Hyperparameter search over any backend: Optuna (ask/tell) or scikit-learn CV on joblib-dask.
 
 Trials run trial-parallel (one per Dask worker) or data-parallel (one fit over the cluster);
-the driver is the only MLflow writer; studies persist in an RDB and can be resumed.
+child runs are written by one writer process of the driver (never by the workers); studies
+persist in an Optuna journal file (or any RDB) and can be resumed.
 """
 
 from __future__ import annotations

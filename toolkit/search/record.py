@@ -1,6 +1,8 @@
 """What a search writes to MLflow: one child run per trial, and the parent's summary.
 
-Only the driver calls these (one writer), so sqlite never sees concurrent writers.
+Only the driver's side calls these: the search loop hands child runs to its one writer
+process (``toolkit.tracking.writer``), and the parent's summary is written after that writer
+has drained, so the store never sees two writers at once.
 """
 
 from __future__ import annotations
