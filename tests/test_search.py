@@ -494,3 +494,44 @@ def test_storage_in_a_missing_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot open Optuna storage") as err:
         study_storage(str(tmp_path / "nowhere" / "optuna.log"))
     assert "journal file path" in err.value.fix
+
+
+def test_resume_settles_what_a_killed_driver_left(store, mlc, tmp_path):
+    """Deterministic version of the kill/resume race: one child run half-written (RUNNING) for
+    a COMPLETE trial, one COMPLETE trial never written, one trial left RUNNING in Optuna."""
+    from toolkit.search.runner import INTERRUPTED_ATTR, _fail_stale
+    from toolkit.search.study import study_storage
+
+    cfg = make_cfg("search-settle", str(tmp_path / "optuna.log"))
+    study = optuna.create_study(study_name="settle", storage=study_storage(cfg.search.storage),
+                                direction="maximize")
+    exp_id = mlc.create_experiment("search-settle")
+    parent = mlc.create_run(exp_id, run_name="parent").info.run_id
+    half, unwritten, stale = study.ask(), study.ask(), study.ask()
+    for t in (half, unwritten, stale):
+        t.suggest_int("n_clusters", 2, 8)
+    study.tell(half, 0.7)
+    study.tell(unwritten, 0.6)
+    cut = mlc.create_run(exp_id, run_name="settle-trial-000", tags={
+        "mlflow.parentRunId": parent, "optuna.trial_number": str(half.number)})
+
+    assert _fail_stale(cfg, study, parent, ["x0", "x1"]) == 1
+
+    kids = children(mlc, parent)
+    by_number: dict[int, list] = {}
+    for k in kids:
+        by_number.setdefault(int(k.data.tags["optuna.trial_number"]), []).append(k)
+    assert sorted(by_number) == [0, 1, 2] and all(len(v) == 1 for v in by_number.values())
+    (done,) = by_number[half.number]
+    assert done.info.run_id == cut.info.run_id  # the half-written run was finished, not duplicated
+    assert done.info.status == "FINISHED" and done.data.metrics["objective"] == 0.7
+    assert done.data.tags["trial.backfilled"] == "true"
+    (late,) = by_number[unwritten.number]
+    assert late.info.status == "FINISHED" and late.data.metrics["objective"] == 0.6
+    (gone,) = by_number[stale.number]
+    assert gone.info.status == "FAILED" and "interrupted" in gone.data.tags["error"]
+    states = {t.number: t.state for t in study.trials}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.COMPLETE, 2: TrialState.FAIL}
+    assert study.trials[2].user_attrs[INTERRUPTED_ATTR] is True
+    mlc.set_terminated(parent)  # the search would go on; here only the children matter
+    assert_none_running(mlc)

@@ -19,7 +19,13 @@ import numpy as np
 from toolkit.tracking import log_centroids
 from toolkit.tracking.runs import client
 
-__all__ = ["fail_running_children", "log_figure", "log_table", "log_trial_run", "trial_run_name"]
+__all__ = [
+    "finish_interrupted_run",
+    "log_figure",
+    "log_table",
+    "log_trial_run",
+    "trial_run_name",
+]
 
 
 def trial_run_name(study_name: str, number: int) -> str:
@@ -88,19 +94,17 @@ def child_runs(parent_run_id: str) -> list[Any]:
     )
 
 
-def fail_running_children(parent_run_id: str, reason: str) -> int:
-    """End as FAILED (with ``reason``) the child runs a killed driver left RUNNING mid-write."""
-    from toolkit.tracking.runs import mark_failed
+def finish_interrupted_run(run_id: str, value: float | None, finished: float) -> None:
+    """End as FINISHED a child run whose writer was killed mid-write although its trial had
+    completed: the objective from Optuna is logged (the rest may be missing), and it is tagged."""
+    from mlflow.entities import Metric, RunTag
 
     c = client()
-    left = c.search_runs(
-        [_experiment_of(parent_run_id)],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-        max_results=1000,
-    )
-    for run in left:
-        mark_failed(run.info.run_id, reason)
-    return len(left)
+    now = int(finished * 1000)
+    metrics = [Metric("objective", float(value), now, 0)] if value is not None and math.isfinite(value) else []
+    c.log_batch(run_id, metrics=metrics, tags=[RunTag("trial.backfilled", "true"),
+                                               RunTag("trial.state", "FINISHED")])
+    c.set_terminated(run_id, status="FINISHED", end_time=now)
 
 
 @functools.lru_cache(maxsize=64)

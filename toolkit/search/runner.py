@@ -39,6 +39,7 @@ from toolkit.tracking import (
     log_metrics,
     log_params,
     log_tags,
+    mark_failed,
     tags_for,
     tracked_run,
 )
@@ -86,16 +87,37 @@ INTERRUPTED_ATTR = "interrupted"
 
 
 def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_names: list[str]) -> int:
-    """Mark trials a dead driver left RUNNING as FAILED (Optuna state and a child run)."""
+    """Settle what a dead driver left behind, so every finished trial has exactly one child run.
+
+    * a child run left RUNNING (its writer was killed mid-write) is finished if Optuna holds its
+      trial as COMPLETE, else failed as interrupted;
+    * trials left RUNNING in Optuna are failed (and re-run: they do not use up ``n_trials``),
+      with a FAILED child unless they already have one;
+    * finished trials whose child was never started are written now (backfilled).
+    """
     from optuna.trial import TrialState
 
-    # A child run the dead driver was still writing (its trial already told to Optuna).
-    record.fail_running_children(parent_run_id, "interrupted: the search driver stopped while writing this run")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    numbered: dict[int, list[Any]] = {}
+    for run in record.child_runs(parent_run_id):
+        if "optuna.trial_number" in run.data.tags:
+            numbered.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+    for number, runs in numbered.items():
+        for run in runs:
+            if run.info.status != "RUNNING":
+                continue
+            t = trials.get(number)
+            if t is not None and t.state == TrialState.COMPLETE:
+                record.finish_interrupted_run(run.info.run_id, t.value, _end_of(t))
+            else:
+                mark_failed(run.info.run_id, "interrupted: the search driver stopped before this trial finished")
     stale = stale_trials(study)
     for t in stale:
         # Remembered so that a resume re-runs it (an interrupted trial is not a finished one).
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        if t.number in numbered:
+            continue
         started = t.datetime_start.timestamp() if t.datetime_start else time.time()
         record.log_trial_run(
             parent_run_id, study.study_name, t.number,
@@ -103,29 +125,27 @@ def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_n
             started, time.time(), None, feature_names,
             error="interrupted: the search driver stopped before this trial finished",
         )
-    _backfill_children(cfg, study, parent_run_id)
+    _backfill_children(cfg, study, parent_run_id, logged=set(numbered) | {t.number for t in stale})
     return len(stale)
 
 
-def _backfill_children(cfg: ExperimentConfig, study: Any, parent_run_id: str) -> None:
+def _end_of(trial: Any) -> float:
+    return trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
+
+
+def _backfill_children(cfg: ExperimentConfig, study: Any, parent_run_id: str, logged: set[int]) -> None:
     """Write the child run of any trial Optuna recorded but the dead driver had not yet logged."""
     from optuna.trial import TrialState
 
-    logged = {
-        int(r.data.tags["optuna.trial_number"])
-        for r in record.child_runs(parent_run_id)
-        if "optuna.trial_number" in r.data.tags
-    }
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         if t.number in logged:
             continue
         ok = t.state == TrialState.COMPLETE
         started = t.datetime_start.timestamp() if t.datetime_start else time.time()
-        finished = t.datetime_complete.timestamp() if t.datetime_complete else time.time()
         record.log_trial_run(
             parent_run_id, study.study_name, t.number, dict(t.params),
             {"objective": t.value} if ok else {}, {"backend": cfg.backend, "trial.backfilled": "true"},
-            "FINISHED" if ok else "FAILED", started, finished,
+            "FINISHED" if ok else "FAILED", started, _end_of(t),
             error=None if ok else "the trial failed; its run was written after a resume",
         )
 

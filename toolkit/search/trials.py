@@ -110,10 +110,10 @@ def _worker_trial(
     y: np.ndarray | None,
 ) -> TrialResult:
     """Task body on a worker: a local backend, BLAS/OpenMP threads limited to the worker's."""
+    from threadpoolctl import threadpool_limits
+
     from toolkit.backends import get_backend
     from toolkit.data import Dataset
-
-    from threadpoolctl import threadpool_limits
 
     try:
         from distributed import get_worker
