@@ -109,6 +109,8 @@ def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_n
             t = trials.get(number)
             if t is not None and t.state == TrialState.COMPLETE:
                 record.finish_interrupted_run(run.info.run_id, t.value, _end_of(t))
+            elif t is not None and t.state == TrialState.FAIL:
+                mark_failed(run.info.run_id, "the trial failed; the search driver stopped while writing its run")
             else:
                 mark_failed(run.info.run_id, "interrupted: the search driver stopped before this trial finished")
     stale = stale_trials(study)
