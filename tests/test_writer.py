@@ -64,3 +64,15 @@ def test_process_writer_runs_elsewhere_and_errors_come_back(writer):
     with pytest.raises(ValueError, match="no such run"):
         writer.submit(_boom, "no such run").result(timeout=60)
     assert writer.submit(_pid).result(timeout=60)[0] == pid  # still the same writer after an error
+
+
+def test_a_dead_writer_process_falls_back_to_a_thread():
+    w = ChildWriter(process=True)
+    try:
+        pid, _ = w.submit(_pid).result(timeout=120)
+        assert pid != os.getpid()
+        with pytest.raises(Exception):  # BrokenProcessPool: the writer died under this job
+            w.submit(os._exit, 1).result(timeout=60)
+        assert w.submit(_pid).result(timeout=60)[0] == os.getpid() and w.kind == "thread"
+    finally:
+        w.shutdown()

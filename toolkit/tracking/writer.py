@@ -26,6 +26,7 @@ from typing import Any
 
 __all__ = ["ChildWriter", "shared_writer"]
 
+
 def _absolute(uri: str) -> str:
     """``sqlite:///relative.db`` made absolute: the writer process may sit in another folder."""
     prefix = "sqlite:///"
@@ -68,8 +69,12 @@ class ChildWriter:
 
     def _executor(self) -> concurrent.futures.Executor:
         with self._lock:
-            broken = getattr(self._pool, "_broken", False)
-            if self._pool is None or broken:
+            if getattr(self._pool, "_broken", False):
+                # The writer process died (killed, out of memory, or it could not start here):
+                # a thread writes from now on rather than failing every later run.
+                self._process = False
+                self._pool = None
+            if self._pool is None:
                 self._pool = self._start()
             return self._pool
 
