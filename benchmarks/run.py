@@ -345,8 +345,8 @@ def bench_outofcore(tmp: str, rows: int, features: int, k: int, iters: int, memo
     data_bytes = rows * features * 4
     limit = memory_limit_mb * 2**20
     # Arrow's default pool (jemalloc/mimalloc) keeps freed buffers: ~190 MiB more RSS per worker.
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    with _cluster(workers, memory_limit=f"{memory_limit_mb}MiB") as client:
+    pool = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")
+    with _environ(ARROW_DEFAULT_MEMORY_POOL=pool), _cluster(workers, memory_limit=f"{memory_limit_mb}MiB") as client:
         # One partition per file (no aggregation), so one block is what a worker holds at a time.
         X = dd.read_parquet(os.path.join(folder, "*.parquet"), blocksize=None).to_dask_array(lengths=True)
         C0 = centers.astype(np.float64) + 0.5

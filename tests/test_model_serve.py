@@ -7,7 +7,6 @@ A real server on loopback (its own process group, killed by its own handle), a r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _mlflow_run import run_env
 from _servers import free_port, stop, wait_ready
 
 from toolkit.config import load_experiment
@@ -52,8 +52,7 @@ def test_models_serve_twin_matches_local_predictor(store, client, tmp_path, back
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store}
-    env.pop("MLFLOW_RUN_ID", None)
+    env = run_env(store, store)
     with open(log, "w") as log_fh:
         proc = subprocess.Popen(
             [

@@ -1012,11 +1012,13 @@ class DaskBackend(KMeansBackend):
 
     def prepare(self, dataset: Dataset) -> Any:
         """The data as a float32 Dask array, persisted on the workers unless ``persist=False``."""
-        X = to_dask_array(dataset, self.client, self.persist, self.chunk_rows)
-        if self.persist:
-            # Blocks shipped inside a graph can land at odd addresses, which keeps numpy and
-            # BLAS off their fast paths every iteration: re-place them aligned (and float32)
-            # once.  Already aligned float32 blocks are kept as they are, not copied.
+        in_memory = isinstance(dataset.X, np.ndarray)
+        # NumPy data is persisted by to_dask_array itself: scattered evenly, already aligned.
+        X = to_dask_array(dataset, self.client, self.persist and in_memory, self.chunk_rows)
+        if self.persist and not in_memory:
+            # Blocks read by tasks can sit at odd addresses, which keeps NumPy and BLAS off
+            # their fast paths every iteration: persist them aligned (and float32), in one
+            # pass.  Already aligned float32 blocks are kept as they are, not copied.
             X = X.map_blocks(_aligned_f32, dtype=_F32)
             X = self.client.persist(X) if self.client is not None else X.persist()
         elif X.dtype != _F32:  # Dataset promises float32
