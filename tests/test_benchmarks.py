@@ -23,7 +23,7 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     rc = bench.main([
         "--sections", "iteration,search", "--rows", "20000", "--features", "4", "--iters", "4",
         "--repeats", "1", "--tiny-trials", "4", "--speed-rows", "4000", "--speed-trials", "2",
-        "--json", str(out), "--mlflow",
+        "--speed-rounds", "1", "--json", str(out), "--mlflow",
     ])
     assert rc == 0
     report = json.loads(out.read_text())
@@ -31,6 +31,8 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     assert set(it["backends"]) >= {"sklearn", "dask", "dask-ml"}
     assert it["backends"]["dask"]["inertia_rel_diff_vs_sklearn"] <= 1e-5
     assert se["overhead"]["trials"] == 4 and se["overhead"]["median_mlflow_write_ms"] > 0
+    assert 0 < se["overhead"]["median_mlflow_write_cpu_ms"]
+    assert se["speedup"]["rounds"] == 1
     assert se["speedup"]["wall_1_worker_s"] > 0 and se["speedup"]["wall_2_workers_s"] > 0
     assert {"dask <= 1.5x sklearn", "per-trial overhead <= 50 ms"} <= set(it["targets"]) | set(se["targets"])
     # The search section's throwaway store did not leak into the caller's environment.

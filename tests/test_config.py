@@ -197,6 +197,20 @@ def test_override_wrong_type_and_range():
     assert "search.space.n_clusters" in _one_line(err)
 
 
+@pytest.mark.parametrize("given, value", [("auto", "auto"), ("AUTO", "auto"), ("0", 0), ("3", 3), (2, 2)])
+def test_prefetch_auto_or_a_small_count(given, value):
+    assert load_experiment(None, {"search.prefetch": given}).search.prefetch == value
+
+
+@pytest.mark.parametrize("given", ["9", "-1", "many", "1.5", True])
+def test_prefetch_out_of_range_says_what_is_allowed(given):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, {"search.prefetch": given})
+    msg = _one_line(err)
+    assert "search.prefetch: must be 'auto' or a whole number 0..8" in msg and repr(given) in msg
+    assert "Value error" not in msg
+
+
 def test_override_not_key_value():
     with pytest.raises(ConfigError) as err:
         parse_overrides("model.n_clusters")

@@ -58,6 +58,33 @@ def test_statistics_equal_sklearn_float32(overlapping):
     assert stats["calinski_harabasz"] == pytest.approx(ch, rel=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["fortran", "int", "strided"])
+def test_statistics_any_array_layout(overlapping, layout):
+    """The compiled passes take what users hand over: column-major, integer, every other row."""
+    X, _, labels = overlapping
+    if layout == "fortran":
+        Xv, lv = np.asfortranarray(X), labels
+    elif layout == "int":
+        Xv, lv = np.round(X * 10).astype(np.int32), labels
+    else:
+        Xv, lv = X[::2], labels[::2]
+    stats = cluster_statistics(Xv, lv, 4)
+    db, ch = _sk(np.asarray(Xv, dtype=np.float64), lv)
+    assert stats["davies_bouldin"] == pytest.approx(db, rel=1e-6)
+    assert stats["calinski_harabasz"] == pytest.approx(ch, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-1, 4])
+def test_labels_outside_the_clusters_are_an_error(overlapping, bad):
+    X, _, labels = overlapping
+    wrong = labels.copy()
+    wrong[7] = bad
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        cluster_statistics(X, wrong, 4)
+    with pytest.raises(ValueError, match="labels for"):
+        cluster_statistics(X, labels[:-1], 4)
+
+
 def test_statistics_equal_sklearn_dask_chunks(client, overlapping):
     X, _, labels = overlapping
     dX = da.from_array(X, chunks=(250, 3))  # 5 blocks, last one short

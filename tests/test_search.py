@@ -317,6 +317,47 @@ def test_dask_ml_cannot_run_trial_parallel(store, mlc, client, optuna_url):
 # -- scikit-learn CV strategies on joblib-dask -------------------------------------------
 
 
+@pytest.mark.parametrize("prefetch, in_flight", [(0, 2), (2, 6)])
+def test_prefetch_queues_trials_behind_the_running_ones(store, mlc, client, tmp_path, prefetch, in_flight):
+    """With 2 worker threads, the sampler is asked for 2 x (1 + prefetch) trials before the
+    first result is told; every trial still gets its one finished child run."""
+    storage = str(tmp_path / "optuna.log")
+    cfg = make_cfg(f"search-prefetch-{prefetch}", storage, "data.n_samples=600", "search.n_trials=8",
+                   "search.sampler=random", f"search.prefetch={prefetch}", "tracking.log_plot=false",
+                   "search.refit=false", "registry.register_best=false")
+    outcome = search(cfg, client=client)
+    study = optuna.load_study(study_name=outcome.study_name, storage=study_storage(storage))
+    trials = study.get_trials(deepcopy=False)
+    first_told = min(t.datetime_complete for t in trials)
+    assert sum(t.datetime_start < first_told for t in trials) == in_flight
+    kids = children(mlc, outcome.parent_run_id)
+    assert sorted(int(k.data.tags["optuna.trial_number"]) for k in kids) == list(range(8))
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    assert all(r["schedule_s"] >= 0 and r["overhead_s"] >= r["mlflow_write_s"] > 0 for r in outcome.trials)
+    assert_none_running(mlc)
+
+
+def test_auto_prefetch_queues_only_behind_short_trials():
+    """``auto``: nothing queued until trials prove short, then enough to cover ~50 ms of
+    hand-off (at most 3 per thread); a data-parallel runner never has more than one fit."""
+    from types import SimpleNamespace
+
+    from toolkit.search.runner import _in_flight_target
+
+    trial_runner = SimpleNamespace(slots=2, mode="trial")
+
+    def rows(seconds):
+        return [{"duration_s": seconds}] * 8
+
+    assert _in_flight_target(trial_runner, "auto", []) == 2
+    assert _in_flight_target(trial_runner, "auto", rows(1.0)) == 2
+    assert _in_flight_target(trial_runner, "auto", rows(0.1)) == 2 * 2
+    assert _in_flight_target(trial_runner, "auto", rows(0.02)) == 2 * 4
+    assert _in_flight_target(trial_runner, "auto", rows(0.0001)) == 2 * 4
+    assert _in_flight_target(trial_runner, 5, rows(1.0)) == 2 * 6
+    assert _in_flight_target(SimpleNamespace(slots=1, mode="data"), 3, rows(0.01)) == 1
+
+
 def test_grid_strategy_child_per_grid_point(store, mlc, client, optuna_url):
     cfg = make_cfg(
         "search-grid",

@@ -160,3 +160,50 @@ def test_run_url_for_sqlite(mlc, store):
         pass
     url = run_url(run_id)
     assert store in url and run_id in url and "mlflow ui" in url
+
+
+# -- sqlite store in WAL mode -------------------------------------------------------------
+
+
+def _journal_mode(db: Path) -> str:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_sqlite_store_is_written_in_wal_mode_and_others_are_left_alone(tmp_path, monkeypatch):
+    """The toolkit's own store switches to WAL (readers such as ``mlflow ui`` no longer block
+    the writer); another sqlite database the same process opens keeps its journal mode."""
+    import sqlalchemy
+
+    from toolkit.tracking import get_or_create_experiment, tracked_run
+
+    monkeypatch.delenv("KMEANS_LIFECYCLE_SQLITE_WAL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # relative, as the default
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    get_or_create_experiment("wal")
+    with tracked_run("wal", "one", {}) as run_id:
+        pass
+    assert _journal_mode(tmp_path / "mlflow.db") == "wal"
+    assert MlflowClient("sqlite:///mlflow.db").get_run(run_id).info.status == "FINISHED"
+
+    other = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    with other.begin() as con:
+        con.execute(sqlalchemy.text("CREATE TABLE t (x INTEGER)"))
+    other.dispose()
+    assert _journal_mode(tmp_path / "other.db") == "delete"
+
+
+def test_wal_can_be_turned_off(tmp_path, monkeypatch):
+    """A store on a network file system must not use WAL: ``KMEANS_LIFECYCLE_SQLITE_WAL=0``."""
+    from toolkit.tracking import get_or_create_experiment
+
+    monkeypatch.setenv("KMEANS_LIFECYCLE_SQLITE_WAL", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nfs.db'}")
+    get_or_create_experiment("no-wal")
+    assert _journal_mode(tmp_path / "nfs.db") == "delete"

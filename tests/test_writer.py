@@ -46,7 +46,7 @@ def test_writes_children_where_the_submitter_points(writer, tmp_path, monkeypatc
                 {"backend": "sklearn"}, "FINISHED", 1.0e9, 1.0e9 + 2, None, None,
             ))
     results = [f.result(timeout=120) for f in futures]
-    assert all(isinstance(rid, str) and seconds > 0 for rid, seconds in results)
+    assert all(isinstance(rid, str) and wall > 0 and 0 < cpu for rid, wall, cpu in results)
     for i, uri in enumerate(stores):
         mlc = MlflowClient(tracking_uri=uri)
         exp = mlc.get_experiment_by_name("w")
@@ -55,11 +55,11 @@ def test_writes_children_where_the_submitter_points(writer, tmp_path, monkeypatc
         )
         assert sorted(r.data.params["n_clusters"] for r in kids) == ["2", "3", "4"]
         assert {r.info.status for r in kids} == {"FINISHED"}
-        assert {r.info.run_id for r in kids} == {rid for rid, _ in results[3 * i : 3 * i + 3]}
+        assert {r.info.run_id for r in kids} == {rid for rid, *_ in results[3 * i : 3 * i + 3]}
 
 
 def test_process_writer_runs_elsewhere_and_errors_come_back(writer):
-    pid, _ = writer.submit(_pid).result(timeout=120)
+    pid, *_ = writer.submit(_pid).result(timeout=120)
     assert (pid != os.getpid()) == (writer.kind == "process")
     with pytest.raises(ValueError, match="no such run"):
         writer.submit(_boom, "no such run").result(timeout=60)
@@ -69,10 +69,40 @@ def test_process_writer_runs_elsewhere_and_errors_come_back(writer):
 def test_a_dead_writer_process_falls_back_to_a_thread():
     w = ChildWriter(process=True)
     try:
-        pid, _ = w.submit(_pid).result(timeout=120)
+        pid, *_ = w.submit(_pid).result(timeout=120)
         assert pid != os.getpid()
         with pytest.raises(Exception):  # BrokenProcessPool: the writer died under this job
             w.submit(os._exit, 1).result(timeout=60)
         assert w.submit(_pid).result(timeout=60)[0] == os.getpid() and w.kind == "thread"
+    finally:
+        w.shutdown()
+
+
+def _niceness() -> int:
+    return os.nice(0)
+
+
+@pytest.mark.parametrize("setting, raise_by", [(None, 10), ("0", 0)])
+def test_writer_process_yields_the_cpu_to_the_fits(setting, raise_by, monkeypatch):
+    if setting is None:
+        monkeypatch.delenv("KMEANS_LIFECYCLE_WRITER_NICE", raising=False)
+    else:
+        monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", setting)
+    ours = os.nice(0)
+    w = ChildWriter(process=True)
+    try:
+        theirs, *_ = w.submit(_niceness).result(timeout=120)
+    finally:
+        w.shutdown()
+    assert theirs == min(19, ours + raise_by)
+    assert os.nice(0) == ours  # the driver keeps its priority
+
+
+def test_thread_writer_leaves_the_driver_priority_alone(monkeypatch):
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", "10")
+    ours = os.nice(0)
+    w = ChildWriter(process=False)
+    try:
+        assert w.submit(_niceness).result(timeout=60)[0] == ours
     finally:
         w.shutdown()

@@ -32,28 +32,34 @@ METRIC_DIRECTIONS: dict[str, str] = {
 }
 
 
+def _block_arrays(X: Any, labels: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` as a C-ordered float32/float64 array and ``labels`` as checked ``intp``."""
+    X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    X = np.ascontiguousarray(X)
+    labels = np.ascontiguousarray(np.asarray(labels), dtype=np.intp)
+    if len(labels) != len(X):
+        raise ValueError(f"{len(labels)} labels for {len(X)} rows")
+    if len(labels) and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}); got {labels.min()}..{labels.max()}")
+    return X, labels
+
+
 def _first_pass(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per cluster: [count, sum over rows of x (d), sum of ||x||^2] as one (k, d+2) array."""
-    X = np.asarray(X, dtype=np.float64)
-    labels = np.asarray(labels).astype(np.intp, copy=False)
-    out = np.zeros((k, X.shape[1] + 2))
-    if len(X) == 0:
-        return out
-    out[:, 0] = np.bincount(labels, minlength=k)
-    for j in range(X.shape[1]):
-        out[:, 1 + j] = np.bincount(labels, weights=X[:, j], minlength=k)
-    out[:, -1] = np.bincount(labels, weights=np.einsum("ij,ij->i", X, X), minlength=k)
-    return out
+    from toolkit._metric_kernels import cluster_moments
+
+    X, labels = _block_arrays(X, labels, k)
+    return cluster_moments(X, labels, k)
 
 
 def _second_pass(X: np.ndarray, labels: np.ndarray, means: np.ndarray) -> np.ndarray:
     """Per cluster: sum of Euclidean distances of its rows to its mean."""
-    X = np.asarray(X, dtype=np.float64)
-    labels = np.asarray(labels).astype(np.intp, copy=False)
-    if len(X) == 0:
-        return np.zeros(len(means))
-    dist = np.sqrt(np.maximum(((X - means[labels]) ** 2).sum(axis=1), 0.0))
-    return np.bincount(labels, weights=dist, minlength=len(means))
+    from toolkit._metric_kernels import distance_sums
+
+    X, labels = _block_arrays(X, labels, len(means))
+    return distance_sums(X, labels, np.ascontiguousarray(means, dtype=np.float64))
 
 
 def _reduce_blocks(fn: Any, X: Any, labels: Any, *args: Any) -> np.ndarray:

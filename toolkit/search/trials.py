@@ -38,6 +38,8 @@ class TrialResult:
     started: float = 0.0
     finished: float = 0.0
     worker: str = "driver"
+    # The thread it ran on ("" when unknown, e.g. a lost worker): one trial at a time per slot.
+    slot: str = ""
     # Driver-side clock: when the trial was handed to a runner and its result came back.
     submitted: float = 0.0
     received: float = 0.0
@@ -133,6 +135,7 @@ def _worker_trial(
         # scikit-learn KMeans carries labels_ for every row, megabytes per trial to ship back).
         res = run_trial(key, backend, prepared, params, metrics_cfg, y, keep_model=False)
     res.worker = name
+    res.slot = f"{name}#{threading.get_ident()}"
     return res
 
 
@@ -152,6 +155,8 @@ class TrialParallelRunner:
 
     def __init__(self, client: Any, backend_name: str, X: np.ndarray, y: np.ndarray | None,
                  metrics_cfg: MetricsConfig) -> None:
+        from distributed import as_completed
+
         self.client = client
         self.backend_name = backend_name
         self.metrics_cfg = metrics_cfg
@@ -161,6 +166,7 @@ class TrialParallelRunner:
         self._X = client.scatter(np.asarray(X), broadcast=True, hash=False)
         self._y = client.scatter(y, broadcast=True, hash=False) if y is not None else None
         self._futures: dict[Any, Any] = {}
+        self._done = as_completed([], loop=client.loop, with_results=True, raise_errors=False)
         self._slots, self._slots_at = 1, -math.inf
 
     @property
@@ -180,29 +186,34 @@ class TrialParallelRunner:
             pure=False, key=f"trial-{key}-{time.time_ns()}",
         )
         self._futures[fut] = (key, params, time.time())
+        self._done.add(fut)
 
     def pending(self) -> int:
         return len(self._futures)
 
     def results(self) -> list[TrialResult]:
-        """Wait for at least one trial; return every finished one (a lost worker = a failed trial)."""
-        from distributed import wait
-
+        """Wait for at least one trial; return every finished one (a lost worker = a failed
+        trial), in the order they finished."""
         if not self._futures:
             return []
-        done, _ = wait(list(self._futures), return_when="FIRST_COMPLETED")
+        # Results are fetched on the client's event loop as each trial ends, not one round
+        # trip per future here, so the driver gets back to submitting sooner.
+        done = self._done.next_batch(block=True)
         received = time.time()  # one stamp for the batch: later bookkeeping is not scheduling
         out = []
-        for fut in done:
+        for fut, result in done:
             key, params, submitted = self._futures.pop(fut)
-            try:
-                res = fut.result()
-            except Exception as exc:
+            if fut.status == "finished" and isinstance(result, TrialResult):
+                res = result
+            else:
+                exc = result[1] if isinstance(result, tuple) and len(result) == 3 else result
+                if not isinstance(exc, BaseException):
+                    exc = RuntimeError(f"trial task ended as {fut.status}")
                 res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__,
                                   started=submitted, finished=received)
             res.submitted, res.received = submitted, received
             out.append(res)
-        return out
+        return sorted(out, key=lambda r: r.finished)
 
 
 class DataParallelRunner:
@@ -230,5 +241,5 @@ class DataParallelRunner:
             return []
         key, params, submitted = self._queue.pop(0)
         res = run_trial(key, self.backend, self.X, params, self.metrics_cfg, self.y)
-        res.submitted, res.received = submitted, time.time()
+        res.submitted, res.received, res.slot = submitted, time.time(), "driver"
         return [res]

@@ -71,7 +71,11 @@ def client() -> Any:
     """An ``MlflowClient`` on the current tracking URI (registry on the same store)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=registry_uri())
+    from toolkit.tracking._sqlite import use_wal
+
+    tracking, registry = tracking_uri(), registry_uri()
+    use_wal(tracking, registry)
+    return MlflowClient(tracking_uri=tracking, registry_uri=registry)
 
 
 def get_or_create_experiment(name: str) -> str:

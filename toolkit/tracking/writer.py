@@ -35,18 +35,45 @@ def _absolute(uri: str) -> str:
     return uri
 
 
-def _run_job(stores: tuple[str, str | None], fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, float]:
-    """In the writer: run ``fn`` against the submitter's stores; (result, seconds taken)."""
+def _run_job(stores: tuple[str, str | None], fn: Callable[..., Any], args: tuple,
+             kwargs: dict) -> tuple[Any, float, float]:
+    """In the writer: run ``fn`` against the submitter's stores; (result, wall s, CPU s)."""
     from toolkit.tracking.runs import using_store
 
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.thread_time()
     with using_store(*stores):
         out = fn(*args, **kwargs)
-    return out, time.perf_counter() - started
+    return out, time.perf_counter() - wall, time.thread_time() - cpu
+
+
+#: Niceness of the writer process (``KMEANS_LIFECYCLE_WRITER_NICE``): 0 keeps the driver's.
+_NICE_ENV = "KMEANS_LIFECYCLE_WRITER_NICE"
+_DEFAULT_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Child runs are bookkeeping; the fits come first.
+
+    On a machine whose cores all run trials, the writer at normal priority took ~15% of the
+    workers' CPU (2-worker trials measured 12.5-13.3 s of compute against 10.6-11.3 s with the
+    writer at nice 10).  At nice 10 it still gets the idle time and ~10% of a busy core, so
+    writes are late but never starved; a search waits for them before its summary.
+    """
+    try:
+        nice = int(os.environ.get(_NICE_ENV, _DEFAULT_NICE))
+    except ValueError:
+        nice = _DEFAULT_NICE
+    if nice > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
 
 
 def _warm() -> None:
-    """Import what writing runs needs, before the first real job arrives."""
+    """In a new writer process: lower its priority, and import what writing runs needs before
+    the first real job arrives."""
+    _lower_priority()
     import mlflow  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
@@ -95,7 +122,8 @@ class ChildWriter:
         self._executor()
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        """Queue ``fn(*args, **kwargs)``; the future's result is ``(fn's result, seconds)``.
+        """Queue ``fn(*args, **kwargs)``; the future's result is ``(fn's result, wall seconds,
+        CPU seconds)`` of the job in the writer.
 
         ``fn`` and its arguments must pickle (a module-level function, plain data).
         """

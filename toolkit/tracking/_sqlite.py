@@ -1,0 +1,76 @@
+"""Write-ahead logging for a local sqlite tracking store.
+
+In its default rollback-journal mode sqlite syncs the disk on every commit (an MLflow child run
+makes six), and a reader such as ``mlflow ui`` blocks the writer.  In WAL mode with
+``synchronous=NORMAL`` a commit appends to the log without a sync, readers and the one writer
+no longer block each other, and the database still cannot be corrupted by a crash (a power cut
+may lose the last commits).  MLflow uses the same two pragmas for its own bulk imports.
+
+WAL needs every process on one host (it uses shared memory beside the file), so a store on a
+network file system should opt out: ``KMEANS_LIFECYCLE_SQLITE_WAL=0``.
+
+Only the sqlite files of the stores this toolkit opens are touched, not every sqlite database
+the process happens to use.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from typing import Any
+
+_LOCK = threading.Lock()
+_FILES: set[str] = set()
+_LISTENING = False
+
+ENV = "KMEANS_LIFECYCLE_SQLITE_WAL"
+
+
+def enabled() -> bool:
+    """WAL is on unless ``KMEANS_LIFECYCLE_SQLITE_WAL`` is 0/false/no/off."""
+    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def sqlite_file(uri: str | None) -> str | None:
+    """The absolute path of a ``sqlite:///`` URI's file, else None (server, other databases, memory)."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return os.path.realpath(path)
+
+
+def use_wal(*uris: str | None) -> None:
+    """Put the sqlite stores among ``uris`` in WAL mode as the process connects to them."""
+    global _LISTENING
+    if not enabled():
+        return
+    files = {f for f in map(sqlite_file, uris) if f}
+    if not files or files <= _FILES:
+        return
+    with _LOCK:
+        _FILES.update(files)
+        if not _LISTENING:
+            from sqlalchemy import event
+            from sqlalchemy.engine import Engine
+
+            event.listen(Engine, "connect", _on_connect)
+            _LISTENING = True
+
+
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    if not isinstance(dbapi_connection, sqlite3.Connection) or not enabled():
+        return
+    cur = dbapi_connection.cursor()
+    try:
+        main = next((row[2] for row in cur.execute("PRAGMA database_list") if row[1] == "main"), "")
+        if main and os.path.realpath(main) in _FILES:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.OperationalError:
+        # Best effort: a store that cannot switch (locked, read-only) keeps its journal mode.
+        pass
+    finally:
+        cur.close()
