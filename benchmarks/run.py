@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import platform
 import shutil
@@ -78,16 +77,14 @@ def _per_iteration(fits: dict[str, Callable[[int], int]], n1: int, n2: int, repe
 
 @contextlib.contextmanager
 def _cluster(workers: int, memory_limit: str = "4GiB") -> Iterator[Any]:
-    from distributed import Client, LocalCluster
+    """A local cluster as the toolkit starts one (its diagnostics settings included)."""
+    from toolkit.cluster import dask_client
+    from toolkit.config import ClusterConfig
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
-    client = Client(cluster)
-    try:
+    cfg = ClusterConfig(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit,
+                        scheduler_address=None)
+    with _environ(DASK_SCHEDULER_ADDRESS=None), dask_client(cfg) as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _persist(X: np.ndarray, client: Any, chunk_rows: int) -> Any:

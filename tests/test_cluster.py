@@ -78,3 +78,26 @@ def test_scatter_rows_spreads_blocks_evenly_and_keeps_order(client, rows):
 
     assert all(client.run(aligned).values())
     np.testing.assert_array_equal(dX.compute(), X)  # last: computing copies blocks around
+
+
+def _profiling(dask_worker=None) -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
+@pytest.mark.parametrize("diagnostics, profiling", [("lean", False), ("full", True)])
+def test_diagnostics_setting_reaches_the_workers_and_leaves_the_driver_alone(monkeypatch, diagnostics, profiling):
+    import dask
+    import distributed  # noqa: F401  (loads Dask's distributed config)
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    before = dask.config.get("distributed.admin.tick.interval")
+    cfg = ClusterConfig(n_workers=1, memory_limit="1GiB", diagnostics=diagnostics)
+    with dask_client(cfg) as c:
+        assert list(c.run(_profiling).values()) == [profiling]
+        ticks = c.run(lambda: __import__("dask").config.get("distributed.admin.tick.interval"))
+        assert set(ticks.values()) == {"200ms" if diagnostics == "lean" else before}
+    # The settings were scoped to the cluster's creation: this process's config is unchanged.
+    assert dask.config.get("distributed.admin.tick.interval") == before
+    assert dask.config.get("distributed.worker.profile.enabled") is True

@@ -337,9 +337,9 @@ def test_prefetch_queues_trials_behind_the_running_ones(store, mlc, client, tmp_
     assert_none_running(mlc)
 
 
-def test_auto_prefetch_queues_only_behind_short_trials():
-    """``auto``: nothing queued until trials prove short, then enough to cover ~50 ms of
-    hand-off (at most 3 per thread); a data-parallel runner never has more than one fit."""
+def test_auto_prefetch_queues_one_and_more_behind_short_trials():
+    """``auto``: one trial queued per thread, more (up to 3) when trials are shorter than the
+    ~50 ms hand-off; a data-parallel runner never has more than one fit."""
     from types import SimpleNamespace
 
     from toolkit.search.runner import _in_flight_target
@@ -349,11 +349,12 @@ def test_auto_prefetch_queues_only_behind_short_trials():
     def rows(seconds):
         return [{"duration_s": seconds}] * 8
 
-    assert _in_flight_target(trial_runner, "auto", []) == 2
-    assert _in_flight_target(trial_runner, "auto", rows(1.0)) == 2
-    assert _in_flight_target(trial_runner, "auto", rows(0.1)) == 2 * 2
+    assert _in_flight_target(trial_runner, "auto", []) == 2 * 2
+    assert _in_flight_target(trial_runner, "auto", rows(30.0)) == 2 * 2
+    assert _in_flight_target(trial_runner, "auto", rows(0.04)) == 2 * 3
     assert _in_flight_target(trial_runner, "auto", rows(0.02)) == 2 * 4
     assert _in_flight_target(trial_runner, "auto", rows(0.0001)) == 2 * 4
+    assert _in_flight_target(trial_runner, 0, rows(0.001)) == 2
     assert _in_flight_target(trial_runner, 5, rows(1.0)) == 2 * 6
     assert _in_flight_target(SimpleNamespace(slots=1, mode="data"), 3, rows(0.01)) == 1
 

@@ -26,17 +26,36 @@ def scheduler_address(cfg: ClusterConfig) -> str | None:
     return cfg.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
 
 
+#: Dask settings of ``cluster.diagnostics: lean``.  Measured on an idle 2-worker LocalCluster
+#: (2-core VM): Dask's defaults cost 0.05 of a core in the driver and 0.04 in each worker, taken
+#: from the fits; lean costs 0.017 and 0.006.  The worker profiler samples every thread's stack
+#: every 10 ms; the tick checks the event loop every 20 ms.  Memory monitoring is unchanged.
+LEAN_DIAGNOSTICS: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "200ms",
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
+def _diagnostics(cfg: ClusterConfig) -> Any:
+    """The Dask config a cluster is created under (workers take a copy when they start)."""
+    import dask
+
+    return dask.config.set(LEAN_DIAGNOSTICS if cfg.diagnostics == "lean" else {})
+
+
 def _local_cluster(cfg: ClusterConfig) -> Any:
     from distributed import LocalCluster
 
-    return LocalCluster(
-        n_workers=cfg.n_workers,
-        threads_per_worker=cfg.threads_per_worker,
-        memory_limit=cfg.memory_limit,
-        processes=cfg.processes,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    )
+    with _diagnostics(cfg):
+        return LocalCluster(
+            n_workers=cfg.n_workers,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            processes=cfg.processes,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )
 
 
 def _cuda_cluster(cfg: ClusterConfig) -> Any:  # pragma: no cover - needs a GPU
@@ -53,7 +72,8 @@ def _cuda_cluster(cfg: ClusterConfig) -> Any:  # pragma: no cover - needs a GPU
     if cfg.rmm_pool_size:
         kwargs["rmm_pool_size"] = cfg.rmm_pool_size
     try:
-        return LocalCUDACluster(**kwargs)
+        with _diagnostics(cfg):
+            return LocalCUDACluster(**kwargs)
     except Exception as exc:  # NVML / CUDA driver errors
         raise BackendUnavailableError(
             f"cannot start a LocalCUDACluster: {type(exc).__name__}: {str(exc).splitlines()[0]}",

@@ -98,6 +98,12 @@ class ClusterConfig(_Strict):
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "auto"
     processes: bool = True
+    diagnostics: Literal["lean", "full"] = Field(
+        "lean",
+        description="clusters the toolkit starts: 'lean' turns the workers' statistical profiler "
+        "off (the dashboard's Profile page) and ticks the event-loop check every 200 ms and the "
+        "system monitor every 2 s; 'full' keeps Dask's defaults",
+    )
     # LocalCUDACluster only
     device_memory_limit: str | None = None
     rmm_pool_size: str | None = None
@@ -164,9 +170,9 @@ class SearchConfig(_Strict):
     prefetch: Literal["auto"] | int = Field(
         "auto",
         description="trial-parallel searches: trials queued per worker thread behind the running "
-        "one, so a thread starts its next trial without waiting for the driver's round trip. "
-        "'auto' queues only while trials take under 0.2 s (up to 3, to cover ~50 ms of "
-        "hand-off); 0 asks only when a thread is free (the sampler sees every earlier result)",
+        "one, so a thread starts its next trial without waiting for the driver's round trip "
+        "(~30 ms). 'auto' queues 1, up to 3 while trials are shorter than that; 0 asks only "
+        "when a thread is free (the sampler then sees every earlier result)",
     )
     storage: str | None = Field(
         None,
