@@ -577,3 +577,22 @@ def test_resume_settles_what_a_killed_driver_left(store, mlc, tmp_path):
     assert study.trials[2].user_attrs[INTERRUPTED_ATTR] is True
     mlc.set_terminated(parent)  # the search would go on; here only the children matter
     assert_none_running(mlc)
+
+
+def test_trial_runner_cancel_stops_queued_trials(client):
+    """A search that stops early cancels the trials it queued (with ``search.prefetch`` there
+    are more of them than threads), and the shared cluster stays usable."""
+    from sklearn.datasets import make_blobs
+
+    from toolkit.config import MetricsConfig, ModelConfig
+    from toolkit.search.trials import TrialParallelRunner
+
+    X, _ = make_blobs(n_samples=100_000, n_features=4, centers=8, random_state=0)
+    runner = TrialParallelRunner(client, "sklearn", X.astype(np.float32), None, MetricsConfig())
+    for i in range(6):
+        runner.submit(i, ModelConfig(n_clusters=8, n_init=3, max_iter=500, tol=0.0, random_state=i))
+    futures = list(runner._futures)
+    runner.cancel()
+    assert runner.pending() == 0
+    assert {f.status for f in futures} == {"cancelled"}
+    assert client.submit(sum, [1, 2], pure=False).result() == 3

@@ -472,17 +472,20 @@ def search(
             loop = _Loop(cfg, parent, study_name, dataset, direction, n_to_run, base_tags)
             cv = None
             t_loop = time.perf_counter()
+            runner: Any = None
             try:
                 if use_optuna:
                     if mode == "trial":
                         # Workers get host data and place it themselves (a GPU worker on its own GPU).
-                        runner: Any = TrialParallelRunner(dclient, cfg.backend, _host(dataset), dataset.y, cfg.metrics)
+                        runner = TrialParallelRunner(dclient, cfg.backend, _host(dataset), dataset.y, cfg.metrics)
                     else:
                         runner = DataParallelRunner(backend, X, dataset.y, cfg.metrics)
                     _optuna_loop(cfg, study, runner, loop, n_to_run)
                 else:
                     cv = _cv_loop(cfg, _host(dataset), dataset.y, dclient, loop)
             except BaseException:
+                if isinstance(runner, TrialParallelRunner):
+                    runner.cancel()  # queued trials must not go on running on a shared cluster
                 loop.close(raise_errors=False)  # keep the real error, still flush what finished
                 raise
             loop.close()

@@ -191,6 +191,13 @@ class TrialParallelRunner:
     def pending(self) -> int:
         return len(self._futures)
 
+    def cancel(self) -> None:
+        """Cancel the trials still queued or running (the search stopped early).  Their
+        result watchers would otherwise keep them alive until they finish."""
+        if self._futures:
+            self.client.cancel(list(self._futures))
+            self._futures.clear()
+
     def results(self) -> list[TrialResult]:
         """Wait for at least one trial; return every finished one (a lost worker = a failed
         trial), in the order they finished."""
