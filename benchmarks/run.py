@@ -105,23 +105,24 @@ def _peak_cluster_memory(client: Any, fn: Callable[[], Any]) -> tuple[Any, float
     return out, float(frame.max().iloc[0]) if len(frame) else float("nan")
 
 
+def _put_environ(values: dict[str, str | None]) -> None:
+    """Set environment variables; a None value removes the variable."""
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
 def _environ(**values: str | None) -> Iterator[None]:
     """Set (or, for None, remove) environment variables within the block, then restore them."""
     saved = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _put_environ(values)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _put_environ(saved)
 
 
 def _gpu_available() -> bool:

@@ -32,14 +32,24 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def sqlite_file(uri: str | None) -> str | None:
-    """The absolute path of a ``sqlite:///`` URI's file, else None (server, other databases, memory)."""
-    if not uri or not uri.startswith("sqlite:///"):
+PREFIX = "sqlite:///"
+
+
+def file_part(uri: str | None) -> tuple[str, str] | None:
+    """``(path as written, "?query" or "")`` of a file-backed ``sqlite:///`` URI, else None
+    (a server, another database, an in-memory store)."""
+    if not uri or not uri.startswith(PREFIX):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path, sep, query = uri[len(PREFIX):].partition("?")
     if not path or path == ":memory:":
         return None
-    return os.path.realpath(path)
+    return path, sep + query
+
+
+def sqlite_file(uri: str | None) -> str | None:
+    """The absolute path of a ``sqlite:///`` URI's file, else None (server, other databases, memory)."""
+    part = file_part(uri)
+    return os.path.realpath(part[0]) if part else None
 
 
 def use_wal(*uris: str | None) -> None:

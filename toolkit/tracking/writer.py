@@ -29,10 +29,10 @@ __all__ = ["ChildWriter", "shared_writer"]
 
 def _absolute(uri: str) -> str:
     """``sqlite:///relative.db`` made absolute: the writer process may sit in another folder."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
-        return prefix + os.path.abspath(uri[len(prefix) :])
-    return uri
+    from toolkit.tracking._sqlite import PREFIX, file_part
+
+    part = file_part(uri)
+    return PREFIX + os.path.abspath(part[0]) + part[1] if part else uri
 
 
 def _run_job(stores: tuple[str, str | None], fn: Callable[..., Any], args: tuple,
