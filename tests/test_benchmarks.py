@@ -34,6 +34,9 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     assert 0 < se["overhead"]["median_mlflow_write_cpu_ms"]
     assert se["speedup"]["rounds"] == 1
     assert se["speedup"]["wall_1_worker_s"] > 0 and se["speedup"]["wall_2_workers_s"] > 0
+    # One paired round: its own ratio is the speed-up.
+    sp = se["speedup"]
+    assert sp["round_speedups"] == [sp["speedup_2_over_1"]] == [sp["wall_1_worker_s"] / sp["wall_2_workers_s"]]
     assert {"dask <= 1.5x sklearn", "per-trial overhead <= 50 ms"} <= set(it["targets"]) | set(se["targets"])
     # The search section's throwaway store did not leak into the caller's environment.
     assert os.environ["MLFLOW_TRACKING_URI"] == tracking_uri

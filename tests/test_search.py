@@ -320,7 +320,8 @@ def test_dask_ml_cannot_run_trial_parallel(store, mlc, client, optuna_url):
 @pytest.mark.parametrize("prefetch, in_flight", [(0, 2), (2, 6)])
 def test_prefetch_queues_trials_behind_the_running_ones(store, mlc, client, tmp_path, prefetch, in_flight):
     """With 2 worker threads, the sampler is asked for 2 x (1 + prefetch) trials before the
-    first result is told; every trial still gets its one finished child run."""
+    first result is told, but the last 2 trials only once a thread is free (never queued behind a
+    running trial); every trial still gets its one finished child run."""
     storage = str(tmp_path / "optuna.log")
     cfg = make_cfg(f"search-prefetch-{prefetch}", storage, "data.n_samples=600", "search.n_trials=8",
                    "search.sampler=random", f"search.prefetch={prefetch}", "tracking.log_plot=false",
@@ -330,6 +331,10 @@ def test_prefetch_queues_trials_behind_the_running_ones(store, mlc, client, tmp_
     trials = study.get_trials(deepcopy=False)
     first_told = min(t.datetime_complete for t in trials)
     assert sum(t.datetime_start < first_told for t in trials) == in_flight
+    for last in sorted(trials, key=lambda t: t.number)[-2:]:
+        told_before = sum(t.datetime_complete <= last.datetime_start for t in trials if t.datetime_complete)
+        # At most one other trial still in flight when it was asked for: 2 threads, none queued.
+        assert told_before >= last.number - 1, (last.number, told_before)
     kids = children(mlc, outcome.parent_run_id)
     assert sorted(int(k.data.tags["optuna.trial_number"]) for k in kids) == list(range(8))
     assert {k.info.status for k in kids} == {"FINISHED"}
@@ -357,6 +362,10 @@ def test_auto_prefetch_queues_one_and_more_behind_short_trials():
     assert _in_flight_target(trial_runner, 0, rows(0.001)) == 2
     assert _in_flight_target(trial_runner, 5, rows(1.0)) == 2 * 6
     assert _in_flight_target(SimpleNamespace(slots=1, mode="data"), 3, rows(0.01)) == 1
+    # The last trials of a search go to free threads only.
+    assert _in_flight_target(trial_runner, 2, rows(1.0), left=3) == 2 * 3
+    assert _in_flight_target(trial_runner, 2, rows(1.0), left=2) == 2
+    assert _in_flight_target(trial_runner, "auto", rows(0.01), left=1) == 2
 
 
 def test_grid_strategy_child_per_grid_point(store, mlc, client, optuna_url):

@@ -245,19 +245,22 @@ _HANDOFF_S = 0.05
 _AUTO_MAX_QUEUED = 3
 
 
-def _in_flight_target(runner: Any, prefetch: int | str, rows: list[dict[str, Any]]) -> int:
-    """How many trials to keep submitted.
+def _in_flight_target(runner: Any, prefetch: int | str, rows: list[dict[str, Any]],
+                      left: int | None = None) -> int:
+    """How many trials to keep submitted, with ``left`` trials still to ask for.
 
     Trial-parallel: every worker thread runs one trial and has ``prefetch`` more queued behind
     it, so it starts the next one without waiting for the driver's round trip.  ``auto``
     queues one, and more (up to 3) when recent trials are shorter than the ~50 ms hand-off.
     The price is that the sampler sees results a little later (TPE runs with its
-    constant-liar option for trials in flight), and a queued trial may wait behind a long one
-    while another thread runs dry (Dask's work stealing may move it).  Data-parallel: one fit
-    at a time.
+    constant-liar option for trials in flight).  The last ``slots`` trials are never queued:
+    each goes to the first thread that runs dry.  Queued behind a long trial, one of them kept
+    the other worker idle for up to a whole trial at the end of a search (0.25-0.45 s of a
+    3.8 s, 16-trial search measured; Dask's work stealing did not move it).
+    Data-parallel: one fit at a time.
     """
     slots = runner.slots
-    if runner.mode != "trial":
+    if runner.mode != "trial" or (left is not None and left <= slots):
         return slots
     if prefetch == "auto":
         recent = [r["duration_s"] for r in rows[-4 * slots:] if r.get("duration_s") is not None]
@@ -277,9 +280,9 @@ def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_
 
     def fill() -> None:
         nonlocal asked
-        depth = _in_flight_target(runner, cfg.search.prefetch, loop.rows)
         batch = []
-        while runner.pending() + len(batch) < depth and asked < n_to_run:
+        while asked < n_to_run and runner.pending() + len(batch) < _in_flight_target(
+                runner, cfg.search.prefetch, loop.rows, n_to_run - asked):
             trial = study.ask()
             params = model_for(cfg.model, suggest(trial, cfg.search), seed=cfg.model.random_state + trial.number)
             in_flight[trial.number] = trial
