@@ -270,14 +270,15 @@ def _search_cfg(name: str, rows: int, n_trials: int, workers: int, storage: str,
 
 
 def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int,
-                 speed_features: int = 16, speed_rounds: int = 5) -> dict[str, Any]:
+                 speed_features: int = 16, speed_rounds: int = 5, tiny_searches: int = 3) -> dict[str, Any]:
     """Search figures on a throwaway MLflow store; the caller's store and run are left alone."""
     with _environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-mlflow.db", MLFLOW_RUN_ID=None):
-        return _bench_search(tmp, tiny_rows, tiny_trials, speed_rows, speed_trials, speed_features, speed_rounds)
+        return _bench_search(tmp, tiny_rows, tiny_trials, speed_rows, speed_trials, speed_features, speed_rounds,
+                             tiny_searches)
 
 
 def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int,
-                  speed_features: int, speed_rounds: int) -> dict[str, Any]:
+                  speed_features: int, speed_rounds: int, tiny_searches: int) -> dict[str, Any]:
     from toolkit.search import search
 
     storage = os.path.join(tmp, "bench-optuna.log")  # the default kind: an Optuna journal file
@@ -285,22 +286,27 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     with _cluster(2) as client:
         # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state.
         search(_search_cfg("warmup", tiny_rows, 4, 2, storage), client=client)
-        tiny = search(_search_cfg("overhead", tiny_rows, tiny_trials, 2, storage), client=client)
-    overhead = [r["overhead_s"] for r in tiny.trials]
-    compute = [r["duration_s"] for r in tiny.trials]
+        # Several short searches, their trials pooled: one 2-second search samples one moment
+        # of a machine whose speed drifts.
+        tiny = [search(_search_cfg(f"overhead-{i}", tiny_rows, tiny_trials, 2, storage), client=client)
+                for i in range(tiny_searches)]
+    rows = [r for t in tiny for r in t.trials]
+    compute = [r["duration_s"] for r in rows]
+    loop_s = sum(t.loop_seconds for t in tiny)
     out["overhead"] = {
-        "rows": tiny_rows, "trials": tiny_trials,
-        "median_overhead_ms": 1e3 * statistics.median(overhead),
-        "median_schedule_ms": 1e3 * statistics.median(r["schedule_s"] for r in tiny.trials),
-        "median_mlflow_write_ms": 1e3 * statistics.median(r["mlflow_write_s"] for r in tiny.trials),
+        "rows": tiny_rows, "trials": len(rows), "searches": tiny_searches,
+        "median_overhead_ms": 1e3 * statistics.median(r["overhead_s"] for r in rows),
+        "median_schedule_ms": 1e3 * statistics.median(r["schedule_s"] for r in rows),
+        "median_mlflow_write_ms": 1e3 * statistics.median(r["mlflow_write_s"] for r in rows),
         # The writer runs at low priority beside busy workers: its wall time per run includes
         # waiting for a core; the CPU it spends is the write's own cost.
-        "median_mlflow_write_cpu_ms": 1e3 * statistics.median(r["mlflow_write_cpu_s"] for r in tiny.trials),
+        "median_mlflow_write_cpu_ms": 1e3 * statistics.median(r["mlflow_write_cpu_s"] for r in rows),
         "median_trial_compute_ms": 1e3 * statistics.median(compute),
-        # What a trial adds to the search's wall time beyond its share of compute (2 slots),
+        "search_median_overhead_ms": [1e3 * statistics.median(r["overhead_s"] for r in t.trials) for t in tiny],
+        # What a trial adds to the searches' wall time beyond its share of compute (2 slots),
         # the last child run written included: the writes overlap the next trials.
-        "amortized_overhead_ms": 1e3 * (tiny.loop_seconds - sum(compute) / 2) / len(compute),
-        "loop_s": tiny.loop_seconds,
+        "amortized_overhead_ms": 1e3 * (loop_s - sum(compute) / 2) / len(compute),
+        "loop_s": loop_s,
     }
     # The random sampler draws the same trials whatever finishes first, so both cluster sizes
     # do the same work.  This VM's speed drifts by up to 1.7x over minutes, so each round runs
@@ -408,7 +414,8 @@ def _print_report(report: dict[str, Any]) -> None:
         o, s = se["overhead"], se["speedup"]
         print(f"\n-- search: median per-trial overhead {o['median_overhead_ms']:.1f} ms "
               f"(scheduling {o['median_schedule_ms']:.1f} + MLflow writes {o['median_mlflow_write_ms']:.1f}; "
-              f"{o['trials']} tiny trials, compute {o['median_trial_compute_ms']:.1f} ms each)")
+              f"{o['trials']} tiny trials in {o['searches']} searches, compute {o['median_trial_compute_ms']:.1f} ms "
+              f"each; the searches' own medians {', '.join(f'{m:.1f}' for m in o['search_median_overhead_ms'])})")
         print(f"   the writes' CPU: {o['median_mlflow_write_cpu_ms']:.1f} ms per child run (the writer runs at low "
               f"priority, so its wall time includes waiting for a core)")
         print(f"   amortized: {o['amortized_overhead_ms']:.1f} ms of search wall time per trial beyond compute "
@@ -466,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--scaling-rows", default="250000,1000000,4000000")
     p.add_argument("--scaling-workers", default="1,2")
-    p.add_argument("--tiny-trials", type=int, default=40, help="search overhead: trials on 300 rows")
+    p.add_argument("--tiny-trials", type=int, default=40, help="search overhead: trials on 300 rows per search")
+    p.add_argument("--tiny-searches", type=int, default=3, help="search overhead: searches (trials pooled)")
     p.add_argument("--speed-rows", type=int, default=200_000, help="trial-parallel speed-up: rows (x --features)")
     p.add_argument("--speed-trials", type=int, default=16, help="trial-parallel speed-up: trials")
     p.add_argument("--speed-rounds", type=int, default=5,
@@ -489,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                                               args.features, args.k, args.iters, args.repeats)
         if "search" in sections:
             report["search"] = bench_search(tmp, 300, args.tiny_trials, args.speed_rows, args.speed_trials,
-                                            args.features, args.speed_rounds)
+                                            args.features, args.speed_rounds, args.tiny_searches)
         if "outofcore" in sections:
             report["outofcore"] = bench_outofcore(tmp, args.ooc_rows, args.features, args.k, 3, args.ooc_limit_mib,
                                                   workers=args.ooc_workers)

@@ -22,7 +22,7 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     out = tmp_path / "bench.json"
     rc = bench.main([
         "--sections", "iteration,search", "--rows", "20000", "--features", "4", "--iters", "4",
-        "--repeats", "1", "--tiny-trials", "4", "--speed-rows", "4000", "--speed-trials", "2",
+        "--repeats", "1", "--tiny-trials", "4", "--tiny-searches", "2", "--speed-rows", "4000", "--speed-trials", "2",
         "--speed-rounds", "1", "--json", str(out), "--mlflow",
     ])
     assert rc == 0
@@ -30,7 +30,9 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     it, se = report["iteration"], report["search"]
     assert set(it["backends"]) >= {"sklearn", "dask", "dask-ml"}
     assert it["backends"]["dask"]["inertia_rel_diff_vs_sklearn"] <= 1e-5
-    assert se["overhead"]["trials"] == 4 and se["overhead"]["median_mlflow_write_ms"] > 0
+    # Two searches of 4 trials, pooled.
+    assert se["overhead"]["trials"] == 8 and se["overhead"]["median_mlflow_write_ms"] > 0
+    assert len(se["overhead"]["search_median_overhead_ms"]) == 2
     assert 0 < se["overhead"]["median_mlflow_write_cpu_ms"]
     assert se["speedup"]["rounds"] == 1
     assert se["speedup"]["wall_1_worker_s"] > 0 and se["speedup"]["wall_2_workers_s"] > 0
