@@ -8,12 +8,17 @@ Storage: by default an append-only journal file (``optuna.log``, Optuna's ``Jour
 The driver is its only writer, and it keeps the whole study in memory, so ``ask`` costs ~4 ms and
 ``tell`` ~0.5 ms.  The same operations against ``sqlite:///optuna.db`` cost ~36 ms and ~11 ms,
 which is most of a tiny trial's overhead.  Killing the driver loses nothing: each operation is
-one appended line, written before the call returns.  Any SQLAlchemy URL
+one appended line, written before the call returns.  Unlike Optuna's own file backend it does
+not ``fsync`` every line (1.4 ms each here, 5.5 ms of the driver's time per trial, far more on a
+network disk); like the MLflow store in WAL mode, only an operating-system crash can lose the
+last lines.  ``KMEANS_LIFECYCLE_JOURNAL_FSYNC=1`` restores the fsync.  Any SQLAlchemy URL
 (``sqlite:///optuna.db``, ``postgresql://...``) is still used as an RDB storage.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from typing import Any
@@ -45,7 +50,9 @@ def study_storage(url: str | None) -> Any:
             folder = os.path.dirname(os.path.abspath(url))
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"folder {folder} does not exist")
-            return optuna.storages.JournalStorage(JournalFileBackend(url))
+            fsync = os.environ.get(_FSYNC_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+            backend = JournalFileBackend(url) if fsync else _unsynced_journal()(url)
+            return optuna.storages.JournalStorage(backend)
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:
         raise ConfigError(
@@ -53,6 +60,37 @@ def study_storage(url: str | None) -> Any:
             "set search.storage to a journal file path (optuna.log) or a SQLAlchemy URL "
             "(sqlite:///optuna.db)",
         ) from None
+
+
+#: ``1`` makes the journal fsync every appended line, as Optuna's own file backend does.
+_FSYNC_ENV = "KMEANS_LIFECYCLE_JOURNAL_FSYNC"
+
+
+@functools.cache
+def _unsynced_journal() -> type:
+    """Optuna's journal file backend, appending without an ``fsync`` per line.
+
+    Same file format and the same lock file as Optuna's, so Optuna (and another driver
+    resuming the study) reads and writes the file as usual.
+    """
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+    class UnsyncedJournalFile(JournalFileBackend):
+        def __init__(self, file_path: str) -> None:
+            lock = JournalFileSymlinkLock(file_path)
+            super().__init__(file_path, lock_obj=lock)
+            self._append_path, self._append_lock = file_path, lock
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+            self._append_lock.acquire()
+            try:
+                with open(self._append_path, "ab") as fh:
+                    fh.write(text)  # closed before the lock is released: the line is in the file
+            finally:
+                self._append_lock.release()
+
+    return UnsyncedJournalFile
 
 
 def _sampler(cfg: ExperimentConfig, offset: int) -> Any:
