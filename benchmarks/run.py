@@ -237,14 +237,14 @@ def bench_scaling(row_sizes: list[int], worker_counts: list[int], features: int,
         X = _blobs(rows, features, k)
         C0 = _initial_centers(X, k)
 
-        def sk_fit(n: int) -> int:
+        def sk_fit(n: int, X: np.ndarray = X, C0: np.ndarray = C0) -> int:
             return KMeans(n_clusters=k, init=C0, n_init=1, max_iter=n, tol=0.0).fit(X).n_iter_
 
         for workers in worker_counts:
             with _cluster(workers) as client:
                 dX = _persist(X, client, max(1, rows // (4 * workers)))
 
-                def dask_fit(n: int) -> int:
+                def dask_fit(n: int, dX: Any = dX, C0: np.ndarray = C0, client: Any = client) -> int:
                     return lloyd_fit(dX, C0, max_iter=n, tol=0.0, client=client)[2]
 
                 dask_fit(2)
@@ -323,7 +323,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
                                          sampler="random", features=speed_features), client=client)
             walls[workers].append(res.loop_seconds)
     w1, w2 = statistics.median(walls[1]), statistics.median(walls[2])
-    ratios = [a / b for a, b in zip(walls[1], walls[2])]
+    ratios = [a / b for a, b in zip(walls[1], walls[2], strict=True)]
     out["speedup"] = {"rows": speed_rows, "features": speed_features, "trials": speed_trials, "rounds": speed_rounds,
                       "wall_1_worker_s": w1, "wall_2_workers_s": w2,
                       "speedup_2_over_1": statistics.median(ratios), "round_speedups": ratios,
@@ -371,7 +371,7 @@ def bench_outofcore(tmp: str, rows: int, features: int, k: int, iters: int, memo
 
         ms = MemorySampler()
         with ms.sample("per-worker", client=client, measure="process", interval=0.1):
-            _, inertia, n_iter = run()
+            _, _, n_iter = run()
         wall = time.perf_counter() - t
         peak_total = float(ms.to_pandas().max().iloc[0])
         peaks = client.run(lambda dask_worker: dask_worker.monitor.range_query(start=0)["memory"])
@@ -430,7 +430,8 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"\n-- out of core: {oc['data_gib']:.2f} GiB on disk = {oc['data_over_summed_limit']:.1f}x the "
               f"summed worker limit ({oc['workers']} x {oc['worker_limit_mib']} MiB); {oc['per_iter_s']:.2f} s/iter; "
               f"peak worker memory {oc['peak_worker_mib']:.0f} MiB")
-    targets = {k: v for sec in ("iteration", "search", "outofcore") for k, v in report.get(sec, {}).get("targets", {}).items()}
+    targets = {k: v for sec in ("iteration", "search", "outofcore")
+               for k, v in report.get(sec, {}).get("targets", {}).items()}
     if targets:
         print("\n-- targets")
         for k, v in targets.items():
@@ -490,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     with tempfile.TemporaryDirectory() as tmp:
         if "iteration" in sections:
-            report["iteration"] = bench_iteration(args.rows, args.features, args.k, args.iters, args.repeats, args.workers)
+            report["iteration"] = bench_iteration(args.rows, args.features, args.k, args.iters, args.repeats,
+                                                  args.workers)
         if "scaling" in sections:
             report["scaling"] = bench_scaling([int(r) for r in args.scaling_rows.split(",")],
                                               [int(w) for w in args.scaling_workers.split(",")],

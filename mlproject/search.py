@@ -21,7 +21,8 @@ _SEARCH_FLAGS = {
 def main() -> int:
     parser = base_parser("hyperparameter search for k-means, tracked in MLflow")
     for flag in _SEARCH_FLAGS:
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default="", help=f"override {_SEARCH_FLAGS[flag]}")
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default="",
+                            help=f"override {_SEARCH_FLAGS[flag]}")
     args = parser.parse_args()
     cfg = load_config(args, _SEARCH_FLAGS)
 

@@ -229,7 +229,7 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
         log2 = tmp_path / "resume.log"
         with open(log2, "wb") as out:
             second = subprocess.Popen(
-                cmd + ["--resume", "true"],
+                [*cmd, "--resume", "true"],
                 cwd=REPO,
                 env=subprocess_env,
                 stdout=out,

@@ -232,8 +232,8 @@ def test_disagreeing_twin_is_not_registered(store, mlc, blobs):
     native = KMeans(n_clusters=6, n_init=1, random_state=0).fit(X)
     twin = copy.deepcopy(native)
     twin.cluster_centers_ = np.roll(native.cluster_centers_, 1, axis=0)  # same centers, other ids
-    with tracked_run("registry-mismatch", "mismatch") as run_id:
-        with pytest.raises(ModelError, match="twin agrees with the native model on only") as err:
+    with tracked_run("registry-mismatch", "mismatch") as run_id, \
+            pytest.raises(ModelError, match="twin agrees with the native model on only") as err:
             log_and_register(
                 native,
                 twin,

@@ -153,7 +153,7 @@ def blobs_search(store, mlc, client, tmp_path_factory):
 
 
 def test_blobs_search_finds_six_clusters(blobs_search, mlc):
-    cfg, outcome, parent, _, _ = blobs_search
+    _, outcome, parent, _, _ = blobs_search
     assert outcome.best_params["n_clusters"] == 6
     assert parent.data.params["best.n_clusters"] == "6"
     assert parent.info.status == "FINISHED"
@@ -189,7 +189,7 @@ def test_trial_parallel_uses_both_workers(blobs_search, client):
 
 
 def test_one_writer_no_child_missing_no_lock(blobs_search, mlc):
-    cfg, outcome, parent, kids, captured = blobs_search
+    cfg, _, _, kids, captured = blobs_search
     assert len(kids) == cfg.search.n_trials == 8
     assert sorted(int(k.data.tags["optuna.trial_number"]) for k in kids) == list(range(8))
     assert "database is locked" not in captured.lower()
@@ -197,7 +197,7 @@ def test_one_writer_no_child_missing_no_lock(blobs_search, mlc):
 
 
 def test_child_runs_named_and_complete(blobs_search, mlc):
-    cfg, outcome, parent, kids, _ = blobs_search
+    _, outcome, parent, kids, _ = blobs_search
     study = outcome.study_name
     assert sorted(k.info.run_name for k in kids) == [f"{study}-trial-{i:03d}" for i in range(8)]
     for k in kids:
@@ -226,7 +226,7 @@ def test_child_runs_named_and_complete(blobs_search, mlc):
 
 
 def test_parent_plots_and_tables(blobs_search, mlc):
-    _, outcome, parent, _, _ = blobs_search
+    _, _, parent, _, _ = blobs_search
     run_id = parent.info.run_id
     assert {
         "plots/optimization_history.png",

@@ -168,7 +168,7 @@ def test_distributed_predictor_numpy_input_and_bad_input(distributed, local, cli
     with pytest.raises(DataError, match="3 feature column"):
         distributed.predict(da.ones((10, 3), chunks=5))
     bad = dd.from_pandas(pd.DataFrame({"x0": [1.0, 2.0], "x1": ["a", "b"]}), npartitions=1)
-    with pytest.raises(DataError, match="non-numeric column.*x1"):
+    with pytest.raises(DataError, match=r"non-numeric column.*x1"):
         distributed.predict(bad)
 
 
@@ -177,9 +177,8 @@ def test_closed_distributed_predictor_says_so(registered, client):
     assert isinstance(predictor, DistributedPredictor)
     name = predictor.plugin_name
     predictor.close()
-    assert client.run(lambda dask_worker: name in dask_worker.plugins) == {
-        w: False for w in client.scheduler_info()["workers"]
-    }
+    loaded = client.run(lambda dask_worker: name in dask_worker.plugins)
+    assert loaded == dict.fromkeys(client.scheduler_info()["workers"], False)
     with pytest.raises(ModelError, match="closed"):
         predictor.predict(np.zeros((4, 2), np.float32))
 
@@ -311,14 +310,14 @@ def test_gpu_native_model_without_gpu_names_the_twin(gpu_model_dir):
     assert "\n" not in str(err.value)
     with pytest.raises(ModelError, match="scikit-learn twin"):
         load_predictor(str(gpu_model_dir))  # an unregistered copy: the generic hint
-    with pytest.raises(ModelError, match="cuml.cluster.kmeans.KMeans"):
+    with pytest.raises(ModelError, match=r"cuml\.cluster\.kmeans\.KMeans"):
         flavor.load_model("models:/gpu-kmeans/1")
 
 
 def test_local_predictor_bad_data(local):
-    with pytest.raises(DataError, match="3 feature column.*expects 2"):
+    with pytest.raises(DataError, match=r"3 feature column.*expects 2"):
         local.predict(np.zeros((5, 3), np.float32))
-    with pytest.raises(DataError, match="non-numeric column.*name"):
+    with pytest.raises(DataError, match=r"non-numeric column.*name"):
         local.predict(pd.DataFrame({"x0": [1.0], "name": ["a"]}))
     with pytest.raises(DataError, match="2-D"):
         local.predict(np.zeros(4, np.float32))

@@ -182,7 +182,10 @@ def test_daskml_matches_sklearn(daskml_run, sklearn_run, mlc, tmp_path):
     local = _artifacts(mlc, run.info.run_id, tmp_path)
     centers = pd.read_csv(local / "centroids.csv", index_col="cluster").to_numpy()
     assert centers.shape == (6, 2)
-    order = lambda c: c[np.lexsort(c.T[::-1])]
+
+    def order(c):
+        return c[np.lexsort(c.T[::-1])]
+
     np.testing.assert_allclose(order(centers), order(sk.result.centers), atol=1e-3)
     assert (local / "centroids.png").read_bytes()[:8] == PNG_MAGIC
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 from _mlflow_store import init_store
@@ -71,7 +72,7 @@ def test_a_dead_writer_process_falls_back_to_a_thread():
     try:
         pid, *_ = w.submit(_pid).result(timeout=120)
         assert pid != os.getpid()
-        with pytest.raises(Exception):  # BrokenProcessPool: the writer died under this job
+        with pytest.raises(BrokenProcessPool):  # the writer died under this job
             w.submit(os._exit, 1).result(timeout=60)
         assert w.submit(_pid).result(timeout=60)[0] == os.getpid() and w.kind == "thread"
     finally:

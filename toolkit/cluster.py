@@ -18,7 +18,7 @@ import numpy as np
 from toolkit.config import ClusterConfig
 from toolkit.errors import BackendUnavailableError, ToolkitError
 
-__all__ = ["dask_client", "scheduler_address", "client_info", "scatter_rows"]
+__all__ = ["client_info", "dask_client", "scatter_rows", "scheduler_address"]
 
 
 def scheduler_address(cfg: ClusterConfig) -> str | None:
@@ -174,11 +174,11 @@ def scatter_rows(X: np.ndarray, client: Any, chunk_rows: int = 250_000) -> Any:
     for j, worker in enumerate(workers or [None]):
         mine = list(range(j, len(pieces), w))  # round robin: worker j gets blocks j, j+w, ...
         sent = client.scatter([pieces[i] for i in mine], workers=worker and [worker], hash=False)
-        for i, f in zip(mine, sent):
+        for i, f in zip(mine, sent, strict=True):
             futures[i] = f
     parts = [
         da.from_delayed(dask.delayed(f), shape=p.shape, dtype=p.dtype)
-        for f, p in zip(futures, pieces)
+        for f, p in zip(futures, pieces, strict=True)
     ]
     # The copy runs where each block lives (it is the only input), so placement is kept.
     out = client.persist(da.concatenate(parts).map_blocks(_own_aligned, dtype=X.dtype))

@@ -19,7 +19,7 @@ import numpy as np
 from toolkit.config import DataConfig
 from toolkit.errors import DataError
 
-__all__ = ["Dataset", "load_dataset", "check_finite", "read_table"]
+__all__ = ["Dataset", "check_finite", "load_dataset", "read_table"]
 
 
 @dataclass

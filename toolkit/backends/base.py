@@ -51,7 +51,7 @@ def _n_rows(X: Any) -> int:
     shape = getattr(X, "shape", None)
     if shape is not None and isinstance(shape[0], (int, np.integer)):
         return int(shape[0])
-    return int(len(X))
+    return len(X)
 
 
 class KMeansBackend(abc.ABC):

@@ -286,7 +286,7 @@ def _run_blocks(
     """Apply ``kernel`` to the blocks one worker holds; ``[(block index, result), ...]``."""
     return [
         (i, kernel(b, i, off, *args))
-        for b, i, off in zip(blocks, indices, offsets)
+        for b, i, off in zip(blocks, indices, offsets, strict=True)
         if subset is None or i in subset
     ]
 
@@ -477,10 +477,7 @@ class _GraphEngine(_Engine):
             )
             for i in wanted
         ]
-        if self.client is not None:
-            parts = self.client.gather(self.client.compute(tasks))
-        else:
-            parts = dask.compute(*tasks)
+        parts = self.client.gather(self.client.compute(tasks)) if self.client is not None else dask.compute(*tasks)
         return [pair for part in parts for pair in part]
 
 
@@ -676,7 +673,7 @@ def _relocate_empty(
     X = np.concatenate([out[2] for out in outs])
     lab = np.concatenate([out[3] for out in outs])
     order = np.lexsort((rows, -dist))[:m]
-    for j, t in zip(empty, order):
+    for j, t in zip(empty, order, strict=True):
         sums[lab[t]] -= X[t]
         counts[lab[t]] -= 1
         sums[j] = X[t]
@@ -697,9 +694,9 @@ def _lloyd(
     """Lloyd iterations from centred centers: (final centred centers, iterations, re-seeded)."""
     centers = np.array(centred, dtype=_F64)
     d = centers.shape[1]
-    relocated = 0
-    it = 0
-    for it in range(max_iter):
+    relocated = n_iter = 0
+    for _ in range(max_iter):
+        n_iter += 1
         C2, cn = _kernel_centers(centers)
         parts = engine.run(_k_stats, o, C2, cn)
         total = parts[0].copy()
@@ -716,7 +713,7 @@ def _lloyd(
         # Unchanged labels give shift == 0 exactly, so this is also sklearn's strict stop.
         if shift <= tol_abs:
             break
-    return centers, it + 1, relocated
+    return centers, n_iter, relocated
 
 
 def _inertia(engine: _Engine, centred: np.ndarray, o: np.ndarray) -> float:

@@ -8,6 +8,7 @@ two names never disagree about who is champion.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -141,10 +142,8 @@ def _move_champion(name: str, challenger: Any, champion: Any, tags: dict[str, st
     twin = _twin_of(challenger)
     if twin is not None:
         twin_champion = None
-        try:
+        with contextlib.suppress(Exception):  # no champion yet
             twin_champion = c.get_model_version_by_alias(twin[0], CHAMPION)
-        except Exception:
-            pass
         pairs.append((twin[0], c.get_model_version(twin[0], twin[1]), twin_champion))
     for model_name, new, old in pairs:
         extra = dict(tags)

@@ -124,7 +124,7 @@ def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_n
         started = t.datetime_start.timestamp() if t.datetime_start else time.time()
         record.log_trial_run(
             parent_run_id, study.study_name, t.number,
-            {k: v for k, v in t.params.items()}, {}, {"backend": cfg.backend}, "FAILED",
+            dict(t.params), {}, {"backend": cfg.backend}, "FAILED",
             started, time.time(), None, feature_names,
             error="interrupted: the search driver stopped before this trial finished",
         )
@@ -377,7 +377,8 @@ def _summarise(cfg: ExperimentConfig, loop: _Loop, parent: str, study: Any | Non
         table = pd.DataFrame(cv.cv_results_).drop(columns=["params"])
         record.log_table(parent, table, "cv_results.csv")
     if values:
-        record.log_figure(parent, history_plot(values, loop.direction, cfg.search.objective), "optimization_history.png")
+        record.log_figure(parent, history_plot(values, loop.direction, cfg.search.objective),
+                          "optimization_history.png")
     record.log_table(parent, rows, "trials.csv")
     if study is not None:
         record.log_table(parent, table, "study_trials.csv")

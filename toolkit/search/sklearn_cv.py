@@ -65,7 +65,8 @@ def _distributions(cfg: ExperimentConfig) -> dict[str, Any]:
     for key in ("tol",):
         spec = getattr(space, key)
         if isinstance(spec, FloatRange):
-            out[key] = (stats.loguniform if spec.log else stats.uniform)(spec.low, spec.high if spec.log else spec.high - spec.low)
+            dist = stats.loguniform if spec.log else stats.uniform
+            out[key] = dist(spec.low, spec.high if spec.log else spec.high - spec.low)
         elif spec:
             out[key] = list(spec)
     return out
@@ -82,7 +83,8 @@ def run_cv_search(cfg: ExperimentConfig, X: np.ndarray, y: np.ndarray | None, cl
     scorer = ClusterScorer(cfg.search.objective, cfg.metrics.silhouette_sample, cfg.metrics.seed)
     cv = KFold(n_splits=cfg.search.cv, shuffle=True, random_state=cfg.search.seed)
     base = sklearn_estimator(cfg.model)
-    common = dict(scoring=scorer, cv=cv, refit=False, error_score=np.nan, n_jobs=-1, return_train_score=False)
+    common = {"scoring": scorer, "cv": cv, "refit": False, "error_score": np.nan, "n_jobs": -1,
+              "return_train_score": False}
     if cfg.search.strategy == "grid":
         grid = {k: v for k, v in grid_values(cfg.search).items() if k != "oversampling_factor"}
         search = GridSearchCV(base, grid, **common)

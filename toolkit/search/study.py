@@ -26,7 +26,7 @@ from typing import Any
 from toolkit.config import ExperimentConfig
 from toolkit.errors import ConfigError
 
-__all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "is_journal", "open_study", "study_storage", "stale_trials"]
+__all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "is_journal", "open_study", "stale_trials", "study_storage"]
 
 DEFAULT_STORAGE = "optuna.log"
 PARENT_ATTR = "mlflow_parent_run_id"

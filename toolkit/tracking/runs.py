@@ -18,13 +18,13 @@ from typing import Any
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "client",
+    "end_run",
     "get_or_create_experiment",
     "mark_failed",
+    "registry_uri",
     "run_url",
     "start_run",
-    "end_run",
     "tracked_run",
-    "registry_uri",
     "tracking_uri",
     "using_store",
 ]

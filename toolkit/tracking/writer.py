@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -64,17 +65,15 @@ def _lower_priority() -> None:
     except ValueError:
         nice = _DEFAULT_NICE
     if nice > 0 and hasattr(os, "nice"):
-        try:
+        with contextlib.suppress(OSError):  # not permitted here: normal priority will do
             os.nice(nice)
-        except OSError:
-            pass
 
 
 def _warm() -> None:
     """In a new writer process: lower its priority, and import what writing runs needs before
     the first real job arrives."""
     _lower_priority()
-    import mlflow  # noqa: F401
+    import mlflow
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
