@@ -8,6 +8,7 @@ report, the targets are evaluated, and ``--mlflow`` writes to the store and run 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -49,3 +50,13 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     assert run.data.metrics["iteration.backends.dask.inertia"] == pytest.approx(it["backends"]["dask"]["inertia"])
     assert "search.overhead.median_overhead_ms" in run.data.metrics
     assert [a.path for a in mlc.list_artifacts(run.info.run_id, "benchmark")] == ["benchmark/bench.json"]
+
+
+def test_paired_ratios_and_medians():
+    """Ratios are taken per repeat (fits run back to back) and their median reported; a
+    non-positive per-iteration figure (noise swamped the iterations) is no figure."""
+    assert bench._paired([2.0, 8.0, 9.0], [1.0, 2.0, 3.0]) == 3.0  # ratios 2, 4, 3
+    assert bench._paired([2.0, -1.0], [1.0, 1.0]) == 2.0
+    assert math.isnan(bench._paired([-1.0], [1.0]))
+    assert bench._median([3.0, 1.0, 2.0]) == 2.0
+    assert math.isnan(bench._median([-1.0, 0.0, 1.0]))
