@@ -252,3 +252,18 @@ def test_source_needs_its_settings():
     with pytest.raises(ConfigError) as err:
         load_experiment(None, ["data.source=sklearn"])
     assert "data.dataset" in _one_line(err)
+
+
+@pytest.mark.parametrize("value, default, expected", [
+    (None, True, True), (None, False, False), ("0", True, False), ("OFF", True, False), (" no ", True, False),
+    ("1", False, True), ("True", False, True), ("on", False, True), ("maybe", True, True), ("maybe", False, False),
+])
+def test_env_flag(monkeypatch, value, default, expected):
+    """The KMEANS_LIFECYCLE_* on/off switches: the usual spellings either way, anything else the default."""
+    from toolkit.config import env_flag
+
+    if value is None:
+        monkeypatch.delenv("KMEANS_LIFECYCLE_TEST_FLAG", raising=False)
+    else:
+        monkeypatch.setenv("KMEANS_LIFECYCLE_TEST_FLAG", value)
+    assert env_flag("KMEANS_LIFECYCLE_TEST_FLAG", default) is expected

@@ -30,12 +30,22 @@ __all__ = [
     "SearchConfig",
     "SearchSpace",
     "TrackingConfig",
+    "env_flag",
     "load_experiment",
     "parse_overrides",
 ]
 
 #: Names accepted for ``backend``; the registry in ``toolkit.backends`` maps each to its class.
 BACKEND_NAMES = ("sklearn", "dask-ml", "dask", "cuml", "cuml-dask")
+
+_ON, _OFF = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off environment switch (``KMEANS_LIFECYCLE_*``): 1/true/yes/on or 0/false/no/off in
+    any case; unset or any other value gives ``default``."""
+    value = os.environ.get(name, "").strip().lower()
+    return True if value in _ON else False if value in _OFF else default
 
 
 #: Trials queued per worker thread at most (``search.prefetch``).

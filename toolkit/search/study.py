@@ -23,7 +23,7 @@ import os
 import re
 from typing import Any
 
-from toolkit.config import ExperimentConfig
+from toolkit.config import ExperimentConfig, env_flag
 from toolkit.errors import ConfigError
 
 __all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "is_journal", "open_study", "stale_trials", "study_storage"]
@@ -50,8 +50,7 @@ def study_storage(url: str | None) -> Any:
             folder = os.path.dirname(os.path.abspath(url))
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"folder {folder} does not exist")
-            fsync = os.environ.get(_FSYNC_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
-            backend = JournalFileBackend(url) if fsync else _unsynced_journal()(url)
+            backend = JournalFileBackend(url) if env_flag(_FSYNC_ENV, default=False) else _unsynced_journal()(url)
             return optuna.storages.JournalStorage(backend)
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:

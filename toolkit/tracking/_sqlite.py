@@ -20,6 +20,8 @@ import sqlite3
 import threading
 from typing import Any
 
+from toolkit.config import env_flag
+
 _LOCK = threading.Lock()
 _FILES: set[str] = set()
 _LISTENING = False
@@ -29,7 +31,7 @@ ENV = "KMEANS_LIFECYCLE_SQLITE_WAL"
 
 def enabled() -> bool:
     """WAL is on unless ``KMEANS_LIFECYCLE_SQLITE_WAL`` is 0/false/no/off."""
-    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return env_flag(ENV, default=True)
 
 
 PREFIX = "sqlite:///"
