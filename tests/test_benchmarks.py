@@ -34,6 +34,7 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     # Two searches of 4 trials, pooled.
     assert se["overhead"]["trials"] == 8 and se["overhead"]["median_mlflow_write_ms"] > 0
     assert len(se["overhead"]["search_median_overhead_ms"]) == 2
+    assert se["overhead"]["random_sampler"]["median_mlflow_write_ms"] > 0
     assert 0 < se["overhead"]["median_mlflow_write_cpu_ms"]
     assert se["speedup"]["rounds"] == 1
     assert se["speedup"]["wall_1_worker_s"] > 0 and se["speedup"]["wall_2_workers_s"] > 0
