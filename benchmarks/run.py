@@ -83,7 +83,8 @@ def _median(times: list[float]) -> float:
 
 
 def _paired(slow: list[float], fast: list[float]) -> float:
-    """Median of the per-repeat ratios ``slow[i] / fast[i]``.
+    """Median of the ratios ``slow[i] / fast[i]`` of measurements taken back to back (one
+    repeat, one round); pairs with a non-positive figure are left out.
 
     This VM's speed drifts by up to 1.7x over minutes; two fits run back to back see the same
     machine, so their ratio is steadier than the ratio of medians taken minutes apart.
@@ -313,10 +314,9 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     with _cluster(2) as client:
         # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state.
         search(_search_cfg("warmup", tiny_rows, 4, 2, storage), client=client)
-        # Several short searches, their trials pooled: one 2-second search samples one moment
-        # of a machine whose speed drifts.
-        # Each beside a search with the random sampler: the difference is what TPE's ask and
-        # tell cost the driver, which runs the loop (the headline keeps TPE, the default).
+        # Several short searches, their trials pooled (one 2-second search samples one moment of
+        # a machine whose speed drifts), each followed by one with the random sampler: the
+        # difference is what TPE's ask and tell cost the driver.  The headline keeps TPE, the default.
         tiny, plain = [], []
         for i in range(tiny_searches):
             tiny.append(search(_search_cfg(f"overhead-{i}", tiny_rows, tiny_trials, 2, storage), client=client))
@@ -361,10 +361,10 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
                                          sampler="random", features=speed_features), client=client)
             walls[workers].append(res.loop_seconds)
     w1, w2 = statistics.median(walls[1]), statistics.median(walls[2])
-    ratios = [a / b for a, b in zip(walls[1], walls[2], strict=True)]
     out["speedup"] = {"rows": speed_rows, "features": speed_features, "trials": speed_trials, "rounds": speed_rounds,
                       "wall_1_worker_s": w1, "wall_2_workers_s": w2,
-                      "speedup_2_over_1": statistics.median(ratios), "round_speedups": ratios,
+                      "speedup_2_over_1": _paired(walls[1], walls[2]),
+                      "round_speedups": [a / b for a, b in zip(walls[1], walls[2], strict=True)],
                       "ratio_of_median_walls": w1 / w2,
                       "walls_1_worker_s": walls[1], "walls_2_workers_s": walls[2]}
     out["targets"] = {
