@@ -18,6 +18,7 @@ from sklearn.metrics import (
 
 from toolkit.metrics import (
     METRIC_DIRECTIONS,
+    adjusted_rand,
     cluster_metrics,
     cluster_statistics,
     objective_value,
@@ -177,6 +178,43 @@ def test_ari_is_permutation_invariant(overlapping):
     permuted = (labels + 1) % 4
     m = cluster_metrics(X, permuted, 4, y_true=labels, silhouette_sample=200)
     assert m["adjusted_rand"] == pytest.approx(1.0)
+
+
+def _label_pairs():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 5, 500)
+    yield "random", y, rng.integers(0, 8, 500)
+    yield "same partition, other names", y, (y + 3) % 5
+    yield "mostly agree", y, np.where(rng.random(500) < 0.9, y, rng.integers(0, 5, 500))
+    yield "one cluster", y, np.zeros(500, int)
+    yield "both one cluster", np.zeros(40, int), np.zeros(40, np.int32)
+    yield "all singletons", np.arange(60), rng.permutation(60)
+    yield "singletons vs few", np.arange(60), rng.integers(0, 3, 60)
+    yield "strings", rng.choice(["setosa", "virginica", "versicolor"], 300), rng.integers(0, 3, 300)
+    yield "negative and large ids", rng.choice([-7, 3, 10**12], 300), rng.choice([-1, 5], 300)
+    yield "floats", rng.integers(0, 4, 300).astype(float), rng.integers(0, 4, 300).astype(np.int32)
+    yield "bools", rng.random(200) < 0.5, rng.integers(0, 2, 200).astype(np.uint8)
+    yield "many labels both sides", rng.integers(0, 3000, 4000), rng.integers(0, 3000, 4000)
+    yield "two rows", np.array([0, 1]), np.array([1, 1])
+    yield "empty", np.array([], int), np.array([], int)
+
+
+@pytest.mark.parametrize("case", list(_label_pairs()), ids=lambda c: c[0])
+def test_adjusted_rand_equals_sklearn(case):
+    _, y, labels = case
+    assert adjusted_rand(y, labels) == adjusted_rand_score(y, labels)
+
+
+def test_adjusted_rand_on_a_kmeans_labelling_equals_sklearn(overlapping):
+    _, y, labels = overlapping
+    value = cluster_metrics(overlapping[0], labels, 4, y_true=y, silhouette_sample=200)["adjusted_rand"]
+    assert value == adjusted_rand_score(y, labels)
+    assert 0.3 < value < 1.0  # overlapping blobs: neither chance nor perfect
+
+
+def test_adjusted_rand_rejects_labels_of_different_lengths():
+    with pytest.raises(ValueError, match="3 labels but labels_pred has 2"):
+        adjusted_rand([0, 1, 1], [0, 1])
 
 
 def test_objective_value_and_directions():
