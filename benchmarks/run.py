@@ -297,6 +297,31 @@ def _search_cfg(name: str, rows: int, n_trials: int, workers: int, storage: str,
     })
 
 
+def _write_probe(tmp: str, writes: int = 25) -> float:
+    """CPU ms of one child-run write on an idle, scratch store: the machine's speed right now.
+
+    The same call the search's writer makes (:func:`toolkit.search.record.log_trial_run`), in
+    this process while nothing else runs.  It took 20-25 ms in quiet spells and 50-60 ms in slow
+    ones on the 2-core VM the README's figures come from, for the same code: printed beside the
+    overhead so a reader can tell a slow machine from a slow search.
+    """
+    from toolkit.search import record
+    from toolkit.tracking.runs import client, using_store
+
+    with using_store(f"sqlite:///{tmp}/probe-{time.time_ns()}.db"):
+        c = client()
+        parent = c.create_run(c.create_experiment("probe")).info.run_id
+        centers = np.arange(8.0).reshape(4, 2)
+        cpu = []
+        for i in range(writes + 5):
+            t = time.thread_time()
+            record.log_trial_run(parent, "probe", i, {"n_clusters": 4, "init": "k-means++", "random_state": i},
+                                 {"objective": 0.5, "silhouette": 0.5, "inertia": 1.0}, {"backend": "sklearn"},
+                                 "FINISHED", time.time() - 0.01, time.time(), centers, ["x0", "x1"])
+            cpu.append(time.thread_time() - t)
+    return 1e3 * statistics.median(cpu[5:])  # the first writes warm caches
+
+
 def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int,
                  speed_features: int = 16, speed_rounds: int = 5, tiny_searches: int = 3) -> dict[str, Any]:
     """Search figures on a throwaway MLflow store; the caller's store and run are left alone."""
@@ -311,6 +336,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
 
     storage = os.path.join(tmp, "bench-optuna.log")  # the default kind: an Optuna journal file
     out: dict[str, Any] = {}
+    probe_before = _write_probe(tmp)
     with _cluster(2) as client:
         # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state.
         search(_search_cfg("warmup", tiny_rows, 4, 2, storage), client=client)
@@ -322,6 +348,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
             tiny.append(search(_search_cfg(f"overhead-{i}", tiny_rows, tiny_trials, 2, storage), client=client))
             plain.append(search(_search_cfg(f"overhead-random-{i}", tiny_rows, tiny_trials, 2, storage,
                                             sampler="random"), client=client))
+    probe_after = _write_probe(tmp)
     rows = [r for t in tiny for r in t.trials]
     plain_rows = [r for t in plain for r in t.trials]
     compute = [r["duration_s"] for r in rows]
@@ -340,6 +367,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
         # the last child run written included: the writes overlap the next trials.
         "amortized_overhead_ms": 1e3 * (loop_s - sum(compute) / 2) / len(compute),
         "loop_s": loop_s,
+        "idle_write_cpu_ms": {"before": probe_before, "after": probe_after},
         "random_sampler": {
             "median_overhead_ms": 1e3 * statistics.median(r["overhead_s"] for r in plain_rows),
             "median_schedule_ms": 1e3 * statistics.median(r["schedule_s"] for r in plain_rows),
@@ -462,6 +490,10 @@ def _print_report(report: dict[str, Any]) -> None:
               f"MLflow writes {rs['median_mlflow_write_ms']:.1f})")
         print(f"   the writes' CPU: {o['median_mlflow_write_cpu_ms']:.1f} ms per child run (the writer runs at low "
               f"priority, so its wall time includes waiting for a core)")
+        if "idle_write_cpu_ms" in o:
+            p = o["idle_write_cpu_ms"]
+            print(f"   machine probe: one child-run write on an idle store took {p['before']:.1f} ms of CPU before "
+                  f"these searches and {p['after']:.1f} ms after (same code; the VM's speed drifts)")
         print(f"   amortized: {o['amortized_overhead_ms']:.1f} ms of search wall time per trial beyond compute "
               f"({o['loop_s']:.2f} s for {o['trials']} trials on 2 workers; child runs written while trials run)")
         print(f"   trial-parallel: {s['trials']} trials on {s['rows']:,} x {s['features']} (random sampler, "
