@@ -153,8 +153,10 @@ def silhouette(X: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> float:
 
 
 def _codes(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Labels as codes ``0..m-1`` (and ``m``): small non-negative integers are their own codes,
-    anything else (strings, floats, large or negative ids) goes through a sort."""
+    """Integer codes for ``labels`` and an upper bound ``m`` on them (codes lie in ``0..m-1``).
+
+    Small non-negative integers (k-means labels, most class ids) are their own codes; anything
+    else (strings, floats, negative or huge ids) is numbered through a sort."""
     if labels.dtype.kind in "biu" and labels.size:
         lo, hi = int(labels.min()), int(labels.max())
         if lo >= 0 and hi < max(1024, 4 * labels.size):
