@@ -322,6 +322,15 @@ def _write_probe(tmp: str, writes: int = 25) -> float:
     return 1e3 * statistics.median(cpu[5:])  # the first writes warm caches
 
 
+def _overhead_medians(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Median per-trial overhead of some searches' trials, and its two parts, in ms."""
+    def median_ms(key: str) -> float:
+        return 1e3 * statistics.median(r[key] for r in rows)
+
+    return {"median_overhead_ms": median_ms("overhead_s"), "median_schedule_ms": median_ms("schedule_s"),
+            "median_mlflow_write_ms": median_ms("mlflow_write_s")}
+
+
 def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int,
                  speed_features: int = 16, speed_rounds: int = 5, tiny_searches: int = 3) -> dict[str, Any]:
     """Search figures on a throwaway MLflow store; the caller's store and run are left alone."""
@@ -355,9 +364,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     loop_s = sum(t.loop_seconds for t in tiny)
     out["overhead"] = {
         "rows": tiny_rows, "trials": len(rows), "searches": tiny_searches,
-        "median_overhead_ms": 1e3 * statistics.median(r["overhead_s"] for r in rows),
-        "median_schedule_ms": 1e3 * statistics.median(r["schedule_s"] for r in rows),
-        "median_mlflow_write_ms": 1e3 * statistics.median(r["mlflow_write_s"] for r in rows),
+        **_overhead_medians(rows),
         # The writer runs at low priority beside busy workers: its wall time per run includes
         # waiting for a core; the CPU it spends is the write's own cost.
         "median_mlflow_write_cpu_ms": 1e3 * statistics.median(r["mlflow_write_cpu_s"] for r in rows),
@@ -368,11 +375,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
         "amortized_overhead_ms": 1e3 * (loop_s - sum(compute) / 2) / len(compute),
         "loop_s": loop_s,
         "idle_write_cpu_ms": {"before": probe_before, "after": probe_after},
-        "random_sampler": {
-            "median_overhead_ms": 1e3 * statistics.median(r["overhead_s"] for r in plain_rows),
-            "median_schedule_ms": 1e3 * statistics.median(r["schedule_s"] for r in plain_rows),
-            "median_mlflow_write_ms": 1e3 * statistics.median(r["mlflow_write_s"] for r in plain_rows),
-        },
+        "random_sampler": _overhead_medians(plain_rows),
     }
     # The random sampler draws the same trials whatever finishes first, so both cluster sizes
     # do the same work.  This VM's speed drifts by up to 1.7x over minutes, so each round runs

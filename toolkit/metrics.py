@@ -178,21 +178,20 @@ def adjusted_rand(labels_true: Any, labels_pred: Any) -> float:
     if len(t) != len(p):
         raise ValueError(f"labels_true has {len(t)} labels but labels_pred has {len(p)}")
     n = len(t)
+    # Class and cluster sizes (codes that never occur count 0 and add nothing below).
+    n_c = np.bincount(t, minlength=kt).astype(np.int64)
+    n_k = np.bincount(p, minlength=kp).astype(np.int64)
     if kt * kp > 4 * n + 1024:
         # Many distinct labels on both sides: count only the pairs that occur.
-        _, pair_counts = np.unique(t.astype(np.int64) * kp + p, return_counts=True)
-        _, n_c = np.unique(t, return_counts=True)
-        _, n_k = np.unique(p, return_counts=True)
-        cells = pair_counts.astype(np.int64)
+        _, cells = np.unique(t.astype(np.int64) * kp + p, return_counts=True)
     else:
-        table = np.bincount(t * kp + p, minlength=kt * kp).reshape(kt, kp).astype(np.int64)
-        n_c, n_k = table.sum(axis=1), table.sum(axis=0)
-        cells = table.ravel()
+        cells = np.bincount(t * kp + p, minlength=kt * kp)
+    cells = cells.astype(np.int64)
     sum_squares = int((cells * cells).sum())
     # Pairs together in both, in the truth only, in the prediction only, in neither.
     tp = sum_squares - n
-    fp = int((n_k.astype(np.int64) ** 2).sum()) - sum_squares
-    fn = int((n_c.astype(np.int64) ** 2).sum()) - sum_squares
+    fp = int((n_k * n_k).sum()) - sum_squares
+    fn = int((n_c * n_c).sum()) - sum_squares
     tn = n * n - fp - fn - sum_squares
     if fn == 0 and fp == 0:
         return 1.0
