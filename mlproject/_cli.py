@@ -16,6 +16,7 @@ from typing import Any
 
 from toolkit.config import ExperimentConfig, load_experiment, parse_overrides
 from toolkit.errors import ToolkitError
+from toolkit.redact import redact
 
 # Flags that map straight onto a config key ("" means: keep the config's value).
 _FIELD_FLAGS = {
@@ -68,13 +69,29 @@ def _fail_active_run(error: BaseException) -> None:
         pass
 
 
+def _scrub_launcher_params() -> None:
+    """Under ``mlflow run``, mask credentials that the user put in a ``-P`` value."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    from toolkit.console import say
+    from toolkit.tracking.runs import scrub_credentials
+
+    left = scrub_credentials(run_id)
+    if left:
+        say(f"warning: mlflow run recorded a password given in -P {', '.join(left)} as a param of run {run_id}; "
+            "pass secrets as ${VAR} references (e.g. -P storage='postgresql://u:${PGPASSWORD}@host/db') "
+            "and change that password")
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Call ``main`` and exit with a clear status."""
     try:
+        _scrub_launcher_params()
         code = main() or 0
     except ToolkitError as exc:
         _fail_active_run(exc)
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
         _fail_active_run(exc)
@@ -82,7 +99,7 @@ def run_main(main: Callable[[], int | None]) -> None:
         sys.exit(130)
     except Exception as exc:
         _fail_active_run(exc)
-        traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        print(redact(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"), file=sys.stderr)
         sys.exit(1)
     sys.exit(code)

@@ -1,6 +1,7 @@
 """The one place the toolkit talks to a person: status lines and progress bars.
 
 Quiet when stdout is not a terminal (progress bars) and when ``KMEANS_QUIET=1`` (everything).
+Every line passes through :func:`toolkit.redact.redact`: no credential reaches the console.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ import os
 import sys
 from typing import Any
 
+from toolkit.redact import redact
+
 __all__ = ["progress", "say"]
 
 
 def say(message: str) -> None:
     """Print one status line for the user (to stdout)."""
     if os.environ.get("KMEANS_QUIET") != "1":
-        print(message, flush=True)
+        print(redact(message), flush=True)
 
 
 def progress(total: int, desc: str) -> Any:

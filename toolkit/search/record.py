@@ -7,19 +7,23 @@ has drained, so the store never sees two writers at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from toolkit.redact import redact
 from toolkit.tracking import log_centroids
 from toolkit.tracking.runs import client
 
 __all__ = [
+    "discard_run",
     "finish_interrupted_run",
     "log_figure",
     "log_table",
@@ -64,25 +68,65 @@ def log_trial_run(
         "optuna.trial_number": str(number),
         "trial.state": status,
         "trial.duration_s": f"{finished - started:.3f}",
-        **{k: str(v) for k, v in tags.items()},
+        **{k: redact(str(v)) for k, v in tags.items()},
     }
     if error:
-        all_tags["error"] = error[:4000]
-    run = c.create_run(
-        exp_id, start_time=int(started * 1000), tags=all_tags, run_name=trial_run_name(study_name, number)
-    )
+        all_tags["error"] = redact(error)[:4000]
+    run = _create_once(c, exp_id, started, all_tags, trial_run_name(study_name, number))
     run_id = run.info.run_id
-    now = int(finished * 1000)
-    metric_list = [
-        Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
-    ]
-    param_list = [Param(k, str(v)) for k, v in params.items()]
-    if metric_list or param_list:
-        c.log_batch(run_id, metrics=metric_list, params=param_list)
-    if centers is not None:
-        log_centroids(run_id, centers, feature_names, None, artifact_uri=run.info.artifact_uri)
-    c.set_terminated(run_id, status=status, end_time=now)
+    try:
+        now = int(finished * 1000)
+        metric_list = [
+            Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ]
+        param_list = [Param(k, str(v)) for k, v in params.items()]
+        if metric_list or param_list:
+            c.log_batch(run_id, metrics=metric_list, params=param_list)
+        if centers is not None:
+            log_centroids(run_id, centers, feature_names, None, artifact_uri=run.info.artifact_uri)
+        c.set_terminated(run_id, status=status, end_time=now)
+    except BaseException as exc:
+        # Never a half-written run: it is failed and deleted (a resume writes the trial again
+        # from what the study kept).  If the store is down even for that, the resume settles it.
+        line = str(exc).splitlines()[0] if str(exc) else ""
+        with contextlib.suppress(Exception):
+            discard_run(run_id, f"could not be written whole: {type(exc).__name__}: {line}")
+        raise
     return run_id
+
+
+def _create_once(c: Any, exp_id: str, started: float, tags: dict[str, str], name: str) -> Any:
+    """``create_run`` that never makes two runs: a create whose answer was lost (a timeout) is
+    looked up by its write token before it is tried again."""
+    from toolkit.tracking.retry import TrackingUnavailableError, is_transient
+
+    token = uuid.uuid4().hex
+    tags = {**tags, WRITE_TOKEN_TAG: token}
+    for attempt in range(4):
+        try:
+            return c.create_run(exp_id, start_time=int(started * 1000), tags=tags, run_name=name)
+        except TrackingUnavailableError:
+            raise
+        except Exception as exc:
+            if not is_transient(exc) or attempt == 3:
+                raise
+            found = c.search_runs([exp_id], filter_string=f"tags.`{WRITE_TOKEN_TAG}` = '{token}'", max_results=1)
+            if found:
+                return found[0]
+    raise AssertionError("unreachable")
+
+
+#: Tag with a random token per child-run write, so a retried create can find its first attempt.
+WRITE_TOKEN_TAG = "trial.write_token"
+
+
+def discard_run(run_id: str, reason: str) -> None:
+    """End a half-written run FAILED with ``reason`` and delete it (it stays in the store,
+    hidden, until ``mlflow gc``)."""
+    c = client()
+    c.set_tag(run_id, "error", redact(reason)[:4000])
+    c.set_terminated(run_id, status="FAILED")
+    c.delete_run(run_id)
 
 
 def child_runs(parent_run_id: str) -> list[Any]:

@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,10 @@ from toolkit.console import progress, say
 from toolkit.data import Dataset, load_dataset
 from toolkit.errors import ConfigError
 from toolkit.metrics import METRIC_DIRECTIONS
+from toolkit.redact import redact
 from toolkit.search import record
 from toolkit.search.space import check_space, model_for, suggest
-from toolkit.search.study import PARENT_ATTR, open_study, stale_trials
+from toolkit.search.study import PARENT_ATTR, STORE_ATTR, open_study, stale_trials
 from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, TrialResult
 from toolkit.tracking import (
     log_dataset,
@@ -44,6 +46,7 @@ from toolkit.tracking import (
     tags_for,
     tracked_run,
 )
+from toolkit.tracking.runs import client, tracking_uri
 from toolkit.tracking.writer import shared_writer
 from toolkit.train import backend_session, fit_and_score, log_fit, run_params
 
@@ -68,6 +71,8 @@ class SearchOutcome:
     baseline: float | None = None
     loop_seconds: float = 0.0
     trials: list[dict[str, Any]] = field(default_factory=list)
+    #: On a resume: the objective of the model registered before (None: none was).
+    previous_best: float | None = None
 
 
 def _mode(cfg: ExperimentConfig, cls: type[KMeansBackend]) -> str:
@@ -90,8 +95,9 @@ INTERRUPTED_ATTR = "interrupted"
 def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_names: list[str]) -> int:
     """Settle what a dead driver left behind, so every finished trial has exactly one child run.
 
-    * a child run left RUNNING (its writer was killed mid-write) is finished if Optuna holds its
-      trial as COMPLETE, else failed as interrupted;
+    * a child run left RUNNING (its writer was killed mid-write, or the store went down) is
+      rewritten whole from the result the study kept, or finished if Optuna holds its trial as
+      COMPLETE without one, else failed as interrupted;
     * trials left RUNNING in Optuna are failed (and re-run: they do not use up ``n_trials``),
       with a FAILED child unless they already have one;
     * finished trials whose child was never started are written now (backfilled).
@@ -103,12 +109,18 @@ def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_n
     for run in record.child_runs(parent_run_id):
         if "optuna.trial_number" in run.data.tags:
             numbered.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
-    for number, runs in numbered.items():
+    for number, runs in list(numbered.items()):
         for run in runs:
             if run.info.status != "RUNNING":
                 continue
             t = trials.get(number)
-            if t is not None and t.state == TrialState.COMPLETE:
+            if t is not None and t.state == TrialState.COMPLETE and t.user_attrs.get(RESULT_ATTR):
+                # The study kept the whole result: replace the half-written run by a complete one.
+                record.discard_run(run.info.run_id, "half-written (the driver or the store stopped); rewritten")
+                numbered[number] = [r for r in numbered[number] if r is not run]
+                if not numbered[number]:
+                    del numbered[number]
+            elif t is not None and t.state == TrialState.COMPLETE:
                 record.finish_interrupted_run(run.info.run_id, t.value, _end_of(t))
             elif t is not None and t.state == TrialState.FAIL:
                 mark_failed(run.info.run_id, "the trial failed; the search driver stopped while writing its run")
@@ -128,7 +140,8 @@ def _fail_stale(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_n
             started, time.time(), None, feature_names,
             error="interrupted: the search driver stopped before this trial finished",
         )
-    _backfill_children(cfg, study, parent_run_id, logged=set(numbered) | {t.number for t in stale})
+    _backfill_children(cfg, study, parent_run_id, logged=set(numbered) | {t.number for t in stale},
+                       feature_names=feature_names)
     return len(stale)
 
 
@@ -136,19 +149,27 @@ def _end_of(trial: Any) -> float:
     return trial.datetime_complete.timestamp() if trial.datetime_complete else time.time()
 
 
-def _backfill_children(cfg: ExperimentConfig, study: Any, parent_run_id: str, logged: set[int]) -> None:
-    """Write the child run of any trial Optuna recorded but the dead driver had not yet logged."""
+def _backfill_children(cfg: ExperimentConfig, study: Any, parent_run_id: str, logged: set[int],
+                       feature_names: list[str] | None = None) -> None:
+    """Write the child run of any trial Optuna recorded but whose run was never written (the
+    driver died, or the tracking store was down): with the metrics and centroids the trial
+    kept in the study when there are any."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         if t.number in logged:
             continue
         ok = t.state == TrialState.COMPLETE
-        started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+        kept = t.user_attrs.get(RESULT_ATTR) or {}
+        started = kept.get("started") or (t.datetime_start.timestamp() if t.datetime_start else time.time())
+        finished = kept.get("finished") or _end_of(t)
+        metrics = {**kept.get("metrics", {}), **({"objective": t.value} if ok else {})}
+        centers = np.asarray(kept["centers"]) if kept.get("centers") is not None else None
+        params = {**cfg.model.model_dump(), **t.params, "random_state": cfg.model.random_state + t.number}
         record.log_trial_run(
-            parent_run_id, study.study_name, t.number, dict(t.params),
-            {"objective": t.value} if ok else {}, {"backend": cfg.backend, "trial.backfilled": "true"},
-            "FINISHED" if ok else "FAILED", started, _end_of(t),
+            parent_run_id, study.study_name, t.number, params, metrics,
+            {"backend": cfg.backend, "trial.backfilled": "true", "trial.worker": kept.get("worker", "")},
+            "FINISHED" if ok else "FAILED", started, finished, centers, feature_names,
             error=None if ok else "the trial failed; its run was written after a resume",
         )
 
@@ -198,7 +219,20 @@ class _Loop:
             return max(0.0, res.started - prev_end)
         return max(0.0, (res.received - res.submitted) - (res.finished - res.started))
 
+    def check_writes(self) -> None:
+        """Stop the search as soon as a child run could not be written.
+
+        Trials would go on and their runs could not be written either; the trials already told
+        are kept in the study, and a resume writes their runs once the store is fixed.
+        """
+        failed = next((f for f in self._writes if f.done() and f.exception() is not None), None)
+        if failed is None:
+            self._writes = [f for f in self._writes if not f.done()]
+            return
+        raise _write_error(failed.exception())
+
     def finish_trial(self, number: int, res: TrialResult, value: float | None, extra_tags: dict[str, str]) -> None:
+        self.check_writes()
         status = "FINISHED" if res.ok and value is not None else "FAILED"
         metrics = dict(res.metrics)
         if value is not None:
@@ -230,12 +264,30 @@ class _Loop:
         self.bar.set_postfix(best=f"{self.best:.4g}" if self.best is not None else "-", refresh=False)
 
     def close(self, raise_errors: bool = True) -> None:
-        """Wait for every child run to be written; re-raise the first write error."""
+        """Wait for every child run to be written; raise the first write error."""
         concurrent.futures.wait(self._writes)
         self.bar.close()
         errors = [f.exception() for f in self._writes if f.exception() is not None]
         if errors and raise_errors:
-            raise errors[0]
+            raise _write_error(errors[0])
+
+
+def _write_error(exc: BaseException) -> BaseException:
+    """A child-run write failure as the one-line error that stops the search."""
+    from toolkit.errors import ToolkitError
+    from toolkit.tracking.retry import TrackingUnavailableError, mark_down
+
+    if isinstance(exc, TrackingUnavailableError):
+        mark_down(tracking_uri(), exc.problem)  # this process stops trying too: fail fast, not per call
+        return exc
+    if isinstance(exc, ToolkitError):
+        return exc
+    line = str(exc).splitlines()[0] if str(exc) else ""
+    return ToolkitError(
+        redact(f"cannot write a trial's run to the tracking store {tracking_uri()}: {type(exc).__name__}: {line}"),
+        "fix the store (permissions, disk space), then rerun with resume=true: the trials already "
+        "computed are kept in the Optuna study and their runs are written then",
+    )
 
 
 #: ``auto`` prefetch covers this much hand-off with queued trials: a trial's result back to the
@@ -305,12 +357,28 @@ def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_
             if value is None:
                 study.tell(trial, state=TrialState.FAIL)
             else:
+                _remember(trial, res)
                 study.tell(trial, value)
             told.append((res, value, trial))
         fill()  # workers start the next trials while the driver writes MLflow runs
         for res, value, trial in told:
             loop.finish_trial(res.key, res, value, {"optuna.trial_id": str(trial._trial_id)})
             finished += 1
+
+
+#: Trial user attr: the trial's metrics (and small centroids), so that a resume can write the
+#: complete child run of a trial whose run could not be written (tracking store down).
+RESULT_ATTR = "result"
+_MAX_KEPT_CENTERS = 4096
+
+
+def _remember(trial: Any, res: TrialResult) -> None:
+    kept: dict[str, Any] = {"metrics": {k: float(v) for k, v in res.metrics.items()
+                                        if v is not None and math.isfinite(float(v))}}
+    if res.centers is not None and np.size(res.centers) <= _MAX_KEPT_CENTERS:
+        kept["centers"] = np.asarray(res.centers, dtype=np.float64).tolist()
+    kept["started"], kept["finished"], kept["worker"] = res.started, res.finished, res.worker
+    trial.set_user_attr(RESULT_ATTR, kept)
 
 
 def _cv_loop(cfg: ExperimentConfig, X: np.ndarray, y: Any, client: Any, loop: _Loop) -> Any:
@@ -423,23 +491,26 @@ def search(
     study = None
     resumed = False
     parent_to_resume = None
+    lease = None
     if use_optuna:
-        study, resumed = open_study(cfg, direction)
-        parent_to_resume = study.user_attrs.get(PARENT_ATTR) if resumed else None
+        study, resumed, lease = open_study(cfg, direction)
         study_name = study.study_name
     else:
         study_name = f"{cfg.name}-{cfg.backend}-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-    outer_run = os.environ.get("MLFLOW_RUN_ID")
-    if parent_to_resume and outer_run and outer_run != parent_to_resume:
-        # Under `mlflow run`, the new run records where the resumed search lives, then ends.
-        log_tags(outer_run, {"search.resumed_parent_run_id": parent_to_resume, "search.study_name": study_name})
+    try:
+        if resumed:
+            parent_to_resume = _resume_target(study, study_name)
+            _retire_placeholder(parent_to_resume, study_name)
+    except BaseException:
+        lease.release()
+        raise
     tags = {"entry_point": "search", "search.study_name": study_name, "search.strategy": cfg.search.strategy,
             "search.objective": objective, "search.direction": direction, "search.parallelism": mode,
             "config": str(cfg.source_path)}
-    with tracked_run(cfg.experiment_name, study_name, tags, resume_run_id=parent_to_resume) as parent:
+    with _holding(lease), tracked_run(cfg.experiment_name, study_name, tags, resume_run_id=parent_to_resume) as parent:
         if study is not None:
             study.set_user_attr(PARENT_ATTR, parent)
+            study.set_user_attr(STORE_ATTR, redact(tracking_uri()))
         with backend_session(cfg, client, need_cluster=True) as (backend, dclient):
             log_tags(parent, tags_for(backend, client_info(dclient) if dclient else None))
             dataset = load_dataset(cfg.data)
@@ -508,10 +579,18 @@ def search(
                 )
             log_params(parent, {f"best.{k}": v for k, v in best_params.items()})
             log_metrics(parent, {f"best_{objective}": best_value, "best_value": best_value})
-            outcome = SearchOutcome(parent, study_name, cfg.experiment_name, objective, direction,
+            outcome = SearchOutcome(parent, study_name, _experiment_name(parent), objective, direction,
                                     best_params, best_value, counts, resumed=resumed, trials=loop.rows,
                                     loop_seconds=loop_seconds)
-            if cfg.search.refit:
+            # A resume registers only a strictly better model than the one this search already
+            # refitted (and registered): the same best again would be a second version of it.
+            before = _best_model_value(parent)
+            improved = before is None or loop.better(best_value, before)
+            outcome.previous_best = before
+            if not improved:
+                say(f"no better model than the one this search already registered ({objective} {before:.6g}); "
+                    "nothing new refitted or registered")
+            if cfg.search.refit and improved:
                 best_model = model_for(cfg.model, {k: v for k, v in best_params.items() if k != "random_state"},
                                        seed=best_params.get("random_state"))
                 fit, metrics = fit_and_score(backend, X, best_model, cfg.metrics, dataset.y)
@@ -522,9 +601,72 @@ def search(
                 log_metrics(parent, {"baseline_adjusted_rand": outcome.baseline})
                 log_tags(parent, {"baseline": f"sklearn KMeans(n_clusters={len(np.unique(dataset.y))}, "
                                               f"n_init=10, random_state={cfg.model.random_state})"})
-            if on_best is not None:
+            if on_best is not None and outcome.best_fit is not None:
                 on_best(outcome, backend, X, dataset)
+            if outcome.best_fit is not None:
+                log_tags(parent, {BEST_MODEL_TAG: repr(best_value)})
     return outcome
+
+
+#: Parent-run tag: the objective of the model refitted (and registered) for this search.
+BEST_MODEL_TAG = "search.best_model_value"
+
+
+def _best_model_value(parent: str) -> float | None:
+    raw = client().get_run(parent).data.tags.get(BEST_MODEL_TAG)
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _experiment_name(run_id: str) -> str:
+    """The experiment a run really went to (under ``mlflow run`` not necessarily the config's)."""
+    c = client()
+    return c.get_experiment(c.get_run(run_id).info.experiment_id).name
+
+
+@contextlib.contextmanager
+def _holding(lease: Any) -> Iterator[None]:
+    """Release the study's driver lease however the search ends."""
+    try:
+        yield
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _resume_target(study: Any, study_name: str) -> str | None:
+    """The parent run of the study to resume, checked to be in the current tracking store."""
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent is None:
+        return None
+    try:
+        run = client().get_run(parent)
+    except Exception:
+        run = None
+    if run is None or run.info.lifecycle_stage == "deleted":
+        where = study.user_attrs.get(STORE_ATTR, "another tracking store")
+        raise ConfigError(
+            f"study {study_name!r} belongs to parent run {parent}, which is not in the tracking store "
+            f"{redact(tracking_uri())} (the study was made against {where})",
+            "resume against that store, or start a new search (resume=false)",
+        )
+    return parent
+
+
+def _retire_placeholder(parent: str | None, study_name: str) -> None:
+    """Under ``mlflow run``, a resume reuses the search's parent run: the new run ``mlflow run``
+    created for it is ended and deleted (it keeps a pointer to the parent), so no empty run is
+    left in the experiment."""
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if not parent or not outer or outer == parent:
+        return
+    c = client()
+    log_tags(outer, {"search.resumed_parent_run_id": parent, "search.study_name": study_name})
+    log_tags(parent, {"search.last_resume_launcher_run_id": outer})
+    c.set_terminated(outer, "FINISHED")
+    c.delete_run(outer)
 
 
 def _host(dataset: Dataset) -> np.ndarray:

@@ -4,20 +4,28 @@ A fresh search gets a new study ``<base>`` (or ``<base>-2``, ``-3``... when that
 so running the same command twice never mixes two searches; ``resume`` continues the newest
 study of that base name.  The study remembers its MLflow parent run in a user attribute.
 
-Storage: by default an append-only journal file (``optuna.log``, Optuna's ``JournalStorage``).
-The driver is its only writer, and it keeps the whole study in memory, so ``ask`` costs ~4 ms and
-``tell`` ~0.5 ms.  The same operations against ``sqlite:///optuna.db`` cost ~36 ms and ~11 ms,
-which is most of a tiny trial's overhead.  Killing the driver loses nothing: each operation is
-one appended line, written before the call returns.  Unlike Optuna's own file backend it does
-not ``fsync`` every line (1.4 ms each here, 5.5 ms of the driver's time per trial, far more on a
-network disk); like the MLflow store in WAL mode, only an operating-system crash can lose the
-last lines.  ``KMEANS_LIFECYCLE_JOURNAL_FSYNC=1`` restores the fsync.  Any SQLAlchemy URL
-(``sqlite:///optuna.db``, ``postgresql://...``) is still used as an RDB storage.
+Storage: by default an append-only journal file (Optuna's ``JournalStorage``) *beside the
+tracking store it belongs to*: ``mlflow.optuna.log`` next to ``sqlite:///mlflow.db``, or
+``optuna-<host>-<hash>.log`` in the working directory for a server or database store.  Two
+tracking stores never share studies, so a resume can only pick up a study of its own store.
+The driver keeps the whole study in memory, so ``ask`` costs ~4 ms and ``tell`` ~0.5 ms; the
+same operations against ``sqlite:///optuna.db`` cost ~36 ms and ~11 ms, which is most of a tiny
+trial's overhead.  Killing the driver loses nothing: each operation is one appended line,
+written before the call returns.  Unlike Optuna's own file backend it does not ``fsync`` every
+line (1.4 ms each here, 5.5 ms of the driver's time per trial, far more on a network disk);
+like the MLflow store in WAL mode, only an operating-system crash can lose the last lines.
+``KMEANS_LIFECYCLE_JOURNAL_FSYNC=1`` restores the fsync.  Any SQLAlchemy URL
+(``sqlite:///optuna.db``, ``postgresql://...``) is used as an RDB storage; ``${VAR}`` in it is
+read from the environment when it connects, so a password never has to be written in a param.
+
+A study is run by one driver at a time (:mod:`toolkit.search.lease`); creating one is race-free
+(two searches started together get two studies).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -25,11 +33,43 @@ from typing import Any
 
 from toolkit.config import ExperimentConfig, env_flag
 from toolkit.errors import ConfigError
+from toolkit.redact import expand_env, redact
+from toolkit.search.lease import DriverLease
 
-__all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "is_journal", "open_study", "stale_trials", "study_storage"]
+__all__ = [
+    "PARENT_ATTR",
+    "default_storage",
+    "is_journal",
+    "open_study",
+    "stale_trials",
+    "study_storage",
+]
 
-DEFAULT_STORAGE = "optuna.log"
 PARENT_ATTR = "mlflow_parent_run_id"
+#: The tracking store a study belongs to (redacted), checked on resume.
+STORE_ATTR = "mlflow_tracking_uri"
+
+
+def default_storage(tracking_uri: str | None = None) -> str:
+    """The journal file that holds the studies of ``tracking_uri`` (default: the current store).
+
+    Beside a file store (``sqlite:///dir/mlflow.db`` -> ``dir/mlflow.optuna.log``, a file store
+    folder ``mlruns`` -> ``mlruns.optuna.log``); for a server or database store, a file in the
+    working directory keyed by the store's address without credentials.
+    """
+    from toolkit.tracking._sqlite import sqlite_file
+    from toolkit.tracking.runs import tracking_uri as current
+
+    uri = tracking_uri or current()
+    db = sqlite_file(uri)
+    if db is not None:
+        return os.path.splitext(db)[0] + ".optuna.log"
+    if "://" not in uri or uri.startswith("file:"):
+        folder = os.path.abspath(uri.removeprefix("file://").removeprefix("file:"))
+        return folder.rstrip(os.sep) + ".optuna.log"
+    bare = re.sub(r"//[^/@]*@", "//", uri)  # the same store whoever logs in
+    host = re.sub(r"[^A-Za-z0-9.-]+", "-", bare.split("://", 1)[1].split("/", 1)[0]).strip("-") or "store"
+    return os.path.abspath(f"optuna-{host}-{hashlib.sha1(bare.encode()).hexdigest()[:8]}.log")
 
 
 def is_journal(url: str) -> bool:
@@ -42,7 +82,7 @@ def study_storage(url: str | None) -> Any:
     an RDB storage for a SQLAlchemy URL."""
     import optuna
 
-    url = url or DEFAULT_STORAGE
+    url = url or default_storage()
     try:
         if is_journal(url):
             from optuna.storages.journal import JournalFileBackend
@@ -52,10 +92,12 @@ def study_storage(url: str | None) -> Any:
                 raise FileNotFoundError(f"folder {folder} does not exist")
             backend = JournalFileBackend(url) if env_flag(_FSYNC_ENV, default=False) else _unsynced_journal()(url)
             return optuna.storages.JournalStorage(backend)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(expand_env(url), engine_kwargs={"pool_pre_ping": True})
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ConfigError(
-            f"cannot open Optuna storage {url!r}: {str(exc).splitlines()[0]}",
+            redact(f"cannot open Optuna storage {url!r}: {str(exc).splitlines()[0]}"),
             "set search.storage to a journal file path (optuna.log) or a SQLAlchemy URL "
             "(sqlite:///optuna.db)",
         ) from None
@@ -140,9 +182,18 @@ def _names(storage: Any, base: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def open_study(cfg: ExperimentConfig, direction: str) -> tuple[Any, bool]:
-    """Create a new study, or with ``search.resume`` load the newest one; return (study, resumed)."""
+def open_study(cfg: ExperimentConfig, direction: str) -> tuple[Any, bool, DriverLease]:
+    """Create a new study, or with ``search.resume`` load the newest one.
+
+    Returns ``(study, resumed, lease)``: the caller holds ``lease`` (one driver per study) until
+    the search ends and must :meth:`~toolkit.search.lease.DriverLease.release` it.
+
+    Raises:
+        ConfigError: the study to resume is run by another live driver, or was made for
+            another objective direction.
+    """
     import optuna
+    from optuna.exceptions import DuplicatedStudyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = study_storage(cfg.search.storage)
@@ -150,18 +201,34 @@ def open_study(cfg: ExperimentConfig, direction: str) -> tuple[Any, bool]:
     existing = _names(storage, base)
     if cfg.search.resume and existing:
         name = existing[-1][1]
-        n_done = len(optuna.load_study(study_name=name, storage=storage).trials)
-        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, n_done))
-        if study.direction.name.lower() != direction:
-            raise ConfigError(
-                f"study {name!r} was created to {study.direction.name.lower()} but the objective "
-                f"{cfg.search.objective} needs {direction}",
-                "resume with the same objective, or start a new search (resume=false)",
-            )
-        return study, True
-    name = base if not existing else f"{base}-{existing[-1][0] + 1}"
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=_sampler(cfg, 0))
-    return study, False
+        lease = DriverLease(storage, name).acquire()
+        try:
+            n_done = len(optuna.load_study(study_name=name, storage=storage).trials)
+            study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, n_done))
+            if study.direction.name.lower() != direction:
+                raise ConfigError(
+                    f"study {name!r} was created to {study.direction.name.lower()} but the objective "
+                    f"{cfg.search.objective} needs {direction}",
+                    "resume with the same objective, or start a new search (resume=false)",
+                )
+        except BaseException:
+            lease.release()
+            raise
+        return study, True, lease
+    # Two searches started together both see the same free name; study names are unique in
+    # the storage, so the loser of the race takes the next number.
+    for _ in range(50):
+        name = base if not existing else f"{base}-{existing[-1][0] + 1}"
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                        sampler=_sampler(cfg, 0))
+        except DuplicatedStudyError:
+            existing = _names(storage, base)
+            continue
+        lease = DriverLease(storage, name).acquire()
+        return study, False, lease
+    raise ConfigError(f"could not create a new study named {base}-N (50 tries lost a race)",
+                      "set search.study_name to a name of its own")
 
 
 def stale_trials(study: Any) -> list[Any]:

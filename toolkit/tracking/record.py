@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.redact import redact
 from toolkit.tracking.runs import client
 
 __all__ = [
@@ -30,7 +31,8 @@ _MAX_PARAM = 6000
 
 
 def _str(value: Any) -> str:
-    s = "None" if value is None else str(value)
+    # Masked on the way out: a URL given with a password is recorded as u:***@host.
+    s = "None" if value is None else redact(str(value))
     return s if len(s) <= _MAX_PARAM else s[: _MAX_PARAM - 3] + "..."
 
 

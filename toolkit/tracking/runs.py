@@ -15,6 +15,11 @@ import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from toolkit.redact import redact
+from toolkit.tracking.retry import configure_mlflow_http
+
+configure_mlflow_http()
+
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "client",
@@ -23,6 +28,7 @@ __all__ = [
     "mark_failed",
     "registry_uri",
     "run_url",
+    "scrub_credentials",
     "start_run",
     "tracked_run",
     "tracking_uri",
@@ -68,14 +74,16 @@ def using_store(tracking: str, registry: str | None = None) -> Iterator[None]:
 
 
 def client() -> Any:
-    """An ``MlflowClient`` on the current tracking URI (registry on the same store)."""
+    """An ``MlflowClient`` on the current tracking URI (registry on the same store), whose calls
+    are retried on transient failures within a bounded time (:mod:`toolkit.tracking.retry`)."""
     from mlflow import MlflowClient
 
     from toolkit.tracking._sqlite import use_wal
+    from toolkit.tracking.retry import RetryingClient
 
     tracking, registry = tracking_uri(), registry_uri()
     use_wal(tracking, registry)
-    return MlflowClient(tracking_uri=tracking, registry_uri=registry)
+    return RetryingClient(MlflowClient(tracking_uri=tracking, registry_uri=registry), tracking)
 
 
 def get_or_create_experiment(name: str) -> str:
@@ -107,14 +115,27 @@ def start_run(
     resume = resume_run_id or (None if parent_run_id else os.environ.get("MLFLOW_RUN_ID"))
     if resume:
         c.update_run(resume, status="RUNNING", name=run_name)
+        _clear_error_tags(c, resume)
         for key, value in tags.items():
-            c.set_tag(resume, key, value)
+            c.set_tag(resume, key, redact(str(value)))
         return resume
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     exp_id = get_or_create_experiment(experiment)
     run = c.create_run(exp_id, run_name=run_name, tags=tags)
     return run.info.run_id
+
+
+#: Tags :func:`mark_failed` writes; a run resumed and ended FINISHED must not keep them.
+ERROR_TAGS = ("error", "error.type", "error.traceback")
+
+
+def _clear_error_tags(c: Any, run_id: str) -> None:
+    stale = [k for k in ERROR_TAGS if k in c.get_run(run_id).data.tags]
+    for key in stale:
+        c.delete_tag(run_id, key)
+    if stale:
+        c.set_tag(run_id, "resumed.previous_error", "cleared when the run was resumed")
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
@@ -125,11 +146,11 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 def mark_failed(run_id: str, error: BaseException | str) -> None:
     """End ``run_id`` as FAILED and record the one-line reason as the ``error`` tag."""
     c = client()
-    line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    line = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
     if isinstance(error, BaseException):
         c.set_tag(run_id, "error.type", type(error).__name__)
         if not _is_user_error(error):
-            c.set_tag(run_id, "error.traceback", "".join(traceback.format_exception(error))[-4000:])
+            c.set_tag(run_id, "error.traceback", redact("".join(traceback.format_exception(error)))[-4000:])
     c.set_tag(run_id, "error", line[:4000])
     c.set_terminated(run_id, status="FAILED")
 
@@ -154,10 +175,37 @@ def tracked_run(
         yield run_id
     except BaseException as exc:
         status_error = exc if not isinstance(exc, KeyboardInterrupt) else "interrupted (KeyboardInterrupt)"
-        mark_failed(run_id, status_error)
+        # Best effort: when the store itself is what failed (down, read-only), the error that
+        # stopped the run is the one to report, not a second one from marking it.
+        with contextlib.suppress(Exception):
+            mark_failed(run_id, status_error)
         raise
     else:
         end_run(run_id, "FINISHED")
+
+
+def scrub_credentials(run_id: str) -> list[str]:
+    """Mask credentials in the params ``mlflow run`` logged for ``run_id`` from its ``-P`` values.
+
+    ``mlflow run`` records every ``-P`` value as a param before the entry point starts, so a
+    ``-P storage=postgresql://u:secret@host/db`` would stay in the record.  MLflow's API cannot
+    change a param, so on a local sqlite store the row is rewritten in place (masked); on any
+    other store that is not possible and the keys are returned for a warning.
+    """
+    import sqlite3
+
+    from toolkit.redact import has_credentials
+    from toolkit.tracking._sqlite import sqlite_file
+
+    params = client().get_run(run_id).data.params
+    leaked = {k: v for k, v in params.items() if has_credentials(v)}
+    db = sqlite_file(tracking_uri())
+    if not leaked or db is None:
+        return sorted(leaked)
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.executemany("UPDATE params SET value = ? WHERE run_uuid = ? AND key = ?",
+                        [(redact(v), run_id, k) for k, v in leaked.items()])
+    return []
 
 
 def run_url(run_id: str) -> str:
@@ -166,5 +214,5 @@ def run_url(run_id: str) -> str:
     run = c.get_run(run_id)
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-    return f"mlflow ui --backend-store-uri {uri}  (experiment {run.info.experiment_id}, run {run_id})"
+        return redact(f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}")
+    return redact(f"mlflow ui --backend-store-uri {uri}  (experiment {run.info.experiment_id}, run {run_id})")
