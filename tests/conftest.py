@@ -43,7 +43,7 @@ def dask_cluster():
 
     cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
-        dashboard_address=":0", silence_logs=logging.ERROR,
+        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
     )
     try:
         yield cluster

@@ -214,3 +214,52 @@ def test_mlflow_run_with_nan_fails_cleanly(subprocess_env, tracking_uri, tmp_pat
     assert "NaN" in runs[0].data.tags["error"]
     assert runs[0].data.tags["error.type"] == "DataError"
     _assert_nothing_running(mlc)
+
+
+# -- findings: files matched by column name, non-finite values, empty/directory configs ----
+
+
+def test_glob_whose_files_have_other_columns(mlc, monkeypatch, capsys, tmp_path):
+    (tmp_path / "part-0.csv").write_text("a,b\n1,2\n3,4\n5,6\n")
+    (tmp_path / "part-1.csv").write_text("a,c\n1,2\n3,4\n5,6\n")
+    line = _cli(monkeypatch, capsys, *_file_args(tmp_path / "part-*.csv", "bad-columns"))
+    assert "part-1.csv" in line and "missing column(s) b" in line and "extra column(s) c" in line
+    run = _failed_run(mlc, "bad-columns", "part-1.csv")
+    assert run.data.tags["error.type"] == "DataError"
+
+
+@pytest.mark.parametrize(
+    "override, key", [("model.tol=inf", "model.tol"), ("data.cluster_std=nan", "data.cluster_std")]
+)
+def test_non_finite_override(mlc, monkeypatch, capsys, override, key):
+    experiment = f"bad-finite-{key}"
+    outer = _outer_run(mlc, monkeypatch, experiment)
+    line = _cli(monkeypatch, capsys, "--config", BLOBS, "--set", override)
+    assert f"{key}: Input should be a finite number" in line
+    run = _failed_run(mlc, experiment, key)
+    assert run.info.run_id == outer and run.data.tags["error.type"] == "ConfigError"
+
+
+def test_non_finite_value_in_config_file(mlc, monkeypatch, capsys, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("name: bad\nmodel:\n  tol: .inf\n")
+    outer = _outer_run(mlc, monkeypatch, "bad-finite-file")
+    line = _cli(monkeypatch, capsys, "--config", str(cfg))
+    assert str(cfg) in line and "model.tol" in line and "finite" in line
+    assert _failed_run(mlc, "bad-finite-file", "model.tol").info.run_id == outer
+
+
+def test_empty_config_file(mlc, monkeypatch, capsys, tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("# nothing set yet\n")
+    outer = _outer_run(mlc, monkeypatch, "bad-empty-config")
+    line = _cli(monkeypatch, capsys, "--config", str(cfg))
+    assert str(cfg) in line and "is empty" in line
+    assert _failed_run(mlc, "bad-empty-config", "is empty").info.run_id == outer
+
+
+def test_config_path_is_a_directory(mlc, monkeypatch, capsys):
+    outer = _outer_run(mlc, monkeypatch, "bad-config-dir")
+    line = _cli(monkeypatch, capsys, "--config", str(REPO / "experiments"))
+    assert "is a directory" in line and "blobs.yaml" in line and "does not exist" not in line
+    assert _failed_run(mlc, "bad-config-dir", "is a directory").info.run_id == outer

@@ -101,3 +101,57 @@ def test_diagnostics_setting_reaches_the_workers_and_leaves_the_driver_alone(mon
     # The settings were scoped to the cluster's creation: this process's config is unchanged.
     assert dask.config.get("distributed.admin.tick.interval") == before
     assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
+def _listening(port: int) -> set[str]:
+    """Addresses this process listens on at ``port``."""
+    import psutil
+
+    return {
+        c.laddr.ip for c in psutil.Process().net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }  # fmt: skip
+
+
+def _dashboard_port(c) -> int:
+    return int(c.scheduler_info()["services"]["dashboard"])
+
+
+def test_local_cluster_listens_on_loopback_only(monkeypatch):
+    # The default config, with processes (the tcp:// path, where host= applies) and one worker.
+    from urllib.parse import urlsplit
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with dask_client(ClusterConfig(n_workers=1, memory_limit="1GiB")) as c:
+        port = _dashboard_port(c)
+        assert _listening(port) == {"127.0.0.1"}
+        assert urlsplit(c.dashboard_link).hostname == "127.0.0.1"
+        info = client_info(c)
+        assert urlsplit(info["dask.dashboard"]).hostname == "127.0.0.1"
+        assert urlsplit(info["dask.dashboard"]).port == port
+        assert c.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert all(w.startswith("tcp://127.0.0.1:") for w in c.scheduler_info()["workers"])
+        assert _listening(int(c.scheduler.address.rsplit(":", 1)[1])) == {"127.0.0.1"}
+
+
+def test_threaded_cluster_tag_names_the_bound_host(monkeypatch):
+    # Threaded clusters talk "inproc://<the machine's IP>/..."; Dask's link takes that IP,
+    # but the dashboard answers on 127.0.0.1 only: the tag must say where it really is.
+    from urllib.parse import urlsplit
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with dask_client(ClusterConfig(n_workers=1, processes=False)) as c:
+        port = _dashboard_port(c)
+        assert _listening(port) == {"127.0.0.1"}
+        link = urlsplit(client_info(c)["dask.dashboard"])
+        assert (link.hostname, link.port) == ("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("address, processes", [("0.0.0.0:0", False), (":0", True)])
+def test_dashboard_address_can_expose_the_dashboard(monkeypatch, address, processes):
+    # ":port" binds every interface too (as the config's description says), host= or not.
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    cfg = ClusterConfig(n_workers=1, processes=processes, memory_limit="1GiB", dashboard_address=address)
+    with dask_client(cfg) as c:
+        assert _listening(_dashboard_port(c)) & {"0.0.0.0", "::"}
+        assert client_info(c)["dask.dashboard"] == c.dashboard_link  # any interface: Dask's link works

@@ -267,3 +267,111 @@ def test_env_flag(monkeypatch, value, default, expected):
     else:
         monkeypatch.setenv("KMEANS_LIFECYCLE_TEST_FLAG", value)
     assert env_flag("KMEANS_LIFECYCLE_TEST_FLAG", default) is expected
+
+
+# -- non-finite numbers, empty files, directories --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.tol=inf", "model.tol"),
+        ("model.tol=nan", "model.tol"),
+        ("model.oversampling_factor=nan", "model.oversampling_factor"),
+        ("model.oversampling_factor=Infinity", "model.oversampling_factor"),
+        ("data.cluster_std=inf", "data.cluster_std"),
+        ("data.cluster_std=-inf", "data.cluster_std"),
+        ("search.space.tol.low=1e-4 search.space.tol.high=inf", "search.space.tol.high"),
+        ("search.space.oversampling_factor.low=nan search.space.oversampling_factor.high=2",
+         "search.space.oversampling_factor.low"),
+        ("search.space.tol=[0.001,inf]", "search.space.tol[1]"),
+        ("search.space.oversampling_factor=[nan]", "search.space.oversampling_factor[0]"),
+    ],
+)
+def test_non_finite_override_is_rejected_with_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, override)
+    msg = _one_line(err)
+    assert f"<defaults>: {key}: Input should be a finite number" in msg
+    assert "FloatRange" not in msg and "list[float]" not in msg  # no pydantic union tags
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("model:\n  tol: .inf\n", "model.tol"),
+        ("model:\n  oversampling_factor: .nan\n", "model.oversampling_factor"),
+        ("data:\n  cluster_std: .inf\n", "data.cluster_std"),
+        ("search:\n  space:\n    tol: {low: 0.001, high: .inf}\n", "search.space.tol.high"),
+        ("search:\n  space:\n    tol: [0.001, -.inf]\n", "search.space.tol[1]"),
+    ],
+)
+def test_non_finite_value_in_file_is_rejected_with_the_key(tmp_path, text, key):
+    path = _write(tmp_path, "name: t\n" + text)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    msg = _one_line(err)
+    assert f"{path}: {key}: Input should be a finite number" in msg
+
+
+def test_finite_search_lists_and_ranges_still_load():
+    cfg = load_experiment(None, "search.space.tol=[0.001,0.01] search.space.oversampling_factor.low=1 "
+                                "search.space.oversampling_factor.high=4")
+    assert cfg.search.space.tol == [0.001, 0.01]
+    assert cfg.search.space.oversampling_factor.high == 4.0
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n", "---\n"])
+def test_empty_config_file_is_rejected(tmp_path, text):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    msg = _one_line(err)
+    assert str(path) in msg and "is empty" in msg
+
+
+def test_config_path_that_is_a_directory(tmp_path):
+    for name in ("c.yaml", "a.yaml", "b.yml", "d.yaml"):
+        _write(tmp_path, "name: x\n", name)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(tmp_path)
+    msg = _one_line(err)
+    assert f"config path {tmp_path} is a directory" in msg and "does not exist" not in msg
+    assert f"{tmp_path / 'a.yaml'} or {tmp_path / 'b.yml'} or {tmp_path / 'c.yaml'}" in msg  # 3 at most
+    assert "d.yaml" not in msg
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError) as err:
+        load_experiment(empty)
+    assert "is a directory" in _one_line(err)
+
+
+def test_union_value_reports_the_member_the_user_meant():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, "search.space.tol.low=-1 search.space.tol.high=1")
+    msg = _one_line(err)
+    assert "<defaults>: search.space.tol.low: Input should be greater than 0 (got -1) --" in msg
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:0", ":8787", "0.0.0.0:0", "[::1]:8787"])
+def test_dashboard_address(value):
+    assert load_experiment(None, {"cluster.dashboard_address": value}).cluster.dashboard_address == value
+
+
+def test_dashboard_address_defaults_to_loopback():
+    assert load_experiment(None).cluster.dashboard_address == "127.0.0.1:0"
+
+
+@pytest.mark.parametrize("value", ["localhost", "8787", 8787, "127.0.0.1:99999", "host:port", None])
+def test_bad_dashboard_address(value):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, {"cluster.dashboard_address": value})
+    assert "cluster.dashboard_address: must be host:port or :port" in _one_line(err)
+
+
+def test_unknown_key_inside_a_union_value():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, {"search.space.tol": {"low": 0.01, "high": 0.1, "Step": 2}})
+    msg = _one_line(err)
+    assert "<defaults>: search.space.tol.Step: Extra inputs are not permitted" in msg
+    assert "FloatRange" not in msg

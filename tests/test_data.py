@@ -228,3 +228,100 @@ def test_unknown_extension(tmp_path):
     (tmp_path / "d.json").write_text("{}")
     msg = _error(_file_cfg(tmp_path / "d.json"))
     assert "data.format" in msg
+
+
+# -- several files: columns are matched by name ---------------------------------------------
+
+
+def _blob_frame() -> pd.DataFrame:
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=600, n_features=3, centers=4, cluster_std=0.3, random_state=0)
+    return pd.DataFrame(X * [1.0, 10.0, 100.0], columns=["x0", "x1", "x2"])  # unlike scales
+
+
+def _write_parts(df: pd.DataFrame, folder: Path, fmt: str, orders: list[list[str]]) -> str:
+    """Write ``df`` in ``len(orders)`` consecutive row slices, part i with columns ``orders[i]``."""
+    folder.mkdir()
+    rows = -(-len(df) // len(orders))
+    for i, cols in enumerate(orders):
+        part = df.iloc[i * rows : (i + 1) * rows][cols]
+        if fmt == "parquet":
+            part.to_parquet(folder / f"part-{i}.parquet")
+        else:
+            part.to_csv(folder / f"part-{i}.{fmt}", index=False)
+    return str(folder / f"part-*.{fmt}")
+
+
+def _inertia(X: np.ndarray) -> float:
+    from sklearn.cluster import KMeans
+
+    return float(KMeans(n_clusters=4, n_init=1, random_state=0).fit(X).inertia_)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "csv.gz"])
+def test_glob_with_columns_in_another_order_is_read_by_name(tmp_path, fmt):
+    df = _blob_frame()
+    same = _write_parts(df, tmp_path / "same", fmt, [["x0", "x1", "x2"]] * 3)
+    mixed = _write_parts(df, tmp_path / "mixed", fmt, [["x0", "x1", "x2"], ["x2", "x0", "x1"], ["x1", "x2", "x0"]])
+    a = load_dataset(_file_cfg(same))
+    b = load_dataset(_file_cfg(mixed))
+    assert a.feature_names == b.feature_names == ["x0", "x1", "x2"]
+    Xa, Xb = a.X.compute(), b.X.compute()
+    np.testing.assert_array_equal(Xb, Xa)
+    np.testing.assert_allclose(Xb, df.to_numpy(np.float32), rtol=1e-6)
+    assert _inertia(Xb) == pytest.approx(_inertia(Xa))
+    # data.columns picks by name too, in the order given.
+    c = load_dataset(_file_cfg(mixed, columns=["x2", "x0"]))
+    assert c.feature_names == ["x2", "x0"]
+    np.testing.assert_array_equal(c.X.compute(), Xa[:, [2, 0]])
+
+
+def test_csv_files_split_into_blocks_keep_their_own_header(tmp_path):
+    # Dask gives every block after a file's first the FIRST file's header; a file with
+    # another column order must not be read under it.
+    from toolkit.data import read_table
+
+    df = _blob_frame()
+    _write_parts(df, tmp_path / "mixed", "csv", [["x0", "x1", "x2"], ["x2", "x0", "x1"]])
+    files = sorted(str(p) for p in (tmp_path / "mixed").glob("*.csv"))
+    ddf = read_table(files, "csv", blocksize=2_000)
+    assert ddf.npartitions > 4  # several blocks per file
+    got = ddf.compute()
+    assert list(got.columns) == ["x0", "x1", "x2"]
+    np.testing.assert_allclose(got.to_numpy(), df.to_numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_glob_with_other_column_names_names_the_file(tmp_path, fmt):
+    df = _blob_frame()
+    folder = tmp_path / "d"
+    _write_parts(df, folder, fmt, [["x0", "x1", "x2"]] * 2)
+    renamed = df.iloc[:10].rename(columns={"x1": "y1"})
+    bad = folder / f"part-9.{fmt}"
+    renamed.to_parquet(bad) if fmt == "parquet" else renamed.to_csv(bad, index=False)
+    msg = _error(_file_cfg(folder / f"part-*.{fmt}"))
+    assert "part-9" in msg and "part-0" in msg
+    assert "missing column(s) x1" in msg and "extra column(s) y1" in msg
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_glob_with_an_extra_column(tmp_path, fmt):
+    df = _blob_frame()
+    folder = tmp_path / "d"
+    _write_parts(df, folder, fmt, [["x0", "x1", "x2"]] * 3)
+    wider = pd.read_parquet(folder / "part-1.parquet") if fmt == "parquet" else pd.read_csv(folder / "part-1.csv")
+    wider = wider.assign(extra=7.0)
+    if fmt == "parquet":
+        wider.to_parquet(folder / "part-1.parquet")
+    else:
+        wider.to_csv(folder / "part-1.csv", index=False)
+    msg = _error(_file_cfg(folder / f"part-*.{fmt}"))
+    assert "part-1" in msg and "extra column(s) extra" in msg
+    assert "data.columns" in msg  # the fix
+    # Selecting the columns every file has is fine: the extra one is not read.
+    ds = load_dataset(_file_cfg(folder / f"part-*.{fmt}", columns=["x0", "x1", "x2"]))
+    np.testing.assert_allclose(ds.X.compute(), df.to_numpy(np.float32), rtol=1e-6)
+    # A selected column that one file lacks names that file.
+    msg = _error(_file_cfg(folder / f"part-*.{fmt}", columns=["x0", "extra"]))
+    assert "part-0" in msg and "no column(s) extra" in msg

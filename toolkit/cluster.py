@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -47,14 +48,19 @@ def _diagnostics(cfg: ClusterConfig) -> Any:
 def _local_cluster(cfg: ClusterConfig) -> Any:
     from distributed import LocalCluster
 
+    # A cluster for this process alone: scheduler and workers on loopback, so nothing on the
+    # network can submit work to them.  Threaded clusters (processes=False) talk in-process
+    # ("inproc://"), where a host is not accepted.
+    host = {"host": "127.0.0.1"} if cfg.processes else {}
     with _diagnostics(cfg):
         return LocalCluster(
             n_workers=cfg.n_workers,
             threads_per_worker=cfg.threads_per_worker,
             memory_limit=cfg.memory_limit,
             processes=cfg.processes,
-            dashboard_address=":0",
+            dashboard_address=cfg.dashboard_address,
             silence_logs=logging.ERROR,
+            **host,
         )
 
 
@@ -66,7 +72,11 @@ def _cuda_cluster(cfg: ClusterConfig) -> Any:  # pragma: no cover - needs a GPU
             f"GPU backends need dask-cuda ({exc.name or 'dask_cuda'} is not installed)",
             'pip install ".[gpu]" on a machine with an NVIDIA GPU, or use backend sklearn/dask',
         ) from None
-    kwargs: dict[str, Any] = {"threads_per_worker": 1, "dashboard_address": ":0"}
+    kwargs: dict[str, Any] = {
+        "threads_per_worker": 1,
+        "dashboard_address": cfg.dashboard_address,
+        "host": "127.0.0.1",  # as for LocalCluster: not reachable from the network
+    }
     if cfg.device_memory_limit:
         kwargs["device_memory_limit"] = cfg.device_memory_limit
     if cfg.rmm_pool_size:
@@ -124,13 +134,40 @@ def dask_client(cfg: ClusterConfig, gpu: bool = False) -> Iterator[Any]:
             cluster.close()
 
 
+def _bound_host(client: Any) -> str | None:
+    """The address the dashboard of a scheduler in this process listens on, else None."""
+    server = getattr(getattr(getattr(client, "cluster", None), "scheduler", None), "http_server", None)
+    sockets = getattr(server, "_sockets", None)  # tornado keeps its listening sockets here
+    if not isinstance(sockets, dict):
+        return None
+    hosts = {str(sock.getsockname()[0]) for sock in sockets.values()}
+    return hosts.pop() if len(hosts) == 1 else None
+
+
+def _dashboard_link(client: Any) -> str:
+    """``client.dashboard_link`` with the host the dashboard really listens on.
+
+    Dask builds the link from the scheduler's address, which for a threaded local cluster
+    ("inproc://<the machine's IP>/...") is not where a dashboard bound to 127.0.0.1 answers.
+    """
+    link = str(client.dashboard_link or "")
+    host = _bound_host(client)
+    if not link or host is None or host in ("0.0.0.0", "::"):  # any interface: the link works
+        return link
+    parts = urlsplit(link)
+    if parts.hostname == host or parts.port is None:
+        return link
+    netloc = f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def client_info(client: Any) -> dict[str, str]:
     """Tags describing the cluster: scheduler, dashboard link, workers, threads."""
     info = client.scheduler_info()
     workers = info.get("workers", {})
     return {
         "dask.scheduler": str(client.scheduler.address),
-        "dask.dashboard": str(client.dashboard_link or ""),
+        "dask.dashboard": _dashboard_link(client),
         "dask.workers": str(len(workers)),
         "dask.threads": str(sum(w.get("nthreads", 0) for w in workers.values())),
     }

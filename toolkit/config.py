@@ -53,7 +53,10 @@ _MAX_PREFETCH = 8
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: no setting is meaningful as NaN or infinity, and pydantic would
+    # otherwise turn "inf"/"nan" (YAML .inf, or an override word) into a float that only
+    # fails later, as a traceback, inside scikit-learn or Dask.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -108,6 +111,13 @@ class ClusterConfig(_Strict):
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "auto"
     processes: bool = True
+    dashboard_address: str = Field(
+        "127.0.0.1:0",
+        description="where clusters the toolkit starts serve the Dask dashboard, host:port "
+        "('127.0.0.1:0': this machine only, a free port); ':8787' or '0.0.0.0:0' exposes it on "
+        "every network interface. The scheduler and workers of a local cluster listen on "
+        "127.0.0.1 whatever this says",
+    )
     diagnostics: Literal["lean", "full"] = Field(
         "lean",
         description="clusters the toolkit starts: 'lean' turns the workers' statistical profiler "
@@ -117,6 +127,16 @@ class ClusterConfig(_Strict):
     # LocalCUDACluster only
     device_memory_limit: str | None = None
     rmm_pool_size: str | None = None
+
+    @field_validator("dashboard_address", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        # Checked here so a typo is a ConfigError, not a traceback from the cluster's start.
+        # (No null: Dask would then serve its HTTP endpoints on every interface, port 8787.)
+        _, sep, port = str(value).strip().rpartition(":")
+        if not isinstance(value, str) or not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port or :port, e.g. 127.0.0.1:0, :8787 or 0.0.0.0:0")
+        return value.strip()
 
 
 class MetricsConfig(_Strict):
@@ -348,10 +368,42 @@ def _schema_tree() -> dict[str, Any]:
     return tree
 
 
+def _is_tag(part: Any) -> bool:
+    # pydantic names the member of a union it tried inside ``loc`` ("list[float]",
+    # "function-after[_ordered(), FloatRange]"); config keys are snake_case and indices ints.
+    if not isinstance(part, str):
+        return False
+    return not part.replace("_", "a").isalnum() or part[:1].isupper()
+
+
+def _tag_at(error: Mapping[str, Any]) -> int | None:
+    loc = error["loc"]
+    if error.get("type") == "extra_forbidden":
+        loc = loc[:-1]  # the last part is the user's unknown key, whatever its spelling
+    return next((i for i, part in enumerate(loc) if _is_tag(part)), None)
+
+
 def _format_validation(err: ValidationError, where: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    more = len(err.errors()) - 1
+    errors = err.errors()
+    first, others = errors[0], errors[1:]
+    at = _tag_at(first)
+    if at is not None:
+        # A value for a union (search.space.tol: a range or a list) fails every member; the
+        # member that got furthest into the value is what the user meant, the others are noise.
+        prefix = first["loc"][:at]
+        union = [i for i, e in enumerate(errors) if _tag_at(e) == at and e["loc"][:at] == prefix]
+        pick = max(union, key=lambda i: len(errors[i]["loc"]))  # the first of the deepest
+        first, branch = errors[pick], errors[pick]["loc"][at]
+        others = [
+            e for i, e in enumerate(errors)
+            if i != pick and (i not in union or e["loc"][at] == branch)
+        ]  # fmt: skip
+    loc = ""
+    for i, part in enumerate(first["loc"]):
+        if at is not None and i == at:
+            continue
+        loc += f"[{part}]" if isinstance(part, int) else f".{part}" if loc else str(part)
+    more = len(others)
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     # Say what was given (e.g. backend 'tensorflow'), for wrong scalar values.
     given = first.get("input")
@@ -380,17 +432,35 @@ def load_experiment(
     raw: dict[str, Any] = {"name": "default"}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            inside = sorted(str(f) for f in (*p.glob("*.yaml"), *p.glob("*.yml")))[:3]
+            raise ConfigError(
+                f"config path {where} is a directory, not a file",
+                f"pass a YAML file in it, e.g. {' or '.join(inside)}"
+                if inside
+                else "pass a YAML file, e.g. -P config=experiments/blobs.yaml",
+            )
         if not p.is_file():
             raise ConfigError(
                 f"config file {where} does not exist",
                 "pass an existing file, e.g. -P config=experiments/blobs.yaml",
             )
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             at = f" at line {line + 1}" if line is not None else ""
             raise ConfigError(f"{where}: invalid YAML{at}", "fix the YAML syntax") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"cannot read config file {where}: {exc}", "pass a readable UTF-8 YAML file"
+            ) from None
+        if loaded is None:
+            # An empty file would otherwise train the built-in defaults without a word.
+            raise ConfigError(
+                f"config file {where} is empty (no settings, only comments or blank lines)",
+                "write the experiment's settings in it, e.g. start from experiments/blobs.yaml",
+            )
         if not isinstance(loaded, dict):
             raise ConfigError(f"{where}: top level must be a mapping", "write key: value pairs")
         raw = loaded

@@ -146,19 +146,110 @@ def _format_of(files: list[str], fmt: str) -> str:
     raise DataError(f"cannot tell the format of {sorted(exts)}", "set data.format to csv or parquet")
 
 
+def _header(path: str, fmt: str) -> list[str]:
+    """The column names of one file, read without reading its rows.
+
+    Parquet: the schema in the footer, less the columns pandas stored its index in (Dask
+    reads those back as the index).  CSV: the header line, through pandas so quoting and
+    compression (``.gz``) are handled as when the rows are read.
+    """
+    try:
+        if fmt == "parquet":
+            import pyarrow.dataset as pads
+            import pyarrow.parquet as pq
+
+            schema = (
+                pads.dataset(path, format="parquet").schema  # a directory of parts
+                if os.path.isdir(path)
+                else pq.read_schema(path)
+            )
+            meta = schema.pandas_metadata or {}
+            index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+            return [str(n) for n in schema.names if n not in index]
+        import pandas as pd
+
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except Exception as exc:  # pyarrow, pandas, zlib/gzip: each has its own error types
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"cannot read the columns of {path!r}: {msg}", "check the file and data.format") from None
+
+
+def _check_columns(files: list[str], headers: list[list[str]], columns: list[str] | None) -> None:
+    """Raise :class:`DataError` for the first file that lacks a needed column (or has more)."""
+    first = headers[0]
+    for path, names in zip(files, headers, strict=True):
+        if columns is not None:
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise DataError(
+                    f"{path!r} has no column(s) {', '.join(missing)}; it has {', '.join(names)}",
+                    "select columns every file has with data.columns",
+                )
+        elif set(names) != set(first):
+            missing = [c for c in first if c not in names]
+            extra = [c for c in names if c not in first]
+            said = "; ".join(
+                part for part in (
+                    f"missing column(s) {', '.join(missing)}" if missing else "",
+                    f"extra column(s) {', '.join(extra)}" if extra else "",
+                ) if part
+            )  # fmt: skip
+            raise DataError(
+                f"{path!r} has other columns than {files[0]!r} ({said})",
+                "give every file the same column names (in any order), or select the columns "
+                "they all have with data.columns",
+            )
+
+
+def _runs(files: list[str], headers: list[list[str]]) -> list[tuple[list[str], list[str]]]:
+    """Consecutive files with the same header (and compression), as ``(files, header)``."""
+    runs: list[tuple[list[str], list[str]]] = []
+    for path, names in zip(files, headers, strict=True):
+        if runs and runs[-1][1] == names and _gz(runs[-1][0][-1]) == _gz(path):
+            runs[-1][0].append(path)
+        else:
+            runs.append(([path], names))
+    return runs
+
+
+def _gz(path: str) -> bool:
+    return path.lower().endswith(".gz")
+
+
 def read_table(
     files: list[str], fmt: str, columns: list[str] | None = None, blocksize: str | int = "64MB"
 ) -> Any:
-    """Read CSV/Parquet files into a lazy ``dask.dataframe`` (helper shared with serving)."""
+    """Read CSV/Parquet files into a lazy ``dask.dataframe`` (helper shared with serving).
+
+    Columns are matched by name, not position: the frame has ``columns`` in that order when
+    given (every file must have them; other columns are ignored), else the first file's
+    columns in its order (every file must have the same set, in any order).
+
+    Raises:
+        DataError: an empty or unreadable file, or a file whose columns do not match.
+    """
     import dask.dataframe as dd
 
     for f in files:
-        if os.path.getsize(f) == 0:
+        if not os.path.isdir(f) and os.path.getsize(f) == 0:
             raise DataError(f"data file {f!r} is empty", "remove it or point at non-empty files")
+    headers = [_header(f, fmt) for f in files]
+    _check_columns(files, headers, columns)
+    order = list(columns) if columns is not None else headers[0]
     try:
         if fmt == "parquet":
-            return dd.read_parquet(files, columns=columns)
-        return dd.read_csv(files, usecols=columns, blocksize=blocksize)
+            # pyarrow projects by name, whatever order each file stores its columns in.
+            return dd.read_parquet(files, columns=order)
+        # Dask reads the files of one read_csv call as if they shared the first one's header
+        # (it prepends that header to every block after a file's first), so files are read
+        # in runs that share a header, each put in ``order`` by name, and stacked in order.
+        parts = []
+        for run, names in _runs(files, headers):
+            ddf = dd.read_csv(
+                run, usecols=columns, blocksize=None if _gz(run[0]) else blocksize
+            )  # gzip cannot be split into blocks
+            parts.append(ddf if names == order else ddf[order])
+        return parts[0] if len(parts) == 1 else dd.concat(parts)
     except (ValueError, KeyError) as exc:
         # Dask wraps the reader's error: "An error occurred while calling the read_csv method
         # ...\nOriginal Message: <the real reason>"; report the real reason.
@@ -195,11 +286,8 @@ def _files(cfg: DataConfig) -> Dataset:
     read_cols = None
     if columns is not None:
         read_cols = columns + ([cfg.label_column] if cfg.label_column else [])
+    # Columns are matched by name in every file (read_table checks each file has them).
     ddf = read_table(files, fmt, read_cols)
-    if columns is not None:
-        missing = [c for c in read_cols or [] if c not in ddf.columns]
-        if missing:
-            raise DataError(f"column(s) {missing} not in {cfg.path!r}", f"use some of {list(ddf.columns)}")
     y = None
     if cfg.label_column:
         if cfg.label_column not in ddf.columns:
