@@ -87,6 +87,9 @@ def _scrub_launcher_params() -> None:
 def run_main(main: Callable[[], int | None]) -> None:
     """Call ``main`` and exit with a clear status."""
     try:
+        from toolkit.tracking.runs import check_store
+
+        check_store()
         _scrub_launcher_params()
         code = main() or 0
     except ToolkitError as exc:

@@ -330,3 +330,39 @@ def test_a_create_is_not_retried_after_an_answer_may_have_been_lost(monkeypatch)
     with pytest.raises(TimeoutError):
         retry.call(create_run, uri="http://127.0.0.1:9/create", what="create_run")
     assert calls == [1]
+
+
+# -- an unusable store is named in one line ------------------------------------------------------
+
+
+def _immutable(path: Path) -> bool:
+    """``chattr +i`` (root ignores file modes; an immutable folder takes no new files)."""
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["missing-folder", "read-only-folder"])
+def test_unwritable_store_is_one_line_error(tmp_path, kind):
+    from _mlflow_run import run_env
+
+    if kind == "missing-folder":
+        uri = "sqlite:////proc/kmeans-no-such-folder/mlflow.db"
+    else:
+        from _mlflow_store import init_store
+
+        folder = tmp_path / "ro"
+        uri = init_store(folder / "mlflow.db")
+        if os.geteuid() != 0:
+            folder.chmod(0o500)
+        elif not _immutable(folder):
+            pytest.skip("cannot make a folder read-only for root here (chattr +i)")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mlproject.train", "--set", "data.n_samples=300"],
+                              cwd=REPO, env=run_env(uri), capture_output=True, text=True, timeout=120)
+    finally:
+        if kind == "read-only-folder":
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+            folder.chmod(0o700)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(errors) == 1 and "cannot use the MLflow tracking store" in errors[0] and "-- fix:" in errors[0]

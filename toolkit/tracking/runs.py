@@ -22,6 +22,7 @@ configure_mlflow_http()
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "check_store",
     "client",
     "end_run",
     "get_or_create_experiment",
@@ -84,6 +85,39 @@ def client() -> Any:
     tracking, registry = tracking_uri(), registry_uri()
     use_wal(tracking, registry)
     return RetryingClient(MlflowClient(tracking_uri=tracking, registry_uri=registry), tracking)
+
+
+def check_store() -> None:
+    """Fail early, in one line naming the cause, when the tracking store cannot be used.
+
+    Without this an unwritable store surfaced as several MLflow/SQLAlchemy tracebacks deep in
+    the first write (or, for a sqlite file in a read-only folder, only at the first commit).
+    """
+    import uuid
+
+    from toolkit.errors import ToolkitError
+    from toolkit.tracking._sqlite import sqlite_file
+
+    uri = tracking_uri()
+    fix = ("set MLFLOW_TRACKING_URI to a store this user can write (e.g. sqlite:///mlflow.db in a writable "
+           "folder) or fix the store's permissions")
+    try:
+        client().inner.search_experiments(max_results=1)  # creates (and migrates) a new sqlite store
+        db = sqlite_file(uri)
+        if db is not None:
+            # sqlite writes a journal (or WAL) file beside the database: the folder must take files.
+            probe = os.path.join(os.path.dirname(db), f".kmeans-write-probe-{uuid.uuid4().hex}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+            if not os.access(db, os.W_OK):
+                raise PermissionError(f"{db} is read-only")
+    except ToolkitError:
+        raise
+    except Exception as exc:
+        cause = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ToolkitError(redact(f"cannot use the MLflow tracking store {uri}: {type(exc).__name__}: {cause}"),
+                           fix) from None
 
 
 def get_or_create_experiment(name: str) -> str:
