@@ -7,6 +7,7 @@ registers more, ``promote`` moves ``champion`` only when the metric says so.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -125,14 +126,57 @@ def test_search_registers_native_and_twin_linked(searched, mlc):
     assert run.data.metrics["twin_agreement"] == 1.0
 
 
+def test_search_logs_each_model_as_a_logged_model_of_the_run(searched, mlc):
+    """Both models are MLflow 3 LoggedModels: own storage, linked to the run, in the Models tab."""
+    cfg, outcome, reg = searched
+    run = mlc.get_run(outcome.parent_run_id)
+    found = {
+        m.model_id: m
+        for m in mlc.search_logged_models(experiment_ids=[run.info.experiment_id])
+        if m.source_run_id == outcome.parent_run_id
+    }
+    assert set(found) == {reg.native_model_id, reg.sklearn_model_id}
+    assert {o.model_id for o in run.outputs.model_outputs} == set(found)  # the run's "Logged models"
+    native, twin = found[reg.native_model_id], found[reg.sklearn_model_id]
+    assert (native.name, twin.name) == ("native_model", "sklearn_model")
+    assert (native.model_type, twin.model_type) == ("kmeans_native", "sklearn_twin")
+    assert native.artifact_location != twin.artifact_location
+    for lm, name in ((native, cfg.native_model_name), (twin, cfg.sklearn_model_name)):
+        assert str(lm.status).endswith("READY")
+        assert {m.key: m.value for m in lm.metrics}["twin_agreement"] == 1.0
+        assert lm.params["n_clusters"] == str(outcome.best_params["n_clusters"])
+        manifest = json.loads(lm.tags["integrity.sha256"])
+        assert "MLmodel" in manifest and all(len(h) == 64 for h in manifest.values())
+        mv = mlc.get_model_version(name, "1")
+        assert mv.source == f"models:/{lm.model_id}"
+        assert mv.tags["integrity.model_id"] == lm.model_id
+        for key in ("integrity.sha256", "integrity.format", "integrity.model_class", "integrity.centers_shape"):
+            assert mv.tags[key] == lm.tags[key]
+    assert native.tags["integrity.format"] == "kmeans-npy" and twin.tags["integrity.format"] == "skops"
+    assert sorted(json.loads(native.tags["integrity.sha256"])) == [
+        "MLmodel", "input_example.json", "kmeans/centers.npy", "kmeans/model.json", "requirements.txt",
+        "serving_input_example.json",
+    ]
+    assert "model.skops" in json.loads(twin.tags["integrity.sha256"])
+    assert reg.native_uri == f"models:/{native.model_id}" and reg.sklearn_uri == f"models:/{twin.model_id}"
+
+
+def _logged_model_files(mlc, model_id: str, dst) -> str:
+    """A copy of a LoggedModel's files (its storage is never touched)."""
+    return mlflow.artifacts.download_artifacts(
+        artifact_uri=mlc.get_logged_model(model_id).artifact_location, dst_path=str(dst)
+    )
+
+
 def test_search_twin_is_skops_with_signature_and_example(searched, mlc, tmp_path, blobs):
     import mlflow.sklearn
     import pandas as pd
 
-    cfg, outcome, _ = searched
-    local = mlc.download_artifacts(outcome.parent_run_id, "sklearn_model", str(tmp_path))
+    cfg, outcome, reg = searched
+    local = _logged_model_files(mlc, reg.sklearn_model_id, tmp_path)
     mlmodel = Model.load(os.path.join(local, "MLmodel"))
     assert mlmodel.flavors["sklearn"]["serialization_format"] == "skops"
+    assert mlmodel.model_id == reg.sklearn_model_id
     assert mlmodel.signature is not None
     assert [c.name for c in mlmodel.signature.inputs.inputs] == ["x0", "x1"]
     example = mlmodel.load_input_example(local)
@@ -140,9 +184,12 @@ def test_search_twin_is_skops_with_signature_and_example(searched, mlc, tmp_path
         isinstance(example, pd.DataFrame) and list(example.columns) == ["x0", "x1"] and len(example)
     )
 
-    twin = mlflow.sklearn.load_model(f"models:/{cfg.sklearn_model_name}@{CHAMPION}")
+    twin = flavor.load_model(f"models:/{cfg.sklearn_model_name}@{CHAMPION}")  # checked, skops
+    # Still a plain mlflow.sklearn model for MLflow's own tools.
+    plain = mlflow.sklearn.load_model(f"models:/{cfg.sklearn_model_name}@{CHAMPION}")
     native = flavor.load_model(f"models:/{cfg.native_model_name}@{CHAMPION}")
     X, _ = blobs
+    assert np.array_equal(plain.predict(X), twin.predict(X))
     assert twin.n_clusters == native.n_clusters == outcome.best_params["n_clusters"]
     assert np.array_equal(twin.predict(X), native.predict(X))
     ex = example.to_numpy(np.float32)
@@ -150,12 +197,17 @@ def test_search_twin_is_skops_with_signature_and_example(searched, mlc, tmp_path
 
 
 def test_search_native_model_flavor(searched, mlc, tmp_path, blobs):
-    cfg, outcome, _ = searched
-    local = mlc.download_artifacts(outcome.parent_run_id, "native_model", str(tmp_path))
+    cfg, _, reg = searched
+    local = _logged_model_files(mlc, reg.native_model_id, tmp_path)
     conf = flavor.flavor_conf(local)
     assert conf["backend"] == "sklearn" and conf["device"] == "cpu"
     assert conf["model_class"] == "sklearn.cluster._kmeans.KMeans"
     assert conf["versions"]["scikit-learn"]
+    # No executable content: centres as .npy, the rest as JSON.
+    assert conf["serialization"] == "kmeans-npy" and conf["data"] == "kmeans"
+    assert sorted(os.listdir(os.path.join(local, "kmeans"))) == ["centers.npy", "model.json"]
+    state = json.loads(Path(local, "kmeans", "model.json").read_text())
+    assert state["model_class"] == conf["model_class"] and state["params"]["n_clusters"] == conf["n_clusters"]
     mlmodel = Model.load(os.path.join(local, "MLmodel"))
     assert mlmodel.signature is not None and mlmodel.saved_input_example_info is not None
     # The flavor's pyfunc face predicts the same labels (its signature names the columns).
@@ -201,6 +253,8 @@ def test_dask_backends_register_native_and_equal_twin(
     twin = mlflow.sklearn.load_model(f"models:/{name}-sklearn@{CHAMPION}")
     X, _ = blobs
     native_labels = to_numpy(native.predict(X)).ravel()
+    # Rebuilt from centres and JSON, the native model predicts exactly the fitted one's labels.
+    assert np.array_equal(native_labels, to_numpy(out.result.model.predict(X)).ravel())
     # scikit-learn predicts rows of its centers' float width only (float64 for the dask twin).
     assert np.array_equal(native_labels, twin.predict(X.astype(twin.cluster_centers_.dtype)))
     # ...so its signature is in that dtype (what `mlflow models serve` casts requests to),
@@ -252,7 +306,11 @@ def test_disagreeing_twin_is_not_registered(store, mlc, blobs):
     run = mlc.get_run(run_id)
     assert run.data.tags["twin.equivalent"] == "False"
     assert run.data.tags["registry.sklearn"] == "not registered"
-    assert [a.path for a in mlc.list_artifacts(run_id)] == ["native_model"]  # no sklearn_model
+    # The native model was logged (as a LoggedModel of the run), the twin was not.
+    logged = mlc.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [m.name for m in logged if m.source_run_id == run_id] == ["native_model"]
+    assert mv.source == f"models:/{mv.tags['integrity.model_id']}"
+    assert mlc.list_artifacts(run_id) == []  # nothing of the models among the run's artifacts
 
 
 # -- aliases and promotion ------------------------------------------------------------------

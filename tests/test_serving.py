@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dask.array as da
 import dask.dataframe as dd
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -274,33 +275,42 @@ def gpu_model_dir(registered, tmp_path_factory):
     """A native model whose MLmodel says cuML on a GPU, also registered, linked to the twin.
 
     No GPU (and no cuML) exists here, so no real cuML model can be made: this saves a
-    scikit-learn model with the kmeans_native flavor and rewrites its MLmodel to the metadata a
-    GPU model has (device: gpu, model_class: cuml.cluster.kmeans.KMeans).
+    scikit-learn model with the kmeans_native flavor, rewrites its MLmodel to the metadata a
+    GPU model has (device: gpu, model_class: cuml.cluster.kmeans.KMeans) and logs that folder
+    as a LoggedModel with its checksums, as register.py does.  Returns a local copy of it.
     """
     if flavor._gpu_present():
         pytest.skip("a GPU is present: a cuML model would load")
+    from toolkit.registry import integrity
+
     _, _, twin = registered
-    path = tmp_path_factory.mktemp("gpu") / "model"
-    flavor.save_model(twin, str(path), backend="cuml")
-    mlmodel = yaml.safe_load((path / "MLmodel").read_text())
-    mlmodel["flavors"][flavor.FLAVOR_NAME].update(
-        device="gpu", model_class="cuml.cluster.kmeans.KMeans"
-    )
-    (path / "MLmodel").write_text(yaml.safe_dump(mlmodel))
-    # Registered as a native version whose twin is TWIN v1 (tags as register.py writes them).
+
+    def save(local, mlmodel):
+        info = flavor.save_model(twin, local, backend="cuml", mlflow_model=mlmodel)
+        path = Path(local) / "MLmodel"
+        conf = yaml.safe_load(path.read_text())
+        conf["flavors"][flavor.FLAVOR_NAME].update(device="gpu", model_class="cuml.cluster.kmeans.KMeans")
+        path.write_text(yaml.safe_dump(conf))
+        return info
+
     c = MlflowClient()
     run = c.create_run(c.get_experiment_by_name("serving").experiment_id, run_name="gpu-metadata")
-    c.log_artifacts(run.info.run_id, str(path), "native_model")
+    ref = integrity.log_model_dir(run.info.run_id, "native_model", save, model_type="kmeans_native")
     c.set_terminated(run.info.run_id)
     c.create_registered_model("gpu-kmeans")
     c.create_model_version(
         "gpu-kmeans",
-        f"{run.info.artifact_uri}/native_model",
+        ref.uri,
         run.info.run_id,
-        tags={"kind": "native", "device": "gpu", "twin.name": TWIN, "twin.version": "1"},
+        model_id=ref.model_id,
+        tags={"kind": "native", "device": "gpu", "twin.name": TWIN, "twin.version": "1", **ref.tags},
     )
     c.set_registered_model_alias("gpu-kmeans", "champion", "1")
-    return path
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=ref.artifact_location, dst_path=str(tmp_path_factory.mktemp("gpu"))
+        )
+    )
 
 
 def test_gpu_native_model_without_gpu_names_the_twin(gpu_model_dir):

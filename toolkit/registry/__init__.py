@@ -1,7 +1,9 @@
 """Model registry: the native model and its scikit-learn twin, linked, promoted by alias.
 
-``flavor`` is the small MLflow flavor for native (cuML, dask-ml, dask) models; ``register``
-logs and registers both models; ``promote`` moves the ``champion`` alias when a challenger wins.
+``flavor`` is the small MLflow flavor for native (cuML, dask-ml, dask) models and the verified
+loader of every logged model; ``integrity`` records and checks the files' checksums; ``register``
+logs both models as LoggedModels and registers them; ``promote`` moves the ``champion`` alias
+when a challenger wins.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ __all__ = [
 
 
 def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id: str,
-                 search_parent_run_id: str | None = None) -> Registered:
-    """Log and register ``fit`` (a :class:`~toolkit.backends.FitResult`) under ``cfg``'s names."""
+                 search_parent_run_id: str | None = None,
+                 metrics: dict[str, float] | None = None) -> Registered:
+    """Log and register ``fit`` (a :class:`~toolkit.backends.FitResult`) under ``cfg``'s names.
+
+    ``metrics`` (e.g. the fit's scores) are attached to both LoggedModels.
+    """
     from toolkit.metrics import sample_rows
 
     hX, hlabels = backend.host_view(X, fit.labels)
@@ -36,4 +42,5 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
         native_name=cfg.native_model_name, sklearn_name=cfg.sklearn_model_name,
         sample=sample, feature_names=dataset.feature_names,
         search_parent_run_id=search_parent_run_id, register=cfg.registry.register_best,
+        metrics=metrics,
     )

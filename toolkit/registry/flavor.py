@@ -1,30 +1,89 @@
-"""A small MLflow flavor for native k-means models (cuML, dask-ml, the ``dask`` backend).
+"""A small MLflow flavor for native k-means models (cuML, dask-ml, the ``dask`` backend), and
+the one verified loader of every model the toolkit logs.
 
 MLflow has no cuML flavor.  This one follows the contract of MLflow's flavor modules
-(``FLAVOR_NAME``, ``save_model``, ``log_model``, ``load_model``, ``_load_pyfunc``): the model is
-pickled with cloudpickle, and the MLmodel file records the library versions it was saved with
-(cuML and CUDA for GPU models), the device it needs and the backend it came from.  Loading a GPU
-model where no GPU exists fails with a one-line error instead of a CUDA traceback.
+(``FLAVOR_NAME``, ``save_model``, ``log_model``, ``load_model``, ``_load_pyfunc``).  By default
+a model is stored WITHOUT executable content (format ``kmeans-npy``)::
+
+    MLmodel                      flavors, signature, model_id of its LoggedModel
+    requirements.txt
+    input_example.json, serving_input_example.json   (when an example is given)
+    kmeans/centers.npy           cluster_centers_ (its dtype), read with allow_pickle=False
+    kmeans/origin.npy            DaskKMeans only: the float32 point its kernels centre rows on
+    kmeans/model.json            model class key, hyperparameters, n_features, inertia, n_iter,
+                                 library versions
+
+and the estimator is rebuilt from these files (scikit-learn ``KMeans``, the project's
+``DaskKMeans``, ``dask_ml.cluster.KMeans``, ``cuml.cluster.KMeans``).  Pickle
+(``kmeans/model.pkl``, cloudpickle) is written only when the caller asks
+(``serialization="pickle"``).  Whatever the format, :func:`load_model` first checks every file
+against the sha256 manifest the tracking store holds (:mod:`toolkit.registry.integrity`), takes
+the format from the store, not from the MLmodel file, and checks that the result is a k-means
+estimator whose centres have the recorded shape.  The scikit-learn twin (``mlflow.sklearn``
+with skops) goes through the same checks and is read with ``skops.io.load`` and the project's
+own trusted-type list, never by the ``serialization_format`` its MLmodel file claims.
+
+Loading a GPU model where no GPU exists fails with a one-line error instead of a CUDA traceback.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-import tempfile
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
+from toolkit.convert import class_key, to_numpy
 from toolkit.errors import ModelError
+from toolkit.registry import integrity
+from toolkit.registry.integrity import CLASS_TAG, FORMAT_TAG, SHAPE_TAG, LoggedRef, VerifiedModel
 
-__all__ = ["FLAVOR_NAME", "flavor_conf", "load_model", "log_model", "model_device", "save_model"]
+__all__ = [
+    "FLAVOR_NAME",
+    "KMEANS_NPY",
+    "PICKLE",
+    "SKOPS",
+    "SKOPS_FILE",
+    "TRUSTED_SKOPS_TYPES",
+    "flavor_conf",
+    "load_model",
+    "load_verified",
+    "log_model",
+    "model_device",
+    "save_model",
+]
 
 FLAVOR_NAME = "kmeans_native"
-_MODEL_FILE = "model.pkl"
+#: Serialization formats (the ``integrity.format`` tag).
+KMEANS_NPY = "kmeans-npy"
+PICKLE = "pickle"
+SKOPS = "skops"
+
+_DATA_DIR = "kmeans"
+_STATE_FILE = "model.json"
+_CENTERS_FILE = "centers.npy"
+_ORIGIN_FILE = "origin.npy"
+_PICKLE_FILE = "model.pkl"
+#: The file ``mlflow.sklearn.save_model(serialization_format="skops")`` writes.
+SKOPS_FILE = "model.skops"
+#: Types the twin's skops file may hold beyond skops' own defaults: the project's list, not the
+#: one an MLmodel file carries.
+TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.cluster._kmeans.KMeans",)
+
 # Distribution names whose versions are recorded when installed.
 _LIBRARIES = ("numpy", "scikit-learn", "dask", "dask-ml", "cuml", "cuml-cu12", "cuml-cu13", "cupy")
+
+_SKLEARN = "sklearn.cluster._kmeans.KMeans"
+_DASK_LLOYD = "toolkit.backends.dask_lloyd.DaskKMeans"
+_DASK_ML = "dask_ml.cluster.k_means.KMeans"
+_CUML = "cuml.cluster.kmeans.KMeans"
+_CUML_MG = "cuml.cluster.kmeans_mg.KMeansMG"
+#: Estimators a loaded model may be.
+KMEANS_CLASSES = (_SKLEARN, _DASK_LLOYD, _DASK_ML, _CUML)
 
 
 def model_device(model: Any) -> str:
@@ -50,9 +109,10 @@ def _versions(device: str) -> dict[str, str]:
     return out
 
 
-def _requirements(device: str) -> list[str]:
+def _requirements(device: str, serialization: str) -> list[str]:
     reqs = []
-    for lib in ("numpy", "scikit-learn", "cloudpickle"):
+    libs = ("numpy", "scikit-learn", "cloudpickle") if serialization == PICKLE else ("numpy", "scikit-learn")
+    for lib in libs:
         try:
             reqs.append(f"{lib}=={version(lib)}")
         except PackageNotFoundError:
@@ -60,6 +120,81 @@ def _requirements(device: str) -> list[str]:
     if device == "gpu":
         reqs.append("cuml-cu12[dask]")
     return reqs
+
+
+def _kind(model: Any) -> str:
+    """The class key a model is stored (and rebuilt) as; moved private modules are matched."""
+    from toolkit.convert import _same_public_class
+
+    for cls in type(model).__mro__:
+        key = class_key(cls)
+        if key in KMEANS_CLASSES:
+            return key
+        if key == _CUML_MG or _same_public_class(cls, _CUML_MG):
+            return _CUML  # rebuilt as a free-standing single-GPU model
+        for known in KMEANS_CLASSES:
+            if _same_public_class(cls, known):
+                return known
+    raise ModelError(f"cannot store a {class_key(model)} as a {FLAVOR_NAME} model",
+                     f"pass a fitted k-means of a known type ({', '.join(KMEANS_CLASSES)})")
+
+
+def _canonical(model: Any) -> str | None:
+    """The class key of ``model``'s own class if it is a known k-means (no subclasses)."""
+    from toolkit.convert import _same_public_class
+
+    key = class_key(model)
+    if key in KMEANS_CLASSES:
+        return key
+    # cuML and dask-ml move classes between private modules of the same package.
+    return next((k for k in KMEANS_CLASSES if _same_public_class(type(model), k)), None)
+
+
+def _json_scalar(v: Any) -> Any:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if v is None or isinstance(v, str):
+        return v
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def _state(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(JSON state, arrays) of a fitted k-means: what predict needs and the hyperparameters."""
+    key = _kind(model)
+    centers = np.ascontiguousarray(to_numpy(model.cluster_centers_))
+    if centers.ndim != 2 or centers.dtype.kind != "f":
+        raise ModelError(f"{class_key(model)} has cluster_centers_ of shape {centers.shape} and dtype "
+                         f"{centers.dtype}", "pass a fitted k-means model")
+    params = {}
+    if hasattr(model, "get_params"):
+        # Scalars only: an init array, a RandomState or a handle is no hyperparameter to keep.
+        for k, v in model.get_params(deep=False).items():
+            s = _json_scalar(v)
+            if s is not _SKIP:
+                params[k] = s
+    state: dict[str, Any] = {
+        "format_version": 1,
+        "model_class": key,
+        "params": params,
+        "n_features": int(centers.shape[1]),
+        "n_clusters": int(centers.shape[0]),
+        "dtype": str(centers.dtype),
+    }
+    for attr, out in (("inertia_", "inertia"), ("n_iter_", "n_iter")):
+        value = _json_scalar(getattr(model, attr, None))
+        state[out] = None if value is _SKIP else value
+    arrays = {_CENTERS_FILE: centers}
+    if key == _DASK_LLOYD and getattr(model, "_origin", None) is not None:
+        # DaskKMeans predicts on x - origin in float32: the same origin gives the same labels.
+        arrays[_ORIGIN_FILE] = np.ascontiguousarray(np.asarray(model._origin))
+    return state, arrays
 
 
 def save_model(
@@ -70,49 +205,125 @@ def save_model(
     signature: Any = None,
     input_example: Any = None,
     metadata: dict[str, Any] | None = None,
-) -> None:
-    """Save ``model`` as an MLflow model directory at ``path`` (with a pyfunc flavor)."""
-    import cloudpickle
+    serialization: str = KMEANS_NPY,
+    mlflow_model: Any = None,
+) -> dict[str, str]:
+    """Save ``model`` as an MLflow model directory at ``path`` (with a pyfunc flavor).
+
+    Args:
+        model: a fitted k-means (scikit-learn, DaskKMeans, dask-ml, cuML).
+        path: a folder that does not exist yet.
+        backend: the backend the model came from (recorded).
+        signature: MLflow signature.
+        input_example: an input example (saved beside the model).
+        metadata: MLmodel metadata.
+        serialization: ``"kmeans-npy"`` (default: no executable content) or ``"pickle"``
+            (cloudpickle, opt-in: the library's own object; unpickled only after its checksum
+            matched the store's record).
+        mlflow_model: the :class:`mlflow.models.Model` to fill (carries the LoggedModel id).
+
+    Returns:
+        The integrity tags describing it: format, model class, centres shape.
+    """
     from mlflow.models import Model
     from mlflow.pyfunc import add_to_model
 
+    if serialization not in (KMEANS_NPY, PICKLE):
+        raise ModelError(f"unknown serialization {serialization!r} for a {FLAVOR_NAME} model",
+                         f"use {KMEANS_NPY!r} (default) or {PICKLE!r}")
     device = model_device(model)
-    os.makedirs(path, exist_ok=False)
-    with open(os.path.join(path, _MODEL_FILE), "wb") as fh:
-        cloudpickle.dump(model, fh)
-    mlmodel = Model(signature=signature, metadata=metadata)
+    centers = to_numpy(model.cluster_centers_)
+    os.makedirs(os.path.join(path, _DATA_DIR), exist_ok=False)
+    if serialization == PICKLE:
+        import cloudpickle
+
+        key = _kind(model)  # only a known k-means loads back, whatever the format
+        with open(os.path.join(path, _DATA_DIR, _PICKLE_FILE), "wb") as fh:
+            cloudpickle.dump(model, fh)
+    else:
+        state, arrays = _state(model)
+        key = state["model_class"]
+        state["versions"] = _versions(device)
+        for name, arr in arrays.items():
+            np.save(os.path.join(path, _DATA_DIR, name), arr, allow_pickle=False)
+        with open(os.path.join(path, _DATA_DIR, _STATE_FILE), "w") as fh:
+            json.dump(state, fh, indent=1, sort_keys=True)
+    mlmodel = mlflow_model if mlflow_model is not None else Model()
+    mlmodel.signature = signature
+    mlmodel.metadata = metadata
     if input_example is not None:
         from mlflow.models.utils import _save_example
 
         _save_example(mlmodel, input_example, path)
-    add_to_model(mlmodel, loader_module="toolkit.registry.flavor", data=_MODEL_FILE, python_env=None)
+    add_to_model(mlmodel, loader_module="toolkit.registry.flavor", data=_DATA_DIR, python_env=None)
     mlmodel.add_flavor(
         FLAVOR_NAME,
-        pickled_model=_MODEL_FILE,
-        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+        serialization=serialization,
+        data=_DATA_DIR,
+        model_class=key,
         device=device,
         backend=backend,
-        n_clusters=int(getattr(model, "n_clusters", 0) or 0),
+        n_clusters=int(np.asarray(centers).shape[0]),
         versions=_versions(device),
     )
     mlmodel.save(os.path.join(path, "MLmodel"))
     with open(os.path.join(path, "requirements.txt"), "w") as fh:
-        fh.write("\n".join(_requirements(device)) + "\n")
+        fh.write("\n".join(_requirements(device, serialization)) + "\n")
+    shape = np.asarray(centers).shape
+    return {FORMAT_TAG: serialization, CLASS_TAG: key, SHAPE_TAG: f"{shape[0]}x{shape[1]}"}
 
 
-def log_model(model: Any, run_id: str, artifact_path: str = "native_model", **kwargs: Any) -> str:
-    """Save ``model`` and upload it under ``artifact_path`` of ``run_id``; return its URI."""
-    from toolkit.tracking.runs import client
+def log_model(
+    model: Any,
+    run_id: str,
+    name: str = "native_model",
+    *,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    check_sample: np.ndarray | None = None,
+    **kwargs: Any,
+) -> LoggedRef:
+    """Log ``model`` as a new LoggedModel of ``run_id`` (own storage, checksums recorded).
 
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "model")
-        save_model(model, local, **kwargs)
-        client().log_artifacts(run_id, local, artifact_path)
-    return f"runs:/{run_id}/{artifact_path}"
+    Args:
+        model: the fitted k-means.
+        run_id: the run that made it.
+        name: the LoggedModel's name.
+        params: LoggedModel parameters (default: the model's scalar hyperparameters).
+        metrics: metrics attached to the LoggedModel.
+        tags: more LoggedModel tags.
+        check_sample: rows on which the model rebuilt from the saved files must predict
+            exactly ``model``'s labels before anything is uploaded.
+        **kwargs: :func:`save_model` arguments (``backend`` is required).
+
+    Raises:
+        ModelError: the rebuilt model predicts other labels on ``check_sample``.
+    """
+    if params is None:
+        params = {k: v for k, v in (model.get_params(deep=False) if hasattr(model, "get_params") else {}).items()
+                  if _json_scalar(v) is not _SKIP}
+
+    def save(local: str, mlmodel: Any) -> dict[str, str]:
+        info = save_model(model, local, mlflow_model=mlmodel, **kwargs)
+        if check_sample is not None:
+            # The local files were just written by this process: read back to prove the round trip.
+            from toolkit.convert import check_equivalent
+
+            rebuilt = _read_native(local, info, None)
+            agree = check_equivalent(model, rebuilt, check_sample)
+            if agree < 1.0:
+                raise ModelError(f"the {FLAVOR_NAME} model rebuilt from its files predicts other labels than "
+                                 f"the fitted {class_key(model)} on {1 - agree:.2%} of the sample",
+                                 "save it with serialization='pickle' or report this as a bug")
+        return info
+
+    return integrity.log_model_dir(run_id, name, save, model_type=FLAVOR_NAME, params=params,
+                                   tags={"kind": "native", **(tags or {})}, metrics=metrics)
 
 
 def flavor_conf(local_path: str) -> dict[str, Any]:
-    """The ``kmeans_native`` section of a downloaded model's MLmodel file."""
+    """The ``kmeans_native`` section of a (verified, local) model's MLmodel file."""
     from mlflow.models import Model
 
     conf = Model.load(os.path.join(local_path, "MLmodel")).flavors.get(FLAVOR_NAME)
@@ -130,26 +341,177 @@ def _gpu_present() -> bool:
         return False
 
 
-def _load_local(path: str, twin_hint: str | None = None) -> Any:
-    import cloudpickle
+# -- rebuilding -------------------------------------------------------------------------------
+def _rebuild_sklearn(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    from toolkit.convert import _sklearn_from_attrs
 
+    params = state["params"]
+    model = _sklearn_from_attrs(arrays[_CENTERS_FILE], params=params, inertia=state.get("inertia"),
+                                n_iter=state.get("n_iter"), n_features_in=state["n_features"])
+    extra = {k: v for k, v in params.items() if k in ("algorithm", "copy_x", "verbose")}
+    if extra:
+        model.set_params(**extra)
+    return model
+
+
+def _rebuild_dask_lloyd(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    import inspect
+
+    from toolkit.backends.dask_lloyd import DaskKMeans
+
+    accepted = set(inspect.signature(DaskKMeans).parameters)
+    model = DaskKMeans(**{k: v for k, v in state["params"].items() if k in accepted})
+    model.cluster_centers_ = arrays[_CENTERS_FILE]
+    model.n_features_in_ = int(state["n_features"])
+    if _ORIGIN_FILE in arrays:
+        model._origin = arrays[_ORIGIN_FILE]
+    model.inertia_ = float("nan") if state.get("inertia") is None else float(state["inertia"])
+    model.n_iter_ = int(state.get("n_iter") or 0)
+    return model
+
+
+def _rebuild_daskml(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    import inspect
+
+    from dask_ml.cluster import KMeans
+
+    accepted = set(inspect.signature(KMeans).parameters)
+    model = KMeans(**{k: v for k, v in state["params"].items() if k in accepted})
+    model.cluster_centers_ = arrays[_CENTERS_FILE]
+    model.n_features_in_ = int(state["n_features"])
+    model.inertia_ = float("nan") if state.get("inertia") is None else float(state["inertia"])
+    model.n_iter_ = int(state.get("n_iter") or 0)
+    return model
+
+
+def _rebuild_cuml(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:  # pragma: no cover - GPU
+    import cuml  # noqa: F401 - imported here only: the GPU branch
+
+    from toolkit.convert import _sklearn_to_cuml
+
+    return _sklearn_to_cuml(_rebuild_sklearn(state, arrays))
+
+
+_REBUILD = {
+    _SKLEARN: _rebuild_sklearn,
+    _DASK_LLOYD: _rebuild_dask_lloyd,
+    _DASK_ML: _rebuild_daskml,
+    _CUML: _rebuild_cuml,
+}
+
+
+def _read_state(data: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    with open(os.path.join(data, _STATE_FILE)) as fh:
+        state = json.load(fh)
+    arrays = {}
+    for name in (_CENTERS_FILE, _ORIGIN_FILE):
+        file = os.path.join(data, name)
+        if os.path.exists(file):
+            arrays[name] = np.load(file, allow_pickle=False)
+    if _CENTERS_FILE not in arrays or not isinstance(state.get("params"), dict):
+        raise ModelError(f"{data} holds no k-means state ({_CENTERS_FILE}, {_STATE_FILE})",
+                         "re-register the model")
+    return state, arrays
+
+
+def _check_kmeans(model: Any, integrity_tags: Mapping[str, str], label: str) -> Any:
+    """Refuse anything but a k-means estimator of the recorded class and centres shape."""
+    key = _canonical(model)
+    expected = integrity_tags.get(CLASS_TAG)
+    if key is None or key != expected:
+        raise ModelError(f"{label} loaded as a {class_key(model)}, not the k-means estimator recorded "
+                         f"({expected})", "re-register the model")
+    shape = getattr(model, "cluster_centers_", None)
+    shape = "x".join(str(n) for n in to_numpy(shape).shape) if shape is not None else "none"
+    if shape != integrity_tags.get(SHAPE_TAG):
+        raise ModelError(f"{label} has cluster_centers_ of shape {shape}, not the recorded "
+                         f"{integrity_tags.get(SHAPE_TAG)}", "re-register the model")
+    return model
+
+
+def _gpu_refusal(conf: Mapping[str, Any], twin_hint: str | None) -> ModelError:
+    hint = twin_hint or "its scikit-learn twin (registered model '<name>-sklearn')"
+    return ModelError(
+        f"this native model is a cuML ({conf.get('model_class')}) model and needs a CUDA GPU, "
+        "which this machine does not have",
+        f"load {hint} instead",
+    )
+
+
+def _read_native(path: str, integrity_tags: Mapping[str, str], twin_hint: str | None) -> Any:
+    """Read a native model folder whose files were checked; the format comes from the store."""
     conf = flavor_conf(path)
+    fmt = integrity_tags.get(FORMAT_TAG)
+    if conf.get("serialization") != fmt:
+        raise ModelError(f"the MLmodel of {path} says serialization {conf.get('serialization')!r} but the "
+                         f"store recorded {fmt!r}", "re-register the model")
     if conf.get("device") == "gpu" and not _gpu_present():
-        hint = twin_hint or "its scikit-learn twin (registered model '<name>-sklearn')"
-        raise ModelError(
-            f"this native model is a cuML ({conf.get('model_class')}) model and needs a CUDA GPU, "
-            "which this machine does not have",
-            f"load {hint} instead",
-        )
-    with open(os.path.join(path, conf.get("pickled_model", _MODEL_FILE)), "rb") as fh:
-        return cloudpickle.load(fh)
+        raise _gpu_refusal(conf, twin_hint)
+    data = os.path.join(path, _DATA_DIR)
+    if fmt == PICKLE:
+        import cloudpickle
+
+        with open(os.path.join(data, _PICKLE_FILE), "rb") as fh:
+            return cloudpickle.load(fh)
+    if fmt != KMEANS_NPY:
+        raise ModelError(f"{path} has format {fmt!r}, not a {FLAVOR_NAME} format", "re-register the model")
+    state, arrays = _read_state(data)
+    key = state.get("model_class")
+    if key != integrity_tags.get(CLASS_TAG) or key not in _REBUILD:
+        raise ModelError(f"{path} stores a {key} model, not the recorded {integrity_tags.get(CLASS_TAG)}",
+                         "re-register the model")
+    return _REBUILD[key](state, arrays)
+
+
+def _read_twin(path: str) -> Any:
+    """The scikit-learn twin from its skops file, with the project's trusted types only."""
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        return skops.io.load(os.path.join(path, SKOPS_FILE), trusted=list(TRUSTED_SKOPS_TYPES))
+    except UntrustedTypesFoundException as exc:
+        raise ModelError(f"the scikit-learn twin's {SKOPS_FILE} holds untrusted types "
+                         f"({str(exc).splitlines()[0][:200]})", "re-register the model") from None
+    except Exception as exc:
+        raise ModelError(f"cannot read the scikit-learn twin's {SKOPS_FILE}: {str(exc).splitlines()[0][:200]}",
+                         "re-register the model") from None
+
+
+def load_verified(verified: VerifiedModel, twin_hint: str | None = None) -> Any:
+    """Load a model from a checked copy (see :func:`toolkit.registry.integrity.fetch_verified`).
+
+    The files are checked again first; the reader is chosen by the format the store recorded.
+
+    Raises:
+        ModelError: changed files, a GPU model without a GPU, or not the recorded k-means.
+    """
+    verified.recheck()
+    fmt = verified.integrity.get(FORMAT_TAG)
+    if fmt == SKOPS:
+        model = _read_twin(verified.local_path)
+    elif fmt in (KMEANS_NPY, PICKLE):
+        model = _read_native(verified.local_path, verified.integrity, twin_hint)
+    else:
+        raise ModelError(f"{verified.label} has an unknown recorded format {fmt!r}", "re-register the model")
+    return _check_kmeans(model, verified.integrity, verified.label)
 
 
 def load_model(model_uri: str, twin_hint: str | None = None) -> Any:
-    """Load the native model at ``model_uri`` (``models:/...`` or ``runs:/...``)."""
-    from mlflow.artifacts import download_artifacts
+    """Load the model at ``model_uri`` after checking every file against the store's manifest.
 
-    return _load_local(download_artifacts(model_uri), twin_hint)
+    Args:
+        model_uri: ``models:/name@alias``, ``models:/name/version``, ``models:/<model_id>``,
+            ``runs:/<run_id>/native_model`` (or ``sklearn_model``), or a local copy of a
+            logged model.  Native models and scikit-learn twins both load.
+        twin_hint: what to suggest when a GPU model cannot load here.
+
+    Raises:
+        ModelError: the model cannot be found, was logged without checksums, its files differ
+            from the recorded ones, or it is not the recorded k-means estimator.
+    """
+    with integrity.fetch_verified(model_uri) as verified:
+        return load_verified(verified, twin_hint)
 
 
 class _PyFuncWrapper:
@@ -164,12 +526,11 @@ class _PyFuncWrapper:
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         X = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data, dtype=np.float32)
         labels = self.model.predict(X)
-        from toolkit.convert import to_numpy
-
         return to_numpy(labels).astype(np.int32)
 
 
 def _load_pyfunc(path: str, model_config: Any = None) -> _PyFuncWrapper:
-    # MLflow passes the data file's path; the flavor config sits one level up for us.
-    root = path if os.path.isdir(path) else os.path.dirname(path)
-    return _PyFuncWrapper(_load_local(root))
+    # MLflow passes the data folder (``kmeans``); the model folder is the one with the MLmodel.
+    root = path if os.path.exists(os.path.join(path, "MLmodel")) else os.path.dirname(path.rstrip(os.sep))
+    # Checked against its LoggedModel (named by the MLmodel's model_id) like every other load.
+    return _PyFuncWrapper(load_model(root))

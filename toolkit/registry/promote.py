@@ -54,17 +54,26 @@ def get_version(name: str, alias: str) -> Any:
 
 
 def _scoring_model(mv: Any) -> Any:
-    """The scikit-learn model to score a version with (itself, or its registered twin)."""
-    import mlflow.sklearn
+    """The scikit-learn model to score a version with (itself, or its registered twin).
+
+    Every model is loaded through :func:`toolkit.registry.flavor.load_model`, which checks its
+    files against the registry's checksums first.  The counterpart that is not scored (a native
+    model scored through its twin, or the native model of a twin) is checked too: promotion
+    moves the aliases of both.
+    """
+    from toolkit.registry.flavor import load_model
+    from toolkit.registry.integrity import verify
 
     tags = mv.tags or {}
-    if tags.get("kind") == "sklearn_twin" or not tags.get("twin.name"):
-        if tags.get("kind") == "native":
-            from toolkit.registry.flavor import load_model
-
-            return load_model(f"models:/{mv.name}/{mv.version}")
-        return mlflow.sklearn.load_model(f"models:/{mv.name}/{mv.version}")
-    return mlflow.sklearn.load_model(f"models:/{tags['twin.name']}/{tags['twin.version']}")
+    own = f"models:/{mv.name}/{mv.version}"
+    twin = _twin_of(mv)
+    if tags.get("kind") == "sklearn_twin" or twin is None:
+        model = load_model(own)
+        if twin is not None:
+            verify(f"models:/{twin[0]}/{twin[1]}")
+        return model
+    verify(own)
+    return load_model(f"models:/{twin[0]}/{twin[1]}")
 
 
 def evaluate_version(mv: Any, X: np.ndarray, y: np.ndarray | None, metric: str, seed: int = 0) -> float:

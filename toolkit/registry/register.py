@@ -2,23 +2,29 @@
 
 The twin is registered only if it predicts exactly the native model's labels on a sample;
 the two versions point at each other by tags.  A new version gets the ``challenger`` alias;
-the first version of a name also becomes ``champion``.  Models are logged as run artifacts
-first and registered afterwards, so no version ever exists without its files.
+the first version of a name also becomes ``champion``.
+
+Each model is logged as an MLflow 3 ``LoggedModel`` of the run (own ``model_id``, own storage,
+shown under the run's "Logged models" and the experiment's Models tab), with the sha256 of every
+file recorded as its ``integrity.sha256`` tag; versions are registered from ``models:/<model_id>``
+(as ``mlflow.register_model`` does) and carry the same integrity tags.  Logging again on the
+same run (a resumed search) makes new LoggedModels: no registered version's files ever change.
+Models are logged first and registered afterwards, so no version ever exists without its files.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
-from toolkit.convert import check_equivalent, input_dtype
+from toolkit.convert import check_equivalent, class_key, input_dtype
 from toolkit.errors import ModelError
-from toolkit.registry import flavor
+from toolkit.registry import flavor, integrity
+from toolkit.registry.integrity import MODEL_ID_TAG, LoggedRef
 from toolkit.registry.promote import CHALLENGER, CHAMPION
 from toolkit.tracking import log_metrics, log_tags
 from toolkit.tracking.runs import client
@@ -31,6 +37,8 @@ NATIVE_PATH = "native_model"
 
 @dataclass
 class Registered:
+    """What :func:`log_and_register` logged and registered (URIs are ``models:/<model_id>``)."""
+
     native_name: str
     native_version: str
     sklearn_name: str | None
@@ -38,6 +46,8 @@ class Registered:
     agreement: float
     native_uri: str
     sklearn_uri: str | None
+    native_model_id: str | None = None
+    sklearn_model_id: str | None = None
 
 
 def sklearn_requirements() -> list[str]:
@@ -60,24 +70,31 @@ def _signature(sample: np.ndarray, feature_names: list[str], dtype: Any = np.flo
     return infer_signature(frame, labels), frame
 
 
-def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str]) -> str:
+def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str],
+                 metrics: Mapping[str, float], tags: Mapping[str, str]) -> LoggedRef:
     import mlflow.sklearn
 
     # In the dtype of the twin's centers: `mlflow models serve` casts requests to the
     # signature's types, and scikit-learn predicts only rows of the centers' float width.
     signature, example = _signature(sample, feature_names, input_dtype(twin))
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "model")
+    centers = np.asarray(twin.cluster_centers_)
+
+    def save(local: str, mlmodel: Any) -> dict[str, str]:
         mlflow.sklearn.save_model(
             twin,
             local,
+            mlflow_model=mlmodel,
             serialization_format="skops",
             signature=signature,
             input_example=example,
             pip_requirements=sklearn_requirements(),
         )
-        client().log_artifacts(run_id, local, SKLEARN_PATH)
-    return f"runs:/{run_id}/{SKLEARN_PATH}"
+        return {integrity.FORMAT_TAG: flavor.SKOPS, integrity.CLASS_TAG: class_key(twin),
+                integrity.SHAPE_TAG: f"{centers.shape[0]}x{centers.shape[1]}"}
+
+    params = {k: v for k, v in twin.get_params(deep=False).items() if isinstance(v, (str, int, float, bool))}
+    return integrity.log_model_dir(run_id, SKLEARN_PATH, save, model_type="sklearn_twin", params=params,
+                                   tags={"kind": "sklearn_twin", **tags}, metrics=metrics)
 
 
 def _names_for(feature_names: list[str], n_features: int) -> list[str]:
@@ -96,21 +113,16 @@ def _set_aliases(name: str, ver: str) -> None:
         c.set_model_version_tag(name, ver, "promotion.reason", "first registration: no champion existed")
 
 
-def _register(uri: str, name: str, run_id: str, tags: dict[str, str]) -> str:
+def _register(ref: LoggedRef, name: str, run_id: str, tags: dict[str, str]) -> str:
     c = client()
     try:
         c.get_registered_model(name)
     except Exception:
         c.create_registered_model(name, description="k-means models registered by kmeans-lifecycle")
-    mv = c.create_model_version(name, source=_artifact_source(uri), run_id=run_id, tags=tags)
+    # The registry keeps its own copy of the checksums: loads compare both records.
+    mv = c.create_model_version(name, source=ref.uri, run_id=run_id, model_id=ref.model_id,
+                                tags={**tags, **ref.tags, MODEL_ID_TAG: ref.model_id})
     return str(mv.version)
-
-
-def _artifact_source(uri: str) -> str:
-    """The storage location behind a ``runs:/`` URI (what the registry copies)."""
-    run_id, _, path = uri[len("runs:/"):].partition("/")
-    root = client().get_run(run_id).info.artifact_uri
-    return f"{root.rstrip('/')}/{path}"
 
 
 def log_and_register(
@@ -125,8 +137,26 @@ def log_and_register(
     feature_names: list[str],
     search_parent_run_id: str | None = None,
     register: bool = True,
+    metrics: Mapping[str, float] | None = None,
+    native_serialization: str = flavor.KMEANS_NPY,
 ) -> Registered:
-    """Log both models on ``run_id`` and register them, linked, with aliases.
+    """Log both models on ``run_id`` as LoggedModels and register them, linked, with aliases.
+
+    Args:
+        native_model: the backend's fitted model.
+        twin: its scikit-learn ``KMeans`` twin.
+        run_id: the run both models are linked to (``source_run_id``).
+        backend: the backend's name (tags).
+        native_name: registered model name of the native model.
+        sklearn_name: registered model name of the twin.
+        sample: rows on which the twin (and the native model rebuilt from its files) must
+            predict exactly the native model's labels.
+        feature_names: column names for the signature and input example.
+        search_parent_run_id: tagged on the versions when a search registered them.
+        register: False logs the models without registering them.
+        metrics: the fit's metrics, attached to both LoggedModels (with ``twin_agreement``).
+        native_serialization: ``"kmeans-npy"`` (default, no executable content) or
+            ``"pickle"`` (opt-in) for the native model.
 
     Raises:
         ModelError: the twin disagrees with the native model (nothing of the twin is
@@ -137,15 +167,23 @@ def log_and_register(
     names = _names_for(feature_names, sample.shape[1])
     agreement = float(check_equivalent(native_model, twin, sample))
     log_metrics(run_id, {"twin_agreement": agreement})
+    model_metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "twin_agreement": agreement}
     signature, example = _signature(sample, names)
-    native_uri = flavor.log_model(
-        native_model, run_id, NATIVE_PATH, backend=backend, signature=signature, input_example=example
+    lm_tags = {"backend": backend}
+    native = flavor.log_model(
+        native_model, run_id, NATIVE_PATH, backend=backend, signature=signature, input_example=example,
+        serialization=native_serialization, metrics=model_metrics, tags=lm_tags, check_sample=sample,
     )
     twin_ok = agreement == 1.0
-    sklearn_uri = _log_sklearn(twin, run_id, sample, names) if twin_ok else None
+    sk = _log_sklearn(twin, run_id, sample, names, model_metrics, lm_tags) if twin_ok else None
     log_tags(run_id, {"twin.equivalent": str(twin_ok), "twin.agreement": f"{agreement:.6f}"})
+    c = client()
+    if sk is not None:  # each LoggedModel names the other, as the versions do
+        c.set_logged_model_tags(native.model_id, {"twin.model_id": sk.model_id})
+        c.set_logged_model_tags(sk.model_id, {"twin.model_id": native.model_id})
+    sk_uri, sk_id = (sk.uri, sk.model_id) if sk is not None else (None, None)
     if not register:
-        return Registered(native_name, "", None, None, agreement, native_uri, sklearn_uri)
+        return Registered(native_name, "", None, None, agreement, native.uri, sk_uri, native.model_id, sk_id)
     common = {
         "source_run_id": run_id,
         "backend": backend,
@@ -154,14 +192,13 @@ def log_and_register(
     }
     if search_parent_run_id:
         common["search_parent_run_id"] = search_parent_run_id
-    native_ver = _register(native_uri, native_name, run_id, {**common, "kind": "native",
-                                                              "device": flavor.model_device(native_model)})
+    native_ver = _register(native, native_name, run_id, {**common, "kind": "native",
+                                                         "device": flavor.model_device(native_model)})
     sk_ver = None
-    c = client()
-    if twin_ok:
-        sk_ver = _register(sklearn_uri, sklearn_name, run_id, {**common, "kind": "sklearn_twin",
-                                                                "twin.name": native_name,
-                                                                "twin.version": native_ver})
+    if sk is not None:
+        sk_ver = _register(sk, sklearn_name, run_id, {**common, "kind": "sklearn_twin",
+                                                      "twin.name": native_name,
+                                                      "twin.version": native_ver})
         c.set_model_version_tag(native_name, native_ver, "twin.name", sklearn_name)
         c.set_model_version_tag(native_name, native_ver, "twin.version", sk_ver)
         _set_aliases(sklearn_name, sk_ver)
@@ -180,4 +217,5 @@ def log_and_register(
             f"{native_name} v{native_ver} registered without a twin",
             "check the conversion for this backend (toolkit/convert.py)",
         )
-    return Registered(native_name, native_ver, sklearn_name, sk_ver, agreement, native_uri, sklearn_uri)
+    return Registered(native_name, native_ver, sklearn_name, sk_ver, agreement, native.uri, sk_uri,
+                      native.model_id, sk_id)

@@ -5,12 +5,18 @@
 ``load_predictor(uri, client=client)`` gives a distributed one: for CPU models the model is
 installed on every worker once (a worker plugin) and each partition is predicted where it lives;
 for a registered single-GPU cuML model a ``cuml.dask.cluster.KMeans`` is rebuilt around it.
+
+Every URI is resolved to a LoggedModel whose files are copied into a private folder and checked
+against the sha256 manifest the tracking store holds before any of them is read; models are
+then read by :func:`toolkit.registry.flavor.load_verified` (the native flavor rebuilt from plain
+files, the twin through skops with the project's trusted types), never by MLflow's loaders.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,13 +24,18 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from toolkit.convert import input_dtype, to_numpy
 from toolkit.errors import DataError, ModelError
+from toolkit.registry.integrity import VerifiedModel
 
 __all__ = ["DistributedPredictor", "LocalPredictor", "ModelSource", "load_predictor", "resolve"]
 
 
 @dataclass
 class ModelSource:
-    """A resolved model URI: where its files are and what kind of model it is."""
+    """A resolved model URI: a private copy of its files, checked against the registry.
+
+    ``local_path`` is that copy (deleted when the ModelSource is garbage-collected);
+    ``flavors`` are read from its (checked) MLmodel file.
+    """
 
     uri: str
     local_path: str
@@ -32,6 +43,8 @@ class ModelSource:
     name: str | None = None
     version: str | None = None
     tags: dict[str, str] | None = None
+    model_id: str | None = None
+    verified: VerifiedModel | None = field(default=None, repr=False)
 
     @property
     def is_native(self) -> bool:
@@ -50,67 +63,37 @@ class ModelSource:
         return None
 
 
-def _version_of(uri: str) -> tuple[str | None, Any]:
-    """For ``models:/name@alias`` or ``models:/name/version``: (name, ModelVersion)."""
-    from toolkit.tracking.runs import client
-
-    if not uri.startswith("models:/"):
-        return None, None
-    body = uri[len("models:/"):]
-    c = client()
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        from toolkit.registry.promote import get_version
-
-        return name, get_version(name, alias)
-    name, _, ver = body.partition("/")
-    try:
-        c.get_registered_model(name)
-    except Exception:
-        raise ModelError(f"registered model {name!r} does not exist",
-                         "check the name (mlflow ui, Models tab) or register one with a search") from None
-    if ver.lower() == "latest" or not ver:
-        versions = c.search_model_versions(f"name='{name}'")
-        if not versions:
-            raise ModelError(f"registered model {name!r} has no versions", "register one with a search")
-        return name, max(versions, key=lambda v: int(v.version))
-    try:
-        return name, c.get_model_version(name, ver)
-    except Exception:
-        raise ModelError(f"version {ver!r} of registered model {name!r} does not exist",
-                         f"use an existing version or an alias, e.g. models:/{name}@champion") from None
-
-
 def resolve(uri: str) -> ModelSource:
-    """Download ``uri`` (models:/, runs:/, or a local path) and read its MLmodel flavors."""
-    from mlflow.artifacts import download_artifacts
+    """Download ``uri`` (models:/, runs:/, or a local copy), check its files, read its flavors.
+
+    Raises:
+        ModelError: the URI resolves to nothing, to a model without recorded checksums (e.g.
+            one registered by an older kmeans-lifecycle), or its files differ from the record.
+    """
     from mlflow.models import Model
 
-    name, mv = _version_of(uri)
-    target = f"models:/{mv.name}/{mv.version}" if mv is not None else uri
+    from toolkit.registry.integrity import fetch_verified
+
+    verified = fetch_verified(uri)
     try:
-        local = target if os.path.isdir(target) else download_artifacts(target)
-    except Exception as exc:
-        raise ModelError(f"cannot load model {uri!r}: {str(exc).splitlines()[0][:300]}",
-                         "check the URI (models:/name@alias, models:/name/version, runs:/id/path)") from None
-    if not os.path.exists(os.path.join(local, "MLmodel")):
-        raise ModelError(f"{uri!r} is not an MLflow model (no MLmodel file)", "point at a logged model")
-    flavors = Model.load(os.path.join(local, "MLmodel")).flavors
-    return ModelSource(uri, local, flavors, name, str(mv.version) if mv is not None else None,
-                       dict(mv.tags or {}) if mv is not None else None)
+        flavors = Model.load(os.path.join(verified.local_path, "MLmodel")).flavors
+    except Exception:
+        verified.cleanup()
+        raise
+    src = ModelSource(uri, verified.local_path, flavors, verified.name, verified.version,
+                      verified.version_tags, verified.model_id, verified)
+    weakref.finalize(src, verified.cleanup)
+    return src
 
 
 def _load_model(src: ModelSource) -> Any:
-    if src.is_native:
-        from toolkit.registry.flavor import _load_local
+    """The model of ``src``: its files are checked again, then read by the recorded format."""
+    from toolkit.registry.flavor import load_verified
 
-        return _load_local(src.local_path, src.twin_hint())
-    if "sklearn" in src.flavors:
-        import mlflow.sklearn
-
-        return mlflow.sklearn.load_model(src.local_path)
-    raise ModelError(f"{src.uri!r} has flavors {sorted(src.flavors)}, none of them k-means",
-                     "use a model registered by kmeans-lifecycle")
+    if src.verified is None:
+        raise ModelError(f"{src.uri!r} was not resolved through the registry's checksums",
+                         "resolve it with toolkit.serving.resolve")
+    return load_verified(src.verified, src.twin_hint())
 
 
 def _check_features(model: Any, n_features: int, where: str) -> None:
