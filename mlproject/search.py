@@ -36,7 +36,7 @@ def main() -> int:
         from toolkit.registry import register_fit
 
         reg = register_fit(cfg, backend, outcome.best_fit, X, dataset, outcome.parent_run_id,
-                           search_parent_run_id=outcome.parent_run_id)
+                           search_parent_run_id=outcome.parent_run_id, metrics=outcome.best_metrics)
         say(f"registered {reg.native_name} v{reg.native_version} and {reg.sklearn_name} v{reg.sklearn_version}"
             f" (twin agreement {reg.agreement:.0%})")
 

@@ -1,6 +1,6 @@
 """kmeans-lifecycle: k-means experiments from one CPU to multi-node multi-GPU, tracked in MLflow.
 
-Imports run one way: ``config``/``errors`` <- ``data``/``cluster``/``metrics`` <- ``backends`` <-
+Imports run one way: ``config``/``errors``/``redact`` <- ``data``/``cluster``/``metrics`` <- ``backends`` <-
 ``tracking`` <- ``train`` <- ``search`` <- ``registry``/``serving``; ``mlproject/`` sits on top.
 """
 

@@ -150,5 +150,10 @@ def train(
             if register:
                 from toolkit.registry import register_fit
 
-                register_fit(cfg, backend, result, X, dataset, run_id)
+                reg = register_fit(cfg, backend, result, X, dataset, run_id, metrics=metrics)
+                from toolkit.console import say
+
+                say(f"registered {reg.native_name} v{reg.native_version}"
+                    + (f" and {reg.sklearn_name} v{reg.sklearn_version}" if reg.sklearn_version else "")
+                    + f" (twin agreement {reg.agreement:.0%})")
         return TrainOutcome(run_id=run_id, result=result, metrics=metrics, backend=cfg.backend)
