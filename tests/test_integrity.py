@@ -366,3 +366,15 @@ def test_unwritable_store_is_one_line_error(tmp_path, kind):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(errors) == 1 and "cannot use the MLflow tracking store" in errors[0] and "-- fix:" in errors[0]
+
+
+def test_summary_names_the_experiment_the_runs_went_to(two_stores, client, monkeypatch):
+    """Under ``mlflow run --experiment-name other`` the parent is ``mlflow run``'s run, in that
+    experiment, whatever the config says."""
+    a, _ = two_stores
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", a)
+    mlc = MlflowClient(a)
+    launcher = mlc.create_run(mlc.create_experiment("chosen-by-mlflow-run")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    out = search(_cfg("from-the-config", "registry.register_best=false"), client=client)
+    assert out.parent_run_id == launcher and out.experiment == "chosen-by-mlflow-run"
