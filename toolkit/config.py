@@ -201,12 +201,13 @@ class SearchConfig(_Strict):
         "auto",
         description="trial-parallel searches: trials queued per worker thread behind the running "
         "one, so a thread starts its next trial without waiting for the driver's round trip "
-        "(~30 ms). 'auto' queues 1, up to 3 while trials are shorter than that; 0 asks only "
+        "(~30-50 ms). 'auto' queues 1, up to 3 while trials are shorter than ~50 ms; 0 asks only "
         "when a thread is free (the sampler then sees every earlier result)",
     )
     storage: str | None = Field(
         None,
-        description="Optuna storage: a journal file path (default optuna.log) or a SQLAlchemy "
+        description="Optuna storage: a journal file path (default: <store>.optuna.log beside the "
+        "tracking store, e.g. mlflow.optuna.log next to mlflow.db) or a SQLAlchemy "
         "URL such as sqlite:///optuna.db",
     )
     study_name: str | None = None

@@ -64,7 +64,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
 
 from toolkit.backends import _lloyd_kernels as _kernels
-from toolkit.backends.base import FitResult, KMeansBackend
+from toolkit.backends.base import FitResult, KMeansBackend, is_infrastructure_error
 from toolkit.backends.daskml import to_dask_array
 from toolkit.config import ModelConfig
 from toolkit.data import Dataset
@@ -538,8 +538,11 @@ def _make_engine(X: Any, client: Any = None, engine: str = "auto") -> tuple[_Eng
         if engine in ("auto", "actors"):
             try:
                 return _ActorEngine(futures, X.chunks[0], X.shape[1], client), X
-            except Exception:
-                if engine == "actors":
+            except Exception as exc:
+                # Pinned tasks are the fallback where actors cannot be made, not a way round
+                # lost blocks or a dead worker: those fail every engine, so they are raised
+                # as they are (the search places the data again and retries the trial).
+                if engine == "actors" or is_infrastructure_error(exc):
                     raise
         return _FuturesEngine(futures, X.chunks[0], X.shape[1], client), X
     return _GraphEngine(X, client), X

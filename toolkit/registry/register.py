@@ -14,7 +14,8 @@ Models are logged first and registered afterwards, so no version ever exists wit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -27,7 +28,7 @@ from toolkit.registry import flavor, integrity
 from toolkit.registry.integrity import MODEL_ID_TAG, LoggedRef
 from toolkit.registry.promote import CHALLENGER, CHAMPION
 from toolkit.tracking import log_metrics, log_tags
-from toolkit.tracking.runs import client
+from toolkit.tracking.runs import client, tracking_uri
 
 __all__ = ["CHALLENGER", "CHAMPION", "Registered", "log_and_register", "sklearn_requirements"]
 
@@ -113,15 +114,35 @@ def _set_aliases(name: str, ver: str) -> None:
         c.set_model_version_tag(name, ver, "promotion.reason", "first registration: no champion existed")
 
 
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for the block.
+
+    Only the module global is swapped: ``mlflow.set_tracking_uri`` would also rewrite the
+    ``MLFLOW_TRACKING_URI`` environment variable on the way out, redirecting every later call.
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    saved = utils._tracking_uri
+    utils._tracking_uri = uri
+    try:
+        yield
+    finally:
+        utils._tracking_uri = saved
+
+
 def _register(ref: LoggedRef, name: str, run_id: str, tags: dict[str, str]) -> str:
     c = client()
     try:
         c.get_registered_model(name)
     except Exception:
         c.create_registered_model(name, description="k-means models registered by kmeans-lifecycle")
-    # The registry keeps its own copy of the checksums: loads compare both records.
-    mv = c.create_model_version(name, source=ref.uri, run_id=run_id, model_id=ref.model_id,
-                                tags={**tags, **ref.tags, MODEL_ID_TAG: ref.model_id})
+    # The registry keeps its own copy of the checksums: loads compare both records.  A local
+    # (sqlite) registry resolves the "models:/<id>" source through MLflow's process-wide
+    # tracking URI, not this client's: point it at this store for the call.
+    with _process_tracking_uri(tracking_uri()):
+        mv = c.create_model_version(name, source=ref.uri, run_id=run_id, model_id=ref.model_id,
+                                    tags={**tags, **ref.tags, MODEL_ID_TAG: ref.model_id})
     return str(mv.version)
 
 

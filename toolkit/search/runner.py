@@ -275,11 +275,12 @@ class _Loop:
 def _write_error(exc: BaseException) -> BaseException:
     """A child-run write failure as the one-line error that stops the search."""
     from toolkit.errors import ToolkitError
-    from toolkit.tracking.retry import TrackingUnavailableError, mark_down
+    from toolkit.tracking.retry import TrackingUnavailableError, is_transient, mark_down, unavailable
 
-    if isinstance(exc, TrackingUnavailableError):
-        mark_down(tracking_uri(), exc.problem)  # this process stops trying too: fail fast, not per call
-        return exc
+    if isinstance(exc, TrackingUnavailableError) or is_transient(exc):
+        why = exc.problem if isinstance(exc, TrackingUnavailableError) else " ".join(str(exc).split())[:200]
+        mark_down(tracking_uri(), why)  # this process stops trying too: fail fast, not per call
+        return exc if isinstance(exc, TrackingUnavailableError) else unavailable(tracking_uri(), why)
     if isinstance(exc, ToolkitError):
         return exc
     line = str(exc).splitlines()[0] if str(exc) else ""
@@ -326,6 +327,8 @@ def _in_flight_target(runner: Any, prefetch: int | str, rows: list[dict[str, Any
 def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_to_run: int) -> None:
     from optuna.trial import TrialState
 
+    from toolkit.search.trials import INFRASTRUCTURE_ATTR
+
     objective = cfg.search.objective
     in_flight: dict[int, Any] = {}
     asked = finished = 0
@@ -355,6 +358,8 @@ def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_
                 res.error = res.error or f"objective {objective} is undefined (NaN) for this clustering"
                 value = None
             if value is None:
+                if res.infra:  # lost with a worker, retries spent: a resume runs it again
+                    trial.set_user_attr(INFRASTRUCTURE_ATTR, True)
                 study.tell(trial, state=TrialState.FAIL)
             else:
                 _remember(trial, res)
@@ -362,7 +367,9 @@ def _optuna_loop(cfg: ExperimentConfig, study: Any, runner: Any, loop: _Loop, n_
             told.append((res, value, trial))
         fill()  # workers start the next trials while the driver writes MLflow runs
         for res, value, trial in told:
-            loop.finish_trial(res.key, res, value, {"optuna.trial_id": str(trial._trial_id)})
+            retried = {"trial.attempts": str(res.attempts)} if res.attempts > 1 else {}
+            lost = {"trial.infrastructure_failure": "true"} if res.infra else {}
+            loop.finish_trial(res.key, res, value, {"optuna.trial_id": str(trial._trial_id), **retried, **lost})
             finished += 1
 
 
@@ -530,12 +537,15 @@ def search(
                 from optuna.trial import TrialState
 
                 from toolkit.search.space import grid_values
+                from toolkit.search.trials import INFRASTRUCTURE_ATTR
 
                 finished_trials = study.get_trials(
                     deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
                 )
                 # Trials a killed driver left behind were failed above; they do not use up n_trials.
-                done = sum(not t.user_attrs.get(INTERRUPTED_ATTR) for t in finished_trials)
+                # So do trials the cluster lost (a dead worker) after their last retry.
+                done = sum(not (t.user_attrs.get(INTERRUPTED_ATTR) or t.user_attrs.get(INFRASTRUCTURE_ATTR))
+                           for t in finished_trials)
                 n_to_run = max(0, cfg.search.n_trials - done)
                 if isinstance(study.sampler, GridSampler):  # every grid point once, no repeats
                     n_to_run = min(n_to_run, max(0, math.prod(map(len, grid_values(cfg.search).values()))
@@ -554,8 +564,11 @@ def search(
                         # Workers get host data and place it themselves (a GPU worker on its own GPU).
                         runner = TrialParallelRunner(dclient, cfg.backend, _host(dataset), dataset.y, cfg.metrics)
                     else:
-                        runner = DataParallelRunner(backend, X, dataset.y, cfg.metrics)
+                        # With the dataset, it places the data again after a lost worker.
+                        runner = DataParallelRunner(backend, X, dataset.y, cfg.metrics, dataset=dataset)
                     _optuna_loop(cfg, study, runner, loop, n_to_run)
+                    if isinstance(runner, DataParallelRunner):
+                        X = runner.X  # placed again if a worker was lost: the refit needs the live copy
                 else:
                     cv = _cv_loop(cfg, _host(dataset), dataset.y, dclient, loop)
             except BaseException:

@@ -5,10 +5,19 @@ worker and each trial is one Dask task; several run at once, one per worker thre
 *Data-parallel* (dask-ml, dask, cuml-dask): trials run one after another on the driver and each
 fit is spread over the whole cluster.  Either way a trial returns a small :class:`TrialResult`
 (centroids, metrics) and the driver alone writes MLflow runs.
+
+Lost workers: a trial that fails because the cluster lost a worker or data
+(:func:`is_infrastructure_error`) is run again, same key and parameters, up to
+:data:`INFRA_ATTEMPTS` times in all.  Trial-parallel, the data is scattered again first when
+every copy of it was lost; data-parallel, it is placed again from its source (the backend's
+``prepare``).  Both first wait, bounded, for the cluster to have workers again; with none for
+:data:`NO_WORKERS_S` the search stops with a :class:`~toolkit.errors.ToolkitError`.  A trial
+still lost after its last attempt comes back with ``infra=True``, so that a resume runs it again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import threading
@@ -19,9 +28,42 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.backends.base import is_infrastructure_error
 from toolkit.config import MetricsConfig, ModelConfig
+from toolkit.errors import ToolkitError
 
-__all__ = ["DataParallelRunner", "TrialParallelRunner", "TrialResult", "run_trial"]
+__all__ = [
+    "INFRASTRUCTURE_ATTR",
+    "INFRA_ATTEMPTS",
+    "NO_WORKERS_S",
+    "DataParallelRunner",
+    "TrialParallelRunner",
+    "TrialResult",
+    "is_infrastructure_error",
+    "run_trial",
+    "wait_for_workers",
+]
+
+#: Attempts per trial, the first included, while it keeps failing because the cluster lost a
+#: worker or data.  Bounded: a trial that kills its worker every time (say, out of memory)
+#: must not hold the search forever.
+INFRA_ATTEMPTS = 3
+#: Pause before the 2nd, 3rd, ... attempt: time for the scheduler to drop a dead worker and
+#: for a nanny to start its replacement (1-3 s seen on a busy 2-core machine).
+_BACKOFF_S = (1.0, 2.0)
+#: Before data is placed again, how long to wait for the cluster to have as many workers as
+#: before the loss (a nanny restarts a killed one); then it is placed on those there are.
+#: Placed on fewer workers, the data is split into other blocks, which changes the
+#: k-means|| draws of the ``dask`` backend (seeded per block).
+REPLACE_WAIT_S = 15.0
+#: With no worker at all for this long, the search stops (a ToolkitError) instead of failing
+#: every trial left.
+NO_WORKERS_S = 60.0
+#: How often a trial-parallel runner waiting for results checks that the cluster has workers.
+_WATCH_S = 1.0
+#: Optuna user attribute of a trial failed by the cluster (after its last attempt): like an
+#: interrupted trial, it does not count as done when a search is resumed.
+INFRASTRUCTURE_ATTR = "infrastructure_failure"
 
 
 @dataclass
@@ -43,6 +85,10 @@ class TrialResult:
     # Driver-side clock: when the trial was handed to a runner and its result came back.
     submitted: float = 0.0
     received: float = 0.0
+    # The failure was the cluster's (a lost worker or lost data), not the parameters'.
+    infra: bool = False
+    # Runs it took, retries after a lost worker included.
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:
@@ -52,6 +98,56 @@ class TrialResult:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _n_workers(client: Any) -> int:
+    """Workers the scheduler has now (0 when it cannot be asked).
+
+    ``Client.nthreads`` is one small round trip; ``scheduler_info`` would ship every worker's
+    details and replace the client's cached copy of them.
+    """
+    try:
+        return len(client.nthreads())
+    except OSError:  # the scheduler is unreachable for now: as good as no workers
+        return 0
+
+
+def _no_workers_error(waited: float) -> ToolkitError:
+    return ToolkitError(
+        f"the Dask cluster has no workers: every worker was lost and none came back within "
+        f"{waited:.0f} s",
+        "restart the Dask workers (or the cluster), then run the search again with "
+        "search.resume=true to run the trials that were lost",
+    )
+
+
+def wait_for_workers(
+    client: Any,
+    want: int,
+    *,
+    replace_wait_s: float = REPLACE_WAIT_S,
+    no_workers_s: float = NO_WORKERS_S,
+) -> int:
+    """Wait until the cluster has ``want`` workers again, or settle for fewer; return how many.
+
+    Up to ``replace_wait_s`` for ``want`` workers (a nanny restarting a killed worker takes a
+    few seconds), then any number above zero will do.  With none at all after
+    ``no_workers_s``, raises :class:`~toolkit.errors.ToolkitError`.
+    """
+    start = time.monotonic()
+    while True:
+        n = _n_workers(client)
+        waited = time.monotonic() - start
+        if n >= max(1, want) or (n > 0 and waited >= replace_wait_s):
+            return n
+        if n == 0 and waited >= no_workers_s:
+            raise _no_workers_error(waited)
+        time.sleep(0.25)
+
+
+def _backoff(attempt: int) -> None:
+    """Pause before ``attempt`` (2, 3, ...) of a trial lost to the cluster."""
+    time.sleep(_BACKOFF_S[min(attempt - 2, len(_BACKOFF_S) - 1)])
 
 
 def run_trial(
@@ -69,8 +165,11 @@ def run_trial(
     started = time.time()
     try:
         fit, metrics = fit_and_score(backend, X, params, metrics_cfg, y)
-    except Exception as exc:  # a failed trial is data for the driver, not a crash
-        res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__)
+    # asyncio's CancelledError is a BaseException: a future cancelled under a lost worker can
+    # surface as one, and it is a lost trial, not a reason to stop the search.
+    except (Exception, asyncio.CancelledError) as exc:  # a failed trial is data, not a crash
+        res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__,
+                          infra=is_infrastructure_error(exc))
         res.metrics = {}
         res.started, res.finished = started, time.time()
         if not hasattr(exc, "problem"):
@@ -149,7 +248,12 @@ def _warm_up(backend_name: str) -> None:
 
 
 class TrialParallelRunner:
-    """Many small fits at once, one Dask task per trial, data scattered once to all workers."""
+    """Many small fits at once, one Dask task per trial, data scattered once to all workers.
+
+    A trial lost with its worker is submitted again (the scheduler itself moves a task whose
+    worker died while other copies of the data remain; this covers the data lost with every
+    worker, and ``KilledWorker``).
+    """
 
     mode = "trial"
 
@@ -162,12 +266,21 @@ class TrialParallelRunner:
         self.metrics_cfg = metrics_cfg
         # Import the fitting code on every worker now, in parallel, not inside the first trials.
         client.run(_warm_up, backend_name)
-        # One copy per worker, not one per task.
-        self._X = client.scatter(np.asarray(X), broadcast=True, hash=False)
-        self._y = client.scatter(y, broadcast=True, hash=False) if y is not None else None
+        # Kept to scatter again should every worker holding a copy be lost.
+        self._host_X, self._host_y = np.asarray(X), y
+        self._scatter()
+        self._workers = _n_workers(client)
         self._futures: dict[Any, Any] = {}
+        self._attempts: dict[Any, int] = {}
         self._done = as_completed([], loop=client.loop, with_results=True, raise_errors=False)
         self._slots, self._slots_at = 1, -math.inf
+        self._no_workers_since: float | None = None
+
+    def _scatter(self) -> None:
+        # One copy per worker, not one per task.
+        self._X = self.client.scatter(self._host_X, broadcast=True, hash=False)
+        self._y = (self.client.scatter(self._host_y, broadcast=True, hash=False)
+                   if self._host_y is not None else None)
 
     @property
     def slots(self) -> int:
@@ -180,12 +293,13 @@ class TrialParallelRunner:
             self._slots_at = now
         return self._slots
 
-    def submit(self, key: Any, params: ModelConfig) -> None:
+    def submit(self, key: Any, params: ModelConfig, submitted: float | None = None) -> None:
         fut = self.client.submit(
             _worker_trial, key, self.backend_name, self._X, params, self.metrics_cfg, self._y,
             pure=False, key=f"trial-{key}-{time.time_ns()}",
         )
-        self._futures[fut] = (key, params, time.time())
+        self._futures[fut] = (key, params, submitted or time.time())
+        self._attempts.setdefault(key, 1)
         self._done.add(fut)
 
     def pending(self) -> int:
@@ -198,43 +312,121 @@ class TrialParallelRunner:
             self.client.cancel(list(self._futures))
             self._futures.clear()
 
+    def _check_workers(self) -> None:
+        """Raise the no-workers ToolkitError once the cluster has had none for NO_WORKERS_S.
+
+        Without workers the scheduler holds tasks forever; the wait for results would too.
+        """
+        if _n_workers(self.client) > 0:
+            self._no_workers_since = None
+            return
+        now = time.monotonic()
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        elif now - self._no_workers_since >= NO_WORKERS_S:
+            raise _no_workers_error(now - self._no_workers_since)
+
+    def _wait_ready(self) -> None:
+        """Block until a trial has finished, checking every _WATCH_S that workers are left."""
+        cond = self._done.thread_condition
+        while True:
+            with cond:  # a result is queued, then notified under this lock: no wake-up is missed
+                if self._done.has_ready():
+                    return
+                cond.wait(timeout=_WATCH_S)
+                if self._done.has_ready():
+                    return
+            # Outside the lock: the client's event loop takes it to hand over results.
+            self._check_workers()
+
+    def _retry(self, lost: list[tuple[Any, ModelConfig, float]]) -> None:
+        """Submit trials lost with a worker again; scatter the data again if it was lost too."""
+        _backoff(min(self._attempts[key] for key, _, _ in lost))
+        data = [self._X] if self._y is None else [self._X, self._y]
+        if any(f.status != "finished" for f in data):  # every replica went with its worker
+            self._workers = wait_for_workers(self.client, self._workers)
+            self._scatter()
+        for key, params, submitted in lost:
+            self.submit(key, params, submitted)
+
     def results(self) -> list[TrialResult]:
-        """Wait for at least one trial; return every finished one (a lost worker = a failed
-        trial), in the order they finished."""
-        if not self._futures:
-            return []
-        # Results are fetched on the client's event loop as each trial ends, not one round
-        # trip per future here, so the driver gets back to submitting sooner.
-        done = self._done.next_batch(block=True)
-        received = time.time()  # one stamp for the batch: later bookkeeping is not scheduling
-        out = []
-        for fut, result in done:
-            key, params, submitted = self._futures.pop(fut)
-            if fut.status == "finished" and isinstance(result, TrialResult):
-                res = result
-            else:
-                exc = result[1] if isinstance(result, tuple) and len(result) == 3 else result
-                if not isinstance(exc, BaseException):
-                    exc = RuntimeError(f"trial task ended as {fut.status}")
-                res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__,
-                                  started=submitted, finished=received)
-            res.submitted, res.received = submitted, received
-            out.append(res)
+        """Wait for at least one trial; return every finished one, in the order they finished.
+
+        A trial lost with a worker (or with the data) is submitted again, up to
+        :data:`INFRA_ATTEMPTS` runs in all, and only comes back after its last one.
+        """
+        out: list[TrialResult] = []
+        while self._futures and not out:
+            # Results are fetched on the client's event loop as each trial ends, not one round
+            # trip per future here, so the driver gets back to submitting sooner.
+            self._wait_ready()
+            done = self._done.next_batch(block=False)
+            received = time.time()  # one stamp for the batch: later bookkeeping is not scheduling
+            lost = []
+            for fut, result in done:
+                if fut not in self._futures:  # cancelled by cancel()
+                    continue
+                key, params, submitted = self._futures.pop(fut)
+                if fut.status == "finished" and isinstance(result, TrialResult):
+                    res = result  # infra too if the fit on the worker lost touch with the cluster
+                else:
+                    exc = result[1] if isinstance(result, tuple) and len(result) == 3 else result
+                    if not isinstance(exc, BaseException):
+                        exc = RuntimeError(f"trial task ended as {fut.status}")
+                    res = TrialResult(key, params, error=_one_line(exc), error_type=type(exc).__name__,
+                                      started=submitted, finished=received,
+                                      infra=is_infrastructure_error(exc))
+                if res.infra and self._attempts[key] < INFRA_ATTEMPTS:
+                    self._attempts[key] += 1
+                    lost.append((key, params, submitted))
+                    continue
+                res.submitted, res.received = submitted, received
+                res.attempts = self._attempts.pop(key, 1)
+                out.append(res)
+            if lost:
+                self._retry(lost)
         return sorted(out, key=lambda r: r.finished)
 
 
 class DataParallelRunner:
-    """One fit at a time on the driver; the backend spreads each fit over the cluster."""
+    """One fit at a time on the driver; the backend spreads each fit over the cluster.
+
+    Given the ``dataset`` (and a backend with a Dask client), a fit lost with a worker or with
+    its data is run again, on the data placed again from its source by ``backend.prepare``;
+    :attr:`X` is the current placement (the search refits its best model on it).
+    """
 
     mode = "data"
     slots = 1
 
-    def __init__(self, backend: Any, X: Any, y: np.ndarray | None, metrics_cfg: MetricsConfig) -> None:
+    def __init__(self, backend: Any, X: Any, y: np.ndarray | None, metrics_cfg: MetricsConfig,
+                 dataset: Any = None) -> None:
         self.backend = backend
-        self.X = X
+        self._X = X
         self.y = y
         self.metrics_cfg = metrics_cfg
-        self._queue: list[tuple[Any, ModelConfig]] = []
+        self.dataset = dataset
+        self.client = getattr(backend, "client", None)
+        # Without a cluster, or without the source to place the data from, a lost fit is final.
+        self._replaceable = self.client is not None and dataset is not None
+        self._workers = _n_workers(self.client) if self._replaceable else 0
+        self._queue: list[tuple[Any, ModelConfig, float]] = []
+
+    @property
+    def X(self) -> Any:
+        """The data as placed for the backend; placed again first if the last placement was lost."""
+        if self._X is None:
+            self.replace()
+        return self._X
+
+    def replace(self) -> None:
+        """Place the data on the cluster again, from its source, once workers are back.
+
+        Raises:
+            ToolkitError: the cluster has had no workers for :data:`NO_WORKERS_S`.
+        """
+        self._workers = wait_for_workers(self.client, self._workers)
+        self._X = self.backend.prepare(self.dataset)
 
     def submit(self, key: Any, params: ModelConfig) -> None:
         self._queue.append((key, params, time.time()))
@@ -242,11 +434,35 @@ class DataParallelRunner:
     def pending(self) -> int:
         return len(self._queue)
 
+    def _run(self, key: Any, params: ModelConfig) -> TrialResult:
+        """One attempt: place the data first if it was lost, then fit and score."""
+        if self._X is None:
+            started = time.time()
+            try:
+                self.replace()
+            except Exception as exc:
+                if not is_infrastructure_error(exc):  # the source itself is broken: stop
+                    raise
+                return TrialResult(key, params, error=f"placing the data again: {_one_line(exc)}",
+                                   error_type=type(exc).__name__, started=started,
+                                   finished=time.time(), infra=True)
+        return run_trial(key, self.backend, self._X, params, self.metrics_cfg, self.y)
+
     def results(self) -> list[TrialResult]:
-        """Run the oldest queued trial now, on the driver."""
+        """Run the oldest queued trial now, on the driver; after a lost worker, again on the
+        data placed again (:data:`INFRA_ATTEMPTS` runs at most)."""
         if not self._queue:
             return []
         key, params, submitted = self._queue.pop(0)
-        res = run_trial(key, self.backend, self.X, params, self.metrics_cfg, self.y)
+        for attempt in range(1, INFRA_ATTEMPTS + 1):
+            if attempt > 1:
+                _backoff(attempt)
+            res = self._run(key, params)
+            res.attempts = attempt
+            if not (res.infra and self._replaceable):
+                break
+            # Some blocks are gone: drop them all (the survivors would pin memory alongside a
+            # new copy); the next attempt, or the next trial, places the data again.
+            self._X = None
         res.submitted, res.received, res.slot = submitted, time.time(), "driver"
         return [res]

@@ -119,11 +119,12 @@ def log_centroids(
         if artifact_uri:
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+            from toolkit.tracking.retry import call
             from toolkit.tracking.runs import registry_uri, tracking_uri
 
             # The store's URIs passed on: an mlflow-artifacts:/ URI is resolved against them.
             repo = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri(), registry_uri=registry_uri())
-            repo.log_artifacts(tmp, artifact_path)
+            call(repo.log_artifacts, tmp, artifact_path, uri=tracking_uri(), what="log_artifacts")
         else:
             log_artifacts_dir(run_id, tmp, artifact_path)
 

@@ -31,7 +31,7 @@ from typing import Any
 from toolkit.errors import ToolkitError
 from toolkit.redact import redact
 
-__all__ = ["TIMEOUT_ENV", "TrackingUnavailableError", "call", "is_down", "is_transient", "mark_down"]
+__all__ = ["TIMEOUT_ENV", "TrackingUnavailableError", "call", "is_down", "is_transient", "mark_down", "unavailable"]
 
 TIMEOUT_ENV = "KMEANS_LIFECYCLE_TRACKING_TIMEOUT_S"
 _DEFAULT_TIMEOUT_S = 60.0
@@ -124,7 +124,7 @@ def reset(uri: str | None = None) -> None:
             _DOWN.pop(uri, None)
 
 
-def _unavailable(uri: str, why: str) -> TrackingUnavailableError:
+def unavailable(uri: str, why: str) -> TrackingUnavailableError:
     return TrackingUnavailableError(
         f"the tracking store {redact(uri)} is not answering ({redact(why)})",
         "start it again (or fix the network), then rerun with resume=true: trials already computed "
@@ -135,7 +135,7 @@ def _unavailable(uri: str, why: str) -> TrackingUnavailableError:
 def call(fn: Callable[..., Any], *args: Any, uri: str, what: str = "", **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, retried on transient failures for at most :func:`timeout_s`."""
     if uri in _DOWN:
-        raise _unavailable(uri, _DOWN[uri])
+        raise unavailable(uri, _DOWN[uri])
     creates = what.startswith("create_")
     deadline = time.monotonic() + timeout_s()
     pause = 0.5
@@ -148,7 +148,7 @@ def call(fn: Callable[..., Any], *args: Any, uri: str, what: str = "", **kwargs:
             if time.monotonic() + pause > deadline:
                 why = " ".join(str(exc).split())[:200] or type(exc).__name__
                 mark_down(uri, f"{what or 'a call'} failed for {timeout_s():.0f} s: {why}")
-                raise _unavailable(uri, _DOWN[uri]) from None
+                raise unavailable(uri, _DOWN[uri]) from None
             time.sleep(pause)
             pause = min(pause * 2, 8.0)
 

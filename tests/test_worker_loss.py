@@ -1,0 +1,338 @@
+"""A search survives a lost Dask worker: lost trials are run again, not failed or counted as done.
+
+Worker processes are SIGKILLed in the middle of real searches, on a 2-worker LocalCluster of
+this module's own (its nannies start a replacement for each killed worker; the session's
+shared cluster is never touched).  Each disturbed search is compared with the same search run
+undisturbed: same seed, random sampler, so the parameters of a trial depend only on its number.
+Nothing is mocked: real Optuna studies, real MLflow runs in a sqlite store, real workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from distributed import Client, LocalCluster, futures_of
+from distributed.client import FutureCancelledError
+from distributed.comm.core import CommClosedError
+from distributed.scheduler import KilledWorker
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from toolkit.backends import get_backend
+from toolkit.config import MetricsConfig, ModelConfig, load_experiment
+from toolkit.data import Dataset
+from toolkit.errors import ConfigError, ToolkitError
+from toolkit.search import search
+from toolkit.search.study import study_storage
+from toolkit.search.trials import (
+    INFRASTRUCTURE_ATTR,
+    DataParallelRunner,
+    TrialParallelRunner,
+    is_infrastructure_error,
+    wait_for_workers,
+)
+
+pytestmark = pytest.mark.slow
+
+N_TRIALS = 8
+#: Rows per backend: enough for the kill to land inside a data-parallel fit.
+ROWS = {"sklearn": 4000, "dask": 20_000, "dask-ml": 20_000}
+
+
+# -- fixtures and helpers -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lossy_client():
+    """This module's own 2-worker cluster (worker processes under nannies): ours to kill."""
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
+        dashboard_address=":0", silence_logs=logging.CRITICAL,
+    )
+    try:
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+@pytest.fixture()
+def full_client(lossy_client):
+    """The module's client, once both workers are up again (a previous test killed some)."""
+    lossy_client.wait_for_workers(2, timeout=60)
+    return lossy_client
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A migrated sqlite MLflow store for this module; the working directory moves to a temp
+    dir too, so default artifact roots land there."""
+    from _mlflow_store import init_store
+
+    root = tmp_path_factory.mktemp("worker-loss")
+    uri = init_store(root / "mlflow.db")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(var, raising=False)
+        mp.setenv("KMEANS_QUIET", "1")
+        mp.chdir(root)
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def mlc(store):
+    return MlflowClient(tracking_uri=store)
+
+
+def make_cfg(backend: str, experiment: str, storage: Path, **overrides: Any):
+    return load_experiment(None, {
+        "backend": backend,
+        "tracking.experiment": experiment,
+        "tracking.log_plot": False,
+        "registry.register_best": False,
+        "data.n_samples": ROWS[backend],
+        "model.init": "k-means++",
+        "search.storage": str(storage),
+        "search.sampler": "random",
+        "search.n_trials": N_TRIALS,
+        "search.space.init": None,
+        "search.space.n_clusters.low": 3,
+        "search.space.n_clusters.high": 8,
+        "metrics.silhouette_sample": 1000,
+        **overrides,
+    })
+
+
+def children(mlc: MlflowClient, parent_id: str) -> list:
+    exp_id = mlc.get_run(parent_id).info.experiment_id
+    return mlc.search_runs(
+        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000
+    )
+
+
+def running_runs(mlc: MlflowClient) -> list:
+    exp_ids = [e.experiment_id for e in mlc.search_experiments()]
+    return mlc.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+
+
+class Killer(threading.Thread):
+    """SIGKILLs worker processes once the study in ``storage`` has ``after`` complete trials."""
+
+    def __init__(self, client: Client, storage: Path, after: int, kill_all: bool) -> None:
+        super().__init__(daemon=True)
+        pids = sorted(client.run(os.getpid).values())
+        self.victims = pids if kill_all else pids[:1]
+        self.storage, self.after = storage, after
+        self.killed_at: float | None = None
+        self.stop = threading.Event()
+
+    def _complete(self, storage: Any) -> int:
+        names = optuna.get_all_study_names(storage)
+        if not names:
+            return 0
+        study = optuna.load_study(study_name=names[0], storage=storage)
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def run(self) -> None:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        while not self.storage.exists() and not self.stop.wait(0.02):
+            pass
+        storage = JournalStorage(JournalFileBackend(str(self.storage)))
+        while not self.stop.is_set():
+            if self._complete(storage) >= self.after:
+                for pid in self.victims:
+                    os.kill(pid, signal.SIGKILL)
+                self.killed_at = time.monotonic()
+                return
+            self.stop.wait(0.02)
+
+
+def _lost_search(client: Client, mlc: MlflowClient, tmp_path: Path, backend: str, kill_all: bool) -> None:
+    """Run ``backend``'s search undisturbed, then again killing workers after 2 trials; the
+    second must end normally with the same result and every trial FINISHED."""
+    base_cfg = make_cfg(backend, f"undisturbed-{backend}", tmp_path / "base.log")
+    base = search(base_cfg, client=client)
+    assert base.counts["complete"] == N_TRIALS
+
+    client.wait_for_workers(2, timeout=60)
+    storage = tmp_path / "lossy.log"
+    killer = Killer(client, storage, after=2, kill_all=kill_all)
+    killer.start()
+    try:
+        outcome = search(make_cfg(backend, f"lossy-{backend}", storage), client=client)
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.killed_at is not None, "the search ended before any worker was killed"
+
+    kids = children(mlc, outcome.parent_run_id)
+    assert len(kids) == N_TRIALS
+    assert {k.info.status for k in kids} == {"FINISHED"}, [k.data.tags.get("error") for k in kids]
+    # The kill cost some trial an attempt: it was run again rather than failed.
+    attempts = [int(k.data.tags.get("trial.attempts", "1")) for k in kids]
+    assert max(attempts) >= 2, attempts
+    assert not any("trial.infrastructure_failure" in k.data.tags for k in kids)
+    assert mlc.get_run(outcome.parent_run_id).info.status == "FINISHED"
+    assert not running_runs(mlc)
+    assert outcome.counts == {"complete": N_TRIALS, "failed": 0, "pruned": 0}
+    assert outcome.best_params == base.best_params
+    assert outcome.best_value == pytest.approx(base.best_value, rel=1e-6)
+    assert outcome.best_fit is not None  # refitted on the data as placed after the loss
+
+
+# -- searches that lose workers -----------------------------------------------------------
+
+
+def test_trial_parallel_search_survives_losing_every_worker(store, mlc, full_client, tmp_path):
+    """sklearn, trial-parallel: both workers killed, so the broadcast data is lost with them;
+    the trials in flight are scattered again and run again, none fails."""
+    _lost_search(full_client, mlc, tmp_path, "sklearn", kill_all=True)
+
+
+@pytest.mark.parametrize("backend", ["dask", "dask-ml"])
+def test_data_parallel_search_survives_a_lost_worker(store, mlc, full_client, tmp_path, backend):
+    """dask / dask-ml, data-parallel: one worker killed during a fit; its blocks are placed
+    again from the source and the fit run again."""
+    _lost_search(full_client, mlc, tmp_path, backend, kill_all=False)
+
+
+# -- the pieces, on purpose-lost data -----------------------------------------------------
+
+
+def _blobs(n: int) -> Dataset:
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=n, n_features=2, centers=4, cluster_std=0.2, random_state=0)
+    return Dataset("blobs", X.astype(np.float32), None, ["x0", "x1"], "blobs")
+
+
+@pytest.mark.parametrize("backend", ["dask", "dask-ml"])
+def test_data_parallel_runner_places_lost_data_again(full_client, backend):
+    dataset = _blobs(4000)
+    be = get_backend(backend)(client=full_client)
+    runner = DataParallelRunner(be, be.prepare(dataset), None, MetricsConfig(silhouette_sample=500), dataset)
+    lost = futures_of(runner.X)
+    full_client.cancel(lost)  # as if their workers had died
+    runner.submit(0, ModelConfig(n_clusters=4, random_state=0))
+    (res,) = runner.results()
+    assert res.ok and res.attempts == 2 and not res.infra, res.error
+    assert not set(futures_of(runner.X)) & set(lost)
+    assert {f.status for f in futures_of(runner.X)} == {"finished"}
+
+
+def test_data_parallel_runner_without_source_reports_infrastructure_failure(full_client):
+    """No dataset to place the data from: the lost fit is not retried, and says why it failed."""
+    dataset = _blobs(2000)
+    be = get_backend("dask")(client=full_client)
+    runner = DataParallelRunner(be, be.prepare(dataset), None, MetricsConfig(silhouette_sample=500))
+    full_client.cancel(futures_of(runner.X))
+    runner.submit(0, ModelConfig(n_clusters=4, random_state=0))
+    (res,) = runner.results()
+    assert not res.ok and res.infra and res.attempts == 1
+
+
+def test_trial_parallel_runner_scatters_lost_data_again(full_client):
+    dataset = _blobs(2000)
+    runner = TrialParallelRunner(full_client, "sklearn", dataset.X, None, MetricsConfig(silhouette_sample=500))
+    lost = runner._X
+    full_client.cancel(lost)  # every replica gone, as when all its workers die
+    for i in range(3):
+        runner.submit(i, ModelConfig(n_clusters=4, random_state=i))
+    got = []
+    while runner.pending():
+        got += runner.results()
+    assert sorted(r.key for r in got) == [0, 1, 2]
+    assert all(r.ok and r.attempts == 2 and not r.infra for r in got), [r.error for r in got]
+    assert runner._X is not lost and runner._X.status == "finished"
+
+
+def test_no_workers_is_a_one_line_toolkit_error():
+    cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=":0",
+                           silence_logs=logging.CRITICAL)
+    try:
+        with Client(cluster) as client:
+            start = time.monotonic()
+            with pytest.raises(ToolkitError) as err:
+                wait_for_workers(client, 2, replace_wait_s=0.2, no_workers_s=1.0)
+            assert 1.0 <= time.monotonic() - start < 10
+    finally:
+        cluster.close()
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith("the Dask cluster has no workers") and " -- fix: " in text
+    assert not isinstance(err.value, ConfigError)
+
+
+@pytest.mark.parametrize(("exc", "infra"), [
+    (FutureCancelledError("x", "lost dependencies"), True),
+    (concurrent.futures.CancelledError(), True),
+    (asyncio.CancelledError(), True),
+    (KilledWorker("x", None, 3), True),
+    (CommClosedError("in <TCP (closed)>"), True),
+    (OSError("Unable to contact Actor's worker"), True),
+    (ConnectionResetError(104, "Connection reset by peer"), True),
+    (TimeoutError("No valid workers found"), True),
+    (ValueError("Worker holding Actor was lost"), True),
+    (RuntimeError("cancelled for reason: already forgotten"), True),
+    (RuntimeError("wrapped"), False),
+    (ValueError("n_clusters=9 is larger than the 5 samples"), False),
+    (FileNotFoundError(2, "No such file or directory"), False),
+    (OSError(28, "No space left on device"), False),
+    (MemoryError(), False),
+    (ToolkitError("the worker was lost", "restart it"), False),
+])
+def test_infrastructure_error_rules(exc, infra):
+    assert is_infrastructure_error(exc) is infra
+
+
+def test_infrastructure_error_seen_through_its_cause():
+    try:
+        try:
+            raise CommClosedError("stream closed")
+        except CommClosedError as inner:
+            raise RuntimeError("the fit failed") from inner
+    except RuntimeError as outer:
+        assert is_infrastructure_error(outer)
+
+
+# -- resume -------------------------------------------------------------------------------
+
+
+def test_infrastructure_failure_is_not_done_on_resume(store, mlc, full_client, tmp_path):
+    """A trial the cluster lost after its last retry is failed with the infrastructure mark;
+    a resume runs another trial in its place (a genuinely failed trial would count as done)."""
+    storage = tmp_path / "optuna.log"
+    cfg = make_cfg("sklearn", "resume-infra", storage, **{"search.n_trials": 2})
+    first = search(cfg, client=full_client)
+    study = optuna.load_study(study_name=first.study_name, storage=study_storage(str(storage)))
+    lost = study.ask()
+    lost.suggest_int("n_clusters", 3, 8)
+    lost.set_user_attr(INFRASTRUCTURE_ATTR, True)  # what the search loop sets after the last retry
+    study.tell(lost, state=TrialState.FAIL)
+
+    resumed = search(make_cfg("sklearn", "resume-infra", storage,
+                              **{"search.n_trials": 3, "search.resume": True}), client=full_client)
+
+    assert resumed.resumed and resumed.study_name == first.study_name
+    trials = optuna.load_study(study_name=first.study_name, storage=study_storage(str(storage))).trials
+    states = [t.state for t in trials]
+    assert len(trials) == 4, states  # 2 done + the lost one + the one run in its place
+    assert states.count(TrialState.COMPLETE) == 3
+    assert not running_runs(mlc)
