@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 
-GPU_BACKENDS = ("cuml", "cuml-dask")
-
 
 # -- helpers ------------------------------------------------------------------------------------
 def _blobs(rows: int, features: int, k: int, seed: int = 0) -> np.ndarray:
@@ -144,13 +142,9 @@ def _environ(**values: str | None) -> Iterator[None]:
 
 
 def _gpu_available() -> bool:
-    try:
-        from toolkit.backends import get_backend
+    from toolkit.env import gpu_available
 
-        get_backend("cuml").check_available()
-        return True
-    except Exception:
-        return False
+    return gpu_available(("cuml", "cupy"))
 
 
 # -- section: per-iteration ----------------------------------------------------------------------

@@ -30,17 +30,7 @@ def main() -> int:
     from toolkit.search import search
     from toolkit.tracking import run_url
 
-    def register(outcome, backend, X, dataset):
-        if not (cfg.registry.register_best and outcome.best_fit is not None):
-            return
-        from toolkit.registry import register_fit
-
-        reg = register_fit(cfg, backend, outcome.best_fit, X, dataset, outcome.parent_run_id,
-                           search_parent_run_id=outcome.parent_run_id, metrics=outcome.best_metrics)
-        say(f"registered {reg.native_name} v{reg.native_version} and {reg.sklearn_name} v{reg.sklearn_version}"
-            f" (twin agreement {reg.agreement:.0%})")
-
-    out = search(cfg, on_best=register)
+    out = search(cfg, register=cfg.registry.register_best)
     say(
         f"search {out.study_name}: {out.counts['complete']} complete, {out.counts['failed']} failed, "
         f"{out.counts['pruned']} pruned"

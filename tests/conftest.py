@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -15,14 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _gpu_available() -> bool:
-    if importlib.util.find_spec("cuml") is None or importlib.util.find_spec("cupy") is None:
-        return False
-    try:
-        import cupy
+    from toolkit.env import gpu_available
 
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    return gpu_available(("cuml", "cupy"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

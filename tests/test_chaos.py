@@ -275,7 +275,6 @@ def test_artifact_store_read_only_mid_search(tmp_path, monkeypatch, client):
 
     from toolkit.config import load_experiment
     from toolkit.errors import ToolkitError
-    from toolkit.registry import register_fit
     from toolkit.search import search
 
     if os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(tmp_path)], capture_output=True).returncode:
@@ -295,12 +294,8 @@ def test_artifact_store_read_only_mid_search(tmp_path, monkeypatch, client):
             "data.n_samples=8000", "metrics.silhouette_sample=1000", "tracking.log_plot=false",
             "search.sampler=random", "search.prefetch=0", f"search.n_trials={n}", PLANTED, *extra])
 
-    def register(c):
-        return lambda out, backend, X, ds: register_fit(c, backend, out.best_fit, X, ds, out.parent_run_id,
-                                                        search_parent_run_id=out.parent_run_id)
-
     first = cfg("search.n_trials=3")
-    search(first, client=client, on_best=register(first))
+    search(first, client=client, register=True)
     before = registered_bytes(uri)
     assert len(before) == 2
 
@@ -320,13 +315,13 @@ def test_artifact_store_read_only_mid_search(tmp_path, monkeypatch, client):
     try:
         second = cfg()
         with pytest.raises(ToolkitError, match="cannot write a trial's run") as err:
-            search(second, client=client, on_best=register(second))
+            search(second, client=client, register=True)
         assert locked.is_set() and "\n" not in str(err.value) and "resume=true" in str(err.value)
     finally:
         locker.join(timeout=130)
         subprocess.run(["chattr", "-i", str(exp_dir)], capture_output=True)
         exp_dir.chmod(0o755)
     again = cfg("search.resume=true")
-    out = search(again, client=client, on_best=register(again))
+    out = search(again, client=client, register=True)
     assert out.resumed
     assert_record_trusted(uri, out.parent_run_id, n, before, [tmp_path])

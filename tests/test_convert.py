@@ -174,7 +174,7 @@ def test_to_numpy_handles_host_and_dask(client):
 
 
 def test_dask_backend_model_to_sklearn(client, blobs_small):
-    """The ``dask`` backend's DaskKMeans converts through its own sklearn_from_centers."""
+    """The ``dask`` backend's DaskKMeans converts through the one sklearn_from_centers."""
     pytest.importorskip("toolkit.backends.dask_lloyd")
     from toolkit.backends import make_backend
     from toolkit.data import Dataset
@@ -184,12 +184,14 @@ def test_dask_backend_model_to_sklearn(client, blobs_small):
     backend = make_backend("dask", client)
     prepared = backend.prepare(ds)
     result = backend.fit(prepared, ModelConfig(n_clusters=6, init="k-means||"))
-    assert class_key(result.model) == "toolkit.backends.dask_lloyd.DaskKMeans"
+    assert class_key(result.model) == "toolkit.kmeans_dask.estimator.DaskKMeans"
     sk = to_sklearn(result.model)
     assert type(sk) is KMeans
     labels = to_numpy(backend.predict(result.model, prepared))
     np.testing.assert_array_equal(sk.predict(X.astype(sk.cluster_centers_.dtype)), labels)
     assert check_equivalent(result.model, sk, X) == 1.0
+    # Built like every other twin: it predicts on the threads a fitted scikit-learn model uses.
+    assert sk._n_threads == KMeans(n_clusters=2, n_init=1).fit(X[:10])._n_threads
 
 
 # -- GPU conversions (skipped without cuML and a device) -----------------------------------------

@@ -98,7 +98,7 @@ def _no_driver():
 
 
 def test_missing_driver_is_named_separately_from_missing_packages(monkeypatch):
-    monkeypatch.setattr("toolkit.backends.require_packages", lambda *a: None)
+    monkeypatch.setattr("toolkit.env.require_packages", lambda *a: None)
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(_no_driver))
     with pytest.raises(BackendUnavailableError) as err:
         CumlBackend.check_available()
@@ -113,7 +113,7 @@ def test_missing_driver_is_named_separately_from_missing_packages(monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("raft_dask") is not None, reason="raft_dask installed")
 def test_cuml_dask_names_the_dask_extra(monkeypatch):
-    monkeypatch.setattr("toolkit.backends.require_packages", lambda *a: None)
+    monkeypatch.setattr("toolkit.env.require_packages", lambda *a: None)
     with pytest.raises(BackendUnavailableError, match=r"'raft_dask'.*cuml-cu12\[dask\]"):
         CumlDaskBackend.check_available()
 

@@ -243,24 +243,18 @@ def test_searches_started_together_get_studies_of_their_own(tmp_path):
 def test_resume_reuses_parent_clears_error_and_registers_only_a_better_model(two_stores, client, monkeypatch):
     a, _ = two_stores
     monkeypatch.setenv("MLFLOW_TRACKING_URI", a)
-    mlc = MlflowClient(a)
-    from toolkit.registry import register_fit
-
-    def register(cfg):
-        def on_best(outcome, backend, X, dataset):
-            register_fit(cfg, backend, outcome.best_fit, X, dataset, outcome.parent_run_id,
-                         search_parent_run_id=outcome.parent_run_id)
-        return on_best
-
+    mlc = MlflowClient(a, registry_uri=a)
     cfg = _cfg("resume-reg", "registry.native_name=rr", "registry.sklearn_name=rr-sk")
-    first = search(cfg, client=client, on_best=register(cfg))
+    first = search(cfg, client=client, register=True)
+    assert first.registered is not None and first.registered.native_version == "1"
     assert [str(v.version) for v in mlc.search_model_versions("name='rr'")] == ["1"]
     mlc.set_tag(first.parent_run_id, "error", "an earlier failure")
     # Under `mlflow run`, a resume starts in a run of its own: it must not stay behind.
     launcher = mlc.create_run(mlc.get_run(first.parent_run_id).info.experiment_id).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
     cfg = _cfg("resume-reg", "registry.native_name=rr", "registry.sklearn_name=rr-sk", "search.resume=true")
-    again = search(cfg, client=client, on_best=register(cfg))
+    again = search(cfg, client=client, register=True)
+    assert again.registered is None
     monkeypatch.delenv("MLFLOW_RUN_ID")
     assert again.resumed and again.parent_run_id == first.parent_run_id
     assert again.best_fit is None and again.previous_best == pytest.approx(first.best_value)
@@ -373,7 +367,7 @@ def test_summary_names_the_experiment_the_runs_went_to(two_stores, client, monke
     experiment, whatever the config says."""
     a, _ = two_stores
     monkeypatch.setenv("MLFLOW_TRACKING_URI", a)
-    mlc = MlflowClient(a)
+    mlc = MlflowClient(a, registry_uri=a)
     launcher = mlc.create_run(mlc.create_experiment("chosen-by-mlflow-run")).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
     out = search(_cfg("from-the-config", "registry.register_best=false"), client=client)

@@ -226,7 +226,7 @@ def test_search_native_model_flavor(searched, mlc, tmp_path, blobs):
     "backend, model_class",
     [
         ("dask-ml", "dask_ml.cluster.k_means.KMeans"),
-        ("dask", "toolkit.backends.dask_lloyd.DaskKMeans"),
+        ("dask", "toolkit.kmeans_dask.estimator.DaskKMeans"),
     ],
 )
 def test_dask_backends_register_native_and_equal_twin(

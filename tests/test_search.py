@@ -347,7 +347,7 @@ def test_auto_prefetch_queues_one_and_more_behind_short_trials():
     ~50 ms hand-off; a data-parallel runner never has more than one fit."""
     from types import SimpleNamespace
 
-    from toolkit.search.runner import _in_flight_target
+    from toolkit.search.loop import in_flight_target as _in_flight_target
 
     trial_runner = SimpleNamespace(slots=2, mode="trial")
 
@@ -550,7 +550,8 @@ def test_storage_in_a_missing_folder_is_a_config_error(tmp_path):
 def test_resume_settles_what_a_killed_driver_left(store, mlc, tmp_path):
     """Deterministic version of the kill/resume race: one child run half-written (RUNNING) for
     a COMPLETE trial, one COMPLETE trial never written, one trial left RUNNING in Optuna."""
-    from toolkit.search.runner import INTERRUPTED_ATTR, _fail_stale
+    from toolkit.search.resume import INTERRUPTED_ATTR
+    from toolkit.search.resume import settle as _fail_stale
     from toolkit.search.study import study_storage
 
     cfg = make_cfg("search-settle", str(tmp_path / "optuna.log"))

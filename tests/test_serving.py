@@ -279,7 +279,9 @@ def gpu_model_dir(registered, tmp_path_factory):
     GPU model has (device: gpu, model_class: cuml.cluster.kmeans.KMeans) and logs that folder
     as a LoggedModel with its checksums, as register.py does.  Returns a local copy of it.
     """
-    if flavor._gpu_present():
+    from toolkit.env import gpu_available
+
+    if gpu_available():
         pytest.skip("a GPU is present: a cuML model would load")
     from toolkit.registry import integrity
 

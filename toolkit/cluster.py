@@ -19,7 +19,40 @@ import numpy as np
 from toolkit.config import ClusterConfig
 from toolkit.errors import BackendUnavailableError, ToolkitError
 
-__all__ = ["client_info", "dask_client", "scatter_rows", "scheduler_address"]
+__all__ = [
+    "BLOCKS_PER_WORKER",
+    "block_count",
+    "block_rows",
+    "client_info",
+    "dask_client",
+    "n_workers",
+    "scatter_rows",
+    "scheduler_address",
+]
+
+#: Data spread over a Dask cluster is cut into at least this many blocks per worker, so that
+#: every worker has work even on small data and a slow block can be balanced by another.
+BLOCKS_PER_WORKER = 2
+
+
+def n_workers(client: Any) -> int:
+    """Workers of ``client``'s cluster (1 without a client or before any worker joined)."""
+    if client is None:
+        return 1
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def block_count(n_rows: int, workers: int, chunk_rows: int) -> int:
+    """Blocks to cut ``n_rows`` rows into: :data:`BLOCKS_PER_WORKER` per worker at least, more
+    when that leaves over ``chunk_rows`` rows in a block, and never more blocks than rows."""
+    want = max(BLOCKS_PER_WORKER * max(1, workers), -(-n_rows // max(1, int(chunk_rows))))
+    return max(1, min(n_rows, want))
+
+
+def block_rows(n_rows: int, workers: int, chunk_rows: int) -> int:
+    """Rows per block for :func:`block_count`'s rule: at most ``chunk_rows``, and few enough
+    that every worker gets :data:`BLOCKS_PER_WORKER` blocks."""
+    return max(1, min(int(chunk_rows), -(-n_rows // (BLOCKS_PER_WORKER * max(1, workers)))))
 
 
 def scheduler_address(cfg: ClusterConfig) -> str | None:
@@ -182,11 +215,12 @@ def _own_aligned(block: np.ndarray) -> np.ndarray:
 def scatter_rows(X: np.ndarray, client: Any, chunk_rows: int = 250_000) -> Any:
     """``X`` as a persisted Dask array whose row blocks are spread evenly over the workers.
 
-    Every worker gets the same number of blocks (at least two, at most ``chunk_rows`` rows
-    each), sent straight to it with ``Client.scatter``.  A data-parallel pass then costs the
-    same on every worker; ``client.persist(da.from_array(X))`` leaves placement to the
-    scheduler (6 blocks on one worker and 2 on the other was seen on a 2-worker cluster) and
-    embeds ``X`` in the task graph.
+    Every worker gets the same number of blocks (:func:`block_count`'s rule: at least
+    :data:`BLOCKS_PER_WORKER`, at most ``chunk_rows`` rows each), sent straight to it with
+    ``Client.scatter``.  A data-parallel pass then costs the same on every worker;
+    ``client.persist(da.from_array(X))`` leaves placement to the scheduler (6 blocks on one
+    worker and 2 on the other was seen on a 2-worker cluster) and embeds ``X`` in the task
+    graph.
 
     Args:
         X: ``(n, d)`` NumPy array.
@@ -203,7 +237,7 @@ def scatter_rows(X: np.ndarray, client: Any, chunk_rows: int = 250_000) -> Any:
     workers = sorted(client.scheduler_info().get("workers", {}))
     w = max(1, len(workers))
     n = int(X.shape[0])
-    blocks = max(2 * w, -(-n // max(1, int(chunk_rows))))
+    blocks = block_count(n, w, chunk_rows)
     blocks = min(max(1, n), -(-blocks // w) * w)  # a multiple of the workers, none empty
     rows = -(-n // blocks)
     pieces = [X[s : s + rows] for s in range(0, n, rows)]

@@ -1,10 +1,22 @@
 """Model conversion as a table: ``(source class, target) -> function``.
 
-Every fitted k-means the toolkit produces (scikit-learn, dask-ml, the ``dask`` backend, cuML
-single-GPU, cuML multi-GPU) can be turned into a scikit-learn ``KMeans`` that predicts the same
-labels, and scikit-learn models can be turned into cuML ones.  Models are matched by their
-fully-qualified class name (``"cuml.cluster.kmeans.KMeans"``), so dispatching never imports a
-GPU library; the library a conversion needs is imported inside that conversion only.
+Every fitted k-means the toolkit produces (scikit-learn, dask-ml, the ``dask`` backend's
+``DaskKMeans``, cuML single-GPU, cuML multi-GPU) can be turned into a scikit-learn ``KMeans``
+that predicts the same labels, and scikit-learn models can be turned into cuML ones.  Models
+are matched by their fully-qualified class name (``"cuml.cluster.kmeans.KMeans"``), so
+dispatching never imports a GPU library; the library a conversion needs is imported inside that
+conversion only.
+
+This module owns every conversion and imports nothing of :mod:`toolkit.backends` nor of
+:mod:`toolkit.kmeans_dask`: it sits below them, and backends call it (``to_sklearn``,
+``to_cuml``), never the other way round.  The alternative -- each backend registering its own
+converters into a table here -- needs the backend modules imported before any conversion can
+run, which for a model read back from the registry (a cuML model on a CPU-only serving host, a
+``DaskKMeans`` rebuilt from its files) means importing the backends from here again, the cycle
+this layout removes; and it would keep two builders of scikit-learn models.  Converting needs
+only the fitted attributes, which every library names the same way, so one table keyed by class
+name is the simpler design: :func:`sklearn_from_centers` is the one place a scikit-learn model
+is built by hand.
 
 Class names checked against the cuML source (rapidsai/cuml, 26.10): ``cuml.KMeans`` lives in
 ``python/cuml/cuml/cluster/kmeans.pyx`` (module ``cuml.cluster.kmeans``); ``KMeansMG`` (what
@@ -33,6 +45,8 @@ __all__ = [
     "convert",
     "input_dtype",
     "register_conversion",
+    "same_public_class",
+    "sklearn_from_centers",
     "to_cuml",
     "to_numpy",
     "to_sklearn",
@@ -43,7 +57,7 @@ Converter = Callable[[Any], Any]
 # Source keys: "<module>.<qualname>" of the classes as defined (not as re-exported).
 _SKLEARN = "sklearn.cluster._kmeans.KMeans"
 _DASK_ML = "dask_ml.cluster.k_means.KMeans"
-_DASK_LLOYD = "toolkit.backends.dask_lloyd.DaskKMeans"
+_DASK_KMEANS = "toolkit.kmeans_dask.estimator.DaskKMeans"
 _CUML = "cuml.cluster.kmeans.KMeans"
 _CUML_MG = "cuml.cluster.kmeans_mg.KMeansMG"
 _CUML_DASK = "cuml.dask.cluster.kmeans.KMeans"
@@ -87,14 +101,17 @@ def _params_dict(source: Any) -> dict[str, Any]:
     return {}
 
 
-def _sklearn_init(init: Any) -> Any:
-    """An ``init`` value scikit-learn accepts, from any backend's vocabulary."""
+def _sklearn_init(init: Any, shape: tuple[int, int]) -> Any:
+    """An ``init`` value scikit-learn accepts for ``shape`` centers, from any backend's vocabulary."""
     if init is None:
         return "k-means++"
     if isinstance(init, str):
         # 'k-means||' / cuML's 'scalable-k-means++' are k-means++ variants sklearn lacks.
         return "random" if init == "random" else "k-means++"
-    return init if callable(init) else to_numpy(init)
+    if callable(init):
+        return init
+    arr = to_numpy(init)
+    return arr if arr.shape == shape else "k-means++"  # a stale array would fail set_params checks
 
 
 def _openmp_threads() -> int:
@@ -105,7 +122,7 @@ def _openmp_threads() -> int:
     return int(_openmp_effective_n_threads())
 
 
-def _sklearn_from_attrs(
+def sklearn_from_centers(
     centers: Any,
     *,
     params: Any = None,
@@ -113,39 +130,63 @@ def _sklearn_from_attrs(
     n_iter: int | None = None,
     labels: Any = None,
     n_features_in: int | None = None,
+    dtype: Any = None,
 ) -> Any:
-    """A fitted ``sklearn.cluster.KMeans`` built from centroids, without refitting.
+    """A fitted ``sklearn.cluster.KMeans`` that predicts with ``centers``; nothing is refit.
 
     The one place models are hand-built; every path that cannot use a library's own converter
-    (dask-ml, old cuML) comes here.  Centers keep their float dtype: scikit-learn's predict
-    needs X in the same dtype as ``cluster_centers_``.
+    (dask-ml, the ``dask`` backend, old cuML, a model rebuilt from the registry's files) comes
+    here.
+
+    Args:
+        centers: ``(k, d)`` centroids (NumPy, CuPy, Dask, pandas...).
+        params: hyperparameters: a mapping, a pydantic model or an estimator (``get_params``);
+            unknown keys are ignored, ``init`` values scikit-learn lacks (``"k-means||"``,
+            cuML's ``"scalable-k-means++"``) become ``"k-means++"``.
+        inertia: training inertia (``inertia_``; left unset when None).
+        n_iter: iterations run (``n_iter_``; left unset when None).
+        labels: training labels, if cheaply available on the host (``labels_``).
+        n_features_in: ``n_features_in_`` (default: the centers' width).
+        dtype: dtype of ``cluster_centers_``; default: the centers' own float dtype (float64
+            for other dtypes).  scikit-learn's ``predict`` needs rows of the same dtype as the
+            centers (its Cython kernels take one dtype).
+
+    Raises:
+        ValueError: ``centers`` is not 2-D, or ``params`` name another ``n_clusters``.
     """
     from sklearn.cluster import KMeans
 
-    centers = np.ascontiguousarray(to_numpy(centers))
-    if centers.dtype not in (np.float32, np.float64):
-        centers = centers.astype(np.float64)
+    centers = to_numpy(centers)
+    if dtype is None:
+        dtype = centers.dtype if centers.dtype in (np.float32, np.float64) else np.float64
+    centers = np.array(centers, dtype=dtype, order="C")  # a copy: never shares the source's memory
+    if centers.ndim != 2:
+        raise ValueError(f"centers must be 2-D (k, d), got shape {centers.shape}")
+    k, d = centers.shape
     given = _params_dict(params)
-    kwargs = {k: given[k] for k in _COMMON_PARAMS if k in given and given[k] is not None}
-    kwargs["n_clusters"] = int(centers.shape[0])
-    kwargs["init"] = _sklearn_init(given.get("init"))
+    if given.get("n_clusters") is not None and int(given["n_clusters"]) != k:
+        raise ValueError(f"params say n_clusters={given['n_clusters']} but centers has {k} rows")
+    kwargs = {key: given[key] for key in _COMMON_PARAMS if key in given and given[key] is not None}
+    kwargs["n_clusters"] = k
+    kwargs["init"] = _sklearn_init(given.get("init"), (k, d))
     if not isinstance(kwargs.get("n_init", "auto"), (int, np.integer)):
         kwargs["n_init"] = "auto"
     if not isinstance(kwargs.get("random_state"), (int, np.integer, type(None))):
         kwargs.pop("random_state")  # e.g. a RandomState / cuML seed object
     model = KMeans(**kwargs)
     model.cluster_centers_ = centers
-    model.n_features_in_ = int(n_features_in if n_features_in is not None else centers.shape[1])
+    model.n_features_in_ = int(n_features_in if n_features_in is not None else d)
     if inertia is not None:
         model.inertia_ = float(inertia)
     if n_iter is not None:
         model.n_iter_ = int(n_iter)
     if labels is not None:
         model.labels_ = to_numpy(labels)
-    # scikit-learn private attributes KMeans.fit sets: predict needs _n_threads,
-    # get_feature_names_out needs _n_features_out.
+    # scikit-learn private attributes KMeans.fit sets: predict needs _n_threads (all the
+    # threads OpenMP would give a fitted model, as fit sets it), get_feature_names_out needs
+    # _n_features_out.
     model._n_threads = _openmp_threads()
-    model._n_features_out = int(centers.shape[0])
+    model._n_features_out = k
     return model
 
 
@@ -183,7 +224,7 @@ def _identity(model: Any) -> Any:
 
 def _daskml_to_sklearn(model: Any) -> Any:
     # labels_ is a lazy Dask array as long as the data: dropped, not computed.
-    return _sklearn_from_attrs(
+    return sklearn_from_centers(
         model.cluster_centers_,
         params=model,
         inertia=model.inertia_,
@@ -192,19 +233,17 @@ def _daskml_to_sklearn(model: Any) -> Any:
     )
 
 
-def _dask_lloyd_to_sklearn(model: Any) -> Any:
-    # Imported here: the module belongs to the ``dask`` backend and pulls in Dask.
-    from toolkit.backends.dask_lloyd import sklearn_from_centers
-
-    params = model.get_params() if hasattr(model, "get_params") else None
+def _dask_kmeans_to_sklearn(model: Any) -> Any:
+    # Attributes only: the model's package (and Dask) need not be imported to convert it.
     labels = getattr(model, "labels_", None)
     return sklearn_from_centers(
         model.cluster_centers_,
-        inertia=model.inertia_,
-        n_iter=model.n_iter_,
-        params=params,
+        params=model,
+        inertia=getattr(model, "inertia_", None),
+        n_iter=getattr(model, "n_iter_", None),
         # NumPy labels (NumPy input) are kept; lazy Dask ones refer to data on the cluster.
         labels=labels if isinstance(labels, np.ndarray) else None,
+        n_features_in=getattr(model, "n_features_in_", None),
     )
 
 
@@ -212,7 +251,7 @@ def _cuml_to_sklearn(model: Any) -> Any:
     if hasattr(model, "as_sklearn"):
         return model.as_sklearn()
     # cuML < 25.02 has no interop API: hand-build from what predict needs.
-    return _sklearn_from_attrs(
+    return sklearn_from_centers(
         model.cluster_centers_,
         params=model,
         inertia=getattr(model, "inertia_", None),
@@ -275,17 +314,22 @@ def combined_to_single(kmeans_mg: Any) -> Any:
     )
 
 
-def _cuml_dask_to_cuml(model: Any) -> Any:
-    from toolkit.backends.cuml_dask import single_gpu_model
+def _cuml_dask_to_cuml(wrapper: Any) -> Any:
+    """A plain single-GPU ``cuml.KMeans`` equal to a fitted ``cuml.dask.cluster.KMeans``.
 
-    return single_gpu_model(model)
+    Built from ``wrapper.get_combined_model()`` by :func:`combined_to_single`; ``inertia_`` is
+    set to the wrapper's global value, ``labels_`` stays worker 0's, so do not read it.
+    """
+    local = combined_to_single(wrapper.get_combined_model())
+    local.inertia_ = float(wrapper.inertia_)
+    return local
 
 
 #: ``(source class key, target) -> converter``; targets are "sklearn" and "cuml".
 CONVERSIONS: dict[tuple[str, str], Converter] = {
     (_SKLEARN, "sklearn"): _identity,
     (_DASK_ML, "sklearn"): _daskml_to_sklearn,
-    (_DASK_LLOYD, "sklearn"): _dask_lloyd_to_sklearn,
+    (_DASK_KMEANS, "sklearn"): _dask_kmeans_to_sklearn,
     (_CUML, "sklearn"): _cuml_to_sklearn,
     (_CUML_MG, "sklearn"): _cuml_mg_to_sklearn,
     (_CUML_DASK, "sklearn"): _cuml_dask_to_sklearn,
@@ -313,7 +357,7 @@ def register_conversion(source_key: str, target: str, fn: Converter) -> None:
     CONVERSIONS[(source_key, target)] = fn
 
 
-def _same_public_class(cls: type, key: str) -> bool:
+def same_public_class(cls: type, key: str) -> bool:
     """``cls`` is ``key``'s class moved to another private module of the same package."""
     module, _, name = key.rpartition(".")
     package = module.rpartition(".")[0] or module
@@ -331,7 +375,7 @@ def _find(model: Any, target: str) -> Converter | None:
     # Libraries move classes between private modules; match on name and package too.
     for cls in mro:
         for (key, tgt), fn in CONVERSIONS.items():
-            if tgt == target and _same_public_class(cls, key):
+            if tgt == target and same_public_class(cls, key):
                 return fn
     return None
 

@@ -29,7 +29,7 @@ from toolkit.tracking import (
     tracked_run,
 )
 
-__all__ = ["TrainOutcome", "backend_session", "fit_and_score", "log_fit", "train"]
+__all__ = ["TrainOutcome", "backend_session", "fit_and_score", "log_fit", "register_best", "train"]
 
 
 @dataclass
@@ -38,6 +38,8 @@ class TrainOutcome:
     result: FitResult
     metrics: dict[str, float]
     backend: str
+    #: The :class:`toolkit.registry.Registered` record when ``register=True``.
+    registered: Any = None
 
 
 def fit_and_score(
@@ -66,15 +68,19 @@ def fit_and_score(
 
 @contextlib.contextmanager
 def backend_session(
-    cfg: ExperimentConfig, client: Any = None, need_cluster: bool | None = None
+    cfg: ExperimentConfig, client: Any = None, need_cluster: bool | None = None,
+    backend_cls: type[KMeansBackend] | None = None,
 ) -> Iterator[tuple[KMeansBackend, Any]]:
     """Yield ``(backend, dask_client)`` for ``cfg``; start (and close) a cluster if needed.
 
     ``client`` reuses an existing Dask client.  Without one, a cluster is started when the
     backend is data-parallel or ``need_cluster`` is true (a trial-parallel search).
+    ``backend_cls`` is the backend class when the caller has already looked it up and checked it.
     """
-    cls = get_backend(cfg.backend)
-    cls.check_available()
+    cls = backend_cls
+    if cls is None:
+        cls = get_backend(cfg.backend)
+        cls.check_available()
     want = need_cluster if need_cluster is not None else cls.parallelism == "data"
     options = {"persist": cfg.data.persist, "chunk_rows": cfg.data.chunk_rows}
     if client is not None or not want:
@@ -147,13 +153,24 @@ def train(
             X = backend.prepare(dataset)
             result, metrics = fit_and_score(backend, X, cfg.model, cfg.metrics, dataset.y)
             log_fit(run_id, cfg, dataset, result, metrics, X, backend)
-            if register:
-                from toolkit.registry import register_fit
+            registered = register_best(cfg, backend, result, X, dataset, run_id, metrics) if register else None
+        return TrainOutcome(run_id=run_id, result=result, metrics=metrics, backend=cfg.backend,
+                            registered=registered)
 
-                reg = register_fit(cfg, backend, result, X, dataset, run_id, metrics=metrics)
-                from toolkit.console import say
 
-                say(f"registered {reg.native_name} v{reg.native_version}"
-                    + (f" and {reg.sklearn_name} v{reg.sklearn_version}" if reg.sklearn_version else "")
-                    + f" (twin agreement {reg.agreement:.0%})")
-        return TrainOutcome(run_id=run_id, result=result, metrics=metrics, backend=cfg.backend)
+def register_best(cfg: ExperimentConfig, backend: KMeansBackend, fit: FitResult, X: Any, dataset: Dataset,
+                  run_id: str, metrics: dict[str, float], search_parent_run_id: str | None = None) -> Any:
+    """Log and register ``fit`` (native model and scikit-learn twin) under ``cfg``'s registry
+    names, and say what was registered: the one registration call of ``train`` and ``search``.
+
+    Returns the :class:`toolkit.registry.Registered` record.
+    """
+    from toolkit.console import say
+    from toolkit.registry import register_fit
+
+    reg = register_fit(cfg, backend, fit, X, dataset, run_id, search_parent_run_id=search_parent_run_id,
+                       metrics=metrics)
+    say(f"registered {reg.native_name} v{reg.native_version}"
+        + (f" and {reg.sklearn_name} v{reg.sklearn_version}" if reg.sklearn_version else "")
+        + f" (twin agreement {reg.agreement:.0%})")
+    return reg

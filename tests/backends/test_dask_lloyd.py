@@ -1,4 +1,5 @@
-"""The ``dask`` backend's own Lloyd k-means against scikit-learn, on the session LocalCluster."""
+"""The ``dask`` backend and its Lloyd k-means (:mod:`toolkit.kmeans_dask`) against scikit-learn,
+on the session LocalCluster."""
 
 from __future__ import annotations
 
@@ -11,16 +12,12 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from toolkit.backends import make_backend
-from toolkit.backends.dask_lloyd import (
-    DaskBackend,
-    DaskKMeans,
-    _k_stats,
-    _kernel_centers,
-    lloyd_fit,
-    sklearn_from_centers,
-)
+from toolkit.backends.dask_lloyd import DaskBackend
 from toolkit.config import ModelConfig
+from toolkit.convert import sklearn_from_centers
 from toolkit.data import Dataset
+from toolkit.kmeans_dask import DaskKMeans, lloyd_fit
+from toolkit.kmeans_dask.kernels import k_stats, kernel_centers
 
 
 def _data(n: int, d: int, seed: int) -> np.ndarray:
@@ -123,13 +120,13 @@ def test_several_empty_clusters_deterministic(client):
 
 def test_engines_agree(client, monkeypatch):
     """Actors on the event loop, actors in their thread, pinned tasks: the same fit."""
-    import toolkit.backends.dask_lloyd as dl
+    import toolkit.kmeans_dask.engines as engines
 
     X = _data(3000, 3, 10)
     C0 = _init(X, 4, 10)
     Xd = _persisted(client, X)
     inline = DaskKMeans(4, init=C0).fit(Xd, client=client, engine="actors")
-    monkeypatch.setattr(dl, "_INLINE_VALUES", 0)
+    monkeypatch.setattr(engines, "_INLINE_VALUES", 0)
     threaded = DaskKMeans(4, init=C0).fit(Xd, client=client, engine="actors")
     tasks = DaskKMeans(4, init=C0).fit(Xd, client=client, engine="futures")
     for other in (threaded, tasks):
@@ -143,7 +140,7 @@ def test_ties_go_to_lowest_index_center():
     X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]], dtype=np.float32)
     centers = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])  # centers 0 and 1 coincide
     o = np.zeros(2, np.float32)
-    out = _k_stats(X, 0, 0, o, *_kernel_centers(centers))
+    out = k_stats(X, 0, 0, o, *kernel_centers(centers))
     np.testing.assert_array_equal(out[:, -1], [2, 0, 1])
     np.testing.assert_allclose(out[0, :2], [0.1, 0.0], rtol=1e-6)
 
@@ -250,11 +247,11 @@ def test_kernel_on_read_only_and_odd_address_blocks(centred):
     X = _data(5000, 4, 3) - (0.0 if centred else 3.0)
     o = X.mean(axis=0) if centred else np.zeros(4, np.float32)
     C = _init(X, 3, 3).astype(np.float64) - o
-    expected = _k_stats(X, 0, 0, o, *_kernel_centers(C))
+    expected = k_stats(X, 0, 0, o, *kernel_centers(C))
     raw = np.empty(X.nbytes + 1, np.uint8)
     odd = raw[1:].view(np.float32).reshape(X.shape)  # 1 byte off: not float32-aligned
     odd[...] = X
     odd.setflags(write=False)
     assert not odd.flags.aligned
-    np.testing.assert_array_equal(_k_stats(odd, 0, 0, o, *_kernel_centers(C)), expected)
+    np.testing.assert_array_equal(k_stats(odd, 0, 0, o, *kernel_centers(C)), expected)
     assert expected[:, -1].sum() == len(X) and np.all(expected[:, -1] > 0)

@@ -7,11 +7,11 @@ are imported by the GPU backends' modules alone, so a CPU run never loads them.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Any
 
 from toolkit.backends.base import FitResult, KMeansBackend, Parallelism
-from toolkit.errors import BackendUnavailableError, ConfigError
+from toolkit.env import require_packages  # re-exported: part of this package's API
+from toolkit.errors import ConfigError
 
 __all__ = [
     "BACKENDS",
@@ -31,31 +31,6 @@ BACKENDS: dict[str, str] = {
     "cuml": "toolkit.backends.cuml_single:CumlBackend",
     "cuml-dask": "toolkit.backends.cuml_dask:CumlDaskBackend",
 }
-
-# Install hint per import name, for the error a missing package gives.
-_PIP_NAMES = {
-    "dask_ml": "dask-ml",
-    "cuml": 'cuml-cu12[dask] (pip install ".[gpu]")',
-    "cudf": 'cudf-cu12 (pip install ".[gpu]")',
-    "dask_cudf": 'dask-cudf-cu12 (pip install ".[gpu]")',
-    "dask_cuda": 'dask-cuda (pip install ".[gpu]")',
-    "cupy": "cupy-cuda12x",
-}
-
-
-def require_packages(backend: str, modules: tuple[str, ...]) -> None:
-    """Raise :class:`BackendUnavailableError` if any of ``modules`` cannot be imported."""
-    for mod in modules:
-        try:
-            found = importlib.util.find_spec(mod) is not None
-        except (ImportError, ValueError):  # a blocked or half-installed package
-            found = False
-        if not found:
-            raise BackendUnavailableError(
-                f"backend {backend!r} needs the Python package {mod!r}, which is not installed",
-                f"install {_PIP_NAMES.get(mod, mod)} or choose a CPU backend (sklearn, dask, dask-ml)",
-            )
-
 
 def get_backend(name: str) -> type[KMeansBackend]:
     """The backend class registered under ``name`` (imports its module now)."""

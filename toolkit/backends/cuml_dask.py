@@ -12,44 +12,26 @@ What the fitted Dask wrapper holds (cuML 26.x, ``python/cuml/cuml/dask/cluster/k
   labels the metrics need come from ``predict`` on the same data, which runs partition by
   partition with the same final centroids (cuML's own tests assert ``fit_predict == predict``).
 * ``get_combined_model()`` -- a local ``KMeansMG`` with worker 0's ``labels_``/``inertia_`` and a
-  comms ``handle`` it cannot be cloned without; :func:`single_gpu_model` turns it into a plain
-  ``cuml.KMeans`` with the global inertia, which is what gets registered.
+  comms ``handle`` it cannot be cloned without; :func:`toolkit.convert.to_cuml` turns the
+  wrapper into a plain ``cuml.KMeans`` with the global inertia, which is what gets registered.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit import env
 from toolkit.backends.base import FitResult, KMeansBackend
 from toolkit.backends.cuml_single import check_gpu, cuml_kwargs, gpu_library_versions
+from toolkit.cluster import block_count, n_workers
 from toolkit.config import ModelConfig
-from toolkit.convert import combined_to_single, to_numpy
+from toolkit.convert import combined_to_single, to_cuml, to_numpy
 from toolkit.data import Dataset
 from toolkit.errors import BackendUnavailableError, ConfigError, ToolkitError
 
-__all__ = ["CumlDaskBackend", "distributed_from_single", "host_dask", "single_gpu_model"]
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a blocked or half-installed package
-        return False
-
-
-def single_gpu_model(wrapper: Any) -> Any:
-    """A plain single-GPU ``cuml.KMeans`` equal to a fitted ``cuml.dask.cluster.KMeans``.
-
-    Built as ``cuml.KMeans.from_sklearn(wrapper.get_combined_model().as_sklearn())`` (with a
-    fallback for cuML < 25.02, see :func:`toolkit.convert.combined_to_single`).  ``inertia_`` is
-    set to the wrapper's global value; ``labels_`` stays worker 0's, so do not read it.
-    """
-    local = combined_to_single(wrapper.get_combined_model())
-    local.inertia_ = float(wrapper.inertia_)
-    return local
+__all__ = ["CumlDaskBackend", "distributed_from_single", "host_dask"]
 
 
 def distributed_from_single(local_model: Any, client: Any, datatype: str = "cudf") -> Any:
@@ -115,7 +97,7 @@ class CumlDaskBackend(KMeansBackend):
         super().check_available()
         # Since cuML 25.12 the Dask layer is the [dask] extra: without raft_dask,
         # `import cuml.dask` fails even though `cuml` is installed.
-        if not _importable("raft_dask"):
+        if not env.importable("raft_dask"):
             raise BackendUnavailableError(
                 f"backend {cls.name!r} needs the Python package 'raft_dask', "
                 "which is not installed",
@@ -166,8 +148,7 @@ class CumlDaskBackend(KMeansBackend):
             import pandas as pd
 
             X = dataset.X if isinstance(dataset.X, np.ndarray) else dataset.X.compute()
-            n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-            n_parts = max(2 * n_workers, -(-X.shape[0] // self.chunk_rows))
+            n_parts = block_count(X.shape[0], n_workers(client), self.chunk_rows)
             pdf = pd.DataFrame(np.asarray(X, dtype=np.float32), columns=dataset.feature_names)
             ddf = dd.from_pandas(pdf, npartitions=n_parts).to_backend("cudf")
         if self.persist:
@@ -200,8 +181,8 @@ class CumlDaskBackend(KMeansBackend):
         return host_dask(X), host_dask(labels)
 
     def native_model(self, result: FitResult) -> Any:
-        """A plain single-GPU ``cuml.KMeans`` (see :func:`single_gpu_model`)."""
-        return single_gpu_model(result.model)
+        """A plain single-GPU ``cuml.KMeans`` with the global inertia (:func:`toolkit.convert.to_cuml`)."""
+        return to_cuml(result.model)
 
     def library_versions(self) -> dict[str, str]:
         """NumPy, scikit-learn, the RAPIDS wheels, dask-cuda and the CUDA runtime version."""

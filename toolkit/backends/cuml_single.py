@@ -3,7 +3,8 @@
 cuML, CuPy and cuDF are imported inside functions only: this module imports on a machine
 without them, so the registry can read its class attributes and report what is missing.
 There is no CPU mode for cuML's KMeans (``cuml.common.device_selection`` went in 25.08), so
-:meth:`CumlBackend.check_available` looks for a usable GPU by trying one.
+:meth:`CumlBackend.check_available` looks for a usable GPU by trying one
+(:func:`toolkit.env.gpu_problem`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit import env
 from toolkit.backends.base import FitResult, KMeansBackend
 from toolkit.config import ModelConfig
 from toolkit.convert import to_numpy
 from toolkit.data import Dataset
 from toolkit.errors import BackendUnavailableError
 
-__all__ = ["CUML_INIT", "CumlBackend", "check_gpu", "gpu_library_versions", "gpu_problem"]
+__all__ = ["CUML_INIT", "CumlBackend", "check_gpu", "cuml_kwargs", "gpu_library_versions"]
 
 #: toolkit ``init`` -> cuML's name for it ('k-means||' is cuML's 'scalable-k-means++').
 CUML_INIT: dict[str, str] = {
@@ -41,23 +43,9 @@ def cuml_kwargs(params: ModelConfig) -> dict[str, Any]:
     }
 
 
-def gpu_problem() -> str | None:
-    """Why no CUDA GPU can be used here, or ``None`` when one can."""
-    try:
-        import cupy
-
-        count = int(cupy.cuda.runtime.getDeviceCount())
-    except Exception as exc:  # no driver, driver too old, CUDA libraries missing
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        return f"the CUDA runtime failed ({type(exc).__name__}{': ' + detail if detail else ''})"
-    if count == 0:
-        return "no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"
-    return None
-
-
 def check_gpu(backend: str) -> None:
     """Raise :class:`BackendUnavailableError` when no usable CUDA GPU is present."""
-    problem = gpu_problem()
+    problem = env.gpu_problem()
     if problem is not None:
         raise BackendUnavailableError(
             f"backend {backend!r} needs an NVIDIA GPU with a working driver, but {problem}",
@@ -71,23 +59,10 @@ def gpu_library_versions(modules: tuple[str, ...]) -> dict[str, str]:
     RAPIDS wheels are named per CUDA version (``cuml-cu12``, ``cupy-cuda13x``), so versions are
     looked up through the distributions that provide each import name.
     """
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
-
-    provided = packages_distributions()
-    out: dict[str, str] = {}
-    for mod in modules:
-        for dist in provided.get(mod, []):
-            try:
-                out[dist] = version(dist)
-            except PackageNotFoundError:
-                continue
-    try:
-        import cupy
-
-        rt = int(cupy.cuda.runtime.runtimeGetVersion())
-        out["cuda-runtime"] = f"{rt // 1000}.{rt % 1000 // 10}"
-    except Exception:  # no GPU: versions are still worth recording
-        pass
+    out = env.distribution_versions(modules)
+    runtime = env.cuda_versions().get("runtime")
+    if runtime is not None:
+        out["cuda-runtime"] = f"{runtime // 1000}.{runtime % 1000 // 10}"
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from toolkit.backends.base import FitResult, KMeansBackend
-from toolkit.cluster import scatter_rows
+from toolkit.cluster import block_rows, n_workers, scatter_rows
 from toolkit.config import ModelConfig
 from toolkit.data import Dataset
 
@@ -26,8 +26,7 @@ def to_dask_array(dataset: Dataset, client: Any, persist: bool = True, chunk_row
         if persist and client is not None:
             return scatter_rows(X, client, chunk_rows)  # blocks spread evenly over the workers
         # Split so every worker gets blocks even on small data.
-        n_workers = max(1, len(client.scheduler_info().get("workers", {}))) if client else 1
-        rows = max(1, min(chunk_rows, -(-X.shape[0] // (2 * n_workers))))
+        rows = block_rows(X.shape[0], n_workers(client), chunk_rows)
         X = da.from_array(X, chunks=(rows, X.shape[1]))
     if persist:
         X = client.persist(X) if client is not None else X.persist()

@@ -30,21 +30,22 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
-from toolkit.convert import class_key, to_numpy
+from toolkit import env
+from toolkit.convert import class_key, same_public_class, to_numpy
 from toolkit.errors import ModelError
 from toolkit.registry import integrity
 from toolkit.registry.integrity import CLASS_TAG, FORMAT_TAG, SHAPE_TAG, LoggedRef, VerifiedModel
 
 __all__ = [
     "FLAVOR_NAME",
+    "KMEANS_CLASSES",
     "KMEANS_NPY",
+    "LEGACY_CLASS_KEYS",
     "PICKLE",
     "SKOPS",
     "SKOPS_FILE",
@@ -78,12 +79,24 @@ TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.cluster._kmeans.KMeans",)
 _LIBRARIES = ("numpy", "scikit-learn", "dask", "dask-ml", "cuml", "cuml-cu12", "cuml-cu13", "cupy")
 
 _SKLEARN = "sklearn.cluster._kmeans.KMeans"
-_DASK_LLOYD = "toolkit.backends.dask_lloyd.DaskKMeans"
+_DASK_KMEANS = "toolkit.kmeans_dask.estimator.DaskKMeans"
 _DASK_ML = "dask_ml.cluster.k_means.KMeans"
 _CUML = "cuml.cluster.kmeans.KMeans"
 _CUML_MG = "cuml.cluster.kmeans_mg.KMeansMG"
 #: Estimators a loaded model may be.
-KMEANS_CLASSES = (_SKLEARN, _DASK_LLOYD, _DASK_ML, _CUML)
+KMEANS_CLASSES = (_SKLEARN, _DASK_KMEANS, _DASK_ML, _CUML)
+#: Class keys recorded by earlier versions of the toolkit -> the class they name now.  The key a
+#: model was registered under is part of its record (MLmodel, model.json, the store's tags), so
+#: it is never rewritten: it is read through this table instead.
+LEGACY_CLASS_KEYS: dict[str, str] = {
+    # DaskKMeans lived in the `dask` backend's module until it became toolkit.kmeans_dask.
+    "toolkit.backends.dask_lloyd.DaskKMeans": _DASK_KMEANS,
+}
+
+
+def _current_key(key: str | None) -> str | None:
+    """The class key ``key`` names today (itself unless it is a legacy key)."""
+    return LEGACY_CLASS_KEYS.get(key, key) if key is not None else None
 
 
 def model_device(model: Any) -> str:
@@ -92,31 +105,15 @@ def model_device(model: Any) -> str:
 
 
 def _versions(device: str) -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for lib in _LIBRARIES:
-        try:
-            out[lib] = version(lib)
-        except PackageNotFoundError:
-            continue
+    out = {"python": env.python_version(), **env.installed_versions(_LIBRARIES)}
     if device == "gpu":  # pragma: no cover - needs a GPU
-        try:
-            import cupy
-
-            out["cuda_runtime"] = str(cupy.cuda.runtime.runtimeGetVersion())
-            out["cuda_driver"] = str(cupy.cuda.runtime.driverGetVersion())
-        except Exception:
-            pass
+        out.update({f"cuda_{part}": str(v) for part, v in env.cuda_versions().items()})
     return out
 
 
 def _requirements(device: str, serialization: str) -> list[str]:
-    reqs = []
     libs = ("numpy", "scikit-learn", "cloudpickle") if serialization == PICKLE else ("numpy", "scikit-learn")
-    for lib in libs:
-        try:
-            reqs.append(f"{lib}=={version(lib)}")
-        except PackageNotFoundError:
-            reqs.append(lib)
+    reqs = env.pinned_requirements(libs, keep_missing=True)
     if device == "gpu":
         reqs.append("cuml-cu12[dask]")
     return reqs
@@ -124,16 +121,14 @@ def _requirements(device: str, serialization: str) -> list[str]:
 
 def _kind(model: Any) -> str:
     """The class key a model is stored (and rebuilt) as; moved private modules are matched."""
-    from toolkit.convert import _same_public_class
-
     for cls in type(model).__mro__:
         key = class_key(cls)
         if key in KMEANS_CLASSES:
             return key
-        if key == _CUML_MG or _same_public_class(cls, _CUML_MG):
+        if key == _CUML_MG or same_public_class(cls, _CUML_MG):
             return _CUML  # rebuilt as a free-standing single-GPU model
         for known in KMEANS_CLASSES:
-            if _same_public_class(cls, known):
+            if same_public_class(cls, known):
                 return known
     raise ModelError(f"cannot store a {class_key(model)} as a {FLAVOR_NAME} model",
                      f"pass a fitted k-means of a known type ({', '.join(KMEANS_CLASSES)})")
@@ -141,13 +136,11 @@ def _kind(model: Any) -> str:
 
 def _canonical(model: Any) -> str | None:
     """The class key of ``model``'s own class if it is a known k-means (no subclasses)."""
-    from toolkit.convert import _same_public_class
-
     key = class_key(model)
     if key in KMEANS_CLASSES:
         return key
     # cuML and dask-ml move classes between private modules of the same package.
-    return next((k for k in KMEANS_CLASSES if _same_public_class(type(model), k)), None)
+    return next((k for k in KMEANS_CLASSES if same_public_class(type(model), k)), None)
 
 
 def _json_scalar(v: Any) -> Any:
@@ -191,7 +184,7 @@ def _state(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         value = _json_scalar(getattr(model, attr, None))
         state[out] = None if value is _SKIP else value
     arrays = {_CENTERS_FILE: centers}
-    if key == _DASK_LLOYD and getattr(model, "_origin", None) is not None:
+    if key == _DASK_KMEANS and getattr(model, "_origin", None) is not None:
         # DaskKMeans predicts on x - origin in float32: the same origin gives the same labels.
         arrays[_ORIGIN_FILE] = np.ascontiguousarray(np.asarray(model._origin))
     return state, arrays
@@ -332,21 +325,12 @@ def flavor_conf(local_path: str) -> dict[str, Any]:
     return conf
 
 
-def _gpu_present() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
 # -- rebuilding -------------------------------------------------------------------------------
 def _rebuild_sklearn(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
-    from toolkit.convert import _sklearn_from_attrs
+    from toolkit.convert import sklearn_from_centers
 
     params = state["params"]
-    model = _sklearn_from_attrs(arrays[_CENTERS_FILE], params=params, inertia=state.get("inertia"),
+    model = sklearn_from_centers(arrays[_CENTERS_FILE], params=params, inertia=state.get("inertia"),
                                 n_iter=state.get("n_iter"), n_features_in=state["n_features"])
     extra = {k: v for k, v in params.items() if k in ("algorithm", "copy_x", "verbose")}
     if extra:
@@ -354,10 +338,10 @@ def _rebuild_sklearn(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> An
     return model
 
 
-def _rebuild_dask_lloyd(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+def _rebuild_dask_kmeans(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
     import inspect
 
-    from toolkit.backends.dask_lloyd import DaskKMeans
+    from toolkit.kmeans_dask import DaskKMeans
 
     accepted = set(inspect.signature(DaskKMeans).parameters)
     model = DaskKMeans(**{k: v for k, v in state["params"].items() if k in accepted})
@@ -387,14 +371,14 @@ def _rebuild_daskml(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any
 def _rebuild_cuml(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:  # pragma: no cover - GPU
     import cuml  # noqa: F401 - imported here only: the GPU branch
 
-    from toolkit.convert import _sklearn_to_cuml
+    from toolkit.convert import to_cuml
 
-    return _sklearn_to_cuml(_rebuild_sklearn(state, arrays))
+    return to_cuml(_rebuild_sklearn(state, arrays))
 
 
 _REBUILD = {
     _SKLEARN: _rebuild_sklearn,
-    _DASK_LLOYD: _rebuild_dask_lloyd,
+    _DASK_KMEANS: _rebuild_dask_kmeans,
     _DASK_ML: _rebuild_daskml,
     _CUML: _rebuild_cuml,
 }
@@ -417,10 +401,11 @@ def _read_state(data: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 def _check_kmeans(model: Any, integrity_tags: Mapping[str, str], label: str) -> Any:
     """Refuse anything but a k-means estimator of the recorded class and centres shape."""
     key = _canonical(model)
-    expected = integrity_tags.get(CLASS_TAG)
+    recorded = integrity_tags.get(CLASS_TAG)
+    expected = _current_key(recorded)
     if key is None or key != expected:
         raise ModelError(f"{label} loaded as a {class_key(model)}, not the k-means estimator recorded "
-                         f"({expected})", "re-register the model")
+                         f"({recorded})", "re-register the model")
     shape = getattr(model, "cluster_centers_", None)
     shape = "x".join(str(n) for n in to_numpy(shape).shape) if shape is not None else "none"
     if shape != integrity_tags.get(SHAPE_TAG):
@@ -445,7 +430,7 @@ def _read_native(path: str, integrity_tags: Mapping[str, str], twin_hint: str | 
     if conf.get("serialization") != fmt:
         raise ModelError(f"the MLmodel of {path} says serialization {conf.get('serialization')!r} but the "
                          f"store recorded {fmt!r}", "re-register the model")
-    if conf.get("device") == "gpu" and not _gpu_present():
+    if conf.get("device") == "gpu" and not env.gpu_available():
         raise _gpu_refusal(conf, twin_hint)
     data = os.path.join(path, _DATA_DIR)
     if fmt == PICKLE:
@@ -457,10 +442,10 @@ def _read_native(path: str, integrity_tags: Mapping[str, str], twin_hint: str | 
         raise ModelError(f"{path} has format {fmt!r}, not a {FLAVOR_NAME} format", "re-register the model")
     state, arrays = _read_state(data)
     key = state.get("model_class")
-    if key != integrity_tags.get(CLASS_TAG) or key not in _REBUILD:
+    if key != integrity_tags.get(CLASS_TAG) or _current_key(key) not in _REBUILD:
         raise ModelError(f"{path} stores a {key} model, not the recorded {integrity_tags.get(CLASS_TAG)}",
                          "re-register the model")
-    return _REBUILD[key](state, arrays)
+    return _REBUILD[_current_key(key)](state, arrays)
 
 
 def _read_twin(path: str) -> Any:

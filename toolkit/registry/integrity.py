@@ -39,6 +39,7 @@ __all__ = [
     "VerifiedModel",
     "check_files",
     "fetch_verified",
+    "get_version",
     "log_model_dir",
     "manifest_of",
     "model_id_of_version",
@@ -219,13 +220,32 @@ def model_id_of_version(mv: Any) -> str:
     return str(model_id)
 
 
+def get_version(name: str, alias: str) -> Any:
+    """The model version behind ``name@alias``, with a one-line error when it does not exist.
+
+    Here, below :mod:`toolkit.registry.promote` (which re-exports it), so that resolving a URI
+    never imports the promotion code: that import closed a cycle promote -> flavor -> integrity.
+    """
+    c = _client()
+    try:
+        c.get_registered_model(name)
+    except Exception:
+        raise ModelError(f"registered model {name!r} does not exist",
+                         "run a search first or check the name (mlflow ui, Models tab)") from None
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except Exception:
+        # "challenger" is promote.CHALLENGER, the alias every new version gets (not imported:
+        # this module sits below promote).
+        raise ModelError(f"alias {alias!r} is not set on registered model {name!r}",
+                         "register a new version (it becomes challenger) or set the alias") from None
+
+
 def _version(uri: str) -> Any:
     """The ModelVersion behind ``models:/name@alias`` or ``models:/name/version|latest``."""
     body = uri[len("models:/"):]
     c = _client()
     if "@" in body:
-        from toolkit.registry.promote import get_version
-
         name, alias = body.split("@", 1)
         return get_version(name, alias)
     name, _, ver = body.partition("/")

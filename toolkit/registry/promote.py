@@ -18,6 +18,7 @@ import numpy as np
 
 from toolkit.errors import ModelError
 from toolkit.metrics import METRIC_DIRECTIONS, cluster_metrics
+from toolkit.registry.integrity import get_version  # re-exported: part of this module's API
 from toolkit.tracking.runs import client
 
 __all__ = ["PromotionResult", "evaluate_version", "get_version", "promote"]
@@ -36,21 +37,6 @@ class PromotionResult:
     champion_score: float | None
     promoted: bool
     reason: str
-
-
-def get_version(name: str, alias: str) -> Any:
-    """The model version behind ``name@alias``, with a one-line error when it does not exist."""
-    c = client()
-    try:
-        c.get_registered_model(name)
-    except Exception:
-        raise ModelError(f"registered model {name!r} does not exist",
-                         "run a search first or check the name (mlflow ui, Models tab)") from None
-    try:
-        return c.get_model_version_by_alias(name, alias)
-    except Exception:
-        raise ModelError(f"alias {alias!r} is not set on registered model {name!r}",
-                         f"register a new version (it becomes {CHALLENGER}) or set the alias") from None
 
 
 def _scoring_model(mv: Any) -> Any:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
+from toolkit import env
 from toolkit.convert import check_equivalent, class_key, input_dtype
 from toolkit.errors import ModelError
 from toolkit.registry import flavor, integrity
@@ -53,13 +53,7 @@ class Registered:
 
 def sklearn_requirements() -> list[str]:
     """Pinned requirements of the twin (given explicitly: MLflow's inference costs ~6 s)."""
-    reqs = []
-    for lib in ("scikit-learn", "skops", "numpy", "scipy", "pandas"):
-        try:
-            reqs.append(f"{lib}=={version(lib)}")
-        except PackageNotFoundError:
-            continue
-    return reqs
+    return env.pinned_requirements(("scikit-learn", "skops", "numpy", "scipy", "pandas"))
 
 
 def _signature(sample: np.ndarray, feature_names: list[str], dtype: Any = np.float32) -> tuple[Any, Any]:

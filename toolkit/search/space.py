@@ -11,7 +11,7 @@ from typing import Any
 from toolkit.config import FloatRange, ModelConfig, SearchConfig
 from toolkit.errors import ConfigError
 
-__all__ = ["check_space", "grid_values", "model_for", "suggest"]
+__all__ = ["check_space", "grid_values", "model_for", "suggest", "trial_model"]
 
 _SPACE_KEYS = ("n_clusters", "init", "max_iter", "tol", "n_init", "oversampling_factor")
 
@@ -102,3 +102,13 @@ def model_for(base: ModelConfig, params: dict[str, Any], seed: int | None = None
     if seed is not None:
         update["random_state"] = seed
     return ModelConfig.model_validate({**base.model_dump(), **update})
+
+
+def trial_model(base: ModelConfig, params: dict[str, Any], number: int) -> ModelConfig:
+    """The model of trial ``number``: ``params`` on ``base``, seeded ``base.random_state + number``.
+
+    The one place the per-trial seed is decided: the loop, the resume's backfill and the refit
+    of a best trial found before a resume must agree on it.
+    """
+    return model_for(base, {k: v for k, v in params.items() if k != "random_state"},
+                     seed=base.random_state + number)

@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +39,7 @@ __all__ = [
     "DataParallelRunner",
     "TrialParallelRunner",
     "TrialResult",
+    "TrialRunner",
     "is_infrastructure_error",
     "run_trial",
     "wait_for_workers",
@@ -247,6 +248,28 @@ def _warm_up(backend_name: str) -> None:
     get_backend(backend_name)
 
 
+class TrialRunner(Protocol):
+    """Where trials run.  The loop calls, from one thread: :meth:`submit` up to the number of
+    trials it wants in flight (``slots`` and :meth:`pending` say how many), :meth:`results`
+    to wait for at least one, :meth:`cancel` when the search stops early; afterwards
+    :meth:`refit_data` gives the data the best model is refitted on."""
+
+    mode: str
+
+    @property
+    def slots(self) -> int: ...
+
+    def submit(self, key: Any, params: ModelConfig) -> None: ...
+
+    def pending(self) -> int: ...
+
+    def results(self) -> list[TrialResult]: ...
+
+    def cancel(self) -> None: ...
+
+    def refit_data(self, placed: Any) -> Any: ...
+
+
 class TrialParallelRunner:
     """Many small fits at once, one Dask task per trial, data scattered once to all workers.
 
@@ -304,6 +327,10 @@ class TrialParallelRunner:
 
     def pending(self) -> int:
         return len(self._futures)
+
+    def refit_data(self, placed: Any) -> Any:
+        """The driver's own placement: the workers' copies are for trials only."""
+        return placed
 
     def cancel(self) -> None:
         """Cancel the trials still queued or running (the search stopped early).  Their
@@ -433,6 +460,14 @@ class DataParallelRunner:
 
     def pending(self) -> int:
         return len(self._queue)
+
+    def cancel(self) -> None:
+        """Drop the queued trials (none runs until :meth:`results` asks)."""
+        self._queue.clear()
+
+    def refit_data(self, placed: Any) -> Any:
+        """The live placement: placed again if a worker was lost since ``placed`` was made."""
+        return self.X
 
     def _run(self, key: Any, params: ModelConfig) -> TrialResult:
         """One attempt: place the data first if it was lost, then fit and score."""

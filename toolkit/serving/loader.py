@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from toolkit.cluster import block_rows, n_workers
 from toolkit.convert import input_dtype, to_numpy
 from toolkit.errors import DataError, ModelError
 from toolkit.registry.integrity import VerifiedModel
@@ -216,7 +217,8 @@ class DistributedPredictor:
             meta = pd.Series(np.empty(0, np.int32), name="label")
             return data.map_partitions(_predict_frame, self.plugin_name, meta=meta)
         if isinstance(data, np.ndarray):
-            data = da.from_array(data, chunks=(max(1, len(data) // (2 * self._n_workers())), data.shape[1]))
+            rows = block_rows(len(data), n_workers(self.client), len(data))
+            data = da.from_array(data, chunks=(rows, data.shape[1]))
         if not isinstance(data, da.Array) or data.ndim != 2:
             raise DataError("distributed input must be a 2-D Dask array or a Dask DataFrame",
                             "wrap it with dask.array.from_array or dask.dataframe.from_pandas")
@@ -224,9 +226,6 @@ class DistributedPredictor:
         if data.chunks[1] != (data.shape[1],):
             data = data.rechunk({1: -1})
         return data.map_blocks(_predict_block, self.plugin_name, dtype=np.int32, drop_axis=1)
-
-    def _n_workers(self) -> int:
-        return max(1, len(self.client.scheduler_info().get("workers", {})))
 
 
 class _CumlDistributedPredictor:  # pragma: no cover - needs a GPU

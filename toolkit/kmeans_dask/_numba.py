@@ -1,4 +1,4 @@
-"""Compiled (Numba) inner loops of the ``dask`` backend's Lloyd step, run on the workers.
+"""Compiled (Numba) inner loops of the Dask k-means' Lloyd step, run on the workers.
 
 One call handles a whole block, tile by tile, with no Python between tiles:
 

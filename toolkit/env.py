@@ -1,0 +1,143 @@
+"""What this machine offers: installed packages and their versions, and a usable GPU.
+
+The one place the toolkit asks these questions; backends, the registry, the benchmarks and the
+test suite import the answers from here.  Bottom layer: imports nothing of the toolkit but
+:mod:`toolkit.errors`, and CuPy only inside the GPU probe, so a CPU run never loads it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+from toolkit.errors import BackendUnavailableError
+
+__all__ = [
+    "cuda_versions",
+    "distribution_versions",
+    "gpu_available",
+    "gpu_problem",
+    "importable",
+    "installed_versions",
+    "pinned_requirements",
+    "python_version",
+    "require_packages",
+]
+
+# Install hint per import name, for the error a missing package gives.
+_PIP_NAMES = {
+    "dask_ml": "dask-ml",
+    "cuml": 'cuml-cu12[dask] (pip install ".[gpu]")',
+    "cudf": 'cudf-cu12 (pip install ".[gpu]")',
+    "dask_cudf": 'dask-cudf-cu12 (pip install ".[gpu]")',
+    "dask_cuda": 'dask-cuda (pip install ".[gpu]")',
+    "cupy": "cupy-cuda12x",
+}
+
+
+# -- packages ---------------------------------------------------------------------------------
+def importable(module: str) -> bool:
+    """Whether the import name ``module`` can be found, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-installed package
+        return False
+
+
+def require_packages(backend: str, modules: tuple[str, ...]) -> None:
+    """Raise :class:`BackendUnavailableError` if any of ``modules`` cannot be imported."""
+    for mod in modules:
+        if not importable(mod):
+            raise BackendUnavailableError(
+                f"backend {backend!r} needs the Python package {mod!r}, which is not installed",
+                f"install {_PIP_NAMES.get(mod, mod)} or choose a CPU backend (sklearn, dask, dask-ml)",
+            )
+
+
+def python_version() -> str:
+    """The running interpreter's version, e.g. ``"3.11.7"``."""
+    return platform.python_version()
+
+
+def installed_versions(distributions: Iterable[str]) -> dict[str, str]:
+    """``{distribution: version}`` of those of ``distributions`` that are installed."""
+    out: dict[str, str] = {}
+    for dist in distributions:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def pinned_requirements(distributions: Iterable[str], *, keep_missing: bool = False) -> list[str]:
+    """``["name==version", ...]`` for the installed ``distributions``.
+
+    Args:
+        distributions: distribution names, in the order wanted.
+        keep_missing: list a distribution that is not installed unpinned (``"name"``) instead of
+            leaving it out.
+    """
+    found = installed_versions(distributions)
+    out = []
+    for dist in distributions:
+        if dist in found:
+            out.append(f"{dist}=={found[dist]}")
+        elif keep_missing:
+            out.append(dist)
+    return out
+
+
+def distribution_versions(modules: Iterable[str]) -> dict[str, str]:
+    """``{distribution: version}`` of the distributions that provide the import names ``modules``.
+
+    RAPIDS wheels are named per CUDA version (``cuml-cu12``, ``cupy-cuda13x``), so their
+    versions are found through the import name, not a fixed distribution name.
+    """
+    provided = packages_distributions()
+    return installed_versions(dist for mod in modules for dist in provided.get(mod, []))
+
+
+# -- GPU --------------------------------------------------------------------------------------
+def gpu_problem(packages: tuple[str, ...] = ()) -> str | None:
+    """Why no CUDA GPU can be used here, or ``None`` when one can.
+
+    Args:
+        packages: import names that must be installed too (checked first, without importing).
+
+    There is no CPU mode for cuML's KMeans, and a machine without a GPU (or with too old a
+    driver) fails only when CUDA is first called: so a device is looked for by asking CuPy.
+    """
+    for mod in packages:
+        if not importable(mod):
+            return f"the Python package {mod!r} is not installed"
+    try:
+        import cupy
+
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # no driver, driver too old, CUDA libraries missing
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        return f"the CUDA runtime failed ({type(exc).__name__}{': ' + detail if detail else ''})"
+    if count == 0:
+        return "no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"
+    return None
+
+
+def gpu_available(packages: tuple[str, ...] = ()) -> bool:
+    """Whether a CUDA GPU can be used here (and ``packages`` are installed)."""
+    return gpu_problem(packages) is None
+
+
+def cuda_versions() -> dict[str, int]:
+    """``{"runtime": 12080, "driver": 12040}`` as CUDA reports them; empty without a GPU."""
+    out: dict[str, int] = {}
+    try:
+        import cupy
+
+        out["runtime"] = int(cupy.cuda.runtime.runtimeGetVersion())
+        out["driver"] = int(cupy.cuda.runtime.driverGetVersion())
+    except Exception:  # no GPU: the library versions are still worth recording
+        pass
+    return out

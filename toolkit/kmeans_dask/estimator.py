@@ -1,0 +1,267 @@
+"""The scikit-learn-style estimator of the Dask k-means: :class:`DaskKMeans`."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from toolkit.kmeans_dask.engines import Engine, make_engine
+from toolkit.kmeans_dask.kernels import as_f32, kernel_centers, labels_block, labels_of
+from toolkit.kmeans_dask.lloyd import (
+    check_init_array,
+    fit_one,
+    init_kmeans_parallel,
+    init_kmeanspp,
+    init_random,
+    moments,
+    origin,
+    tolerance,
+)
+
+__all__ = ["DaskKMeans"]
+
+_F32 = np.float32
+_F64 = np.float64
+
+
+class DaskKMeans(ClusterMixin, BaseEstimator):
+    """Data-parallel k-means on Dask arrays, following scikit-learn's estimator conventions.
+
+    The data stays on the workers that hold it; every pass runs one small kernel per block there
+    and combines the ``k x d`` results in block order, so a fit is reproducible bit for bit
+    whichever worker ran what.  Results follow scikit-learn's Lloyd ``KMeans`` (same tolerance,
+    stopping rule, empty-cluster rule and final E-step).  NumPy input runs the same kernels in
+    this process.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters ``k``.
+    init : {"k-means||", "k-means++", "random"} or ndarray of shape (k, d), default="k-means||"
+        Initialisation: scalable k-means++ on the workers, k-means++ on a seeded sample of
+        rows, ``k`` distinct seeded rows, or explicit centers.
+    max_iter : int, default=300
+        Most Lloyd iterations per run.
+    tol : float, default=1e-4
+        Relative tolerance: a run stops after the iteration whose squared center shift is at
+        most ``tol * mean(var(X, axis=0))`` (scikit-learn's definition).
+    n_init : int, default=1
+        Runs from different seeds; the one with the lowest inertia is kept (1 when ``init`` is
+        an array).
+    oversampling_factor : float, default=2.0
+        k-means|| expects ``oversampling_factor * k`` candidates per round.
+    random_state : int or None, default=None
+        Seed of every random choice (None: fresh entropy).
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (k, d), float64
+        Final centers.
+    labels_ : ndarray or dask.array.Array of shape (n,), int32
+        Cluster of every training row: NumPy for NumPy input, a lazy Dask array for Dask input
+        (not pickled: it refers to data on the cluster).
+    inertia_ : float
+        Sum of squared distances of the rows to their closest center.
+    n_iter_ : int
+        Lloyd iterations of the kept run.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names, when fitted on a pandas DataFrame with string column names.
+    fit_info_ : dict
+        How the fit ran: engine, block count, timings, clusters re-seeded.
+
+    See Also
+    --------
+    sklearn.cluster.KMeans : the single-machine estimator whose results this one reproduces.
+    toolkit.kmeans_dask.lloyd_fit : one Lloyd run from given centers, as a function.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from toolkit.kmeans_dask import DaskKMeans
+    >>> X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]], dtype=np.float32)
+    >>> km = DaskKMeans(n_clusters=2, init=X[[0, 2]]).fit(X)
+    >>> km.predict(X).tolist()
+    [0, 0, 1, 1]
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: str | np.ndarray = "k-means||",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        n_init: int = 1,
+        oversampling_factor: float = 2.0,
+        random_state: int | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.oversampling_factor = oversampling_factor
+        self.random_state = random_state
+
+    # -- fitting ------------------------------------------------------------------------------
+    def _seeds(self, n: int) -> list[int]:
+        ss = np.random.SeedSequence(self.random_state)
+        return [int(s.generate_state(1)[0]) for s in ss.spawn(n)]
+
+    def _initial_centers(self, engine: Engine, seed: int, o: np.ndarray) -> np.ndarray:
+        k = int(self.n_clusters)
+        if not isinstance(self.init, str):
+            return check_init_array(self.init, k, engine.n_features)
+        if self.init == "k-means||":
+            return init_kmeans_parallel(engine, k, seed, o, self.oversampling_factor)
+        if self.init == "k-means++":
+            return init_kmeanspp(engine, k, seed)
+        if self.init == "random":
+            return init_random(engine, k, seed)
+        raise ValueError(
+            f"init must be 'k-means||', 'k-means++', 'random' or an array, got {self.init!r}"
+        )
+
+    def fit(self, X: Any, y: Any = None, *, client: Any = None, engine: str = "auto") -> DaskKMeans:
+        """Compute the clusters of ``X``.
+
+        Parameters
+        ----------
+        X : dask.array.Array or array-like of shape (n_samples, n_features)
+            The data.  Persisted Dask arrays are iterated where their blocks live, lazy ones
+            are re-read block by block every pass; anything else is validated like
+            scikit-learn's input and computed in this process.
+        y : Ignored
+            Not used, present for API consistency.
+        client : distributed.Client, optional
+            Default: the client holding ``X``'s blocks, then the default client.
+        engine : {"auto", "actors", "futures", "graph"}, default="auto"
+            How kernels reach the blocks: ``"auto"`` takes actors, else pinned tasks, for
+            persisted data; ``"graph"`` re-reads blocks each pass.  A benchmarking aid.
+
+        Returns
+        -------
+        self : DaskKMeans
+            The fitted estimator.
+        """
+        if not hasattr(X, "dask"):
+            X = validate_data(self, X, accept_sparse=False, dtype=[np.float32, np.float64])
+        k = int(self.n_clusters)
+        if k < 1:
+            raise ValueError(f"n_clusters must be >= 1, got {k}")
+        n_init = int(self.n_init)
+        if not isinstance(self.init, str) and n_init != 1:
+            warnings.warn(
+                f"Explicit initial center position passed: performing only one init in "
+                f"{type(self).__name__} instead of n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            n_init = 1
+        eng, Xd = make_engine(X, client, engine)
+        with eng:
+            if k > eng.n_rows:
+                raise ValueError(f"n_samples={eng.n_rows} should be >= n_clusters={k}")
+            t0 = time.perf_counter()
+            mean, var = moments(eng)
+            o = origin(mean, var)
+            tol_abs = tolerance(var, float(self.tol))
+            best: tuple[float, np.ndarray, int, int] | None = None
+            t_init = t_lloyd = 0.0
+            for seed in self._seeds(max(1, n_init)):
+                t1 = time.perf_counter()
+                C0 = self._initial_centers(eng, seed, o)
+                t2 = time.perf_counter()
+                centers, inertia, n_iter, relocated = fit_one(
+                    eng, C0, o, int(self.max_iter), tol_abs
+                )
+                t_init += t2 - t1
+                t_lloyd += time.perf_counter() - t2
+                if best is None or inertia < best[0]:
+                    best = (inertia, centers, n_iter, relocated)
+            assert best is not None
+            inertia, centers, n_iter, relocated = best
+            self.cluster_centers_ = centers
+            self.inertia_ = float(inertia)
+            self.n_iter_ = int(n_iter)
+            self.n_features_in_ = eng.n_features
+            self._origin = o  # distances are computed on x - o; keeps labels_ == predict
+            self.fit_info_ = {
+                "engine": eng.kind,
+                "n_blocks": eng.n_blocks,
+                "n_samples": eng.n_rows,
+                "init_seconds": t_init,
+                "lloyd_seconds": t_lloyd,
+                "total_seconds": time.perf_counter() - t0,
+                "relocated_clusters": relocated,
+            }
+        self.labels_ = self._predict(Xd if Xd is not None else X)
+        return self
+
+    # -- prediction ---------------------------------------------------------------------------
+    def _predict(self, X: Any) -> Any:
+        o = getattr(self, "_origin", np.zeros(self.n_features_in_, dtype=_F32))
+        C2, cn = kernel_centers(self.cluster_centers_ - o.astype(_F64))
+        if hasattr(X, "dask"):
+            if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has shape {X.shape}, expected (n, {self.n_features_in_})")
+            if X.numblocks[1] != 1:
+                X = X.rechunk({1: -1})
+            return X.map_blocks(
+                labels_block, o, C2, cn, drop_axis=1, dtype=np.int32, meta=np.empty(0, np.int32)
+            )
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has shape {X.shape}, expected (n, {self.n_features_in_})")
+        return labels_of(as_f32(X), o, C2, cn)
+
+    def predict(self, X: Any) -> Any:
+        """Closest center of every row (the lowest center index on ties).
+
+        Parameters
+        ----------
+        X : dask.array.Array or array-like of shape (n_samples, n_features)
+            Rows to label; anything but a Dask array is validated like scikit-learn's input.
+
+        Returns
+        -------
+        labels : dask.array.Array or ndarray of shape (n_samples,), int32
+            A lazy Dask array for Dask input, NumPy otherwise.
+        """
+        check_is_fitted(self, "cluster_centers_")
+        if not hasattr(X, "dask"):
+            X = validate_data(self, X, accept_sparse=False, dtype=[np.float32, np.float64], reset=False)
+        return self._predict(X)
+
+    def fit_predict(self, X: Any, y: Any = None, *, client: Any = None) -> Any:
+        """Fit on ``X``, then return ``labels_``.
+
+        Parameters
+        ----------
+        X : dask.array.Array or array-like of shape (n_samples, n_features)
+            The data (see :meth:`fit`).
+        y : Ignored
+            Not used, present for API consistency.
+        client : distributed.Client, optional
+            See :meth:`fit`.
+
+        Returns
+        -------
+        labels : dask.array.Array or ndarray of shape (n_samples,), int32
+            ``labels_``.
+        """
+        return self.fit(X, client=client).labels_
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        if "labels_" in state and not isinstance(state["labels_"], np.ndarray):
+            state = dict(state)
+            del state["labels_"]  # a Dask graph over blocks on a cluster: not portable
+        return state
