@@ -26,12 +26,16 @@ def main() -> int:
     from toolkit.config import ClusterConfig
     from toolkit.console import say
     from toolkit.serving import load_predictor, resolve, score_files
+    from toolkit.serving.loader import require_device
 
-    resolve(args.model_uri)  # fail on a bad URI before starting a cluster
+    # Resolved (and its files checked) once, before a cluster starts: a bad URI, a tampered
+    # file or a GPU model on a machine without a GPU fails here, in one line.
+    source = resolve(args.model_uri)
+    require_device(source)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] or None
     cfg = ClusterConfig(n_workers=int(args.n_workers or 2), scheduler_address=args.scheduler_address or None)
-    with dask_client(cfg) as client:
-        predictor = load_predictor(args.model_uri, client=client)
+    with dask_client(cfg, gpu=source.device == "gpu") as client:
+        predictor = load_predictor(source, client=client)
         try:
             info = score_files(predictor, args.input, args.output, columns,
                                overwrite=args.overwrite.lower() in ("1", "true", "yes"))

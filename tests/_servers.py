@@ -1,7 +1,8 @@
-"""Starting and stopping real server processes on loopback, for the `server` tests."""
+"""Starting and stopping real processes: servers on loopback (the `server` tests) and drivers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -48,3 +49,13 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, what: str, limit_s: 
             pass
         time.sleep(0.5)
     pytest.fail(f"{what} not ready after {limit_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started in a session of its own, with everything it started (a
+    driver's Dask workers, its writer process), and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)

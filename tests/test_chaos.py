@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _servers import free_port, stop, wait_ready
+from _servers import free_port, kill_group, stop, wait_ready
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.slow]
@@ -115,14 +115,6 @@ def wait_for(pred, proc: subprocess.Popen | None, log: Path | None, limit_s: flo
             pytest.fail(f"process ended early ({proc.returncode}):\n{log.read_text()[-3000:] if log else ''}")
         assert time.monotonic() < deadline, log.read_text()[-3000:] if log else "timed out"
         time.sleep(0.05)
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
 
 
 def run_driver(cmd: list[str], env: dict, cwd: Path, log: Path, timeout: float = 300) -> subprocess.CompletedProcess:

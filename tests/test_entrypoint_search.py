@@ -6,8 +6,6 @@ process pays for MLflow's schema migrations) and its own Optuna database in a te
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
 import signal
@@ -19,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from _mlflow_run import mlflow_run
+from _servers import kill_group
 from mlflow import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -147,15 +146,6 @@ def _journal(path: str) -> JournalStorage:
     return JournalStorage(JournalFileBackend(path))
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver's whole process group (the driver and its Dask workers)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
-
-
 def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_path):
     # The default storage: an Optuna journal file.
     journal = tmp_path / "optuna.log"
@@ -200,7 +190,7 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
                     log1.read_bytes()
                 )
                 time.sleep(0.01)
-            _kill_group(first)
+            kill_group(first)
         assert first.returncode == -signal.SIGKILL
 
         # What the dead driver left behind.
@@ -228,7 +218,7 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
         assert "resuming study blobs-sklearn" in log2.read_text()
     finally:
         for p in procs:
-            _kill_group(p)
+            kill_group(p)
 
     study = optuna.load_study(study_name="blobs-sklearn", storage=_journal(storage))
     complete = [t.number for t in study.trials if t.state == TrialState.COMPLETE]

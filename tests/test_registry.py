@@ -21,7 +21,7 @@ from mlflow.models import Model
 from toolkit.config import load_experiment
 from toolkit.data import load_dataset
 from toolkit.errors import ModelError
-from toolkit.registry import CHALLENGER, CHAMPION, flavor, log_and_register, promote, register_fit
+from toolkit.registry import CHALLENGER, CHAMPION, flavor, log_and_register, promote
 from toolkit.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,25 +79,9 @@ def searched(store, client, tmp_path_factory):
             "tracking.experiment=registry-search",
         ],
     )
-    registered = []
-
-    def on_best(outcome, backend, X, dataset):  # as in mlproject/search.py
-        if cfg.registry.register_best and outcome.best_fit is not None:
-            registered.append(
-                register_fit(
-                    cfg,
-                    backend,
-                    outcome.best_fit,
-                    X,
-                    dataset,
-                    outcome.parent_run_id,
-                    search_parent_run_id=outcome.parent_run_id,
-                )
-            )
-
-    outcome = search(cfg, client=client, on_best=on_best)
-    assert len(registered) == 1
-    return cfg, outcome, registered[0]
+    outcome = search(cfg, client=client, register=True)  # as mlproject/search.py asks
+    assert outcome.registered is not None
+    return cfg, outcome, outcome.registered
 
 
 def test_search_registers_native_and_twin_linked(searched, mlc):
@@ -194,6 +178,8 @@ def test_search_twin_is_skops_with_signature_and_example(searched, mlc, tmp_path
     assert np.array_equal(twin.predict(X), native.predict(X))
     ex = example.to_numpy(np.float32)
     assert np.array_equal(twin.predict(ex), native.predict(ex))
+    # A registered model is its centres: not the labels of the rows it was trained on.
+    assert not hasattr(twin, "labels_") and not hasattr(plain, "labels_")
 
 
 def test_search_native_model_flavor(searched, mlc, tmp_path, blobs):

@@ -414,3 +414,35 @@ def test_mlflow_run_predict_entry_point(store, registered, local, client, tmp_pa
     got = _read_output(str(out))
     assert got.index.equals(frame.index)
     assert np.array_equal(got["label"].to_numpy(), local.predict(X))
+
+
+def test_gpu_model_is_refused_before_a_cluster_starts(monkeypatch, capsys, bad_inputs, gpu_model_dir):
+    # No --scheduler-address: the entry point would start a LocalCUDACluster for a GPU model;
+    # without a GPU the model is refused first, naming its twin.
+    code, err = _main(monkeypatch, capsys, "--model-uri", "models:/gpu-kmeans@champion",
+                      "--input", str(bad_inputs / "good.csv"), "--output", str(bad_inputs / "o.parquet"))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "needs a CUDA GPU" in lines[0] and f"models:/{TWIN}/1" in lines[0] and "LocalCUDACluster" not in err
+
+
+def test_gpu_labels_come_back_on_the_inputs_index(client):
+    """cuML's distributed predict returns each partition's labels with an index of its own;
+    batch scoring assigns them to the input frame, whose index came from the files."""
+    import dask.dataframe as dd
+
+    from toolkit.serving.loader import aligned_labels
+
+    frame = pd.DataFrame({"x0": np.arange(10.0), "x1": np.arange(10.0)}, index=pd.Index(range(100, 110), name="id"))
+    ddf = dd.from_pandas(frame, npartitions=3)
+    sizes = ddf.map_partitions(len).compute().tolist()
+    # What a GPU predict hands back: labels per partition, each on a fresh RangeIndex.
+    parts = [pd.Series(np.arange(n, dtype=np.int64) + 10 * i, name="label") for i, n in enumerate(sizes)]
+    labels = dd.concat([dd.from_pandas(p, npartitions=1) for p in parts])
+    scored = ddf.assign(label=aligned_labels(ddf, labels)).compute()
+    expected = np.concatenate([np.arange(n) + 10 * i for i, n in enumerate(sizes)])
+    assert list(scored.index) == list(range(100, 110))
+    np.testing.assert_array_equal(scored["label"].to_numpy(), expected)
+    assert scored["label"].dtype == np.int32
+    with pytest.raises(DataError, match="partitions"):
+        aligned_labels(ddf, dd.from_pandas(pd.Series(np.zeros(10, np.int32)), npartitions=1))

@@ -27,6 +27,7 @@ before 26.x, same module name); the Dask wrapper in ``python/cuml/cuml/dask/clus
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "to_cuml",
     "to_numpy",
     "to_sklearn",
+    "without_training_labels",
 ]
 
 Converter = Callable[[Any], Any]
@@ -294,17 +296,37 @@ def _sklearn_to_cuml(model: Any) -> Any:
     return cuml.KMeans.from_sklearn(model)
 
 
+def without_training_labels(model: Any) -> Any:
+    """A shallow copy of ``model`` without ``labels_``.
+
+    A registered model predicts from its centres; the labels of the rows it was trained on
+    are not part of it (a scikit-learn twin carried 4 bytes per training row, 4 MB at 1M
+    rows, and a multi-GPU model's combined copy held worker 0's rows only).
+    """
+    if not hasattr(model, "labels_"):
+        return model
+    model = copy.copy(model)
+    with contextlib.suppress(AttributeError):
+        del model.labels_
+    return model
+
+
 def combined_to_single(kmeans_mg: Any) -> Any:
     """A plain single-GPU ``cuml.KMeans`` equal to a multi-GPU ``KMeansMG``.
 
     ``KMeansMG.__init__`` needs a comms ``handle``, so it can be neither cloned nor used apart
     from its cluster; ``cuml.KMeans.from_sklearn(mg.as_sklearn())`` gives a free-standing model.
-    Its ``labels_``/``inertia_`` are worker 0's, as on the ``KMeansMG``.
+    Its ``labels_`` is empty (the ``KMeansMG`` holds worker 0's rows only) and its
+    ``inertia_`` is worker 0's; :func:`_cuml_dask_to_cuml` sets the global inertia.
     """
     import cuml
 
     if hasattr(kmeans_mg, "as_sklearn") and hasattr(cuml.KMeans, "from_sklearn"):
-        return cuml.KMeans.from_sklearn(kmeans_mg.as_sklearn())
+        sk = kmeans_mg.as_sklearn()
+        # Worker 0's labels must not pass for the model's: from_sklearn needs the attribute,
+        # so it gets an empty one.
+        sk.labels_ = np.empty(0, dtype=np.int32)
+        return cuml.KMeans.from_sklearn(sk)
     # cuML < 25.02
     return _cuml_from_centers(
         kmeans_mg.cluster_centers_,
@@ -318,7 +340,7 @@ def _cuml_dask_to_cuml(wrapper: Any) -> Any:
     """A plain single-GPU ``cuml.KMeans`` equal to a fitted ``cuml.dask.cluster.KMeans``.
 
     Built from ``wrapper.get_combined_model()`` by :func:`combined_to_single`; ``inertia_`` is
-    set to the wrapper's global value, ``labels_`` stays worker 0's, so do not read it.
+    set to the wrapper's global value, ``labels_`` is empty.
     """
     local = combined_to_single(wrapper.get_combined_model())
     local.inertia_ = float(wrapper.inertia_)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
 from toolkit.errors import BackendUnavailableError
 
 __all__ = [
+    "cuda_version_text",
     "cuda_versions",
     "distribution_versions",
     "gpu_available",
     "gpu_problem",
+    "gpu_requirements",
+    "gpu_versions",
     "importable",
     "installed_versions",
     "pinned_requirements",
@@ -128,6 +131,41 @@ def gpu_problem(packages: tuple[str, ...] = ()) -> str | None:
 def gpu_available(packages: tuple[str, ...] = ()) -> bool:
     """Whether a CUDA GPU can be used here (and ``packages`` are installed)."""
     return gpu_problem(packages) is None
+
+
+def cuda_version_text(code: int) -> str:
+    """CUDA's integer version (``12090``) as people write it (``"12.9"``)."""
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def gpu_versions(modules: Iterable[str]) -> dict[str, str]:
+    """What a GPU model or run records: ``{distribution: version}`` of the packages providing
+    the import names ``modules`` (``cuml-cu13``, ``cupy-cuda13x``...), and ``cuda-runtime`` /
+    ``cuda-driver`` as ``"13.0"``-style text (empty of those without a GPU)."""
+    out = distribution_versions(modules)
+    out.update({f"cuda-{part}": cuda_version_text(code) for part, code in cuda_versions().items()})
+    return out
+
+
+def gpu_requirements(modules: Iterable[str], extras: Mapping[str, str] | None = None) -> list[str]:
+    """Pinned requirements for the distributions providing ``modules``: a GPU model loads only
+    with the same cuML (its CUDA flavour, ``-cu12``/``-cu13``, included).
+
+    Args:
+        modules: import names, e.g. ``("cuml", "cupy")``.
+        extras: import name -> extra to add to its requirement (``{"cuml": "dask"}``).
+    """
+    provided = packages_distributions()
+    out = []
+    for mod in modules:
+        for dist in provided.get(mod, []):
+            try:
+                ver = version(dist)
+            except PackageNotFoundError:
+                continue
+            extra = f"[{extras[mod]}]" if extras and mod in extras else ""
+            out.append(f"{dist}{extra}=={ver}")
+    return out
 
 
 def cuda_versions() -> dict[str, int]:

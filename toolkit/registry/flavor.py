@@ -76,7 +76,10 @@ SKOPS_FILE = "model.skops"
 TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.cluster._kmeans.KMeans",)
 
 # Distribution names whose versions are recorded when installed.
-_LIBRARIES = ("numpy", "scikit-learn", "dask", "dask-ml", "cuml", "cuml-cu12", "cuml-cu13", "cupy")
+_LIBRARIES = ("numpy", "scikit-learn", "dask", "dask-ml")
+# Import names of the GPU stack: their distributions are named per CUDA version
+# (cuml-cu12 / cuml-cu13, cupy-cuda12x / cupy-cuda13x), so they are found through the import name.
+_GPU_MODULES = ("cuml", "cupy", "cudf", "dask_cudf", "dask_cuda", "rmm")
 
 _SKLEARN = "sklearn.cluster._kmeans.KMeans"
 _DASK_KMEANS = "toolkit.kmeans_dask.estimator.DaskKMeans"
@@ -106,8 +109,8 @@ def model_device(model: Any) -> str:
 
 def _versions(device: str) -> dict[str, str]:
     out = {"python": env.python_version(), **env.installed_versions(_LIBRARIES)}
-    if device == "gpu":  # pragma: no cover - needs a GPU
-        out.update({f"cuda_{part}": str(v) for part, v in env.cuda_versions().items()})
+    if device == "gpu":
+        out.update(env.gpu_versions(_GPU_MODULES))
     return out
 
 
@@ -115,7 +118,8 @@ def _requirements(device: str, serialization: str) -> list[str]:
     libs = ("numpy", "scikit-learn", "cloudpickle") if serialization == PICKLE else ("numpy", "scikit-learn")
     reqs = env.pinned_requirements(libs, keep_missing=True)
     if device == "gpu":
-        reqs.append("cuml-cu12[dask]")
+        # The same cuML (and CUDA flavour) as the one that saved it; cupy comes with it.
+        reqs += env.gpu_requirements(("cuml", "cupy"), extras={"cuml": "dask"}) or ["cuml-cu13[dask]"]
     return reqs
 
 
@@ -338,34 +342,31 @@ def _rebuild_sklearn(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> An
     return model
 
 
-def _rebuild_dask_kmeans(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+def _rebuild_fitted(cls: type, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    """A Dask estimator (``cls``) with its recorded hyperparameters and fitted attributes."""
     import inspect
 
-    from toolkit.kmeans_dask import DaskKMeans
-
-    accepted = set(inspect.signature(DaskKMeans).parameters)
-    model = DaskKMeans(**{k: v for k, v in state["params"].items() if k in accepted})
+    accepted = set(inspect.signature(cls).parameters)
+    model = cls(**{k: v for k, v in state["params"].items() if k in accepted})
     model.cluster_centers_ = arrays[_CENTERS_FILE]
     model.n_features_in_ = int(state["n_features"])
-    if _ORIGIN_FILE in arrays:
+    if _ORIGIN_FILE in arrays:  # DaskKMeans predicts relative to its data's origin
         model._origin = arrays[_ORIGIN_FILE]
     model.inertia_ = float("nan") if state.get("inertia") is None else float(state["inertia"])
     model.n_iter_ = int(state.get("n_iter") or 0)
     return model
 
 
-def _rebuild_daskml(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
-    import inspect
+def _rebuild_dask_kmeans(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    from toolkit.kmeans_dask import DaskKMeans
 
+    return _rebuild_fitted(DaskKMeans, state, arrays)
+
+
+def _rebuild_daskml(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
     from dask_ml.cluster import KMeans
 
-    accepted = set(inspect.signature(KMeans).parameters)
-    model = KMeans(**{k: v for k, v in state["params"].items() if k in accepted})
-    model.cluster_centers_ = arrays[_CENTERS_FILE]
-    model.n_features_in_ = int(state["n_features"])
-    model.inertia_ = float("nan") if state.get("inertia") is None else float(state["inertia"])
-    model.n_iter_ = int(state.get("n_iter") or 0)
-    return model
+    return _rebuild_fitted(KMeans, state, arrays)
 
 
 def _rebuild_cuml(state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:  # pragma: no cover - GPU

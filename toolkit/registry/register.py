@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import env
-from toolkit.convert import check_equivalent, class_key, input_dtype
+from toolkit.convert import check_equivalent, class_key, input_dtype, without_training_labels
 from toolkit.errors import ModelError
 from toolkit.registry import flavor, integrity
 from toolkit.registry.integrity import MODEL_ID_TAG, LoggedRef
@@ -73,6 +73,7 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
     # signature's types, and scikit-learn predicts only rows of the centers' float width.
     signature, example = _signature(sample, feature_names, input_dtype(twin))
     centers = np.asarray(twin.cluster_centers_)
+    twin = without_training_labels(twin)
 
     def save(local: str, mlmodel: Any) -> dict[str, str]:
         mlflow.sklearn.save_model(

@@ -14,20 +14,24 @@ from typing import Any
 
 from toolkit.data import _expand, _format_of, read_table
 from toolkit.errors import DataError
-from toolkit.serving.loader import DistributedPredictor
 
 __all__ = ["score_files"]
 
 
 def score_files(
-    predictor: DistributedPredictor,
+    predictor: Any,
     path: str,
     output: str,
     columns: list[str] | None = None,
     fmt: str = "auto",
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Score every row of ``path`` (file, directory or glob) and write ``output`` (Parquet dir)."""
+    """Score every row of ``path`` (file, directory or glob) and write ``output`` (Parquet dir).
+
+    ``predictor`` is a distributed predictor (:func:`toolkit.serving.load_predictor` given a
+    client): CPU models predict pandas partitions on the workers, GPU models move them to the
+    GPUs and return the labels on the input's index.
+    """
     if os.path.exists(output) and not overwrite:
         raise DataError(f"output {output!r} already exists", "choose another path or pass --overwrite")
     files = _expand(path)

@@ -27,7 +27,16 @@ from toolkit.convert import input_dtype, to_numpy
 from toolkit.errors import DataError, ModelError
 from toolkit.registry.integrity import VerifiedModel
 
-__all__ = ["DistributedPredictor", "LocalPredictor", "ModelSource", "load_predictor", "resolve"]
+__all__ = [
+    "CumlDistributedPredictor",
+    "DistributedPredictor",
+    "LocalPredictor",
+    "ModelSource",
+    "aligned_labels",
+    "load_predictor",
+    "require_device",
+    "resolve",
+]
 
 
 @dataclass
@@ -228,8 +237,44 @@ class DistributedPredictor:
         return data.map_blocks(_predict_block, self.plugin_name, dtype=np.int32, drop_axis=1)
 
 
-class _CumlDistributedPredictor:  # pragma: no cover - needs a GPU
-    """A ``cuml.dask.cluster.KMeans`` rebuilt from a registered single-GPU model."""
+def _is_cudf(meta: Any) -> bool:
+    """Whether a Dask collection's meta is a cuDF object (without importing cuDF)."""
+    return type(meta).__module__.split(".")[0] == "cudf"
+
+
+def _labels_on(part: Any, labels: Any) -> Any:
+    import pandas as pd
+
+    values = labels.to_numpy() if hasattr(labels, "to_numpy") else np.asarray(labels)
+    return pd.Series(np.asarray(values, dtype=np.int32), index=part.index, name="label")
+
+
+def aligned_labels(frame: Any, labels: Any) -> Any:
+    """``labels`` (one Series partition per partition of ``frame``, any index) as a pandas-backed
+    Dask Series on ``frame``'s own index, so ``frame.assign(label=...)`` lines up row for row.
+
+    cuML's distributed ``predict`` returns each partition's labels with an index of its own; a
+    caller's frame keeps whatever index it was read with.
+    """
+    import dask.dataframe as dd
+    import pandas as pd
+
+    if frame.npartitions != labels.npartitions:
+        raise DataError(f"{labels.npartitions} partitions of labels for {frame.npartitions} of data",
+                        "predict on the frame as it is partitioned")
+    meta = pd.Series(np.empty(0, np.int32), name="label", index=frame._meta.index)
+    return dd.map_partitions(_labels_on, frame, labels, meta=meta, align_dataframes=False)
+
+
+class CumlDistributedPredictor:
+    """A registered single-GPU cuML model served on a Dask-CUDA cluster: rebuilt as a
+    ``cuml.dask.cluster.KMeans`` that predicts partition by partition on every GPU worker.
+
+    Takes what batch scoring reads (a pandas-backed Dask DataFrame: moved to the GPUs with
+    ``to_backend("cudf")``, labels brought back on the input's own index) or a dask_cudf
+    DataFrame (labels stay a dask_cudf Series).  cuML's distributed predict reads ``X.dtype``
+    on anything but a dask_cudf frame, so a pandas-backed one must not reach it.
+    """
 
     def __init__(self, model: Any, client: Any, source: ModelSource | None = None) -> None:
         from toolkit.backends.cuml_dask import distributed_from_single
@@ -239,13 +284,38 @@ class _CumlDistributedPredictor:  # pragma: no cover - needs a GPU
         self.client = client
         self.dist = distributed_from_single(model, client, datatype="cudf")
 
+    def close(self) -> None:
+        """Nothing is installed on the workers beyond the predictions' own tasks."""
+
+    def __enter__(self) -> CumlDistributedPredictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def predict(self, data: Any) -> Any:
-        return self.dist.predict(data)
+        import dask.dataframe as dd
+
+        if not isinstance(data, dd.DataFrame):
+            raise DataError("a GPU model predicts Dask DataFrames (pandas- or cuDF-backed)",
+                            "wrap arrays with dask.dataframe.from_dask_array or dask_cudf")
+        _check_features(self.model, len(data.columns), "input")
+        if _is_cudf(data._meta):
+            return self.dist.predict(data)
+        _numeric_frame(data._meta, "input")
+        on_gpu = data.astype(np.float32).to_backend("cudf")  # pragma: no cover - needs a GPU
+        return aligned_labels(data, self.dist.predict(on_gpu).to_backend("pandas"))  # pragma: no cover
 
 
-def load_predictor(uri: str, client: Any = None, scheduler_address: str | None = None) -> Any:
-    """A predictor for ``uri``: local by default, distributed given a client or scheduler address."""
-    src = resolve(uri)
+def load_predictor(uri: str | ModelSource, client: Any = None, scheduler_address: str | None = None) -> Any:
+    """A predictor for ``uri``: local by default, distributed given a client or scheduler address.
+
+    ``uri`` may also be the :class:`ModelSource` :func:`resolve` returned (the files are then
+    not fetched again).  A GPU model on a machine without a usable GPU is refused in one line,
+    naming its scikit-learn twin, before anything else is started.
+    """
+    src = uri if isinstance(uri, ModelSource) else resolve(uri)
+    require_device(src)
     model = _load_model(src)
     if client is None and scheduler_address:
         from distributed import Client
@@ -254,5 +324,17 @@ def load_predictor(uri: str, client: Any = None, scheduler_address: str | None =
     if client is None:
         return LocalPredictor(model, src)
     if src.device == "gpu":  # pragma: no cover - needs a GPU
-        return _CumlDistributedPredictor(model, client, src)
+        return CumlDistributedPredictor(model, client, src)
     return DistributedPredictor(model, client, src)
+
+
+def require_device(src: ModelSource) -> None:
+    """Raise :class:`ModelError` when ``src`` is a GPU model and no usable GPU (with cuML) is here."""
+    if src.device != "gpu":
+        return
+    from toolkit import env
+
+    problem = env.gpu_problem(("cuml", "cupy"))
+    if problem is not None:
+        hint = src.twin_hint() or "its scikit-learn twin"
+        raise ModelError(f"{src.uri!r} is a cuML model and needs a CUDA GPU, but {problem}", f"serve {hint} instead")
