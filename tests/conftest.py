@@ -24,7 +24,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     if _gpu_available():
         return
-    skip = pytest.mark.skip(reason="needs cuML and a CUDA GPU (pip install '.[gpu]' on a GPU machine)")
+    from toolkit.env import gpu_problem
+
+    problem = gpu_problem(("cuml", "cupy"))  # says whether cuML, CuPy or the device is missing
+    skip = pytest.mark.skip(reason=f"needs cuML and a CUDA GPU, but {problem} (pip install '.[gpu-cu13]' "
+                                   "or '.[gpu]' on a GPU machine)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -155,3 +155,19 @@ def test_dashboard_address_can_expose_the_dashboard(monkeypatch, address, proces
     with dask_client(cfg) as c:
         assert _listening(_dashboard_port(c)) & {"0.0.0.0", "::"}
         assert client_info(c)["dask.dashboard"] == c.dashboard_link  # any interface: Dask's link works
+
+
+def test_cuda_cluster_options_follow_the_config():
+    """What a Dask-CUDA cluster is started with (checked without a GPU): one worker per GPU
+    unless n_workers is set explicitly, the host memory limit, loopback only."""
+    from toolkit.cluster import cuda_cluster_options
+    from toolkit.config import ClusterConfig
+
+    default = cuda_cluster_options(ClusterConfig())
+    assert "n_workers" not in default  # 2 is a CPU default: every visible GPU gets a worker
+    assert default["threads_per_worker"] == 1 and default["host"] == "127.0.0.1"
+    assert default["memory_limit"] == "auto" and default["dashboard_address"] == "127.0.0.1:0"
+    chosen = cuda_cluster_options(ClusterConfig(n_workers=1, memory_limit="8GiB", rmm_pool_size="20GB",
+                                                device_memory_limit="0.8"))
+    assert chosen["n_workers"] == 1 and chosen["memory_limit"] == "8GiB"
+    assert chosen["rmm_pool_size"] == "20GB" and chosen["device_memory_limit"] == "0.8"

@@ -24,6 +24,7 @@ __all__ = [
     "block_count",
     "block_rows",
     "client_info",
+    "cuda_cluster_options",
     "dask_client",
     "n_workers",
     "scatter_rows",
@@ -97,6 +98,29 @@ def _local_cluster(cfg: ClusterConfig) -> Any:
         )
 
 
+def cuda_cluster_options(cfg: ClusterConfig) -> dict[str, Any]:
+    """``LocalCUDACluster`` keywords for ``cfg``: one worker per GPU, one thread each.
+
+    ``cluster.n_workers`` is honoured only when set explicitly (its default, 2, is for CPU
+    clusters: a Dask-CUDA cluster has one worker per visible GPU, and asking for more workers
+    than GPUs is an error); ``cluster.memory_limit`` is each worker's host-memory limit, as on
+    a CPU cluster.  ``threads_per_worker`` is always 1: a GPU runs one CUDA stream per worker.
+    """
+    kwargs: dict[str, Any] = {
+        "threads_per_worker": 1,
+        "dashboard_address": cfg.dashboard_address,
+        "host": "127.0.0.1",  # as for LocalCluster: not reachable from the network
+        "memory_limit": cfg.memory_limit,
+    }
+    if "n_workers" in cfg.model_fields_set:
+        kwargs["n_workers"] = cfg.n_workers
+    if cfg.device_memory_limit:
+        kwargs["device_memory_limit"] = cfg.device_memory_limit
+    if cfg.rmm_pool_size:
+        kwargs["rmm_pool_size"] = cfg.rmm_pool_size
+    return kwargs
+
+
 def _cuda_cluster(cfg: ClusterConfig) -> Any:  # pragma: no cover - needs a GPU
     try:
         from dask_cuda import LocalCUDACluster
@@ -105,15 +129,7 @@ def _cuda_cluster(cfg: ClusterConfig) -> Any:  # pragma: no cover - needs a GPU
             f"GPU backends need dask-cuda ({exc.name or 'dask_cuda'} is not installed)",
             'pip install ".[gpu]" on a machine with an NVIDIA GPU, or use backend sklearn/dask',
         ) from None
-    kwargs: dict[str, Any] = {
-        "threads_per_worker": 1,
-        "dashboard_address": cfg.dashboard_address,
-        "host": "127.0.0.1",  # as for LocalCluster: not reachable from the network
-    }
-    if cfg.device_memory_limit:
-        kwargs["device_memory_limit"] = cfg.device_memory_limit
-    if cfg.rmm_pool_size:
-        kwargs["rmm_pool_size"] = cfg.rmm_pool_size
+    kwargs = cuda_cluster_options(cfg)
     try:
         with _diagnostics(cfg):
             return LocalCUDACluster(**kwargs)

@@ -30,13 +30,16 @@ __all__ = [
 ]
 
 # Install hint per import name, for the error a missing package gives.
+# RAPIDS wheels are built per CUDA major version: the extra ".[gpu-cu13]" for CUDA 13 drivers,
+# ".[gpu]" for CUDA 12.
+_GPU_EXTRAS = 'pip install ".[gpu-cu13]" on CUDA 13, ".[gpu]" on CUDA 12'
 _PIP_NAMES = {
     "dask_ml": "dask-ml",
-    "cuml": 'cuml-cu12[dask] (pip install ".[gpu]")',
-    "cudf": 'cudf-cu12 (pip install ".[gpu]")',
-    "dask_cudf": 'dask-cudf-cu12 (pip install ".[gpu]")',
-    "dask_cuda": 'dask-cuda (pip install ".[gpu]")',
-    "cupy": "cupy-cuda12x",
+    "cuml": f"cuml-cu13[dask] or cuml-cu12[dask] ({_GPU_EXTRAS})",
+    "cudf": f"cudf-cu13 or cudf-cu12 ({_GPU_EXTRAS})",
+    "dask_cudf": f"dask-cudf-cu13 or dask-cudf-cu12 ({_GPU_EXTRAS})",
+    "dask_cuda": f"dask-cuda ({_GPU_EXTRAS})",
+    "cupy": "cupy-cuda13x or cupy-cuda12x",
 }
 
 
