@@ -50,6 +50,17 @@ def dask_cluster():
 
 
 @pytest.fixture(scope="session")
+def gpu_client():
+    """One Dask-CUDA cluster (a worker per visible GPU) for the ``gpu`` tests, closed by its own
+    client; only ever started by a GPU test that runs, i.e. where cuML and a GPU exist."""
+    from toolkit.cluster import dask_client
+    from toolkit.config import ClusterConfig
+
+    with dask_client(ClusterConfig(), gpu=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
 def client(dask_cluster):
     from distributed import Client
 

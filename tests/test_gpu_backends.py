@@ -14,7 +14,7 @@ import pytest
 from toolkit.backends import get_backend, make_backend
 from toolkit.backends.cuml_dask import CumlDaskBackend, host_dask
 from toolkit.backends.cuml_single import CUML_INIT, CumlBackend
-from toolkit.config import ClusterConfig, DataConfig, ModelConfig
+from toolkit.config import DataConfig, ModelConfig
 from toolkit.errors import BackendUnavailableError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,14 +169,6 @@ def blobs_ds():
     return load_dataset(
         DataConfig(n_samples=20_000, n_features=4, centers=5, cluster_std=0.2, random_state=0)
     )
-
-
-@pytest.fixture(scope="module")
-def gpu_client():
-    from toolkit.cluster import dask_client
-
-    with dask_client(ClusterConfig(), gpu=True) as c:
-        yield c
 
 
 def _sklearn_reference(X):
