@@ -1,7 +1,9 @@
 """kmeans-lifecycle: k-means experiments from one CPU to multi-node multi-GPU, tracked in MLflow.
 
-Imports run one way: ``config``/``errors``/``redact`` <- ``data``/``cluster``/``metrics`` <- ``backends`` <-
-``tracking`` <- ``train`` <- ``search`` <- ``registry``/``serving``; ``mlproject/`` sits on top.
+Imports run one way, layer by layer (``tests/test_import_graph.py`` fails on a cycle):
+``errors``/``names`` <- ``config``/``redact``/``env``/``faults``/``convert``/``metrics`` <-
+``console``/``data``/``cluster``/``tracking``/``kmeans_dask`` <- ``backends``/``registry`` <-
+``train``/``serving`` <- ``search``; ``mlproject/`` sits on top.
 """
 
 from __future__ import annotations
