@@ -61,10 +61,10 @@ def scheduler_address(cfg: ClusterConfig) -> str | None:
     return cfg.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
 
 
-#: Dask settings of ``cluster.diagnostics: lean``.  Measured on an idle 2-worker LocalCluster
-#: (2-core VM): Dask's defaults cost 0.05 of a core in the driver and 0.04 in each worker, taken
-#: from the fits; lean costs 0.017 and 0.006.  The worker profiler samples every thread's stack
-#: every 10 ms; the tick checks the event loop every 20 ms.  Memory monitoring is unchanged.
+#: Dask settings of ``cluster.diagnostics: lean``.  Dask's defaults keep an idle cluster busy
+#: (the worker profiler samples every thread's stack every 10 ms, the tick checks the event
+#: loop every 20 ms), and on a small machine that CPU is taken from the fits; lean keeps a
+#: fraction of it.  Memory monitoring is unchanged.
 LEAN_DIAGNOSTICS: dict[str, Any] = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "200ms",
@@ -234,9 +234,8 @@ def scatter_rows(X: np.ndarray, client: Any, chunk_rows: int = 250_000) -> Any:
     Every worker gets the same number of blocks (:func:`block_count`'s rule: at least
     :data:`BLOCKS_PER_WORKER`, at most ``chunk_rows`` rows each), sent straight to it with
     ``Client.scatter``.  A data-parallel pass then costs the same on every worker;
-    ``client.persist(da.from_array(X))`` leaves placement to the scheduler (6 blocks on one
-    worker and 2 on the other was seen on a 2-worker cluster) and embeds ``X`` in the task
-    graph.
+    ``client.persist(da.from_array(X))`` leaves placement to the scheduler (which may put most
+    blocks on one worker) and embeds ``X`` in the task graph.
 
     Args:
         X: ``(n, d)`` NumPy array.

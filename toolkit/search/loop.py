@@ -152,8 +152,8 @@ def _write_error(exc: BaseException) -> BaseException:
 
 
 #: ``auto`` prefetch covers this much hand-off with queued trials: a trial's result back to the
-#: driver, tell/ask, and the next trial out (25-35 ms measured on a busy 2-core machine, for
-#: trials of any length).
+#: driver, tell/ask, and the next trial out (a few tens of milliseconds, whatever the trial's
+#: length; figures in benchmarks/RESULTS.md).
 _HANDOFF_S = 0.05
 _AUTO_MAX_QUEUED = 3
 
@@ -167,9 +167,9 @@ def in_flight_target(runner: TrialRunner, prefetch: int | str, rows: list[dict[s
     queues one, and more (up to 3) when recent trials are shorter than the ~50 ms hand-off.
     The price is that the sampler sees results a little later (TPE runs with its
     constant-liar option for trials in flight).  The last ``slots`` trials are never queued:
-    each goes to the first thread that runs dry.  Queued behind a long trial, one of them kept
-    the other worker idle for up to a whole trial at the end of a search (0.25-0.45 s of a
-    3.8 s, 16-trial search measured; Dask's work stealing did not move it).
+    each goes to the first thread that runs dry: queued behind a long trial, one of them would
+    keep another worker idle for up to a whole trial at the end of a search (Dask's work
+    stealing does not move it).
     Data-parallel: one fit at a time.
     """
     slots = runner.slots

@@ -1,10 +1,10 @@
 """A background MLflow writer: one separate process that writes runs one at a time.
 
-A search writes one child run per trial.  On the sqlite store that is ~30 ms of CPU per run,
-almost all of it SQLAlchemy in Python.  Done on a thread of the driver, it holds the GIL that the
-search loop and the Dask client need: on a 2-core machine the writes then took ~55 ms each and
-results waited ~35 ms to be picked up.  Here the writes run in one spawned process, reused by
-every search of this driver process, so the driver's own thread stays free for scheduling.
+A search writes one child run per trial, and writing one is tens of milliseconds of CPU, almost
+all of it SQLAlchemy in Python.  Done on a thread of the driver, it would hold the GIL that the
+search loop and the Dask client need, so results would wait to be picked up and trials to be
+handed out.  Here the writes run in one spawned process, reused by every search of this driver
+process, so the driver's own thread stays free for scheduling (figures: benchmarks/RESULTS.md).
 
 Still one writer: jobs run strictly one after another, in submission order.  Each job carries
 the tracking and registry URIs of the moment it was submitted (pinned for the job with
@@ -55,10 +55,9 @@ _DEFAULT_NICE = 10
 def _lower_priority() -> None:
     """Child runs are bookkeeping; the fits come first.
 
-    On a machine whose cores all run trials, the writer at normal priority took ~15% of the
-    workers' CPU (2-worker trials measured 12.5-13.3 s of compute against 10.6-11.3 s with the
-    writer at nice 10).  At nice 10 it still gets the idle time and ~10% of a busy core, so
-    writes are late but never starved; a search waits for them before its summary.
+    On a machine whose cores all run trials, a writer at normal priority takes its share of
+    the workers' CPU.  At nice 10 it still gets the idle time and a small share of a busy core,
+    so writes are late but never starved; a search waits for them before its summary.
     """
     try:
         nice = int(os.environ.get(_NICE_ENV, _DEFAULT_NICE))
