@@ -120,8 +120,8 @@ class TrialLoop:
         self._writes.append(fut)
         if value is not None and self.better(value, self.best):
             self.best = value
-        self.bar.update(1)
         self.bar.set_postfix(best=f"{self.best:.4g}" if self.best is not None else "-", refresh=False)
+        self.bar.update(1)
 
     def close(self, raise_errors: bool = True) -> None:
         """Wait for every child run to be written; raise the first write error."""
