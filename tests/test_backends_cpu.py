@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from toolkit.backends import BACKENDS, KMeansBackend, get_backend, make_backend
+from toolkit.backends import KMeansBackend, get_backend, make_backend
 from toolkit.backends.daskml import DaskMLBackend
 from toolkit.backends.scikit import SklearnBackend
-from toolkit.config import BACKEND_NAMES, ExperimentConfig, ModelConfig
+from toolkit.config import ModelConfig
 from toolkit.data import Dataset
 from toolkit.errors import ConfigError
+from toolkit.names import BACKEND_FACTS
 
 
 def _dataset(X, y=None) -> Dataset:
@@ -26,11 +27,21 @@ def _sorted_rows(centers: np.ndarray) -> np.ndarray:
     return centers[np.lexsort(centers.T[::-1])]
 
 
-def test_registry_keys_equal_config_names():
-    assert tuple(BACKENDS) == BACKEND_NAMES
-    # The config accepts exactly the registered names.
-    literal = ExperimentConfig.model_fields["backend"].annotation.__args__
-    assert set(literal) == set(BACKENDS)
+# (Every registry entry resolving to a class of its name: tests/test_backend_contract.py.)
+
+
+def test_a_registered_backend_cannot_declare_its_facts_again():
+    """device, parallelism, inits and honours have one home, toolkit.names.BACKEND_FACTS."""
+    with pytest.raises(TypeError, match=r"declares inits: backend 'sklearn' takes them from toolkit.names"):
+
+        class Again(SklearnBackend):
+            name = "sklearn"
+            inits = ("k-means++", "random")
+
+    class StandIn(SklearnBackend):  # a stand-in keeps its parent's name and facts
+        pass
+
+    assert StandIn.facts is BACKEND_FACTS["sklearn"] and StandIn.inits == SklearnBackend.inits
 
 
 @pytest.mark.parametrize("name, cls", [("sklearn", SklearnBackend), ("dask-ml", DaskMLBackend)])
@@ -170,3 +181,15 @@ def test_library_versions():
     versions = make_backend("dask-ml").library_versions()
     assert {"numpy", "scikit-learn"} <= set(versions)
     assert any(k.replace("_", "-") == "dask-ml" for k in versions)
+
+
+def test_daskml_n_init_seeds():
+    """dask-ml's KMeans runs one initialisation; the adaptor runs n_init of them (the contract
+    suite checks it keeps the best): the first seed is random_state itself, so n_init=1 is the
+    fit it always was, and the others are drawn from it, the same every time."""
+    from toolkit.backends.daskml import _init_seeds
+
+    assert _init_seeds(7, 1) == [7]
+    seeds = _init_seeds(7, 4)
+    assert seeds[0] == 7 and len(set(seeds)) == 4 and seeds == _init_seeds(7, 4)
+    assert all(isinstance(s, int) and 0 <= s < 2**32 for s in seeds)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.config import ExperimentConfig, load_experiment, parse_overrides
+from toolkit.config import ExperimentConfig, ModelConfig, SearchConfig, load_experiment, parse_overrides
 from toolkit.errors import ConfigError
+from toolkit.names import BACKEND_FACTS, BACKEND_NAMES, EVAL_METRICS, HYPERPARAMETERS, INITS, OBJECTIVES
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
@@ -315,8 +316,9 @@ def test_non_finite_value_in_file_is_rejected_with_the_key(tmp_path, text, key):
 
 
 def test_finite_search_lists_and_ranges_still_load():
-    cfg = load_experiment(None, "search.space.tol=[0.001,0.01] search.space.oversampling_factor.low=1 "
-                                "search.space.oversampling_factor.high=4")
+    # (oversampling only acts with k-means||, on a backend that has it: see the refusals below)
+    cfg = load_experiment(None, "backend=dask model.init=k-means|| search.space.tol=[0.001,0.01] "
+                                "search.space.oversampling_factor.low=1 search.space.oversampling_factor.high=4")
     assert cfg.search.space.tol == [0.001, 0.01]
     assert cfg.search.space.oversampling_factor.high == 4.0
 
@@ -375,3 +377,120 @@ def test_unknown_key_inside_a_union_value():
     msg = _one_line(err)
     assert "<defaults>: search.space.tol.Step: Extra inputs are not permitted" in msg
     assert "FloatRange" not in msg
+
+
+# -- one home per vocabulary ------------------------------------------------------------------
+
+CPU_BACKENDS = [name for name, facts in BACKEND_FACTS.items() if facts.device == "cpu"]
+
+
+def test_config_literals_are_the_vocabularies():
+    """Each accepted-values list is read from toolkit.names, not declared again."""
+    fields = ExperimentConfig.model_fields
+    assert fields["backend"].annotation.__args__ == BACKEND_NAMES
+    assert ModelConfig.model_fields["init"].annotation.__args__ == INITS
+    assert SearchConfig.model_fields["objective"].annotation.__args__ == OBJECTIVES
+    assert fields["registry"].annotation.model_fields["eval_metric"].annotation.__args__ == EVAL_METRICS
+    assert tuple(ModelConfig.model_fields) == HYPERPARAMETERS
+
+
+def test_literal_messages_list_every_name_in_order():
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["search.objective=inertia"])
+    assert ("search.objective: Input should be 'silhouette', 'davies_bouldin', 'calinski_harabasz' or "
+            "'adjusted_rand' (got 'inertia')") in _one_line(err)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["model.init=kpp"])
+    assert "model.init: Input should be 'k-means++', 'k-means||' or 'random' (got 'kpp')" in _one_line(err)
+
+
+# -- settings a backend would ignore, or an init it does not have, are refused at load -------
+
+# A shipped file's init that a CPU backend does not have: refused at load (it always failed, later,
+# when the backend validated after the cluster had started).  Anything else must load.
+_SHIPPED_REFUSALS = {("blobs-large.yaml", "sklearn"): "model.init='k-means||' is not supported by backend 'sklearn'"}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_file_validates_on_every_cpu_backend(path, backend):
+    refusal = _SHIPPED_REFUSALS.get((path.name, backend))
+    if refusal is None:
+        assert load_experiment(path, {"backend": backend}).backend == backend
+        return
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path, {"backend": backend})
+    msg = _one_line(err)
+    assert msg.startswith(f"{path}: {refusal}") and "fix: set model.init to" in msg
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        # sklearn has no oversampling at all
+        (["model.oversampling_factor=5"], "model.oversampling_factor=5.0"),
+        (["search.space.oversampling_factor=[1, 3]"], "search.space.oversampling_factor=[1.0, 3.0]"),
+        (["search.space.oversampling_factor.low=1", "search.space.oversampling_factor.high=4"],
+         "search.space.oversampling_factor=1..4"),
+        # cuML's multi-GPU fit runs one initialisation
+        (["backend=cuml-dask", "model.init=k-means||", "model.n_init=3"], "model.n_init=3"),
+        (["backend=cuml-dask", "model.init=random", "search.space.n_init=[1, 3]"], "search.space.n_init=[1, 3]"),
+        # oversampling acts only with k-means||
+        (["backend=dask", "model.oversampling_factor=5"], "model.oversampling_factor=5.0"),
+        (["backend=dask-ml", "model.init=k-means||", "search.space.init=[random]",
+          "search.space.oversampling_factor=[1, 3]"], "search.space.oversampling_factor=[1.0, 3.0]"),
+    ],
+)
+def test_a_setting_the_backend_would_ignore_is_refused(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(REPO / "experiments" / "blobs.yaml", ["search.space.init=null", *overrides])
+    msg = _one_line(err)
+    backend = next((o.split("=")[1] for o in overrides if o.startswith("backend=")), "sklearn")
+    assert f"blobs.yaml: {key} would be ignored" in msg
+    assert f"backend {backend!r}" in msg and "-- fix: remove " in msg
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.oversampling_factor=2.0"],  # the default: what sklearn does anyway
+        ["backend=dask-ml", "model.n_init=3"],  # the dask-ml adaptor runs n_init fits
+        ["backend=cuml-dask", "model.init=random", "model.n_init=1"],
+        ["backend=cuml-dask", "model.init=random", "search.space.n_init=[1]"],
+        ["backend=dask", "model.init=k-means||", "model.oversampling_factor=5"],
+        ["backend=dask", "model.oversampling_factor=5", "search.space.init=[k-means||, random]"],
+        ["backend=cuml-dask", "model.init=k-means||", "search.space.init=null",
+         "search.space.oversampling_factor=[1, 3]"],
+    ],
+)
+def test_a_setting_the_backend_uses_or_leaves_at_default_loads(overrides):
+    load_experiment(REPO / "experiments" / "blobs.yaml", overrides)
+
+
+@pytest.mark.parametrize("backend, init", [("sklearn", "k-means||"), ("cuml-dask", "k-means++")])
+def test_an_init_the_backend_does_not_have_is_refused_at_load(backend, init):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, [f"backend={backend}", f"model.init={init}"])
+    msg = _one_line(err)
+    assert msg.startswith(f"<defaults>: model.init={init!r} is not supported by backend {backend!r}")
+    others = " or ".join(BACKEND_FACTS[backend].inits)
+    assert f"fix: set model.init to {others}, or choose a backend that has {init!r}" in msg
+
+
+def test_constructing_a_config_directly_is_checked_too():
+    with pytest.raises(ConfigError, match=r"model.oversampling_factor=5.0 would be ignored"):
+        ExperimentConfig(name="x", model={"oversampling_factor": 5.0})
+    cfg = ExperimentConfig(name="x", backend="dask")
+    with pytest.raises(ConfigError, match=r"model.init='k-means\+\+' is not supported by backend 'cuml-dask'"):
+        cfg.backend = "cuml-dask"  # validate_assignment re-checks
+
+
+def test_search_space_check_refuses_what_the_backend_ignores():
+    """The search's own check (after the cluster starts) applies the same rule."""
+    from toolkit.backends import get_backend
+    from toolkit.search.space import check_space
+
+    search = SearchConfig.model_validate({"space": {"oversampling_factor": [1.0, 3.0]}})
+    with pytest.raises(ConfigError, match=r"search.space.oversampling_factor=\[1.0, 3.0\] would be ignored"):
+        check_space(search, get_backend("sklearn")(), 1000, False)
+    check_space(search, get_backend("dask")(), 1000, False)

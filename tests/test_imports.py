@@ -150,3 +150,27 @@ print("RESULT " + json.dumps({
         assert "\n" not in msg
         assert "'cuml'" in msg
         assert "CPU backend" in msg  # the fix names the way out
+
+
+def test_config_reads_backend_facts_without_importing_the_backends():
+    """The facts sit below everything: validating a config against a backend's facts imports
+    none of the backend modules the registry names (only the package, via toolkit/__init__)."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from toolkit.config import load_experiment
+        from toolkit.names import BACKENDS
+        try:
+            load_experiment(None, ["backend=cuml-dask", "model.init=random", "model.n_init=3"])
+        except Exception as exc:
+            refused = str(exc)
+        targets = {t.partition(":")[0] for t in BACKENDS.values()}
+        print(json.dumps({"refused": refused, "loaded": sorted(targets & set(sys.modules))}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert "model.n_init=3 would be ignored: backend 'cuml-dask'" in out["refused"]
+    assert out["loaded"] == []

@@ -1,8 +1,11 @@
 """Experiment configuration: YAML files in ``experiments/`` validated into typed objects.
 
 ``load_experiment(path, overrides)`` reads a YAML file, applies ``dotted.key=value`` overrides
-(every field can be overridden) and validates the result.  Any problem is raised as a one-line
-:class:`~toolkit.errors.ConfigError` naming the file and the dotted key.
+(every field can be overridden) and validates the result, including against the chosen
+backend's facts (:data:`toolkit.names.BACKEND_FACTS`): an ``init`` it does not have, or a
+hyperparameter it would ignore set to anything but its default, is refused before any cluster
+starts.  Any problem is raised as a one-line :class:`~toolkit.errors.ConfigError` naming the
+file and the dotted key.
 """
 
 from __future__ import annotations
@@ -18,6 +21,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolkit.errors import ConfigError
+from toolkit.names import (
+    BACKEND_FACTS,
+    BACKEND_NAMES,
+    EVAL_METRICS,
+    HYPERPARAMETERS,
+    INIT_SPECIFIC,
+    INITS,
+    OBJECTIVES,
+    honouring,
+    ignored_because,
+)
 
 __all__ = [
     "BACKEND_NAMES",
@@ -30,13 +44,17 @@ __all__ = [
     "SearchConfig",
     "SearchSpace",
     "TrackingConfig",
+    "check_backend_settings",
+    "check_space_settings",
     "env_flag",
     "load_experiment",
     "parse_overrides",
 ]
 
-#: Names accepted for ``backend``; the registry in ``toolkit.backends`` maps each to its class.
-BACKEND_NAMES = ("sklearn", "dask-ml", "dask", "cuml", "cuml-dask")
+# The vocabularies (backend, init and metric names; what each backend honours) live in
+# toolkit.names; the Literal types below are built from them (Literal[NAMES] lists the tuple's
+# members, so pydantic's messages name every accepted value as before).  BACKEND_NAMES is
+# re-exported here for older imports.
 
 _ON, _OFF = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -93,7 +111,7 @@ class ModelConfig(_Strict):
     """K-means hyperparameters, in scikit-learn's vocabulary (backends translate)."""
 
     n_clusters: int = Field(8, gt=0)
-    init: Literal["k-means++", "k-means||", "random"] = "k-means++"
+    init: Literal[INITS] = "k-means++"
     max_iter: int = Field(300, gt=0)
     tol: float = Field(1e-4, ge=0)
     n_init: int = Field(1, gt=0)
@@ -181,7 +199,7 @@ class SearchSpace(_Strict):
     """What the search may vary; unset entries stay at the ``model`` section's value."""
 
     n_clusters: IntRange = IntRange(low=2, high=12)
-    init: list[Literal["k-means++", "k-means||", "random"]] | None = None
+    init: list[Literal[INITS]] | None = None
     max_iter: list[int] | None = None
     tol: FloatRange | list[float] | None = None
     n_init: list[int] | None = None
@@ -193,9 +211,7 @@ class SearchConfig(_Strict):
     n_trials: int = Field(20, gt=0)
     sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
     seed: int = 0
-    objective: Literal[
-        "silhouette", "davies_bouldin", "calinski_harabasz", "adjusted_rand"
-    ] = "silhouette"
+    objective: Literal[OBJECTIVES] = "silhouette"
     parallelism: Literal["auto", "trial", "data"] = "auto"
     prefetch: Literal["auto"] | int = Field(
         "auto",
@@ -231,9 +247,7 @@ class RegistryConfig(_Strict):
     native_name: str | None = Field(None, description="defaults to '<name>-kmeans'")
     sklearn_name: str | None = Field(None, description="defaults to '<name>-kmeans-sklearn'")
     register_best: bool = True
-    eval_metric: Literal[
-        "silhouette", "davies_bouldin", "calinski_harabasz", "adjusted_rand", "inertia"
-    ] = "silhouette"
+    eval_metric: Literal[EVAL_METRICS] = "silhouette"
 
 
 class ExperimentConfig(_Strict):
@@ -241,7 +255,7 @@ class ExperimentConfig(_Strict):
 
     name: str = Field(min_length=1)
     description: str = ""
-    backend: Literal["sklearn", "dask-ml", "dask", "cuml", "cuml-dask"] = "sklearn"
+    backend: Literal[BACKEND_NAMES] = "sklearn"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -272,6 +286,110 @@ class ExperimentConfig(_Strict):
     def flat(self) -> dict[str, Any]:
         """All effective settings as ``section.key -> value`` (for MLflow params)."""
         return _flatten(self.model_dump(mode="json"))
+
+    @model_validator(mode="after")
+    def _backend_can_use_settings(self) -> ExperimentConfig:
+        # Checked here rather than by the backend: every entry point validates its config
+        # before any cluster starts, so the refusal comes at once, as one line.  A ConfigError
+        # (not a ValueError) passes through pydantic with its own key and fix;
+        # load_experiment puts the file name in front.
+        check_backend_settings(self)
+        return self
+
+
+def _default(param: str) -> Any:
+    """The ``model`` default of ``param``: what a backend that ignores it does anyway (it runs
+    one initialisation, and oversamples at no particular factor)."""
+    return ModelConfig.model_fields[param].default
+
+
+def _only_default(spec: Any, default: Any) -> bool:
+    """Whether a search-space entry can only ever give ``default``."""
+    if isinstance(spec, FloatRange):
+        return spec.low == spec.high == default
+    return all(value == default for value in spec)
+
+
+def _shown(spec: Any) -> str:
+    if isinstance(spec, FloatRange):
+        return f"{spec.low:g}..{spec.high:g}"
+    return "[" + ", ".join(str(v) for v in spec) + "]"
+
+
+def _ignored_fix(param: str, backend: str, keep: str) -> str:
+    """The fix for a ``param`` that ``backend`` would ignore: ``keep`` (drop it), or the way out."""
+    acting = INIT_SPECIFIC.get(param, ())
+    if param in BACKEND_FACTS[backend].honours and acting:
+        return f"{keep}, or let the fits use init {' or '.join(acting)}"
+    users = ", ".join(honouring(param)) or "none"
+    return f"{keep}, or choose a backend that uses {param} ({users})"
+
+
+def check_backend_settings(cfg: ExperimentConfig) -> None:
+    """Refuse ``model`` and ``search.space`` settings that ``cfg.backend`` cannot use.
+
+    * ``model.init`` must be an init the backend accepts.
+    * A hyperparameter the backend would ignore (see :data:`toolkit.names.BACKEND_FACTS`,
+      ``honours``, and :data:`toolkit.names.INIT_SPECIFIC`) may only be left at its default,
+      which is what the backend does anyway: ``model.n_init=1`` is fine everywhere,
+      ``model.n_init=3`` is refused where the fit runs one initialisation.
+    * A ``search.space`` entry for such a hyperparameter is refused unless it can only give
+      the default.  (Which ``search.space.init`` values the backend accepts is checked by the
+      search itself, :func:`toolkit.search.space.check_space`.)
+
+    Raises:
+        ConfigError: one line naming the key, its value, the backend and the fix.
+    """
+    backend, model, space = cfg.backend, cfg.model, cfg.search.space
+    facts = BACKEND_FACTS[backend]
+    if model.init not in facts.inits:
+        having = ", ".join(name for name, f in BACKEND_FACTS.items() if model.init in f.inits)
+        raise ConfigError(
+            f"model.init={model.init!r} is not supported by backend {backend!r}",
+            f"set model.init to {' or '.join(facts.inits)}, or choose a backend that has "
+            f"{model.init!r} ({having})",
+        )
+    # The inits the fits may use: the model's, and the search's when it varies init.
+    fit_inits = {model.init, *(space.init or ())}
+    for param in HYPERPARAMETERS:
+        value, default = getattr(model, param), _default(param)
+        why = None if value == default else ignored_because(backend, param, fit_inits)
+        if why:
+            key = f"model.{param}"
+            raise ConfigError(
+                f"{key}={value!r} would be ignored: {why}",
+                _ignored_fix(param, backend, f"remove {key} (its default {default!r} is what the fit "
+                                             "does anyway)"),
+            )
+    check_space_settings(backend, space, model.init)
+
+
+def check_space_settings(backend: str, space: SearchSpace, model_init: str | None = None) -> None:
+    """Refuse ``search.space`` entries that ``backend`` would ignore in every trial.
+
+    An entry is refused unless it can only give the default.  ``model_init`` is the init of
+    trials when the space does not vary it (``None``: not known, so only the backend's own
+    facts are asked).
+
+    Raises:
+        ConfigError: one line naming the key, its values, the backend and the fix.
+    """
+    if backend not in BACKEND_FACTS:  # an unregistered class in a test: nothing declared
+        return
+    inits = set(space.init) if space.init else {model_init} if model_init else None
+    for param in HYPERPARAMETERS:
+        # n_clusters and init are honoured everywhere (and which inits a backend accepts is
+        # a question of its own); the seed is not part of the space.
+        spec = getattr(space, param, None) if param not in ("n_clusters", "init") else None
+        if spec is None or _only_default(spec, _default(param)):
+            continue
+        why = ignored_because(backend, param, inits)
+        if why:
+            key = f"search.space.{param}"
+            raise ConfigError(
+                f"{key}={_shown(spec)} would be ignored: {why}",
+                _ignored_fix(param, backend, f"remove {key}"),
+            )
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -478,5 +596,7 @@ def load_experiment(
         raise ConfigError(
             _format_validation(exc, where), "correct that key (see experiments/*.yaml)"
         ) from None
+    except ConfigError as exc:  # check_backend_settings: the key is already in the message
+        raise ConfigError(f"{where}: {exc.problem}", exc.fix) from None
     cfg.source_path = str(path) if path else None
     return cfg

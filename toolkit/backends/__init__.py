@@ -13,6 +13,11 @@ from toolkit.backends.base import FitResult, KMeansBackend, Parallelism
 from toolkit.env import require_packages  # re-exported: part of this package's API
 from toolkit.errors import ConfigError
 
+# The registry (name -> "module:Class") is declared with each backend's facts in the bottom
+# layer, toolkit.names, so the config can check names and hyperparameters without importing
+# this package; re-exported here as the same dict (tests stand a class in for a name in it).
+from toolkit.names import BACKENDS
+
 __all__ = [
     "BACKENDS",
     "FitResult",
@@ -23,14 +28,6 @@ __all__ = [
     "require_packages",
 ]
 
-#: name -> "module:Class"; the one place a backend is registered.
-BACKENDS: dict[str, str] = {
-    "sklearn": "toolkit.backends.scikit:SklearnBackend",
-    "dask-ml": "toolkit.backends.daskml:DaskMLBackend",
-    "dask": "toolkit.backends.dask_lloyd:DaskBackend",
-    "cuml": "toolkit.backends.cuml_single:CumlBackend",
-    "cuml-dask": "toolkit.backends.cuml_dask:CumlDaskBackend",
-}
 
 def get_backend(name: str) -> type[KMeansBackend]:
     """The backend class registered under ``name`` (imports its module now)."""

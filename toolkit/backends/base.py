@@ -11,7 +11,7 @@ import abc
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,9 +25,13 @@ from toolkit.errors import ConfigError
 # k-means package can use it without importing the backends.
 from toolkit.faults import is_infrastructure_error
 
+# Parallelism is re-exported too (toolkit.backends lists it): declared with the backend facts.
+from toolkit.names import BACKEND_FACTS, HYPERPARAMETERS, BackendFacts, Device, Parallelism
+
 __all__ = ["FitResult", "KMeansBackend", "Parallelism", "is_infrastructure_error"]
 
-Parallelism = Literal["trial", "data"]
+#: The class attributes a registered backend takes from its entry in ``BACKEND_FACTS``.
+_FACTS = ("device", "parallelism", "inits", "honours")
 
 
 @dataclass
@@ -63,19 +67,44 @@ def _n_rows(X: Any) -> int:
 class KMeansBackend(abc.ABC):
     """A k-means implementation on one kind of hardware and data placement.
 
-    Subclasses set the class attributes and implement :meth:`prepare` and :meth:`_fit`.
-    ``__init__`` only stores the Dask client (``None`` for backends that need none) and the
-    data placement options (``data.persist``, ``data.chunk_rows``).
+    Subclasses set ``name`` (and ``requires``) and implement :meth:`prepare` and :meth:`_fit`.
+    A class whose ``name`` is registered in :data:`toolkit.names.BACKEND_FACTS` takes its
+    ``device``, ``parallelism``, ``inits`` and ``honours`` from there (declaring them again in
+    the class is a ``TypeError``): the config validates against the same facts without
+    importing any backend.  ``__init__`` only stores the Dask client (``None`` for backends
+    that need none) and the data placement options (``data.persist``, ``data.chunk_rows``).
     """
 
     name: ClassVar[str]
-    device: ClassVar[Literal["cpu", "gpu"]] = "cpu"
+    #: This backend's entry in ``BACKEND_FACTS`` (``None`` for an unregistered class).
+    facts: ClassVar[BackendFacts | None] = None
+    device: ClassVar[Device] = "cpu"
     #: trial-parallel backends fit one model per worker; data-parallel ones spread one fit.
     parallelism: ClassVar[Parallelism] = "trial"
     #: ``init`` values (toolkit vocabulary) this backend accepts.
     inits: ClassVar[tuple[str, ...]] = ("k-means++", "random")
+    #: hyperparameters (``ModelConfig`` fields) its fit uses.
+    honours: ClassVar[tuple[str, ...]] = HYPERPARAMETERS
     #: Python packages the backend imports; named in the error when one is missing.
     requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only a class that names itself: a subclass standing in for a registered backend
+        # (tests/flaky_backend.py) inherits its parent's facts unchanged.
+        name = cls.__dict__.get("name")
+        facts = BACKEND_FACTS.get(name) if isinstance(name, str) else None
+        if facts is None:
+            return
+        again = [attr for attr in _FACTS if attr in cls.__dict__]
+        if again:
+            raise TypeError(
+                f"{cls.__qualname__} declares {', '.join(again)}: backend {name!r} takes them "
+                f"from toolkit.names.BACKEND_FACTS, the one place they are declared"
+            )
+        cls.facts = facts
+        for attr in _FACTS:
+            setattr(cls, attr, getattr(facts, attr))
 
     def __init__(self, client: Any = None, *, persist: bool = True, chunk_rows: int = 250_000) -> None:
         self.client = client

@@ -86,9 +86,6 @@ class CumlDaskBackend(KMeansBackend):
     """One ``cuml.dask.cluster.KMeans`` fit spread over every GPU worker of the Dask cluster."""
 
     name: ClassVar[str] = "cuml-dask"
-    device = "gpu"
-    parallelism = "data"
-    inits = ("k-means||", "random")
     requires = ("cuml", "cupy", "dask_cudf", "dask_cuda")
 
     @classmethod

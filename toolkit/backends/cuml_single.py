@@ -83,9 +83,6 @@ class CumlBackend(KMeansBackend):
     """``cuml.KMeans`` on one GPU; under search, one trial per GPU worker."""
 
     name: ClassVar[str] = "cuml"
-    device = "gpu"
-    parallelism = "trial"
-    inits = ("k-means||", "k-means++", "random")
     requires = ("cuml", "cupy")
 
     @classmethod

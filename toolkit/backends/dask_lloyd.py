@@ -30,8 +30,6 @@ class DaskBackend(KMeansBackend):
     """Our data-parallel Lloyd k-means on Dask (persisted float32 blocks on the workers)."""
 
     name: ClassVar[str] = "dask"
-    parallelism = "data"
-    inits = ("k-means||", "k-means++", "random")
     requires = ("dask", "distributed")
 
     def prepare(self, dataset: Dataset) -> Any:

@@ -45,32 +45,50 @@ def _kmeans_plusplus_on_sample(X: Any, k: int, seed: int, size: int = 10_000) ->
     return centers
 
 
+def _init_seeds(random_state: int, n_init: int) -> list[int]:
+    """One seed per initialisation: ``random_state`` first (so ``n_init=1`` is the plain fit),
+    then seeds drawn from it."""
+    extra = np.random.SeedSequence(random_state).generate_state(max(n_init - 1, 0))
+    return [random_state, *(int(s) for s in extra)]
+
+
 class DaskMLBackend(KMeansBackend):
+    """``dask_ml.cluster.KMeans`` on persisted Dask arrays (facts: ``BACKEND_FACTS["dask-ml"]``)."""
+
     name: ClassVar[str] = "dask-ml"
-    parallelism = "data"
-    inits = ("k-means||", "k-means++", "random")
     requires = ("dask_ml",)
 
     def prepare(self, dataset: Dataset) -> Any:
         return to_dask_array(dataset, self.client, self.persist, self.chunk_rows)
 
-    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
+    def _fit_once(self, X: Any, params: ModelConfig, seed: int) -> Any:
         from dask_ml.cluster import KMeans
 
         init: Any = params.init
         if init == "k-means++":
             # dask-ml 2025.1 calls a private scikit-learn k-means++ helper whose signature
             # changed (sample_weight became required), so seed k-means++ ourselves on a sample.
-            init = _kmeans_plusplus_on_sample(X, params.n_clusters, params.random_state)
+            init = _kmeans_plusplus_on_sample(X, params.n_clusters, seed)
         km = KMeans(
             n_clusters=params.n_clusters,
             init=init,
             oversampling_factor=params.oversampling_factor,
             max_iter=params.max_iter,
             tol=params.tol,
-            random_state=params.random_state,
+            random_state=seed,
         )
-        km.fit(X)
+        return km.fit(X)
+
+    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
+        # dask-ml runs one initialisation (its own n_init only reaches the k-means++ replaced
+        # above), so n_init is honoured here, as scikit-learn does it: that many runs from
+        # different seeds, keeping the lowest inertia.
+        km = None
+        for seed in _init_seeds(params.random_state, params.n_init):
+            run = self._fit_once(X, params, seed)
+            if km is None or run.inertia_ < km.inertia_:
+                km = run
+        assert km is not None  # n_init >= 1 (ModelConfig)
         return FitResult(
             model=km,
             centers=np.asarray(km.cluster_centers_, dtype=np.float64),

@@ -28,9 +28,9 @@ def sklearn_estimator(params: ModelConfig) -> Any:
 
 
 class SklearnBackend(KMeansBackend):
+    """``sklearn.cluster.KMeans`` on in-memory NumPy data (facts: ``BACKEND_FACTS["sklearn"]``)."""
+
     name: ClassVar[str] = "sklearn"
-    parallelism = "trial"
-    inits = ("k-means++", "random")
 
     def prepare(self, dataset: Dataset) -> np.ndarray:
         X = dataset.X

@@ -12,6 +12,7 @@ import numpy as np
 
 from toolkit.config import ExperimentConfig
 from toolkit.metrics import METRIC_DIRECTIONS
+from toolkit.names import BACKEND_FACTS, LABEL_METRICS
 
 __all__ = ["ClusterScorer", "run_cv_search"]
 
@@ -33,7 +34,7 @@ class ClusterScorer:
 
         X = np.asarray(X)
         labels = estimator.predict(X)
-        if self.objective == "adjusted_rand":
+        if self.objective in LABEL_METRICS:
             return float(skm.adjusted_rand_score(y, labels))
         if len(np.unique(labels)) < 2:
             return float("nan")
@@ -86,7 +87,9 @@ def run_cv_search(cfg: ExperimentConfig, X: np.ndarray, y: np.ndarray | None, cl
     common = {"scoring": scorer, "cv": cv, "refit": False, "error_score": np.nan, "n_jobs": -1,
               "return_train_score": False}
     if cfg.search.strategy == "grid":
-        grid = {k: v for k, v in grid_values(cfg.search).items() if k != "oversampling_factor"}
+        # Only what scikit-learn's KMeans takes (the config refused the rest for 'sklearn').
+        honours = BACKEND_FACTS["sklearn"].honours
+        grid = {k: v for k, v in grid_values(cfg.search).items() if k in honours}
         search = GridSearchCV(base, grid, **common)
     else:
         search = RandomizedSearchCV(

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.config import FloatRange, ModelConfig, SearchConfig
+from toolkit.config import FloatRange, ModelConfig, SearchConfig, check_space_settings
 from toolkit.errors import ConfigError
+from toolkit.names import HYPERPARAMETERS, INTERNAL_METRICS, LABEL_METRICS
 
 __all__ = ["check_space", "grid_values", "model_for", "suggest", "trial_model"]
 
-_SPACE_KEYS = ("n_clusters", "init", "max_iter", "tol", "n_init", "oversampling_factor")
+# Every hyperparameter but the seed, which each trial derives (trial_model).
+_SPACE_KEYS = tuple(key for key in HYPERPARAMETERS if key != "random_state")
 
 
 def check_space(search: SearchConfig, backend: Any, n_samples: int, has_labels: bool) -> None:
-    """Reject what the backend or the data cannot do, before any trial runs."""
+    """Reject what the backend or the data cannot do, before any trial runs.
+
+    Entries the backend would ignore were already refused by the config's validation (which
+    knows ``model.init`` too); checked again here, from the same rule, for callers that build
+    a search by hand.
+    """
     space = search.space
     bad = [i for i in (space.init or []) if i not in backend.inits]
     if bad:
@@ -25,20 +32,21 @@ def check_space(search: SearchConfig, backend: Any, n_samples: int, has_labels: 
             f"search.space.init has {bad}, which backend {backend.name!r} does not support",
             f"use only {', '.join(backend.inits)}",
         )
+    check_space_settings(backend.name, space)
     if space.n_clusters.high > n_samples:
         raise ConfigError(
             f"search.space.n_clusters.high={space.n_clusters.high} exceeds the {n_samples} samples",
             f"set search.space.n_clusters.high <= {n_samples}",
         )
-    if space.n_clusters.low < 2 and search.objective in ("silhouette", "davies_bouldin", "calinski_harabasz"):
+    if space.n_clusters.low < 2 and search.objective in INTERNAL_METRICS:
         raise ConfigError(
             f"objective {search.objective} needs at least 2 clusters but search.space.n_clusters.low=1",
             "set search.space.n_clusters.low >= 2",
         )
-    if search.objective == "adjusted_rand" and not has_labels:
+    if search.objective in LABEL_METRICS and not has_labels:
         raise ConfigError(
-            "objective adjusted_rand needs ground-truth labels, which this data has none of",
-            "use silhouette, davies_bouldin or calinski_harabasz, or set data.label_column",
+            f"objective {search.objective} needs ground-truth labels, which this data has none of",
+            f"use {', '.join(INTERNAL_METRICS[:-1])} or {INTERNAL_METRICS[-1]}, or set data.label_column",
         )
 
 
