@@ -187,7 +187,7 @@ def test_daskml_n_init_seeds():
     """dask-ml's KMeans runs one initialisation; the adaptor runs n_init of them (the contract
     suite checks it keeps the best): the first seed is random_state itself, so n_init=1 is the
     fit it always was, and the others are drawn from it, the same every time."""
-    from toolkit.backends.daskml import _init_seeds
+    from toolkit.backends.base import init_seeds as _init_seeds
 
     assert _init_seeds(7, 1) == [7]
     seeds = _init_seeds(7, 4)

@@ -432,9 +432,8 @@ def test_every_experiment_file_validates_on_every_cpu_backend(path, backend):
         (["search.space.oversampling_factor=[1, 3]"], "search.space.oversampling_factor=[1.0, 3.0]"),
         (["search.space.oversampling_factor.low=1", "search.space.oversampling_factor.high=4"],
          "search.space.oversampling_factor=1..4"),
-        # cuML's multi-GPU fit runs one initialisation
-        (["backend=cuml-dask", "model.init=k-means||", "model.n_init=3"], "model.n_init=3"),
-        (["backend=cuml-dask", "model.init=random", "search.space.n_init=[1, 3]"], "search.space.n_init=[1, 3]"),
+        # multi-GPU cuML too: oversampling only with k-means|| (k-means++ is fitted as k-means||)
+        (["backend=cuml-dask", "model.init=random", "model.oversampling_factor=3"], "model.oversampling_factor=3.0"),
         # oversampling acts only with k-means||
         (["backend=dask", "model.oversampling_factor=5"], "model.oversampling_factor=5.0"),
         (["backend=dask-ml", "model.init=k-means||", "search.space.init=[random]",
@@ -467,7 +466,7 @@ def test_a_setting_the_backend_uses_or_leaves_at_default_loads(overrides):
     load_experiment(REPO / "experiments" / "blobs.yaml", overrides)
 
 
-@pytest.mark.parametrize("backend, init", [("sklearn", "k-means||"), ("cuml-dask", "k-means++")])
+@pytest.mark.parametrize("backend, init", [("sklearn", "k-means||")])
 def test_an_init_the_backend_does_not_have_is_refused_at_load(backend, init):
     with pytest.raises(ConfigError) as err:
         load_experiment(None, [f"backend={backend}", f"model.init={init}"])
@@ -480,9 +479,9 @@ def test_an_init_the_backend_does_not_have_is_refused_at_load(backend, init):
 def test_constructing_a_config_directly_is_checked_too():
     with pytest.raises(ConfigError, match=r"model.oversampling_factor=5.0 would be ignored"):
         ExperimentConfig(name="x", model={"oversampling_factor": 5.0})
-    cfg = ExperimentConfig(name="x", backend="dask")
-    with pytest.raises(ConfigError, match=r"model.init='k-means\+\+' is not supported by backend 'cuml-dask'"):
-        cfg.backend = "cuml-dask"  # validate_assignment re-checks
+    cfg = ExperimentConfig(name="x", backend="dask", model={"init": "k-means||"})
+    with pytest.raises(ConfigError, match=r"model.init='k-means\|\|' is not supported by backend 'sklearn'"):
+        cfg.backend = "sklearn"  # validate_assignment re-checks
 
 
 def test_search_space_check_refuses_what_the_backend_ignores():

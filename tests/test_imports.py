@@ -161,7 +161,7 @@ def test_config_reads_backend_facts_without_importing_the_backends():
         from toolkit.config import load_experiment
         from toolkit.names import BACKENDS
         try:
-            load_experiment(None, ["backend=cuml-dask", "model.init=random", "model.n_init=3"])
+            load_experiment(None, ["backend=cuml-dask", "model.init=random", "model.oversampling_factor=3"])
         except Exception as exc:
             refused = str(exc)
         targets = {t.partition(":")[0] for t in BACKENDS.values()}
@@ -172,5 +172,5 @@ def test_config_reads_backend_facts_without_importing_the_backends():
                           env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.splitlines()[-1])
-    assert "model.n_init=3 would be ignored: backend 'cuml-dask'" in out["refused"]
+    assert "model.oversampling_factor=3.0 would be ignored" in out["refused"] and "'cuml-dask'" in out["refused"]
     assert out["loaded"] == []

@@ -113,12 +113,13 @@ BACKEND_FACTS: Mapping[str, BackendFacts] = MappingProxyType({
         target="toolkit.backends.cuml_single:CumlBackend", device="gpu", parallelism="trial",
         inits=_ALL_INITS, honours=_ALL,
     ),
-    # Multi-GPU cuML (cuVS kmeans_mg fit) rejects k-means++ and runs one initialisation: its
-    # n_init reaches no loop.
+    # Multi-GPU cuML (cuVS kmeans_mg fit) runs one initialisation (its own n_init reaches no
+    # loop: the adaptor runs n_init fits and keeps the best) and has no exact k-means++:
+    # "k-means++" is fitted as k-means|| (scalable k-means++, the same seeding spread over the
+    # GPUs), so every shipped experiment runs on it unchanged.
     "cuml-dask": BackendFacts(
         target="toolkit.backends.cuml_dask:CumlDaskBackend", device="gpu", parallelism="data",
-        inits=("k-means||", "random"),
-        honours=tuple(p for p in _ALL if p != "n_init"),
+        inits=_ALL_INITS, honours=_ALL,
     ),
 })  # fmt: skip
 

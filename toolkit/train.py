@@ -102,6 +102,8 @@ def log_fit(
 ) -> None:
     """Metrics, centroids (CSV + .npy) and, if enabled, the centroid plot for one fit."""
     log_metrics(run_id, metrics)
+    if result.extra.get("init_fitted"):  # e.g. k-means++ fitted as k-means|| on multi-GPU cuML
+        log_tags(run_id, {"model.init_fitted": result.extra["init_fitted"]})
     plot_data = None
     if cfg.tracking.log_plot and X is not None and backend is not None:
         hX, hlabels = backend.host_view(X, result.labels)

@@ -28,7 +28,13 @@ from toolkit.faults import is_infrastructure_error
 # Parallelism is re-exported too (toolkit.backends lists it): declared with the backend facts.
 from toolkit.names import BACKEND_FACTS, HYPERPARAMETERS, BackendFacts, Device, Parallelism
 
-__all__ = ["FitResult", "KMeansBackend", "Parallelism", "is_infrastructure_error"]
+__all__ = [
+    "FitResult",
+    "KMeansBackend",
+    "Parallelism",
+    "init_seeds",
+    "is_infrastructure_error",
+]
 
 #: The class attributes a registered backend takes from its entry in ``BACKEND_FACTS``.
 _FACTS = ("device", "parallelism", "inits", "honours")
@@ -62,6 +68,14 @@ def _n_rows(X: Any) -> int:
     if shape is not None and isinstance(shape[0], (int, np.integer)):
         return int(shape[0])
     return len(X)
+
+
+def init_seeds(random_state: int, n_init: int) -> list[int]:
+    """One seed per initialisation, for backends whose library runs one initialisation per fit
+    (the adaptor runs ``n_init`` fits and keeps the lowest inertia, as scikit-learn does):
+    ``random_state`` first, so ``n_init=1`` is the plain fit, then seeds drawn from it."""
+    extra = np.random.SeedSequence(random_state).generate_state(max(n_init - 1, 0))
+    return [random_state, *(int(s) for s in extra)]
 
 
 class KMeansBackend(abc.ABC):
@@ -176,5 +190,7 @@ class KMeansBackend(abc.ABC):
         return to_sklearn(model)
 
     def library_versions(self) -> dict[str, str]:
-        """``{package: version}`` of the libraries this backend computes with."""
-        return env.installed_versions(("numpy", "scikit-learn", *self.requires))
+        """``{distribution: version}`` of the libraries this backend computes with (import names
+        in ``requires`` are looked up by the distribution that provides them: ``dask_ml`` is
+        recorded as ``dask-ml``, once)."""
+        return {**env.installed_versions(("numpy", "scikit-learn")), **env.distribution_versions(self.requires)}

@@ -6,14 +6,15 @@ a scheduler with ``dask cuda worker``s).  RAPIDS is imported inside functions on
 What the fitted Dask wrapper holds (cuML 26.x, ``python/cuml/cuml/dask/cluster/kmeans.py``):
 
 * ``inertia_`` -- the global inertia, summed over every worker. Logged.
-* ``labels_`` -- lazy and distributed, but concatenated *worker by worker*
-  (``DistributedDataHandler.worker_to_parts``), not in row order when a worker holds
-  non-adjacent partitions.  It is kept as ``FitResult.extra["worker_labels"]``; the row-aligned
-  labels the metrics need come from ``predict`` on the same data, which runs partition by
-  partition with the same final centroids (cuML's own tests assert ``fit_predict == predict``).
+* ``labels_`` -- lazy and distributed, in the input's row order (26.10 gathers the label parts
+  per input partition), so the metrics use them as they are.
 * ``get_combined_model()`` -- a local ``KMeansMG`` with worker 0's ``labels_``/``inertia_`` and a
   comms ``handle`` it cannot be cloned without; :func:`toolkit.convert.to_cuml` turns the
-  wrapper into a plain ``cuml.KMeans`` with the global inertia, which is what gets registered.
+  wrapper into a plain ``cuml.KMeans`` with the global inertia and no labels, which is what gets
+  registered.
+
+Multi-GPU cuML has no exact k-means++: ``init: k-means++`` is fitted as ``k-means||``
+(scalable k-means++, cuML's own default), and the run records that it was.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from toolkit import env
-from toolkit.backends.base import FitResult, KMeansBackend
+from toolkit.backends.base import FitResult, KMeansBackend, init_seeds
 from toolkit.backends.cuml_single import check_gpu, cuml_kwargs, gpu_library_versions
 from toolkit.cluster import block_count, n_workers
 from toolkit.config import ModelConfig
@@ -31,7 +32,10 @@ from toolkit.convert import combined_to_single, to_cuml, to_numpy
 from toolkit.data import Dataset
 from toolkit.errors import BackendUnavailableError, ConfigError, ToolkitError
 
-__all__ = ["CumlDaskBackend", "distributed_from_single", "host_dask"]
+__all__ = ["MULTI_GPU_INIT", "CumlDaskBackend", "distributed_from_single", "host_dask"]
+
+#: Inits multi-GPU cuML does not have, and what they are fitted as.
+MULTI_GPU_INIT = {"k-means++": "k-means||"}
 
 
 def distributed_from_single(local_model: Any, client: Any, datatype: str = "cudf") -> Any:
@@ -97,22 +101,11 @@ class CumlDaskBackend(KMeansBackend):
         if not env.importable("raft_dask"):
             raise BackendUnavailableError(
                 f"backend {cls.name!r} needs the Python package 'raft_dask', "
-                "which is not installed",
-                'install cuml-cu12[dask] (pip install ".[gpu]") or choose a CPU backend '
-                "(sklearn, dask, dask-ml)",
+                "which is not installed (cuML's [dask] extra)",
+                'install cuml-cu13[dask] or cuml-cu12[dask] (pip install ".[gpu-cu13]" on CUDA 13, '
+                '".[gpu]" on CUDA 12) or choose a CPU backend (sklearn, dask, dask-ml)',
             )
         check_gpu(cls.name)
-
-    def validate(self, params: ModelConfig, n_samples: int) -> None:
-        """Reject what multi-GPU cuML rejects, before any GPU work."""
-        if params.init == "k-means++":
-            raise ConfigError(
-                "backend 'cuml-dask' does not support init 'k-means++' "
-                "(cuML's multi-GPU KMeans rejects it)",
-                "use init 'k-means||' (scalable k-means++) or 'random', "
-                "or backend 'cuml' for exact k-means++ on one GPU",
-            )
-        super().validate(params, n_samples)
 
     def _client(self) -> Any:
         if self.client is None:
@@ -126,7 +119,8 @@ class CumlDaskBackend(KMeansBackend):
         """The data as a float32 dask_cudf DataFrame, persisted on the GPU workers.
 
         Files are read by dask_cudf on the workers; in-memory data is split into at least two
-        partitions per worker and moved to cuDF on the workers, so the client needs no GPU.
+        partitions per worker and moved to cuDF.  The client needs a GPU too: cuDF builds its
+        metadata there (``to_backend("cudf")``), and cuML's ``fit`` runs parts of its work there.
         """
         import dask_cudf
         from distributed import wait
@@ -156,17 +150,24 @@ class CumlDaskBackend(KMeansBackend):
     def _fit(self, X: Any, params: ModelConfig) -> FitResult:
         from cuml.dask.cluster import KMeans
 
-        km = KMeans(client=self._client(), **cuml_kwargs(params))
-        km.fit(X)
+        fitted = params.model_copy(update={"init": MULTI_GPU_INIT.get(params.init, params.init)})
+        # cuML's multi-GPU fit runs one initialisation: n_init fits, the lowest global inertia kept.
+        km = None
+        for seed in init_seeds(fitted.random_state, fitted.n_init):
+            run = KMeans(client=self._client(), **{**cuml_kwargs(fitted), "n_init": 1, "random_state": seed})
+            run.fit(X)
+            if km is None or float(run.inertia_) < float(km.inertia_):
+                km = run
+        assert km is not None  # n_init >= 1 (ModelConfig)
+        extra = {"init_fitted": fitted.init} if fitted.init != params.init else {}
         return FitResult(
             model=km,
             centers=np.asarray(to_numpy(km.cluster_centers_), dtype=np.float64),
             inertia=float(km.inertia_),  # global, from the wrapper
             n_iter=int(km.n_iter_),
             fit_seconds=0.0,
-            # Row-aligned and lazy; see the module docstring for why not km.labels_.
-            labels=km.predict(X),
-            extra={"worker_labels": km.labels_},
+            labels=km.labels_,  # lazy, in input row order
+            extra=extra,
         )
 
     def host_view(self, X: Any, labels: Any) -> tuple[Any, Any]:
@@ -183,4 +184,4 @@ class CumlDaskBackend(KMeansBackend):
 
     def library_versions(self) -> dict[str, str]:
         """NumPy, scikit-learn, the RAPIDS wheels, dask-cuda and the CUDA runtime version."""
-        return {**super().library_versions(), **gpu_library_versions(self.requires)}
+        return gpu_library_versions(self.requires)

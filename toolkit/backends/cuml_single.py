@@ -54,16 +54,10 @@ def check_gpu(backend: str) -> None:
 
 
 def gpu_library_versions(modules: tuple[str, ...]) -> dict[str, str]:
-    """``{distribution: version}`` for the import names ``modules``, plus the CUDA runtime.
-
-    RAPIDS wheels are named per CUDA version (``cuml-cu12``, ``cupy-cuda13x``), so versions are
-    looked up through the distributions that provide each import name.
-    """
-    out = env.distribution_versions(modules)
-    runtime = env.cuda_versions().get("runtime")
-    if runtime is not None:
-        out["cuda-runtime"] = f"{runtime // 1000}.{runtime % 1000 // 10}"
-    return out
+    """NumPy and scikit-learn, the distributions behind the import names ``modules`` (RAPIDS
+    wheels are named per CUDA version: ``cuml-cu13``, ``cupy-cuda13x``), and the CUDA runtime
+    and driver as ``"13.0"``-style text; one key per distribution."""
+    return {**env.installed_versions(("numpy", "scikit-learn")), **env.gpu_versions(modules)}
 
 
 def _read_files(dataset: Dataset) -> Any:
@@ -124,4 +118,4 @@ class CumlBackend(KMeansBackend):
 
     def library_versions(self) -> dict[str, str]:
         """NumPy, scikit-learn, the cuML/CuPy wheels and the CUDA runtime version."""
-        return {**super().library_versions(), **gpu_library_versions(self.requires)}
+        return gpu_library_versions(self.requires)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from toolkit.backends.base import FitResult, KMeansBackend
+from toolkit.backends.base import FitResult, KMeansBackend, init_seeds
 from toolkit.cluster import block_rows, n_workers, scatter_rows
 from toolkit.config import ModelConfig
 from toolkit.data import Dataset
@@ -45,13 +45,6 @@ def _kmeans_plusplus_on_sample(X: Any, k: int, seed: int, size: int = 10_000) ->
     return centers
 
 
-def _init_seeds(random_state: int, n_init: int) -> list[int]:
-    """One seed per initialisation: ``random_state`` first (so ``n_init=1`` is the plain fit),
-    then seeds drawn from it."""
-    extra = np.random.SeedSequence(random_state).generate_state(max(n_init - 1, 0))
-    return [random_state, *(int(s) for s in extra)]
-
-
 class DaskMLBackend(KMeansBackend):
     """``dask_ml.cluster.KMeans`` on persisted Dask arrays (facts: ``BACKEND_FACTS["dask-ml"]``)."""
 
@@ -84,7 +77,7 @@ class DaskMLBackend(KMeansBackend):
         # above), so n_init is honoured here, as scikit-learn does it: that many runs from
         # different seeds, keeping the lowest inertia.
         km = None
-        for seed in _init_seeds(params.random_state, params.n_init):
+        for seed in init_seeds(params.random_state, params.n_init):
             run = self._fit_once(X, params, seed)
             if km is None or run.inertia_ < km.inertia_:
                 km = run
