@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from mlproject._cli import run_main
+from toolkit.config import parse_flag
 
 
 def main() -> int:
@@ -38,7 +39,7 @@ def main() -> int:
         predictor = load_predictor(source, client=client)
         try:
             info = score_files(predictor, args.input, args.output, columns,
-                               overwrite=args.overwrite.lower() in ("1", "true", "yes"))
+                               overwrite=parse_flag(args.overwrite, "overwrite"))
         finally:  # on a shared cluster (--scheduler-address), take the model off its workers
             if hasattr(predictor, "close"):
                 predictor.close()

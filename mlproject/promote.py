@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from mlproject._cli import base_parser, load_config, run_main
+from toolkit.config import parse_flag
 
 
 def main() -> int:
@@ -30,7 +31,7 @@ def main() -> int:
         log_params(run_id, {"model_name": args.model_name, "force": args.force, "eval.metric": metric,
                             "eval.data": dataset.name, "eval.rows": dataset.n_samples})
         res = promote(args.model_name, X, dataset.y, metric=metric,
-                      force=str(args.force).lower() in ("1", "true", "yes"), seed=cfg.metrics.seed)
+                      force=parse_flag(args.force, "force"), seed=cfg.metrics.seed)
         log_metrics(run_id, {"challenger_score": res.challenger_score,
                              **({"champion_score": res.champion_score} if res.champion_score is not None else {})})
         log_tags(run_id, {"promotion.outcome": "promoted" if res.promoted else "rejected",

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from mlproject._cli import base_parser, load_config, run_main
+from toolkit.config import parse_flag
 
 
 def main() -> int:
@@ -17,7 +18,7 @@ def main() -> int:
     from toolkit.tracking import run_url
     from toolkit.train import train
 
-    outcome = train(cfg, register=str(args.register).lower() in ("1", "true", "yes"))
+    outcome = train(cfg, register=parse_flag(args.register, "register"))
     shown = {k: round(v, 4) for k, v in outcome.metrics.items()}
     say(f"train finished: backend={cfg.backend} k={cfg.model.n_clusters} metrics={shown}")
     say(f"run: {run_url(outcome.run_id)}")

@@ -493,3 +493,15 @@ def test_search_space_check_refuses_what_the_backend_ignores():
     with pytest.raises(ConfigError, match=r"search.space.oversampling_factor=\[1.0, 3.0\] would be ignored"):
         check_space(search, get_backend("sklearn")(), 1000, False)
     check_space(search, get_backend("dask")(), 1000, False)
+
+
+def test_yes_no_flags_are_read_one_way_and_refuse_other_words():
+    from toolkit.config import parse_flag
+
+    for word in ("1", "true", "Yes", "ON"):
+        assert parse_flag(word, "register") is True
+    for word in ("0", "false", "No", "off"):
+        assert parse_flag(word, "register") is False
+    assert parse_flag("", "register", default=True) is True and parse_flag(None, "force") is False
+    with pytest.raises(ConfigError, match=r"register='maybe' is not a yes/no value -- fix: set register to true or"):
+        parse_flag("maybe", "register")

@@ -48,6 +48,7 @@ __all__ = [
     "check_space_settings",
     "env_flag",
     "load_experiment",
+    "parse_flag",
     "parse_overrides",
 ]
 
@@ -59,11 +60,34 @@ __all__ = [
 _ON, _OFF = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
+def _flag_value(value: object) -> bool | None:
+    """True/False for 1/true/yes/on and 0/false/no/off (any case), None for anything else."""
+    if isinstance(value, bool):
+        return value
+    text = str(value if value is not None else "").strip().lower()
+    return True if text in _ON else False if text in _OFF else None
+
+
 def env_flag(name: str, default: bool) -> bool:
     """An on/off environment switch (``KMEANS_LIFECYCLE_*``): 1/true/yes/on or 0/false/no/off in
     any case; unset or any other value gives ``default``."""
-    value = os.environ.get(name, "").strip().lower()
-    return True if value in _ON else False if value in _OFF else default
+    value = _flag_value(os.environ.get(name, ""))
+    return default if value is None else value
+
+
+def parse_flag(value: object, name: str, default: bool = False) -> bool:
+    """A yes/no command-line value (``-P register=true``), read like :func:`env_flag`; empty
+    gives ``default``.
+
+    Raises:
+        ConfigError: anything else (``maybe`` must not quietly mean no).
+    """
+    if value is None or str(value).strip() == "":
+        return default
+    parsed = _flag_value(value)
+    if parsed is None:
+        raise ConfigError(f"{name}={value!r} is not a yes/no value", f"set {name} to true or false")
+    return parsed
 
 
 #: Trials queued per worker thread at most (``search.prefetch``).
