@@ -261,9 +261,11 @@ def test_resume_reuses_parent_clears_error_and_registers_only_a_better_model(two
     assert [str(v.version) for v in mlc.search_model_versions("name='rr'")] == ["1"]  # same model: no v2
     parent = mlc.get_run(first.parent_run_id)
     assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
-    gone = mlc.get_run(launcher)
-    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "FINISHED"
-    assert gone.data.tags["search.resumed_parent_run_id"] == first.parent_run_id
+    folded = mlc.get_run(launcher)  # the resume's own run, nested under the parent it resumed
+    assert folded.info.status == "FINISHED" and folded.info.lifecycle_stage == "active"
+    assert folded.data.tags["mlflow.parentRunId"] == folded.data.tags["search.resume_of"] == first.parent_run_id
+    top = mlc.search_runs([folded.info.experiment_id], filter_string="attributes.status != 'x'")
+    assert [r.info.run_id for r in top if "mlflow.parentRunId" not in r.data.tags] == [first.parent_run_id]
     assert again.experiment == "resume-reg"
 
 

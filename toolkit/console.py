@@ -49,7 +49,7 @@ class LineProgress:
         self.n = 0
         self._t0 = self._last_t = time.monotonic()
         self._last_n = 0
-        self._step = max(1, self.total // 10)
+        self._step = max(1, -(-self.total // 10))  # about ten lines for the whole work
 
     def set_postfix(self, refresh: bool = False, **values: Any) -> None:
         self.postfix.update(values)

@@ -28,9 +28,9 @@ from toolkit.tracking.runs import client, tracking_uri
 __all__ = [
     "INTERRUPTED_ATTR",
     "RESULT_ATTR",
+    "fold_launcher_run",
     "remember",
     "resume_target",
-    "retire_placeholder",
     "settle",
     "trials_left",
 ]
@@ -154,19 +154,23 @@ def resume_target(study: Any, study_name: str) -> str | None:
     return parent
 
 
-def retire_placeholder(parent: str | None, study_name: str) -> None:
-    """Under ``mlflow run``, a resume reuses the search's parent run: the new run ``mlflow run``
-    created for it is ended and deleted (it keeps a pointer to the parent), so no empty run is
-    left in the experiment."""
+def fold_launcher_run(parent: str | None, study_name: str) -> None:
+    """Under ``mlflow run``, a resume continues in the search's own parent run; the run
+    ``mlflow run`` created for the resume is folded under that parent as the record of the
+    resume (its ``-P`` values, when it ran), not left as an empty top-level run.
+
+    It cannot be deleted: ``mlflow run`` ends that run itself after the entry point exits, and
+    MLflow refuses to end a deleted run.
+    """
     outer = os.environ.get("MLFLOW_RUN_ID")
     if not parent or not outer or outer == parent:
         return
     c = client()
-    log_tags(outer, {"search.resumed_parent_run_id": parent, "search.study_name": study_name})
-    log_tags(parent, {"search.last_resume_launcher_run_id": outer})
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    log_tags(outer, {"mlflow.parentRunId": parent, "search.resume_of": parent, "search.study_name": study_name,
+                     "mlflow.runName": f"{study_name}-resume {stamp}"})
+    log_tags(parent, {"search.last_resume_run_id": outer})
     c.set_terminated(outer, "FINISHED")
-    c.delete_run(outer)
-
 
 
 def trials_left(cfg: ExperimentConfig, study: Any) -> tuple[int, int]:

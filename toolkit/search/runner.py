@@ -116,7 +116,7 @@ def search(
     with _holding(lease):
         if resumed:
             parent_to_resume = repair.resume_target(study, study_name)
-            repair.retire_placeholder(parent_to_resume, study_name)
+            repair.fold_launcher_run(parent_to_resume, study_name)
         tags = {"entry_point": "search", "search.study_name": study_name, "search.strategy": cfg.search.strategy,
                 "search.objective": cfg.search.objective, "search.direction": direction,
                 "search.parallelism": mode, "config": str(cfg.source_path)}
