@@ -125,6 +125,22 @@ def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert len(study.trials) == 5
 
+    # Resumed through `mlflow run` with nothing left to run: the same parent, no new top-level
+    # run (mlflow run's own run for the resume is nested under it), nothing registered twice.
+    again = mlflow_run(
+        "search",
+        {"n_trials": 5, "resume": "true", "overrides": "data.n_samples=3000",
+         "storage": f"sqlite:///{tmp_path / 'optuna.db'}"},
+        env=subprocess_env, experiment="t", timeout=480,
+    )
+    assert again.returncode == 0, _tail(again.stdout) + _tail(again.stderr)
+    assert "0 to run" in again.stdout and "nothing new refitted or registered" in again.stdout
+    runs = mlc.search_runs([exp_id], max_results=1000)
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent.info.run_id]
+    assert [str(v.version) for v in MlflowClient(tracking_uri, registry_uri=tracking_uri).search_model_versions(
+        "name='blobs-kmeans'")] == ["1"]
+    assert not _running(mlc)
+
 
 # -- kill the driver mid-search, then resume ----------------------------------------------
 
