@@ -138,8 +138,8 @@ def test_search_logs_each_model_as_a_logged_model_of_the_run(searched, mlc):
             assert mv.tags[key] == lm.tags[key]
     assert native.tags["integrity.format"] == "kmeans-npy" and twin.tags["integrity.format"] == "skops"
     assert sorted(json.loads(native.tags["integrity.sha256"])) == [
-        "MLmodel", "input_example.json", "kmeans/centers.npy", "kmeans/model.json", "requirements.txt",
-        "serving_input_example.json",
+        "MLmodel", "input_example.json", "kmeans/centers.npy", "kmeans/model.json", "reference/sample.npy",
+        "requirements.txt", "serving_input_example.json",
     ]
     assert "model.skops" in json.loads(twin.tags["integrity.sha256"])
     assert reg.native_uri == f"models:/{native.model_id}" and reg.sklearn_uri == f"models:/{twin.model_id}"

@@ -272,6 +272,10 @@ class RegistryConfig(_Strict):
     sklearn_name: str | None = Field(None, description="defaults to '<name>-kmeans-sklearn'")
     register_best: bool = True
     eval_metric: Literal[EVAL_METRICS] = "silhouette"
+    stable_labels: bool = Field(True, description="match a new version's cluster IDs to the champion's")
+    max_churn: float = Field(1.0, ge=0.0, le=1.0,
+                             description="promote only if at most this share of the champion's reference "
+                                         "sample changes label (1 = no gate)")
 
 
 class ExperimentConfig(_Strict):

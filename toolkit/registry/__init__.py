@@ -3,7 +3,8 @@
 ``flavor`` is the small MLflow flavor for native (cuML, dask-ml, dask) models and the verified
 loader of every logged model; ``integrity`` records and checks the files' checksums; ``register``
 logs both models as LoggedModels and registers them; ``promote`` moves the ``champion`` alias
-when a challenger wins.
+when a challenger wins (and changes few labels); ``stable`` keeps a retrain's cluster IDs those
+of the champion.
 """
 
 from __future__ import annotations
@@ -42,5 +43,5 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
         native_name=cfg.native_model_name, sklearn_name=cfg.sklearn_model_name,
         sample=sample, feature_names=dataset.feature_names,
         search_parent_run_id=search_parent_run_id, register=cfg.registry.register_best,
-        metrics=metrics,
+        metrics=metrics, stable_labels=cfg.registry.stable_labels,
     )

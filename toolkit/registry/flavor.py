@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -279,6 +279,7 @@ def log_model(
     metrics: Mapping[str, float] | None = None,
     tags: Mapping[str, str] | None = None,
     check_sample: np.ndarray | None = None,
+    extra_files: Callable[[str], None] | None = None,
     **kwargs: Any,
 ) -> LoggedRef:
     """Log ``model`` as a new LoggedModel of ``run_id`` (own storage, checksums recorded).
@@ -292,6 +293,8 @@ def log_model(
         tags: more LoggedModel tags.
         check_sample: rows on which the model rebuilt from the saved files must predict
             exactly ``model``'s labels before anything is uploaded.
+        extra_files: called with the model folder after it is saved, to add files that belong
+            to the model (written before the checksums are taken, so they are covered too).
         **kwargs: :func:`save_model` arguments (``backend`` is required).
 
     Raises:
@@ -313,6 +316,8 @@ def log_model(
                 raise ModelError(f"the {FLAVOR_NAME} model rebuilt from its files predicts other labels than "
                                  f"the fitted {class_key(model)} on {1 - agree:.2%} of the sample",
                                  "save it with serialization='pickle' or report this as a bug")
+        if extra_files is not None:
+            extra_files(local)
         return info
 
     return integrity.log_model_dir(run_id, name, save, model_type=FLAVOR_NAME, params=params,

@@ -4,6 +4,10 @@ Both versions are scored on the same evaluation data with the same metric (throu
 scikit-learn twins, so promotion runs on any machine).  The decision, the scores and who was
 replaced are written as version tags; the twin's registered model gets the same aliases so the
 two names never disagree about who is champion.
+
+A challenger that wins on the metric is still kept back when it relabels too much: its **churn**
+(the share of the champion's reference sample, stored with the champion, whose label differs
+between the two) must be at most ``max_churn`` (1 = no gate).  ``force`` overrides both gates.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 from toolkit.errors import ModelError
 from toolkit.metrics import METRIC_DIRECTIONS, cluster_metrics
+from toolkit.registry import stable
 from toolkit.registry.integrity import get_version  # re-exported: part of this module's API
 from toolkit.tracking.runs import client
 
@@ -37,34 +42,43 @@ class PromotionResult:
     champion_score: float | None
     promoted: bool
     reason: str
+    churn: float | None = None
+    max_churn: float = 1.0
 
 
 def _scoring_model(mv: Any) -> Any:
-    """The scikit-learn model to score a version with (itself, or its registered twin).
+    """The scikit-learn model to score a version with (itself, or its registered twin)."""
+    return _load_scoring(mv)[0]
 
-    Every model is loaded through :func:`toolkit.registry.flavor.load_model`, which checks its
+
+def _load_scoring(mv: Any) -> tuple[Any, np.ndarray | None]:
+    """(scoring model, its reference sample or None) of version ``mv``.
+
+    Every model is loaded through :func:`toolkit.registry.flavor.load_verified`, which checks its
     files against the registry's checksums first.  The counterpart that is not scored (a native
     model scored through its twin, or the native model of a twin) is checked too: promotion
     moves the aliases of both.
     """
-    from toolkit.registry.flavor import load_model
     from toolkit.registry.integrity import verify
 
     tags = mv.tags or {}
     own = f"models:/{mv.name}/{mv.version}"
     twin = _twin_of(mv)
     if tags.get("kind") == "sklearn_twin" or twin is None:
-        model = load_model(own)
+        loaded = stable.load_with_reference(own)
         if twin is not None:
             verify(f"models:/{twin[0]}/{twin[1]}")
-        return model
+        return loaded
     verify(own)
-    return load_model(f"models:/{twin[0]}/{twin[1]}")
+    return stable.load_with_reference(f"models:/{twin[0]}/{twin[1]}")
 
 
 def evaluate_version(mv: Any, X: np.ndarray, y: np.ndarray | None, metric: str, seed: int = 0) -> float:
     """``metric`` of version ``mv``'s clustering of ``X``."""
-    model = _scoring_model(mv)
+    return _score(_scoring_model(mv), X, y, metric, seed)
+
+
+def _score(model: Any, X: np.ndarray, y: np.ndarray | None, metric: str, seed: int) -> float:
     labels = np.asarray(model.predict(X))
     centers = np.asarray(model.cluster_centers_, dtype=np.float64)
     inertia = float(((X - centers[labels]) ** 2).sum())
@@ -88,9 +102,41 @@ def _twin_of(mv: Any) -> tuple[str, str] | None:
     return None
 
 
+def _churn_figure(value: float, limit: float) -> tuple[str, str]:
+    """Churn and limit as text: two decimals, more where two would hide which side it is on."""
+    for digits in (2, 4, 6):
+        a, b = f"{value:.{digits}f}", f"{limit:.{digits}f}"
+        if (a == b) == (value == limit):
+            return a, b
+    return f"{value:.6g}", f"{limit:.6g}"
+
+
+def _reference(champion_ref: np.ndarray | None, champion_version: str, X: np.ndarray,
+               seed: int) -> tuple[np.ndarray, str]:
+    """The rows churn is measured on: the champion's reference sample, else the evaluation data's."""
+    if champion_ref is not None and champion_ref.shape[1] == np.asarray(X).shape[1]:
+        return champion_ref, f"champion v{champion_version}'s reference sample ({len(champion_ref)} rows)"
+    # A champion registered before reference samples were kept: a seeded sample of X stands in.
+    n = int(np.asarray(X).shape[0])
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, stable.MAX_REFERENCE_ROWS), replace=False))
+    return np.asarray(X)[idx], f"the evaluation data ({len(idx)} rows)"
+
+
 def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str = "silhouette",
-            force: bool = False, seed: int = 0) -> PromotionResult:
-    """Score ``name@challenger`` against ``name@champion`` and move ``champion`` if it wins."""
+            force: bool = False, seed: int = 0, max_churn: float = 1.0) -> PromotionResult:
+    """Score ``name@challenger`` against ``name@champion`` and move ``champion`` if it wins.
+
+    It must win on ``metric`` AND relabel at most ``max_churn`` (0..1; 1 = no gate) of the
+    champion's reference sample; ``force`` promotes regardless.
+
+    Raises:
+        ModelError: no such model or alias, a model failing its integrity check, or
+            ``max_churn`` outside 0..1.
+    """
+    if not 0.0 <= float(max_churn) <= 1.0:
+        raise ModelError(f"max_churn must be between 0 and 1, got {max_churn}",
+                         "pass a share of the reference sample, e.g. 0.1 (1 = no gate)")
+    max_churn = float(max_churn)
     c = client()
     challenger = get_version(name, CHALLENGER)
     try:
@@ -98,18 +144,27 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str =
     except Exception:
         champion = None
     direction = METRIC_DIRECTIONS[metric]
-    ch_score = evaluate_version(challenger, X, y, metric, seed)
+    ch_model, _ = _load_scoring(challenger)
+    ch_score = _score(ch_model, X, y, metric, seed)
+    churn: float | None = None
+    ref_label = ""
     if champion is None:
         promoted, reason, champ_score = True, "no champion existed", None
     elif champion.version == challenger.version:
         promoted, reason, champ_score = False, "challenger already is the champion", ch_score
     else:
-        champ_score = evaluate_version(champion, X, y, metric, seed)
+        champ_model, champ_ref = _load_scoring(champion)
+        champ_score = _score(champ_model, X, y, metric, seed)
         wins = _better(ch_score, champ_score, direction)
-        promoted = wins or force
+        reference, ref_label = _reference(champ_ref, str(champion.version), X, seed)
+        churn = stable.churn(champ_model, ch_model, reference)
+        calm = churn <= max_churn
+        promoted = (wins and calm) or force
         verdict = "beats" if wins else "does not beat"
+        shown, limit = _churn_figure(churn, max_churn)
         reason = (f"{metric} {ch_score:.6g} {verdict} champion v{champion.version}'s {champ_score:.6g} "
-                  f"({direction})") + ("; forced" if force and not wins else "")
+                  f"({direction}); churn {shown} {'<=' if calm else '>'} max {limit}"
+                  + ("; forced" if force and not (wins and calm) else ""))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tags = {
         "promotion.metric": metric,
@@ -121,6 +176,9 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str =
     if champion is not None and champion.version != challenger.version:
         tags["promotion.champion_version"] = str(champion.version)
         tags["promotion.champion_score"] = f"{champ_score:.6g}"
+        tags["promotion.churn"] = f"{churn:.6f}"
+        tags["promotion.max_churn"] = f"{max_churn:g}"
+        tags["promotion.churn_reference"] = ref_label
     if promoted:
         _move_champion(name, challenger, champion, tags, reason)
     else:
@@ -128,7 +186,7 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str =
             c.set_model_version_tag(name, challenger.version, k, v)
     return PromotionResult(name, metric, str(challenger.version),
                            str(champion.version) if champion is not None else None,
-                           ch_score, champ_score, promoted, reason)
+                           ch_score, champ_score, promoted, reason, churn, max_churn)
 
 
 def _move_champion(name: str, challenger: Any, champion: Any, tags: dict[str, str], reason: str) -> None:

@@ -10,6 +10,12 @@ file recorded as its ``integrity.sha256`` tag; versions are registered from ``mo
 (as ``mlflow.register_model`` does) and carry the same integrity tags.  Logging again on the
 same run (a resumed search) makes new LoggedModels: no registered version's files ever change.
 Models are logged first and registered afterwards, so no version ever exists without its files.
+
+Labels are stable across retrains (:mod:`toolkit.registry.stable`): when the name already has a
+``champion``, the new clusters are matched to its clusters and both models are reordered BEFORE
+they are logged, so matched clusters keep the champion's IDs and the files are written once.
+Each model also carries the registration sample as ``reference/sample.npy`` (in its manifest):
+the reference on which later versions' churn is measured.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 from toolkit import env
 from toolkit.convert import check_equivalent, class_key, input_dtype, without_training_labels
 from toolkit.errors import ModelError
-from toolkit.registry import flavor, integrity
+from toolkit.registry import flavor, integrity, stable
 from toolkit.registry.integrity import MODEL_ID_TAG, LoggedRef
 from toolkit.registry.promote import CHALLENGER, CHAMPION
 from toolkit.tracking import log_metrics, log_tags
@@ -67,6 +73,7 @@ def _signature(sample: np.ndarray, feature_names: list[str], dtype: Any = np.flo
 
 def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str],
                  metrics: Mapping[str, float], tags: Mapping[str, str]) -> LoggedRef:
+    """Log the twin (skops) with the reference sample, as a LoggedModel of ``run_id``."""
     import mlflow.sklearn
 
     # In the dtype of the twin's centers: `mlflow models serve` casts requests to the
@@ -85,12 +92,21 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
             input_example=example,
             pip_requirements=sklearn_requirements(),
         )
+        stable.save_reference(local, sample)  # before the manifest is taken: it covers the file
         return {integrity.FORMAT_TAG: flavor.SKOPS, integrity.CLASS_TAG: class_key(twin),
                 integrity.SHAPE_TAG: f"{centers.shape[0]}x{centers.shape[1]}"}
 
     params = {k: v for k, v in twin.get_params(deep=False).items() if isinstance(v, (str, int, float, bool))}
     return integrity.log_model_dir(run_id, SKLEARN_PATH, save, model_type="sklearn_twin", params=params,
                                    tags={"kind": "sklearn_twin", **tags}, metrics=metrics)
+
+
+def _champion(name: str) -> Any | None:
+    """The version holding ``name@champion``, or None (no such model or alias yet)."""
+    try:
+        return client().get_model_version_by_alias(name, CHAMPION)
+    except Exception:
+        return None
 
 
 def _names_for(feature_names: list[str], n_features: int) -> list[str]:
@@ -155,6 +171,7 @@ def log_and_register(
     register: bool = True,
     metrics: Mapping[str, float] | None = None,
     native_serialization: str = flavor.KMEANS_NPY,
+    stable_labels: bool = True,
 ) -> Registered:
     """Log both models on ``run_id`` as LoggedModels and register them, linked, with aliases.
 
@@ -173,6 +190,10 @@ def log_and_register(
         metrics: the fit's metrics, attached to both LoggedModels (with ``twin_agreement``).
         native_serialization: ``"kmeans-npy"`` (default, no executable content) or
             ``"pickle"`` (opt-in) for the native model.
+        stable_labels: when ``native_name`` has a champion, match the clusters to its and
+            reorder both models first so matched clusters keep its IDs (``stable.*`` tags).
+            The first ``stable.MAX_REFERENCE_ROWS`` rows of ``sample`` are stored with each
+            model as its reference sample.
 
     Raises:
         ModelError: the twin disagrees with the native model (nothing of the twin is
@@ -181,15 +202,30 @@ def log_and_register(
 
     sample = np.asarray(sample, dtype=np.float32)
     names = _names_for(feature_names, sample.shape[1])
+    stable_tags: dict[str, str] = {}
+    champion = _champion(native_name) if register else None
+    if register and stable_labels:
+        try:
+            # Reordered copies, before anything is logged: the registered files are never rewritten.
+            st = stable.stabilize(native_model, twin, champion, sample)
+            native_model, twin, stable_tags = st.native, st.twin, st.tags
+        except ModelError as exc:
+            # A champion that cannot be read (registered by an older kmeans-lifecycle, or failing
+            # its integrity check) must not block the registration that replaces it: the IDs stay
+            # as fitted and the version says why.  Promotion checks the champion again anyway.
+            stable_tags = {f"{stable.TAG_PREFIX}status": f"not matched: {exc.problem}"[:4_500]}
+    elif register:
+        stable_tags = {f"{stable.TAG_PREFIX}status": "off: IDs as fitted"}
     agreement = float(check_equivalent(native_model, twin, sample))
     log_metrics(run_id, {"twin_agreement": agreement})
     model_metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "twin_agreement": agreement}
     signature, example = _signature(sample, names)
     lm_tags = {"backend": backend}
-    native = flavor.log_model(
-        native_model, run_id, NATIVE_PATH, backend=backend, signature=signature, input_example=example,
-        serialization=native_serialization, metrics=model_metrics, tags=lm_tags, check_sample=sample,
-    )
+    # The reference sample goes in with the files, before the checksums: never added later.
+    native = flavor.log_model(native_model, run_id, NATIVE_PATH, metrics=model_metrics, tags=lm_tags,
+                              check_sample=sample, extra_files=lambda local: stable.save_reference(local, sample),
+                              backend=backend, signature=signature, input_example=example,
+                              serialization=native_serialization)
     twin_ok = agreement == 1.0
     sk = _log_sklearn(twin, run_id, sample, names, model_metrics, lm_tags) if twin_ok else None
     log_tags(run_id, {"twin.equivalent": str(twin_ok), "twin.agreement": f"{agreement:.6f}"})
@@ -208,11 +244,15 @@ def log_and_register(
     }
     if search_parent_run_id:
         common["search_parent_run_id"] = search_parent_run_id
-    native_ver = _register(native, native_name, run_id, {**common, "kind": "native",
+    native_ver = _register(native, native_name, run_id, {**common, **stable_tags, "kind": "native",
                                                          "device": flavor.model_device(native_model)})
     sk_ver = None
     if sk is not None:
-        sk_ver = _register(sk, sklearn_name, run_id, {**common, "kind": "sklearn_twin",
+        twin_stable = dict(stable_tags)
+        key = f"{stable.TAG_PREFIX}champion_version"
+        if key in twin_stable and champion is not None and (champion.tags or {}).get("twin.version"):
+            twin_stable[key] = champion.tags["twin.version"]  # the champion of the twin's own name
+        sk_ver = _register(sk, sklearn_name, run_id, {**common, **twin_stable, "kind": "sklearn_twin",
                                                       "twin.name": native_name,
                                                       "twin.version": native_ver})
         c.set_model_version_tag(native_name, native_ver, "twin.name", sklearn_name)
