@@ -12,7 +12,6 @@ between the two) must be at most ``max_churn`` (1 = no gate).  ``force`` overrid
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from toolkit.registry import stable
 from toolkit.registry.integrity import get_version  # re-exported: part of this module's API
 from toolkit.tracking.runs import client
 
-__all__ = ["PromotionResult", "evaluate_version", "get_version", "promote"]
+__all__ = ["PromotionResult", "champion_of", "evaluate_version", "get_version", "promote"]
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -139,10 +138,7 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str =
     max_churn = float(max_churn)
     c = client()
     challenger = get_version(name, CHALLENGER)
-    try:
-        champion = c.get_model_version_by_alias(name, CHAMPION)
-    except Exception:
-        champion = None
+    champion = champion_of(name)
     direction = METRIC_DIRECTIONS[metric]
     ch_model, _ = _load_scoring(challenger)
     ch_score = _score(ch_model, X, y, metric, seed)
@@ -189,15 +185,20 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str =
                            ch_score, champ_score, promoted, reason, churn, max_churn)
 
 
+def champion_of(name: str) -> Any | None:
+    """The version holding ``name@champion``, or None (no such model or alias yet)."""
+    try:
+        return client().get_model_version_by_alias(name, CHAMPION)
+    except Exception:
+        return None
+
+
 def _move_champion(name: str, challenger: Any, champion: Any, tags: dict[str, str], reason: str) -> None:
     c = client()
     pairs = [(name, challenger, champion)]
     twin = _twin_of(challenger)
     if twin is not None:
-        twin_champion = None
-        with contextlib.suppress(Exception):  # no champion yet
-            twin_champion = c.get_model_version_by_alias(twin[0], CHAMPION)
-        pairs.append((twin[0], c.get_model_version(twin[0], twin[1]), twin_champion))
+        pairs.append((twin[0], c.get_model_version(twin[0], twin[1]), champion_of(twin[0])))
     for model_name, new, old in pairs:
         extra = dict(tags)
         if old is not None and old.version != new.version:

@@ -32,7 +32,7 @@ from toolkit.convert import check_equivalent, class_key, input_dtype, without_tr
 from toolkit.errors import ModelError
 from toolkit.registry import flavor, integrity, stable
 from toolkit.registry.integrity import MODEL_ID_TAG, LoggedRef
-from toolkit.registry.promote import CHALLENGER, CHAMPION
+from toolkit.registry.promote import CHALLENGER, CHAMPION, champion_of
 from toolkit.tracking import log_metrics, log_tags
 from toolkit.tracking.runs import client, tracking_uri
 
@@ -101,14 +101,6 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
                                    tags={"kind": "sklearn_twin", **tags}, metrics=metrics)
 
 
-def _champion(name: str) -> Any | None:
-    """The version holding ``name@champion``, or None (no such model or alias yet)."""
-    try:
-        return client().get_model_version_by_alias(name, CHAMPION)
-    except Exception:
-        return None
-
-
 def _names_for(feature_names: list[str], n_features: int) -> list[str]:
     if feature_names and len(feature_names) == n_features:
         return [str(n) for n in feature_names]
@@ -118,9 +110,7 @@ def _names_for(feature_names: list[str], n_features: int) -> list[str]:
 def _set_aliases(name: str, ver: str) -> None:
     c = client()
     c.set_registered_model_alias(name, CHALLENGER, ver)
-    try:
-        c.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # no champion yet: the first registration takes the title
+    if champion_of(name) is None:  # no champion yet: the first registration takes the title
         c.set_registered_model_alias(name, CHAMPION, ver)
         c.set_model_version_tag(name, ver, "promotion.reason", "first registration: no champion existed")
 
@@ -203,7 +193,7 @@ def log_and_register(
     sample = np.asarray(sample, dtype=np.float32)
     names = _names_for(feature_names, sample.shape[1])
     stable_tags: dict[str, str] = {}
-    champion = _champion(native_name) if register else None
+    champion = champion_of(native_name) if register else None
     if register and stable_labels:
         try:
             # Reordered copies, before anything is logged: the registered files are never rewritten.

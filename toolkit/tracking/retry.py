@@ -72,7 +72,7 @@ _TRANSIENT_WORDS = (
     "gateway timeout", "database is locked", "temporarily unavailable", "newconnectionerror",
     "broken pipe", "server closed the connection",
 )
-_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"}
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -91,7 +91,7 @@ def is_transient(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - requests comes with MLflow
         pass
     code = getattr(exc, "error_code", None)
-    if code in _TRANSIENT_CODES and code != "INTERNAL_ERROR":
+    if code in _TRANSIENT_CODES:
         return True
     if any(w in text for w in _TRANSIENT_WORDS):
         return True
