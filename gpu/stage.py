@@ -42,7 +42,9 @@ LOCK = REPO / "gpu" / "wheels.lock"
 STAGE = REPO / ".gpu-stage"
 DOWNLOADS = STAGE / "downloads"
 CACHE = STAGE / "cache"
-MIB = 1 << 20
+# One sha256 and one MiB for the kit: the device side (kit.py, standard library only) owns them.
+sys.path.insert(0, str(REPO / "gpu"))
+from kit import MIB, sha256  # noqa: E402
 
 # What the device's interpreter is (KINDS.md: Python 3.12.3 at /opt/torch/.venv/bin/python3).
 TARGET = [
@@ -121,14 +123,6 @@ def pip_env() -> dict[str, str]:
     env["PIP_CONFIG_FILE"] = os.devnull
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return env
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 * MIB), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def log(msg: str) -> None:
