@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _records import children, running
 from _servers import free_port, kill_group, stop, wait_ready
 from mlflow import MlflowClient
 
@@ -68,13 +69,12 @@ def grep(roots: list[Path], needle: str) -> list[str]:
 def assert_record_trusted(uri: str, parent_id: str, n_trials: int, before: dict, roots: list[Path],
                           console: str = "") -> None:
     mlc = MlflowClient(uri)
-    exp_ids = [e.experiment_id for e in mlc.search_experiments()]
-    kids = mlc.search_runs(exp_ids, filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000)
+    kids = children(mlc, parent_id)
     trials = [k for k in kids if "optuna.trial_number" in k.data.tags]  # not a resume's own run
     finished = sorted(int(k.data.tags["optuna.trial_number"]) for k in trials if k.info.status == "FINISHED")
     assert len(finished) == n_trials == len(set(finished)), finished
-    running = mlc.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=5000)
-    assert not running, [(r.info.run_name, r.info.run_id) for r in running]
+    left = running(mlc)
+    assert not left, [(r.info.run_name, r.info.run_id) for r in left]
     assert mlc.get_run(parent_id).info.status == "FINISHED"
     after = registered_bytes(uri)
     for key, files in before.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from _mlflow_run import mlflow_run
+from _records import children, running
 from _servers import kill_group
 from mlflow import MlflowClient
 from optuna.storages import JournalStorage
@@ -58,18 +59,6 @@ def _tail(text: str | bytes | None, n: int = 3000) -> str:
     return (text or "")[-n:]
 
 
-def _children(mlc: MlflowClient, parent_id: str) -> list:
-    exp_id = mlc.get_run(parent_id).info.experiment_id
-    return mlc.search_runs(
-        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000
-    )
-
-
-def _running(mlc: MlflowClient) -> list:
-    exp_ids = [e.experiment_id for e in mlc.search_experiments()]
-    return mlc.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000)
-
-
 # -- mlflow run . -e search ---------------------------------------------------------------
 
 
@@ -99,7 +88,7 @@ def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess
     blobs = mlc.get_experiment_by_name("blobs")
     assert blobs is None or not mlc.search_runs([blobs.experiment_id])
 
-    kids = _children(mlc, parent.info.run_id)
+    kids = children(mlc, parent.info.run_id)
     assert len(kids) == 5
     assert len(runs) == 1 + 5  # children hang under the parent, in the same experiment
     assert {k.info.experiment_id for k in kids} == {exp_id}
@@ -119,7 +108,7 @@ def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess
     assert "plots/param_importance.png" in plots or parent.data.tags[
         "search.importance"
     ].startswith("not computed")
-    assert not _running(mlc)
+    assert not running(mlc)
 
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
@@ -139,7 +128,7 @@ def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess
     assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent.info.run_id]
     assert [str(v.version) for v in MlflowClient(tracking_uri, registry_uri=tracking_uri).search_model_versions(
         "name='blobs-kmeans'")] == ["1"]
-    assert not _running(mlc)
+    assert not running(mlc)
 
 
 # -- kill the driver mid-search, then resume ----------------------------------------------
@@ -246,7 +235,7 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["trials_complete"] == 8
 
-    kids = _children(mlc, parent_id)
+    kids = children(mlc, parent_id)
     by_number: dict[int, list] = {}
     for k in kids:
         by_number.setdefault(int(k.data.tags["optuna.trial_number"]), []).append(k)
@@ -263,4 +252,4 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
         assert [k.info.status for k in by_number[n]] == ["FAILED"]
         assert "interrupted" in by_number[n][0].data.tags["error"]
     assert set(states.values()) <= {TrialState.COMPLETE, TrialState.FAIL}
-    assert not _running(mlc)
+    assert not running(mlc)

@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from _records import children, running
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -81,24 +82,14 @@ def make_cfg(experiment: str, storage: str, *overrides: str, path: Path = BLOBS)
     )
 
 
-def children(mlc: MlflowClient, parent_id: str) -> list:
-    exp_id = mlc.get_run(parent_id).info.experiment_id
-    return mlc.search_runs(
-        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000
-    )
-
-
 def runs_of(mlc: MlflowClient, experiment: str) -> list:
     exp = mlc.get_experiment_by_name(experiment)
     return [] if exp is None else mlc.search_runs([exp.experiment_id], max_results=1000)
 
 
 def assert_none_running(mlc: MlflowClient) -> None:
-    exp_ids = [e.experiment_id for e in mlc.search_experiments()]
-    running = mlc.search_runs(
-        exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000
-    )
-    assert not running, [(r.info.run_name, r.info.run_id) for r in running]
+    left = running(mlc)
+    assert not left, [(r.info.run_name, r.info.run_id) for r in left]
 
 
 def artifact_paths(mlc: MlflowClient, run_id: str, path: str) -> set[str]:

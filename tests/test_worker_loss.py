@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+from _records import children, running
 from distributed import Client, LocalCluster, futures_of
 from distributed.client import FutureCancelledError
 from distributed.comm.core import CommClosedError
@@ -58,7 +59,7 @@ def lossy_client():
     """This module's own 2-worker cluster (worker processes under nannies): ours to kill."""
     cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
-        dashboard_address=":0", silence_logs=logging.CRITICAL,
+        dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
     )
     try:
         client = Client(cluster)
@@ -116,18 +117,6 @@ def make_cfg(backend: str, experiment: str, storage: Path, **overrides: Any):
         "metrics.silhouette_sample": 1000,
         **overrides,
     })
-
-
-def children(mlc: MlflowClient, parent_id: str) -> list:
-    exp_id = mlc.get_run(parent_id).info.experiment_id
-    return mlc.search_runs(
-        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000
-    )
-
-
-def running_runs(mlc: MlflowClient) -> list:
-    exp_ids = [e.experiment_id for e in mlc.search_experiments()]
-    return mlc.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000)
 
 
 class Killer(threading.Thread):
@@ -190,7 +179,7 @@ def _lost_search(client: Client, mlc: MlflowClient, tmp_path: Path, backend: str
     assert max(attempts) >= 2, attempts
     assert not any("trial.infrastructure_failure" in k.data.tags for k in kids)
     assert mlc.get_run(outcome.parent_run_id).info.status == "FINISHED"
-    assert not running_runs(mlc)
+    assert not running(mlc)
     assert outcome.counts == {"complete": N_TRIALS, "failed": 0, "pruned": 0}
     assert outcome.best_params == base.best_params
     assert outcome.best_value == pytest.approx(base.best_value, rel=1e-6)
@@ -335,4 +324,4 @@ def test_infrastructure_failure_is_not_done_on_resume(store, mlc, full_client, t
     states = [t.state for t in trials]
     assert len(trials) == 4, states  # 2 done + the lost one + the one run in its place
     assert states.count(TrialState.COMPLETE) == 3
-    assert not running_runs(mlc)
+    assert not running(mlc)
