@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from toolkit.config import ExperimentConfig, load_experiment, parse_overrides
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.redact import redact
 
 # Flags that map straight onto a config key ("" means: keep the config's value).
@@ -103,6 +103,6 @@ def run_main(main: Callable[[], int | None]) -> None:
     except Exception as exc:
         _fail_active_run(exc)
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
-        print(redact(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"), file=sys.stderr)
+        print(redact(f"error: {type(exc).__name__}: {first_line(exc)}"), file=sys.stderr)
         sys.exit(1)
     sys.exit(code)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from toolkit.config import ClusterConfig
-from toolkit.errors import BackendUnavailableError, ToolkitError
+from toolkit.errors import BackendUnavailableError, ToolkitError, first_line
 
 __all__ = [
     "BLOCKS_PER_WORKER",
@@ -135,7 +135,7 @@ def _cuda_cluster(cfg: ClusterConfig) -> Any:  # pragma: no cover - needs a GPU
             return LocalCUDACluster(**kwargs)
     except Exception as exc:  # NVML / CUDA driver errors
         raise BackendUnavailableError(
-            f"cannot start a LocalCUDACluster: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            f"cannot start a LocalCUDACluster: {type(exc).__name__}: {first_line(exc)}",
             "run GPU backends on a machine with an NVIDIA GPU and driver",
         ) from None
 

@@ -12,7 +12,7 @@ import platform
 from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
-from toolkit.errors import BackendUnavailableError
+from toolkit.errors import BackendUnavailableError, first_line
 
 __all__ = [
     "cuda_version_text",
@@ -124,7 +124,7 @@ def gpu_problem(packages: tuple[str, ...] = ()) -> str | None:
 
         count = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as exc:  # no driver, driver too old, CUDA libraries missing
-        detail = str(exc).splitlines()[0] if str(exc) else ""
+        detail = first_line(exc)
         return f"the CUDA runtime failed ({type(exc).__name__}{': ' + detail if detail else ''})"
     if count == 0:
         return "no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"

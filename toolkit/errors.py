@@ -8,6 +8,13 @@ print that line, mark the MLflow run FAILED with it and exit non-zero.
 from __future__ import annotations
 
 
+def first_line(error: BaseException | str, limit: int | None = None) -> str:
+    """The first line of an error's message, cut to ``limit`` characters ("" when it has none:
+    ``str(exc).splitlines()[0]`` fails on an exception raised without a message)."""
+    line = (str(error).splitlines() or [""])[0]
+    return line if limit is None else line[:limit]
+
+
 class ToolkitError(Exception):
     """A problem the user can fix; ``str(err)`` is a single line: problem, then the fix."""
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from toolkit import env
 from toolkit.convert import class_key, same_public_class, to_numpy
-from toolkit.errors import ModelError
+from toolkit.errors import ModelError, first_line
 from toolkit.registry import integrity
 from toolkit.registry.integrity import CLASS_TAG, FORMAT_TAG, SHAPE_TAG, LoggedRef, VerifiedModel
 
@@ -463,9 +463,9 @@ def _read_twin(path: str) -> Any:
         return skops.io.load(os.path.join(path, SKOPS_FILE), trusted=list(TRUSTED_SKOPS_TYPES))
     except UntrustedTypesFoundException as exc:
         raise ModelError(f"the scikit-learn twin's {SKOPS_FILE} holds untrusted types "
-                         f"({str(exc).splitlines()[0][:200]})", "re-register the model") from None
+                         f"({first_line(exc, 200)})", "re-register the model") from None
     except Exception as exc:
-        raise ModelError(f"cannot read the scikit-learn twin's {SKOPS_FILE}: {str(exc).splitlines()[0][:200]}",
+        raise ModelError(f"cannot read the scikit-learn twin's {SKOPS_FILE}: {first_line(exc, 200)}",
                          "re-register the model") from None
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.errors import ModelError
+from toolkit.errors import ModelError, first_line
 
 __all__ = [
     "CLASS_TAG",
@@ -279,7 +279,7 @@ def _run_model_id(uri: str) -> str:
     try:
         run = c.get_run(run_id)
     except Exception as exc:
-        raise ModelError(f"cannot load model {uri!r}: {str(exc).splitlines()[0][:300]}",
+        raise ModelError(f"cannot load model {uri!r}: {first_line(exc, 300)}",
                          "check the URI (models:/name@alias, models:/name/version, runs:/id/path)") from None
     models = [m for m in c.search_logged_models(
         experiment_ids=[run.info.experiment_id],
@@ -429,7 +429,7 @@ def _copy_in(loc: _Located, lm: Any, tmp: str) -> str:
         try:
             shutil.copytree(loc.local_dir, dst)
         except (OSError, shutil.Error) as exc:
-            raise ModelError(f"cannot copy {loc.label}: {str(exc).splitlines()[0][:300]}",
+            raise ModelError(f"cannot copy {loc.label}: {first_line(exc, 300)}",
                              "check the folder's files and permissions") from None
         got = dst
     else:
@@ -462,7 +462,7 @@ def _download(loc: _Located, lm: Any, dst: str) -> str:
         with _no_progress_bar():
             return download_artifacts(artifact_uri=lm.artifact_location, dst_path=dst)
     except Exception as exc:
-        raise ModelError(f"cannot download {loc.label}: {str(exc).splitlines()[0][:300]}",
+        raise ModelError(f"cannot download {loc.label}: {first_line(exc, 300)}",
                          "check the tracking server and the model's artifact store") from None
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from toolkit.config import ExperimentConfig, ModelConfig
 from toolkit.console import progress
 from toolkit.data import Dataset
+from toolkit.errors import first_line
 from toolkit.redact import redact
 from toolkit.search import record
 from toolkit.search.resume import remember
@@ -143,7 +144,7 @@ def _write_error(exc: BaseException) -> BaseException:
         return exc if isinstance(exc, TrackingUnavailableError) else unavailable(tracking_uri(), why)
     if isinstance(exc, ToolkitError):
         return exc
-    line = str(exc).splitlines()[0] if str(exc) else ""
+    line = first_line(exc)
     return ToolkitError(
         redact(f"cannot write a trial's run to the tracking store {tracking_uri()}: {type(exc).__name__}: {line}"),
         "fix the store (permissions, disk space), then rerun with resume=true: the trials already "

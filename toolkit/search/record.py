@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.errors import first_line
 from toolkit.redact import redact
 from toolkit.tracking import log_centroids
 from toolkit.tracking.runs import client
@@ -88,7 +89,7 @@ def log_trial_run(
     except BaseException as exc:
         # Never a half-written run: it is failed and deleted (a resume writes the trial again
         # from what the study kept).  If the store is down even for that, the resume settles it.
-        line = str(exc).splitlines()[0] if str(exc) else ""
+        line = first_line(exc)
         with contextlib.suppress(Exception):
             discard_run(run_id, f"could not be written whole: {type(exc).__name__}: {line}")
         raise

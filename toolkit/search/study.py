@@ -32,7 +32,7 @@ import re
 from typing import Any
 
 from toolkit.config import ExperimentConfig, env_flag
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, first_line
 from toolkit.redact import expand_env, redact
 from toolkit.search.lease import DriverLease
 
@@ -97,7 +97,7 @@ def study_storage(url: str | None) -> Any:
         raise
     except Exception as exc:
         raise ConfigError(
-            redact(f"cannot open Optuna storage {url!r}: {str(exc).splitlines()[0]}"),
+            redact(f"cannot open Optuna storage {url!r}: {first_line(exc)}"),
             "set search.storage to a journal file path (optuna.log) or a SQLAlchemy URL "
             "(sqlite:///optuna.db)",
         ) from None

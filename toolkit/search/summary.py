@@ -9,6 +9,7 @@ import numpy as np
 
 from toolkit.config import ExperimentConfig
 from toolkit.data import Dataset
+from toolkit.errors import first_line
 from toolkit.search import record
 from toolkit.search.loop import TrialLoop
 from toolkit.search.space import trial_model
@@ -46,7 +47,7 @@ def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | 
                     record.log_figure(parent, importance_plot(imp), "param_importance.png")
                     log_metrics(parent, {f"importance.{k}": v for k, v in imp.items()})
         except Exception as exc:  # one varied parameter, constant values...: Optuna cannot rank
-            log_tags(parent, {"search.importance": f"not computed: {str(exc).splitlines()[0][:200]}"})
+            log_tags(parent, {"search.importance": f"not computed: {first_line(exc, 200)}"})
     else:
         counts = {
             "complete": sum(r["state"] == "FINISHED" for r in rows),

@@ -30,7 +30,7 @@ import numpy as np
 
 from toolkit.backends.base import is_infrastructure_error
 from toolkit.config import MetricsConfig, ModelConfig
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 
 __all__ = [
     "INFRASTRUCTURE_ATTR",
@@ -97,7 +97,7 @@ class TrialResult:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = first_line(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

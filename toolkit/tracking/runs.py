@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from toolkit.errors import first_line
 from toolkit.redact import redact
 from toolkit.tracking.retry import configure_mlflow_http
 
@@ -180,7 +181,7 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 def mark_failed(run_id: str, error: BaseException | str) -> None:
     """End ``run_id`` as FAILED and record the one-line reason as the ``error`` tag."""
     c = client()
-    line = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    line = redact(first_line(error) or type(error).__name__)
     if isinstance(error, BaseException):
         c.set_tag(run_id, "error.type", type(error).__name__)
         if not _is_user_error(error):
