@@ -12,6 +12,8 @@ Sections (figures are medians over ``--repeats`` runs, ratios come from the same
 * ``scaling``    ``dask`` and scikit-learn per-iteration time over rows x workers.
 * ``search``     median per-trial overhead (scheduling + MLflow writes) on tiny fits, and the
   trial-parallel speed-up of a search with 2 workers over 1.
+* ``evaluate``   ``mlflow.models.evaluate`` with the ``clustering`` evaluator against one prediction
+  pass plus the metric passes on the same rows (target: at most 1.5x).
 * ``outofcore``  ``dask`` with ``persist=False`` on Parquet files several times larger than the
   workers' summed memory limit; peak worker memory against the limit.
 
@@ -399,6 +401,73 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     return out
 
 
+# -- section: evaluate --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _throwaway_store(tmp: str) -> Iterator[str]:
+    """A fresh sqlite store as MLflow's tracking and registry URI for the block, then put back."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    uri = f"sqlite:///{tmp}/bench-evaluate.db"
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    with _environ(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri, MLFLOW_RUN_ID=None):
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            yield uri
+        finally:
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+
+
+def bench_evaluate(tmp: str, rows: int, features: int, k: int, repeats: int) -> dict[str, Any]:
+    """``mlflow.models.evaluate(..., model_type="clustering")`` against its own arithmetic.
+
+    The evaluator's wall time (MLflow run, verified load, scoring, figures, quantiles, logging)
+    is paired, repeat by repeat, with one prediction pass plus the toolkit's metric passes on
+    the same rows (:func:`toolkit.metrics.cluster_metrics`, silhouette on its 10,000-row sample).
+    """
+    import mlflow
+    from sklearn.cluster import KMeans
+
+    from toolkit.metrics import cluster_metrics
+    from toolkit.registry import log_and_register
+    from toolkit.tracking import tracked_run
+
+    X = _blobs(rows, features, k)
+    model = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(X[:50_000])
+    with _throwaway_store(tmp):
+        with tracked_run("bench-evaluate", "fit") as run_id:
+            log_and_register(model, model, run_id=run_id, backend="sklearn", native_name="bench-eval",
+                             sklearn_name="bench-eval-sklearn", sample=X[:2_000],
+                             feature_names=[f"x{i}" for i in range(features)])
+        uri = "models:/bench-eval@champion"
+
+        def by_hand() -> None:
+            labels = model.predict(X)
+            centers = model.cluster_centers_.astype(np.float64)
+            inertia = float(((X - centers[labels]) ** 2).sum())
+            cluster_metrics(X, labels, k, inertia=inertia)
+
+        def evaluate() -> None:
+            mlflow.models.evaluate(uri, X, model_type="clustering", evaluators=["clustering"])
+
+        evaluate()  # warm-up: imports, the sqlite schema, matplotlib's font cache
+        walls: dict[str, list[float]] = {"evaluate": [], "by_hand": []}
+        for _ in range(repeats):
+            for name, fn in (("by_hand", by_hand), ("evaluate", evaluate)):
+                t = time.perf_counter()
+                fn()
+                walls[name].append(time.perf_counter() - t)
+    ratio = _paired(walls["evaluate"], walls["by_hand"])
+    return {
+        "rows": rows, "features": features, "k": k, "repeats": repeats,
+        "evaluate_s": statistics.median(walls["evaluate"]), "by_hand_s": statistics.median(walls["by_hand"]),
+        "evaluate_over_by_hand": ratio, "walls_s": walls,
+        "targets": {"evaluate <= 1.5x predict + metric passes": ratio <= 1.5},
+    }
+
+
 # -- section: out of core ------------------------------------------------------------------------
 def bench_outofcore(tmp: str, rows: int, features: int, k: int, iters: int, memory_limit_mb: int,
                     workers: int = 2, files: int = 128) -> dict[str, Any]:
@@ -447,6 +516,56 @@ def bench_outofcore(tmp: str, rows: int, features: int, k: int, iters: int, memo
         "peak_worker_mib": per_worker_peak / 2**20, "peak_cluster_mib": peak_total / 2**20,
         "targets": {"data >= 4x summed limit": data_bytes >= 4 * workers * limit,
                     "peak worker memory < limit": per_worker_peak < limit},
+    }
+
+
+# -- section: drift ------------------------------------------------------------------------------
+def bench_drift(tmp: str, rows: int, features: int, k: int, repeats: int, workers: int,
+                files: int = 8) -> dict[str, Any]:
+    """Batch scoring (:func:`toolkit.serving.score_files`) of ``rows`` Parquet rows with and
+    without the drift statistics gathered in the same pass; paired repeat by repeat."""
+    import pandas as pd
+    from sklearn.cluster import KMeans
+
+    from toolkit.monitoring import drift_report
+    from toolkit.registry import log_and_register
+    from toolkit.serving import load_predictor, score_files
+    from toolkit.tracking import tracked_run
+
+    X = _blobs(rows, features, k)
+    folder = os.path.join(tmp, "drift-in")
+    os.makedirs(folder, exist_ok=True)
+    cols = [f"x{i}" for i in range(features)]
+    for i, part in enumerate(np.array_split(np.arange(rows), files)):
+        pd.DataFrame(X[part], columns=cols).to_parquet(os.path.join(folder, f"part-{i:03d}.parquet"))
+    model = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(X[:50_000])
+    walls: dict[str, list[float]] = {"plain": [], "drift": []}
+    with _throwaway_store(tmp), _cluster(workers) as client:
+        with tracked_run("bench-drift", "fit") as run_id:
+            log_and_register(model, model, run_id=run_id, backend="sklearn", native_name="bench-drift",
+                             sklearn_name="bench-drift-sklearn", sample=X[:2_000], feature_names=cols)
+        predictor = load_predictor("models:/bench-drift-sklearn@champion", client=client)
+        try:
+            def score(drift: bool) -> Any:
+                return score_files(predictor, os.path.join(folder, "*.parquet"), os.path.join(tmp, "drift-out"),
+                                   overwrite=True, drift=drift)
+
+            score(True)  # warm-up: imports and the model on the workers
+            for _ in range(repeats):
+                for name in ("plain", "drift"):
+                    t = time.perf_counter()
+                    info = score(name == "drift")
+                    walls[name].append(time.perf_counter() - t)
+            verdict = drift_report(predictor.source, info["drift_stats"], profile=info["profile"]).verdict
+        finally:
+            predictor.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    ratio = _paired(walls["drift"], walls["plain"])
+    return {
+        "rows": rows, "features": features, "k": k, "repeats": repeats, "workers": workers, "files": files,
+        "plain_s": statistics.median(walls["plain"]), "drift_s": statistics.median(walls["drift"]),
+        "drift_over_plain": ratio, "verdict_on_training_distribution": verdict, "walls_s": walls,
+        "targets": {"drift statistics add <= 10% to batch scoring": ratio <= 1.10},
     }
 
 
@@ -503,7 +622,17 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"\n-- out of core: {oc['data_gib']:.2f} GiB on disk = {oc['data_over_summed_limit']:.1f}x the "
               f"summed worker limit ({oc['workers']} x {oc['worker_limit_mib']} MiB); {oc['per_iter_s']:.2f} s/iter; "
               f"peak worker memory {oc['peak_worker_mib']:.0f} MiB")
-    targets = {k: v for sec in ("iteration", "search", "outofcore")
+    ev = report.get("evaluate")
+    if ev:
+        print(f"\n-- evaluate: mlflow.models.evaluate(model_type='clustering') on {ev['rows']:,} x {ev['features']}, "
+              f"k={ev['k']}: {ev['evaluate_s']:.2f} s against {ev['by_hand_s']:.2f} s for one prediction pass "
+              f"+ the metric passes ({ev['evaluate_over_by_hand']:.2f}x, paired over {ev['repeats']} repeats)")
+    dr = report.get("drift")
+    if dr:
+        print(f"\n-- drift: score_files on {dr['rows']:,} x {dr['features']} Parquet rows, k={dr['k']}, "
+              f"{dr['workers']} workers: {dr['drift_s']:.2f} s with the drift statistics against "
+              f"{dr['plain_s']:.2f} s without ({dr['drift_over_plain']:.3f}x, paired over {dr['repeats']} repeats)")
+    targets = {k: v for sec in ("iteration", "search", "outofcore", "evaluate", "drift")
                for k, v in report.get(sec, {}).get("targets", {}).items()}
     if targets:
         print("\n-- targets")
@@ -538,7 +667,7 @@ def _log_mlflow(report: dict[str, Any], path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", default="iteration,scaling,search",
-                   help="comma list of iteration, scaling, search, outofcore")
+                   help="comma list of iteration, scaling, search, evaluate, outofcore, drift")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--k", type=int, default=8)
@@ -573,6 +702,10 @@ def main(argv: list[str] | None = None) -> int:
         if "search" in sections:
             report["search"] = bench_search(tmp, 300, args.tiny_trials, args.speed_rows, args.speed_trials,
                                             args.features, args.speed_rounds, args.tiny_searches)
+        if "evaluate" in sections:
+            report["evaluate"] = bench_evaluate(tmp, args.rows, args.features, args.k, args.repeats)
+        if "drift" in sections:
+            report["drift"] = bench_drift(tmp, args.rows, args.features, args.k, args.repeats, args.workers)
         if "outofcore" in sections:
             report["outofcore"] = bench_outofcore(tmp, args.ooc_rows, args.features, args.k, 3, args.ooc_limit_mib,
                                                   workers=args.ooc_workers)

@@ -2,41 +2,68 @@
 changes at most ``max_churn`` of the champion's reference labels (``registry.max_churn``).
 
     mlflow run . -e promote -P model_name=blobs-kmeans -P config=experiments/blobs.yaml --env-manager local
+
+The decision is recorded in a run named ``promote <model> v<challenger>`` in the experiment of
+the challenger's training run (see :func:`mlproject._cli.record_run`).
 """
 
 from __future__ import annotations
 
-from mlproject._cli import base_parser, load_config, run_main
+import argparse
+
+from mlproject._cli import add_config_options, add_flag, config_help, entry_parser, load_config, run_main
 from toolkit.config import parse_flag
+
+#: Options that set a config key: option name -> dotted key.
+OPTIONS = {"metric": "registry.eval_metric", "max_churn": "registry.max_churn"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``promote`` options (``MLproject``'s ``promote`` parameters, one for one)."""
+    parser = entry_parser("promote", "mlproject.promote", "promote a registered k-means model by alias")
+    parser.add_argument("--model-name", dest="model_name", required=True,
+                        help="registered model name (its scikit-learn twin is promoted with it)")
+    add_config_options(parser, OPTIONS)
+    # The help of the config-backed options says what they mean here, not only their key.
+    for action in parser._actions:
+        if action.dest == "metric":
+            action.help = config_help(OPTIONS["metric"], "the metric the two models are compared on")
+        elif action.dest == "max_churn":
+            action.help = config_help(OPTIONS["max_churn"], "largest share of relabelled reference rows, 0..1")
+    add_flag(parser, "force", "promote even if the challenger loses")
+    return parser
 
 
 def main() -> int:
-    parser = base_parser("promote a registered k-means model by alias", fields=())
-    parser.add_argument("--model-name", dest="model_name", required=True, help="registered model name")
-    parser.add_argument("--metric", default="", help="evaluation metric (default: registry.eval_metric)")
-    parser.add_argument("--max-churn", dest="max_churn", default="",
-                        help="largest share of relabelled reference rows, 0..1 (default: registry.max_churn)")
-    parser.add_argument("--force", default="false", help="true: promote even if the challenger loses")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     # Through the config, so a bad value is refused in one line like any other setting.
-    cfg = load_config(args, extra={"max_churn": "registry.max_churn"})
+    cfg = load_config(args, OPTIONS)
+    force = parse_flag(args.force, "force")
 
+    from mlproject._cli import describe_record, model_experiment, record_run, say_made
     from toolkit.console import say
     from toolkit.data import load_dataset
     from toolkit.registry import promote
-    from toolkit.tracking import log_metrics, log_params, log_tags, tracked_run
+    from toolkit.registry.integrity import get_version
+    from toolkit.registry.promote import CHALLENGER, CHAMPION
+    from toolkit.tracking import get_or_create_experiment, log_metrics, log_params, log_tags
 
-    metric = args.metric or cfg.registry.eval_metric
-    with tracked_run(cfg.experiment_name, f"promote-{args.model_name}", {"entry_point": "promote"}) as run_id:
+    metric = cfg.registry.eval_metric
+    # Looked up first: the run is named after the version it decides on, and kept beside it.
+    challenger = get_version(args.model_name, CHALLENGER)
+    run_name = f"promote {args.model_name} v{challenger.version}"
+    # A version registered without a run has no experiment of its own: the config's then.
+    home = model_experiment(args.model_name, str(challenger.version)) or get_or_create_experiment(cfg.experiment_name)
+    with record_run(home, run_name, {"entry_point": "promote"}) as run_id:
         dataset = load_dataset(cfg.data)
         X = dataset.X if not dataset.is_lazy else dataset.X.compute()
-        # `mlflow run` has already logged its -P values as params (metric="" when left out) and
-        # MLflow refuses to change a logged param: the effective metric is logged as eval.metric.
-        log_params(run_id, {"model_name": args.model_name, "force": args.force, "eval.metric": metric,
+        # `mlflow run` has already logged its -P values as params (metric="from-config" when left
+        # out) and MLflow refuses to change a logged param: the effective values are eval.*.
+        log_params(run_id, {"promote.model_name": args.model_name, "promote.force": force,
+                            "promote.challenger_version": challenger.version, "eval.metric": metric,
                             "eval.data": dataset.name, "eval.rows": dataset.n_samples,
                             "eval.max_churn": cfg.registry.max_churn})
-        res = promote(args.model_name, X, dataset.y, metric=metric,
-                      force=parse_flag(args.force, "force"), seed=cfg.metrics.seed,
+        res = promote(args.model_name, X, dataset.y, metric=metric, force=force, seed=cfg.metrics.seed,
                       max_churn=cfg.registry.max_churn)
         log_metrics(run_id, {"challenger_score": res.challenger_score,
                              **({"champion_score": res.champion_score} if res.champion_score is not None else {}),
@@ -47,7 +74,24 @@ def main() -> int:
                           "promotion.champion_version": str(res.champion_version)})
     verdict = "promoted to champion" if res.promoted else "kept as challenger"
     say(f"{res.name} v{res.challenger_version} {verdict}: {res.reason}")
+    made = describe_record(run_id)
+    if res.promoted:
+        twin = _twin_line(challenger)
+        made.append(f"alias {CHAMPION}: {res.name} v{res.challenger_version}{twin} "
+                    f"(was {'v' + res.champion_version if res.champion_version else 'unset'})")
+    else:
+        made.append(f"no alias moved: {CHAMPION} stays on {res.name} v{res.champion_version}")
+    say_made(made, run_id)
     return 0
+
+
+def _twin_line(challenger: object) -> str:
+    """`` and <twin> v<n>``: the scikit-learn twin, promoted with the native model (its version
+    tags name it: ``twin.name``, ``twin.version``), or "" when it has none."""
+    tags = getattr(challenger, "tags", None) or {}
+    if tags.get("twin.name") and tags.get("twin.version"):
+        return f" and {tags['twin.name']} v{tags['twin.version']}"
+    return ""
 
 
 if __name__ == "__main__":

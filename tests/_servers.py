@@ -21,12 +21,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it was started in a new session), then SIGKILL."""
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the server's process group (it was started in a new session) with ``sig``
+    (SIGTERM; PostgreSQL's fast shutdown is SIGINT), then SIGKILL after 15 s."""
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=15)
     except ProcessLookupError:
         return

@@ -85,8 +85,8 @@ def _outer_run(mlc: MlflowClient, monkeypatch, experiment: str) -> str:
 
 def _file_args(path: Path | str, experiment: str, *extra: str) -> list[str]:
     return [
-        "--config", BLOBS, "--experiment", experiment,
-        "--set", f"data.source=file data.path={path}", *extra,
+        "--config", BLOBS,
+        "--set", f"tracking.experiment={experiment} data.source=file data.path={path}", *extra,
     ]  # fmt: skip
 
 
@@ -138,7 +138,7 @@ def test_missing_data_file(mlc, monkeypatch, capsys, tmp_path):
 def test_n_clusters_larger_than_samples(mlc, monkeypatch, capsys):
     line = _cli(
         monkeypatch, capsys,
-        "--config", BLOBS, "--experiment", "bad-k", "--n-clusters", "8", "--set", "data.n_samples=5",
+        "--config", BLOBS, "--n-clusters", "8", "--set", "tracking.experiment=bad-k data.n_samples=5",
     )  # fmt: skip
     assert "n_clusters=8" in line and "5 samples" in line
     run = _failed_run(mlc, "bad-k", "n_clusters=8")
@@ -186,6 +186,31 @@ def test_missing_config_file(mlc, monkeypatch, capsys, tmp_path):
     line = _cli(monkeypatch, capsys, "--config", str(tmp_path / "nope.yaml"))
     assert "nope.yaml" in line and "does not exist" in line
     assert _failed_run(mlc, "bad-config-file", "nope.yaml").info.run_id == outer
+
+
+def test_bad_flag_value_names_the_option_as_given(mlc, monkeypatch, capsys):
+    from toolkit.errors import LAUNCHER_ENV
+
+    monkeypatch.delenv(LAUNCHER_ENV, raising=False)
+    line = _cli(monkeypatch, capsys, "--config", BLOBS, "--register", "maybe")
+    assert line.endswith("fix: pass --register true or --register false"), line
+    # Under `mlflow run` (the MLproject command sets LAUNCHER_ENV) the user typed -P register=...
+    outer = _outer_run(mlc, monkeypatch, "bad-flag")
+    monkeypatch.setenv(LAUNCHER_ENV, "train")
+    line = _cli(monkeypatch, capsys, "--config", BLOBS, "--register", "maybe")
+    assert line.endswith("fix: pass -P register=true or -P register=false"), line
+    assert _failed_run(mlc, "bad-flag", "register='maybe'").info.run_id == outer
+
+
+def test_missing_config_hint_per_launch_mode(mlc, monkeypatch, capsys, tmp_path):
+    from toolkit.errors import LAUNCHER_ENV
+
+    monkeypatch.setenv(LAUNCHER_ENV, "train")
+    line = _cli(monkeypatch, capsys, "--config", str(tmp_path / "nope.yaml"))
+    assert line.endswith("pass an existing file, e.g. -P config=experiments/blobs.yaml"), line
+    monkeypatch.delenv(LAUNCHER_ENV)
+    line = _cli(monkeypatch, capsys, "--config", str(tmp_path / "nope.yaml"))
+    assert line.endswith("pass an existing file, e.g. --config experiments/blobs.yaml"), line
 
 
 # -- the same through a real `mlflow run` --------------------------------------------------

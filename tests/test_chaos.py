@@ -309,7 +309,8 @@ def test_artifact_store_read_only_mid_search(tmp_path, monkeypatch, client):
         second = cfg()
         with pytest.raises(ToolkitError, match="cannot write a trial's run") as err:
             search(second, client=client, register=True)
-        assert locked.is_set() and "\n" not in str(err.value) and "resume=true" in str(err.value)
+        # Run directly, the hint names the option as typed: --resume true.
+        assert locked.is_set() and "\n" not in str(err.value) and "--resume true" in str(err.value)
     finally:
         locker.join(timeout=130)
         subprocess.run(["chattr", "-i", str(exp_dir)], capture_output=True)

@@ -27,7 +27,8 @@ def test_connect_to_existing_scheduler_leaves_it_running(client, monkeypatch):
     assert c.status == "closed"
     assert info["dask.scheduler"] == address
     assert info["dask.workers"] == "2" and info["dask.threads"] == "2"
-    assert info["dask.dashboard"].startswith("http")
+    assert info["dask.dashboard"].startswith("http")  # an outside scheduler: the link stays live
+    assert "dask.dashboard_at_run_time" not in info
     # The session cluster was not ours to close.
     assert client.submit(sum, [4, 5]).result() == 9
 
@@ -127,8 +128,10 @@ def test_local_cluster_listens_on_loopback_only(monkeypatch):
         assert _listening(port) == {"127.0.0.1"}
         assert urlsplit(c.dashboard_link).hostname == "127.0.0.1"
         info = client_info(c)
-        assert urlsplit(info["dask.dashboard"]).hostname == "127.0.0.1"
-        assert urlsplit(info["dask.dashboard"]).port == port
+        # A cluster of this process ends with its run: the link is a record, not a live tag.
+        assert "dask.dashboard" not in info
+        assert urlsplit(info["dask.dashboard_at_run_time"]).hostname == "127.0.0.1"
+        assert urlsplit(info["dask.dashboard_at_run_time"]).port == port
         assert c.scheduler.address.startswith("tcp://127.0.0.1:")
         assert all(w.startswith("tcp://127.0.0.1:") for w in c.scheduler_info()["workers"])
         assert _listening(int(c.scheduler.address.rsplit(":", 1)[1])) == {"127.0.0.1"}
@@ -143,7 +146,7 @@ def test_threaded_cluster_tag_names_the_bound_host(monkeypatch):
     with dask_client(ClusterConfig(n_workers=1, processes=False)) as c:
         port = _dashboard_port(c)
         assert _listening(port) == {"127.0.0.1"}
-        link = urlsplit(client_info(c)["dask.dashboard"])
+        link = urlsplit(client_info(c)["dask.dashboard_at_run_time"])
         assert (link.hostname, link.port) == ("127.0.0.1", port)
 
 
@@ -154,7 +157,8 @@ def test_dashboard_address_can_expose_the_dashboard(monkeypatch, address, proces
     cfg = ClusterConfig(n_workers=1, processes=processes, memory_limit="1GiB", dashboard_address=address)
     with dask_client(cfg) as c:
         assert _listening(_dashboard_port(c)) & {"0.0.0.0", "::"}
-        assert client_info(c)["dask.dashboard"] == c.dashboard_link  # any interface: Dask's link works
+        # any interface: Dask's link works
+        assert client_info(c)["dask.dashboard_at_run_time"] == c.dashboard_link
 
 
 def test_cuda_cluster_options_follow_the_config():

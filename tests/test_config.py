@@ -397,8 +397,8 @@ def test_config_literals_are_the_vocabularies():
 def test_literal_messages_list_every_name_in_order():
     with pytest.raises(ConfigError) as err:
         load_experiment(None, ["search.objective=inertia"])
-    assert ("search.objective: Input should be 'silhouette', 'davies_bouldin', 'calinski_harabasz' or "
-            "'adjusted_rand' (got 'inertia')") in _one_line(err)
+    assert ("search.objective: Input should be 'silhouette', 'davies_bouldin', 'calinski_harabasz', "
+            "'adjusted_rand', 'stability' or 'prediction_strength' (got 'inertia')") in _one_line(err)
     with pytest.raises(ConfigError) as err:
         load_experiment(None, ["model.init=kpp"])
     assert "model.init: Input should be 'k-means++', 'k-means||' or 'random' (got 'kpp')" in _one_line(err)
@@ -503,5 +503,5 @@ def test_yes_no_flags_are_read_one_way_and_refuse_other_words():
     for word in ("0", "false", "No", "off"):
         assert parse_flag(word, "register") is False
     assert parse_flag("", "register", default=True) is True and parse_flag(None, "force") is False
-    with pytest.raises(ConfigError, match=r"register='maybe' is not a yes/no value -- fix: set register to true or"):
+    with pytest.raises(ConfigError, match=r"register='maybe' is not a yes/no value -- fix: pass --register true or"):
         parse_flag("maybe", "register")

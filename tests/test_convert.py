@@ -14,10 +14,13 @@ from toolkit.convert import (
     assert_equivalent,
     check_equivalent,
     class_key,
+    predict_labels,
     register_conversion,
+    sklearn_from_centers,
     to_cuml,
     to_numpy,
     to_sklearn,
+    with_feature_names,
 )
 from toolkit.errors import ModelError, ToolkitError
 
@@ -192,6 +195,33 @@ def test_dask_backend_model_to_sklearn(client, blobs_small):
     assert check_equivalent(result.model, sk, X) == 1.0
     # Built like every other twin: it predicts on the threads a fitted scikit-learn model uses.
     assert sk._n_threads == KMeans(n_clusters=2, n_init=1).fit(X[:10])._n_threads
+
+
+def test_twin_with_feature_names_predicts_frames_and_arrays_without_warnings(sk_model, blobs_small):
+    """A twin that knows its columns predicts a DataFrame silently (and checks its columns);
+    the toolkit's own array paths name the rows for it (predict_labels)."""
+    import warnings
+
+    import pandas as pd
+
+    X, _ = blobs_small
+    frame = pd.DataFrame(X[:300], columns=["a", "b"])
+    expected = sk_model.predict(X[:300])
+    named = with_feature_names(sk_model, ["a", "b"])
+    assert named is not sk_model and not hasattr(sk_model, "feature_names_in_")  # a copy
+    built = sklearn_from_centers(sk_model.cluster_centers_, params=sk_model, feature_names=("a", "b"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for model in (named, built):
+            assert list(model.feature_names_in_) == ["a", "b"] and model.n_features_in_ == 2
+            np.testing.assert_array_equal(model.predict(frame), expected)
+            np.testing.assert_array_equal(predict_labels(model, X[:300]), expected)
+            np.testing.assert_array_equal(predict_labels(model, X[:300].astype(np.float64)), expected)
+        assert check_equivalent(named, sk_model, X[:300]) == 1.0
+    with pytest.raises(ValueError, match="Feature names unseen at fit time"):
+        named.predict(frame.rename(columns={"b": "zz"}))
+    with pytest.raises(ValueError, match="3 feature names for a model of 2 features"):
+        with_feature_names(sk_model, ["a", "b", "c"])
 
 
 # -- GPU conversions (skipped without cuML and a device) -----------------------------------------

@@ -80,10 +80,27 @@ def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess
     assert parent.data.tags.get("mlflow.source.type") == "PROJECT"
     assert parent.data.tags.get("mlflow.project.entryPoint") == "search"
     assert parent.data.params["n_trials"] == "5"
+    # The parent's params are the experiment's settings: -P values as given, the ones left out
+    # reading "from-config" (never ''), the effective settings under their config keys.
+    params = parent.data.params
+    assert "''" not in params.values() and "" not in params.values(), params
+    assert (params["backend"], params["experiment.backend"]) == ("from-config", "sklearn")
+    assert (params["strategy"], params["search.strategy"]) == ("from-config", "optuna")
+    assert params["search.n_trials"] == "5" and params["overrides"] == "data.n_samples=3000"
     assert parent.data.tags["entry_point"] == "search"
     assert parent.info.status == "FINISHED"
     assert parent.info.artifact_uri.startswith((tmp_path / "artifacts").as_uri())
     assert parent.info.run_id in re.findall(r"Run \(ID '([0-9a-f]+)'\)", proc.stdout + proc.stderr)
+    # The output ends with what the search made and how to look at it.
+    made = proc.stdout[proc.stdout.rindex("made:\n"):].splitlines()
+    assert made[1] == (f"  parent run {parent.info.run_id} ({parent.info.run_name}) in experiment 't', "
+                       "5 trial(s) as its child runs"), made
+    assert made[2] == ("  registered blobs-kmeans v1 (native) and blobs-kmeans-sklearn v1 (twin); "
+                       "aliases: challenger, champion"), made
+    assert made[3].startswith(f"  study {parent.data.tags['search.study_name']} in ") and made[3].endswith(
+        "(continue it with -P resume=true)"), made
+    look = f"look: mlflow ui --backend-store-uri {tracking_uri}  (experiment {exp_id}, run {parent.info.run_id})"
+    assert made[4] == look, made
     # The config's own experiment ("blobs") got nothing: every run is in the one mlflow run chose.
     blobs = mlc.get_experiment_by_name("blobs")
     assert blobs is None or not mlc.search_runs([blobs.experiment_id])
@@ -97,9 +114,8 @@ def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess
         if k.info.status == "FAILED":
             assert k.data.tags.get("error")
     study_name = parent.data.tags["search.study_name"]
-    assert sorted(k.info.run_name for k in kids) == [
-        f"{study_name}-trial-{i:03d}" for i in range(5)
-    ]
+    assert sorted(k.info.run_name[-4:] for k in kids) == [f"#{i:03d}" for i in range(5)]
+    assert all(k.info.run_name.startswith(f"k={k.data.params['n_clusters']} ") for k in kids)
 
     assert {"best.n_clusters", "best.init"} <= set(parent.data.params)
     assert f"best_{parent.data.tags['search.objective']}" in parent.data.metrics

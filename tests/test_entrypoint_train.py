@@ -101,10 +101,16 @@ def test_train_entry_point_sklearn_and_daskml(subprocess_env, tracking_uri, tmp_
     assert METRICS <= set(run.data.metrics)
     assert run.data.metrics["adjusted_rand"] == 1.0
     assert run.data.params["backend"] == "sklearn"  # logged by `mlflow run` from -P
+    assert run.data.params["n_clusters"] == "from-config"  # left out: says so, not ''
+    assert "''" not in run.data.params.values()
     assert run.data.params["experiment.backend"] == "sklearn"  # the effective config
     assert run.data.params["data.rows"] == "3000"
     assert run.data.params["model.n_clusters"] == "6"
     assert run.data.tags["mlflow.project.entryPoint"] == "train"
+    # The output ends with the run made (mlflow run's own, named by train) and how to look at it.
+    made = sk_out[sk_out.rindex("made:\n"):].splitlines()
+    assert made[1] == f"  run {run.info.run_id} (train-sklearn-k6) in experiment 'Default'", made
+    assert made[2].startswith(f"look: mlflow ui --backend-store-uri {sk_uri}") and run.info.run_id in made[2]
     assert run.data.tags["backend"] == "sklearn"
     assert run.inputs.dataset_inputs[0].dataset.name == "blobs-3000x2-c6"
     sk_centers, sk_local = _centroids(sk_mlc, run.info.run_id, tmp_path / "sk_art")
@@ -122,7 +128,7 @@ def test_train_entry_point_sklearn_and_daskml(subprocess_env, tracking_uri, tmp_
     assert drun.data.params["n_workers"] == "2"  # the -P value, as `mlflow run` logged it
     assert drun.data.tags["backend"] == "dask-ml"
     assert drun.data.tags["dask.workers"] == "2"
-    assert drun.data.tags["dask.dashboard"].startswith("http")
+    assert drun.data.tags["dask.dashboard_at_run_time"].startswith("http")  # closed with the run
     dk_centers, dk_local = _centroids(dk_mlc, drun.info.run_id, tmp_path / "dk_art")
     assert (dk_local / "centroids.png").read_bytes()[:8] == PNG_MAGIC
 

@@ -1,7 +1,8 @@
 """`mlflow models serve -m models:/<twin>@champion` serves the scikit-learn twin.
 
 A real server on loopback (its own process group, killed by its own handle), a real POST to
-/invocations, compared with the local predictor.
+/invocations, compared with the local predictor; the same server refuses requests with other
+columns than the model's with a 400 naming them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TWIN = "served-blobs-sklearn"
+
+
+def _post(base: str, columns: list[str], data: list[list[float]]) -> tuple[int, str]:
+    """POST a ``dataframe_split`` request to /invocations: (HTTP status, body)."""
+    body = {"dataframe_split": {"columns": columns, "data": data}}
+    request = urllib.request.Request(
+        f"{base}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 @pytest.mark.parametrize("backend", ["sklearn", "dask"])
@@ -80,21 +97,23 @@ def test_models_serve_twin_matches_local_predictor(store, client, tmp_path, back
         )
     try:
         wait_ready(proc, f"{base}/ping", log, "mlflow models serve")
-        body = {"dataframe_split": {"columns": ["x0", "x1"], "data": X.astype(float).tolist()}}
-        request = urllib.request.Request(
-            f"{base}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as resp:
-                answer = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            pytest.fail(f"/invocations answered {exc.code}: {exc.read()[:2000]!r}")
-        served = np.asarray(answer["predictions"])
+        status, answer = _post(base, ["x0", "x1"], X.astype(float).tolist())
+        if status != 200:
+            pytest.fail(f"/invocations answered {status}: {answer[:2000]!r}")
+        served = np.asarray(json.loads(answer)["predictions"])
         assert served.shape == (len(X),)
         assert np.array_equal(served, expected)
+        # The same server refuses other columns, naming them (MLflow alone drops extras).
+        rows = X[:5].astype(float)
+        status, answer = _post(base, ["x0", "x1", "zz"], np.c_[rows, np.ones(5)].tolist())
+        assert 400 <= status < 500, answer
+        assert "unexpected column(s) zz" in answer and "expects exactly the columns x0, x1" in answer
+        status, answer = _post(base, ["x0"], rows[:, :1].tolist())
+        assert 400 <= status < 500 and "missing column(s) x1" in answer, answer
+        # Columns are matched by name, not position.
+        status, answer = _post(base, ["x1", "x0"], rows[:, ::-1].tolist())
+        assert status == 200, answer
+        assert np.array_equal(json.loads(answer)["predictions"], expected[:5])
     finally:
         stop(proc)
     assert proc.poll() is not None

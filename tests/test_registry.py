@@ -138,7 +138,8 @@ def test_search_logs_each_model_as_a_logged_model_of_the_run(searched, mlc):
             assert mv.tags[key] == lm.tags[key]
     assert native.tags["integrity.format"] == "kmeans-npy" and twin.tags["integrity.format"] == "skops"
     assert sorted(json.loads(native.tags["integrity.sha256"])) == [
-        "MLmodel", "input_example.json", "kmeans/centers.npy", "kmeans/model.json", "reference/sample.npy",
+        "MLmodel", "input_example.json", "kmeans/centers.npy", "kmeans/model.json", "monitoring/profile.json",
+        "reference/sample.npy",
         "requirements.txt", "serving_input_example.json",
     ]
     assert "model.skops" in json.loads(twin.tags["integrity.sha256"])
@@ -161,8 +162,11 @@ def test_search_twin_is_skops_with_signature_and_example(searched, mlc, tmp_path
     mlmodel = Model.load(os.path.join(local, "MLmodel"))
     assert mlmodel.flavors["sklearn"]["serialization_format"] == "skops"
     assert mlmodel.model_id == reg.sklearn_model_id
-    assert mlmodel.signature is not None
-    assert [c.name for c in mlmodel.signature.inputs.inputs] == ["x0", "x1"]
+    # Labels out, no MLflow input schema (it would drop extra columns before the pyfunc face
+    # refuses them); the columns are the twin's own feature_names_in_ and the example's.
+    assert mlmodel.signature is not None and mlmodel.signature.inputs is None
+    assert mlmodel.signature.outputs.inputs[0].type == np.dtype(np.int32)
+    assert mlmodel.flavors["python_function"]["loader_module"] == "toolkit.registry.flavor"
     example = mlmodel.load_input_example(local)
     assert (
         isinstance(example, pd.DataFrame) and list(example.columns) == ["x0", "x1"] and len(example)
@@ -173,11 +177,13 @@ def test_search_twin_is_skops_with_signature_and_example(searched, mlc, tmp_path
     plain = mlflow.sklearn.load_model(f"models:/{cfg.sklearn_model_name}@{CHAMPION}")
     native = flavor.load_model(f"models:/{cfg.native_model_name}@{CHAMPION}")
     X, _ = blobs
-    assert np.array_equal(plain.predict(X), twin.predict(X))
+    assert list(twin.feature_names_in_) == list(plain.feature_names_in_) == ["x0", "x1"]
+    frame = pd.DataFrame(X, columns=["x0", "x1"])
+    assert np.array_equal(plain.predict(frame), twin.predict(frame))
     assert twin.n_clusters == native.n_clusters == outcome.best_params["n_clusters"]
-    assert np.array_equal(twin.predict(X), native.predict(X))
+    assert np.array_equal(twin.predict(frame), native.predict(X))
     ex = example.to_numpy(np.float32)
-    assert np.array_equal(twin.predict(ex), native.predict(ex))
+    assert np.array_equal(twin.predict(example.astype(np.float32)), native.predict(ex))  # JSON: float64
     # A registered model is its centres: not the labels of the rows it was trained on.
     assert not hasattr(twin, "labels_") and not hasattr(plain, "labels_")
 
@@ -194,9 +200,10 @@ def test_search_native_model_flavor(searched, mlc, tmp_path, blobs):
     assert sorted(os.listdir(os.path.join(local, "kmeans"))) == ["centers.npy", "model.json"]
     state = json.loads(Path(local, "kmeans", "model.json").read_text())
     assert state["model_class"] == conf["model_class"] and state["params"]["n_clusters"] == conf["n_clusters"]
+    assert conf["feature_names"] == ["x0", "x1"]  # what the pyfunc face checks requests against
     mlmodel = Model.load(os.path.join(local, "MLmodel"))
     assert mlmodel.signature is not None and mlmodel.saved_input_example_info is not None
-    # The flavor's pyfunc face predicts the same labels (its signature names the columns).
+    # The flavor's pyfunc face predicts the same labels (it checks the columns by name).
     import pandas as pd
 
     X, _ = blobs
@@ -242,11 +249,13 @@ def test_dask_backends_register_native_and_equal_twin(
     # Rebuilt from centres and JSON, the native model predicts exactly the fitted one's labels.
     assert np.array_equal(native_labels, to_numpy(out.result.model.predict(X)).ravel())
     # scikit-learn predicts rows of its centers' float width only (float64 for the dask twin).
-    assert np.array_equal(native_labels, twin.predict(X.astype(twin.cluster_centers_.dtype)))
-    # ...so its signature is in that dtype (what `mlflow models serve` casts requests to),
-    twin_dir = mlflow.artifacts.download_artifacts(f"models:/{name}-sklearn/1")
-    sig_type = Model.load(os.path.join(twin_dir, "MLmodel")).signature.inputs.inputs[0].type
-    assert sig_type.to_numpy() == twin.cluster_centers_.dtype
+    import pandas as pd
+
+    dtype = twin.cluster_centers_.dtype
+    assert np.array_equal(native_labels, twin.predict(pd.DataFrame(X.astype(dtype), columns=["x0", "x1"])))
+    # ...so its pyfunc face (what `mlflow models serve` runs) casts requests to that width.
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}-sklearn/1")
+    assert np.array_equal(pyfunc.predict(pd.DataFrame(X, columns=["x0", "x1"])), native_labels)
     # ...and the serving predictor takes float32 rows for either.
     from toolkit.serving import load_predictor
 
@@ -379,8 +388,14 @@ def test_mlflow_run_promote_entry_point(store, mlc):
     assert f"{name} v2 promoted to champion" in proc.stdout + proc.stderr
     for n in (name, f"{name}-sklearn"):
         assert _aliases(mlc, n)[CHAMPION] == "2"
-    runs = mlc.search_runs(["0"], "tags.entry_point = 'promote'")
+    # Recorded beside the model (its training run's experiment), not in Default where this
+    # `mlflow run` (no --experiment-name) put its own run: that one is named alike and links to it.
+    home = mlc.get_experiment_by_name(f"registry-{name}").experiment_id
+    runs = mlc.search_runs([home], "tags.entry_point = 'promote'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].info.run_name == f"promote {name} v2"
+    (outer,) = mlc.search_runs(["0"], f"tags.`kmeans.record_run_id` = '{runs[0].info.run_id}'")
+    assert outer.info.run_name == f"promote {name} v2" and outer.info.status == "FINISHED"
     assert runs[0].data.tags["promotion.outcome"] == "promoted"
     assert runs[0].data.params["eval.metric"] == "silhouette"  # -P metric was left empty
     assert runs[0].data.metrics["challenger_score"] > runs[0].data.metrics["champion_score"]

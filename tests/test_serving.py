@@ -77,8 +77,8 @@ def test_local_predictor_from_alias_equals_sklearn(registered, local):
     assert (local.source.name, local.source.version) == (TWIN, "1")
     labels = local.predict(X)
     assert labels.dtype == np.int32 and labels.shape == (len(X),)
-    assert np.array_equal(labels, twin.predict(X))
     frame = pd.DataFrame(X, columns=["x0", "x1"])
+    assert np.array_equal(labels, twin.predict(frame))  # the twin knows its columns' names
     assert np.array_equal(local.predict(frame), labels)
     assert np.array_equal(local.predict(X.astype(np.float64)), labels)  # any float width
 
@@ -97,6 +97,94 @@ def test_every_uri_form_predicts_the_same(registered, local, uri):
     run_id, X, _ = registered
     predictor = load_predictor(uri.format(run_id=run_id))
     assert np.array_equal(predictor.predict(X), local.predict(X))
+
+
+# -- column names -----------------------------------------------------------------------------
+
+
+def test_twin_knows_its_columns_and_predicts_frames_without_warnings(registered, local):
+    """The twin carries the training columns (``x0``, ``x1``): DataFrames predict silently
+    through every loader, and so do the toolkit's own NumPy paths (rows named for it)."""
+    import warnings
+
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    _, X, _ = registered
+    frame = pd.DataFrame(X[:200], columns=["x0", "x1"])
+    expected = local.predict(X[:200])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        twin = mlflow.sklearn.load_model(f"models:/{TWIN}@champion")
+        assert list(twin.feature_names_in_) == ["x0", "x1"] and twin.n_features_in_ == 2
+        np.testing.assert_array_equal(twin.predict(frame), expected)
+        checked = flavor.load_model(f"models:/{TWIN}@champion")
+        np.testing.assert_array_equal(checked.predict(frame), expected)
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{TWIN}@champion")
+        np.testing.assert_array_equal(pyfunc.predict(frame), expected)
+        np.testing.assert_array_equal(local.predict(frame), expected)
+        np.testing.assert_array_equal(local.predict(X[:200]), expected)
+
+
+@pytest.mark.parametrize("name", [TWIN, NAME])
+def test_pyfunc_refuses_other_columns_in_one_line(registered, local, name):
+    """Extra or missing columns are refused by name (MLflow's own schema check would drop
+    extras silently); the right columns, in any order, and bare rows still score."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    _, X, _ = registered
+    frame = pd.DataFrame(X[:100], columns=["x0", "x1"])
+    expected = local.predict(X[:100])
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert pyfunc.metadata.get_input_schema() is None  # MLflow would drop extras before us
+    np.testing.assert_array_equal(pyfunc.predict(frame), expected)
+    np.testing.assert_array_equal(pyfunc.predict(frame[["x1", "x0"]]), expected)  # by name
+    np.testing.assert_array_equal(pyfunc.predict(X[:100]), expected)  # unnamed: in order
+    with pytest.raises(MlflowException) as err:
+        pyfunc.predict(frame.assign(zz=1.0))
+    msg = err.value.message
+    assert "unexpected column(s) zz" in msg and "expects exactly the columns x0, x1" in msg
+    assert "\n" not in msg
+    with pytest.raises(MlflowException, match=r"missing column\(s\) x1"):
+        pyfunc.predict(frame[["x0"]])
+    with pytest.raises(MlflowException, match="rows of 2 columns"):
+        pyfunc.predict(np.zeros((3, 3), dtype=np.float32))
+
+
+def test_twin_logged_before_column_names_still_loads_and_predicts(registered, local):
+    """A twin logged as before (no feature_names_in_, MLflow's named input schema, MLflow's own
+    pyfunc loader) loads through every path as it did; registered files are never rewritten."""
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from toolkit.convert import sklearn_from_centers
+    from toolkit.registry import integrity
+    from toolkit.tracking import tracked_run
+
+    _, X, twin = registered
+    old = sklearn_from_centers(twin.cluster_centers_, params=twin)  # no names, as twins were
+    frame = pd.DataFrame(X[:50], columns=["x0", "x1"])
+    shape = "x".join(map(str, old.cluster_centers_.shape))
+
+    def save(local_dir: str, mlmodel: object) -> dict[str, str]:
+        mlflow.sklearn.save_model(old, local_dir, mlflow_model=mlmodel, serialization_format="skops",
+                                  signature=infer_signature(frame, np.zeros(50, np.int32)),
+                                  input_example=frame[:5], pip_requirements=["scikit-learn"])
+        return {integrity.FORMAT_TAG: flavor.SKOPS, integrity.CLASS_TAG: "sklearn.cluster._kmeans.KMeans",
+                integrity.SHAPE_TAG: shape}
+
+    with tracked_run("legacy-twin", "twin-before-names") as run_id:
+        ref = integrity.log_model_dir(run_id, "sklearn_model", save, model_type="sklearn_twin")
+    expected = local.predict(X[:50])
+    assert not hasattr(flavor.load_model(ref.uri), "feature_names_in_")
+    np.testing.assert_array_equal(load_predictor(ref.uri).predict(X[:50]), expected)
+    np.testing.assert_array_equal(load_predictor(ref.uri).predict(frame), expected)
+    pyfunc = mlflow.pyfunc.load_model(ref.uri)  # MLflow's loader and schema, as before
+    assert pyfunc.metadata.flavors["python_function"]["loader_module"] == "mlflow.sklearn"
+    with pytest.warns(UserWarning, match="fitted without feature names"):  # what new twins fix
+        np.testing.assert_array_equal(pyfunc.predict(frame), expected)
 
 
 # -- distributed predictor ------------------------------------------------------------------

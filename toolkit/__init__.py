@@ -2,8 +2,9 @@
 
 Imports run one way, layer by layer (``tests/test_import_graph.py`` fails on a cycle):
 ``errors``/``names`` <- ``config``/``redact``/``env``/``faults``/``convert``/``metrics`` <-
-``console``/``data``/``cluster``/``tracking``/``kmeans_dask`` <- ``backends``/``registry`` <-
-``train``/``serving`` <- ``search``; ``mlproject/`` sits on top.
+``console``/``data``/``cluster``/``tracking``/``kmeans_dask`` <- ``monitoring`` <-
+``backends``/``registry`` <- ``train``/``serving`` <- ``search``/``refresh``; ``mlproject/`` sits
+on top.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 ``dask_client(cfg, gpu=False)`` is a context manager that yields a ``distributed.Client`` and
 closes what it opened (the client always, the cluster only if it started it), on success and
 on failure.  ``gpu=True`` starts a ``dask_cuda.LocalCUDACluster`` instead of a ``LocalCluster``.
+Before it yields, every worker is checked to run this driver's toolkit and library versions
+(:mod:`toolkit.workers`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from toolkit.config import ClusterConfig
 from toolkit.errors import BackendUnavailableError, ToolkitError, first_line
+from toolkit.workers import check_workers
 
 __all__ = [
     "BLOCKS_PER_WORKER",
@@ -152,8 +155,13 @@ def _use_rmm_for_cupy() -> None:  # pragma: no cover - needs a GPU
 def dask_client(cfg: ClusterConfig, gpu: bool = False) -> Iterator[Any]:
     """Yield a Dask client; close the client (and any cluster it started) on exit.
 
+    Every worker is checked first (:func:`toolkit.workers.check_workers`): it must run this
+    driver's toolkit and backend libraries; ``cfg.ship_package`` ships the toolkit to workers
+    whose copy differs.
+
     Raises:
-        ToolkitError: the scheduler address cannot be reached.
+        ToolkitError: the scheduler address cannot be reached, or a worker runs another toolkit
+            or other library versions.
         BackendUnavailableError: ``gpu=True`` without dask-cuda or a GPU.
     """
     from distributed import Client
@@ -173,6 +181,9 @@ def dask_client(cfg: ClusterConfig, gpu: bool = False) -> Iterator[Any]:
         else:
             cluster = _cuda_cluster(cfg) if gpu else _local_cluster(cfg)
             client = Client(cluster)
+        # Before the first task (the RMM setup below is one): a worker running another toolkit
+        # or other library versions would fail, or compute something else, only later.
+        check_workers(client, gpu=gpu, ship=cfg.ship_package)
         if gpu and cfg.rmm_pool_size:
             client.run(_use_rmm_for_cupy)
         yield client
@@ -211,12 +222,22 @@ def _dashboard_link(client: Any) -> str:
 
 
 def client_info(client: Any) -> dict[str, str]:
-    """Tags describing the cluster: scheduler, dashboard link, workers, threads."""
+    """Tags describing the cluster: scheduler, dashboard link, workers, threads.
+
+    The link's tag says whether it can still work when someone opens the run later.  A
+    scheduler reached by address (``cluster.scheduler_address``) lives on after the run:
+    ``dask.dashboard`` is a live link.  A cluster in this process (one the toolkit starts and
+    closes with the run, or a caller's ``LocalCluster``) is gone once the run ends, so its link
+    is tagged ``dask.dashboard_at_run_time``: still the page to open while the run is RUNNING
+    (a long search), and afterwards plainly a record, not a link that ought to answer.  Kept
+    rather than dropped for that live use, and because its port matches the cluster's logs.
+    """
     info = client.scheduler_info()
     workers = info.get("workers", {})
+    in_process = getattr(client, "cluster", None) is not None
     return {
         "dask.scheduler": str(client.scheduler.address),
-        "dask.dashboard": _dashboard_link(client),
+        ("dask.dashboard_at_run_time" if in_process else "dask.dashboard"): _dashboard_link(client),
         "dask.workers": str(len(workers)),
         "dask.threads": str(sum(w.get("nthreads", 0) for w in workers.values())),
     }

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, option_hint
 from toolkit.names import (
     BACKEND_FACTS,
     BACKEND_NAMES,
@@ -28,6 +28,7 @@ from toolkit.names import (
     HYPERPARAMETERS,
     INIT_SPECIFIC,
     INITS,
+    MULTI_OBJECTIVES,
     OBJECTIVES,
     honouring,
     ignored_because,
@@ -40,6 +41,7 @@ __all__ = [
     "ExperimentConfig",
     "MetricsConfig",
     "ModelConfig",
+    "MonitoringConfig",
     "RegistryConfig",
     "SearchConfig",
     "SearchSpace",
@@ -86,7 +88,8 @@ def parse_flag(value: object, name: str, default: bool = False) -> bool:
         return default
     parsed = _flag_value(value)
     if parsed is None:
-        raise ConfigError(f"{name}={value!r} is not a yes/no value", f"set {name} to true or false")
+        raise ConfigError(f"{name}={value!r} is not a yes/no value",
+                          f"pass {option_hint(name, 'true')} or {option_hint(name, 'false')}")
     return parsed
 
 
@@ -166,6 +169,12 @@ class ClusterConfig(_Strict):
         "off (the dashboard's Profile page) and ticks the event-loop check every 200 ms and the "
         "system monitor every 2 s; 'full' keeps Dask's defaults",
     )
+    ship_package: bool = Field(
+        False,
+        description="when a worker's toolkit differs from the driver's (checked on connect), upload "
+        "the driver's toolkit sources to every worker (Dask UploadDirectory) and restart the workers "
+        "so that they import it; needs workers with a nanny, and does not change their libraries",
+    )
     # LocalCUDACluster only
     device_memory_limit: str | None = None
     rmm_pool_size: str | None = None
@@ -184,12 +193,32 @@ class ClusterConfig(_Strict):
 class MetricsConfig(_Strict):
     silhouette_sample: int = Field(10_000, gt=1)
     seed: int = 0
+    stability: bool = Field(
+        False,
+        description="also compute stability and prediction strength for every fit (extra fits of "
+        "the same configuration on a sample); a search whose objective needs them computes them "
+        "whatever this says",
+    )
+    stability_resamples: int = Field(
+        5, ge=2, description="fits compared for stability, and half-splits for prediction strength"
+    )
+    stability_fraction: float = Field(
+        0.8, gt=0, le=1, description="share of the stability sample each refit sees (1: only the seed varies)"
+    )
+    stability_sample: int = Field(
+        2_000, ge=20, description="rows (a seeded sample) the refits are fitted on and compared on"
+    )
 
 
 class TrackingConfig(_Strict):
     experiment: str | None = Field(None, description="MLflow experiment; defaults to the config name")
     log_plot: bool = True
     plot_sample: int = Field(5_000, gt=0)
+    system_metrics: bool = Field(
+        True,
+        description="log MLflow's system metrics (CPU, memory, GPU where pynvml finds one) on train "
+        "runs and a search's parent run, every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (5)",
+    )
 
 
 class IntRange(_Strict):
@@ -236,6 +265,18 @@ class SearchConfig(_Strict):
     sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
     seed: int = 0
     objective: Literal[OBJECTIVES] = "silhouette"
+    objectives: list[Literal[MULTI_OBJECTIVES]] | None = Field(
+        None,
+        description="a multi-objective search (strategy optuna): e.g. [silhouette, n_clusters] or "
+        "[silhouette, fit_seconds]; the Pareto front is plotted and its knee point is refitted "
+        "and registered. Replaces search.objective",
+    )
+    seed_policy: Literal["fixed", "per_trial"] = Field(
+        "fixed",
+        description="'fixed': every trial fits with model.random_state, so trials differ only in "
+        "their parameters and a lucky seed cannot win; 'per_trial': trial N uses "
+        "model.random_state + N",
+    )
     parallelism: Literal["auto", "trial", "data"] = "auto"
     prefetch: Literal["auto"] | int = Field(
         "auto",
@@ -266,6 +307,26 @@ class SearchConfig(_Strict):
             return int(text)
         raise ValueError(f"must be 'auto' or a whole number 0..{_MAX_PREFETCH}")
 
+    @model_validator(mode="after")
+    def _multi_objective(self) -> SearchConfig:
+        # A ValueError: pydantic adds the key (search) and load_experiment the file, one line.
+        if self.objectives is None:
+            return self
+        shown = "[" + ", ".join(self.objectives) + "]"
+        if len(self.objectives) < 2 or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"search.objectives={shown} needs two or more different names "
+                             "(for one objective set search.objective)")
+        if self.strategy != "optuna":
+            raise ValueError(f"search.objectives={shown} needs search.strategy=optuna (an Optuna "
+                             f"multi-objective study), not {self.strategy!r}")
+        if self.sampler == "cmaes":  # Optuna's CMA-ES raises inside study.ask() on such a study
+            raise ValueError(f"search.sampler=cmaes cannot run search.objectives={shown}; use tpe, "
+                             "random, grid or qmc")
+        if self.resume:
+            raise ValueError(f"search.resume=true is not supported with search.objectives={shown}; "
+                             "start a new search (resume=false)")
+        return self
+
 
 class RegistryConfig(_Strict):
     native_name: str | None = Field(None, description="defaults to '<name>-kmeans'")
@@ -276,6 +337,25 @@ class RegistryConfig(_Strict):
     max_churn: float = Field(1.0, ge=0.0, le=1.0,
                              description="promote only if at most this share of the champion's reference "
                                          "sample changes label (1 = no gate)")
+
+
+class MonitoringConfig(_Strict):
+    """Drift reports of batch scoring (``-e predict``) against the model's training profile."""
+
+    drift: bool = Field(True, description="compute cluster shares and distance quantiles while scoring")
+    psi_moderate: float = Field(0.1, gt=0, description="population stability index from which drift is moderate")
+    psi_major: float = Field(0.25, gt=0, description="PSI from which drift is major")
+    distance_moderate: float = Field(
+        1.25, gt=1, description="median or p95 distance-to-centre ratio (scoring/training, or its "
+                                "inverse) from which drift is moderate")
+    distance_major: float = Field(1.5, gt=1, description="distance ratio from which drift is major")
+    histogram_bins: int = Field(360, ge=10, le=5_000, description="log-spaced distance bins of the profile")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitoringConfig:
+        if self.psi_moderate > self.psi_major or self.distance_moderate > self.distance_major:
+            raise ValueError("moderate thresholds must not exceed the major ones")
+        return self
 
 
 class ExperimentConfig(_Strict):
@@ -291,6 +371,7 @@ class ExperimentConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     search: SearchConfig = SearchConfig()
     registry: RegistryConfig = RegistryConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     # Where the file came from, for messages and relative data paths (not a config key).
     source_path: str | None = Field(None, exclude=True)
@@ -585,12 +666,12 @@ def load_experiment(
                 f"config path {where} is a directory, not a file",
                 f"pass a YAML file in it, e.g. {' or '.join(inside)}"
                 if inside
-                else "pass a YAML file, e.g. -P config=experiments/blobs.yaml",
+                else f"pass a YAML file, e.g. {option_hint('config', 'experiments/blobs.yaml')}",
             )
         if not p.is_file():
             raise ConfigError(
                 f"config file {where} does not exist",
-                "pass an existing file, e.g. -P config=experiments/blobs.yaml",
+                f"pass an existing file, e.g. {option_hint('config', 'experiments/blobs.yaml')}",
             )
         try:
             loaded = yaml.safe_load(p.read_text())

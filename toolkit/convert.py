@@ -45,12 +45,14 @@ __all__ = [
     "combined_to_single",
     "convert",
     "input_dtype",
+    "predict_labels",
     "register_conversion",
     "same_public_class",
     "sklearn_from_centers",
     "to_cuml",
     "to_numpy",
     "to_sklearn",
+    "with_feature_names",
     "without_training_labels",
 ]
 
@@ -133,6 +135,7 @@ def sklearn_from_centers(
     labels: Any = None,
     n_features_in: int | None = None,
     dtype: Any = None,
+    feature_names: Any = None,
 ) -> Any:
     """A fitted ``sklearn.cluster.KMeans`` that predicts with ``centers``; nothing is refit.
 
@@ -152,9 +155,12 @@ def sklearn_from_centers(
         dtype: dtype of ``cluster_centers_``; default: the centers' own float dtype (float64
             for other dtypes).  scikit-learn's ``predict`` needs rows of the same dtype as the
             centers (its Cython kernels take one dtype).
+        feature_names: the training columns' names (``feature_names_in_``), or None: the
+            model then predicts unnamed rows only, as one fitted on a NumPy array.
 
     Raises:
-        ValueError: ``centers`` is not 2-D, or ``params`` name another ``n_clusters``.
+        ValueError: ``centers`` is not 2-D, ``params`` name another ``n_clusters``, or
+            ``feature_names`` has another length than the centers' width.
     """
     from sklearn.cluster import KMeans
 
@@ -189,6 +195,28 @@ def sklearn_from_centers(
     # _n_features_out.
     model._n_threads = _openmp_threads()
     model._n_features_out = k
+    return with_feature_names(model, feature_names) if feature_names is not None else model
+
+
+def with_feature_names(model: Any, feature_names: Any) -> Any:
+    """A shallow copy of a scikit-learn ``model`` that knows its input columns' names.
+
+    ``feature_names_in_`` is what ``fit`` sets on a model fitted on a DataFrame: with it,
+    predicting a DataFrame checks the columns by name (and stays silent) instead of warning
+    ``X has feature names, but KMeans was fitted without feature names``; rows without names
+    then need :func:`predict_labels`, which names them.  Twins are built from centres, never
+    fitted on a frame, so the names are set here.
+
+    Raises:
+        ValueError: the names are not as many as the centres' columns.
+    """
+    names = np.asarray([str(n) for n in feature_names], dtype=object)
+    width = int(np.asarray(model.cluster_centers_).shape[1])
+    if names.ndim != 1 or len(names) != width:
+        raise ValueError(f"{len(names)} feature names for a model of {width} features")
+    model = copy.copy(model)
+    model.feature_names_in_ = names
+    model.n_features_in_ = width
     return model
 
 
@@ -460,9 +488,26 @@ def input_dtype(model: Any, default: Any = np.float32) -> np.dtype:
     return np.dtype(default)
 
 
+def predict_labels(model: Any, X: Any) -> np.ndarray:
+    """``model``'s labels for host rows ``X`` (NumPy-like, unnamed columns), as NumPy.
+
+    Rows are cast to the float width of the model's centres.  A scikit-learn model that knows
+    its columns' names (a registered twin) gets them as a DataFrame under those names, so it
+    neither warns ``X does not have valid feature names`` nor checks anything else than it
+    would for an array.
+    """
+    X = to_numpy(X)
+    X = np.ascontiguousarray(X, dtype=input_dtype(model, X.dtype if X.dtype.kind == "f" else np.float32))
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None and X.ndim == 2 and X.shape[1] == len(names) and class_key(model).startswith("sklearn."):
+        import pandas as pd
+
+        X = pd.DataFrame(X, columns=list(names), copy=False)
+    return to_numpy(model.predict(X)).ravel()
+
+
 def _predict_labels(model: Any, X: np.ndarray) -> np.ndarray:
-    labels = model.predict(np.ascontiguousarray(X, dtype=input_dtype(model, X.dtype)))
-    return to_numpy(labels).ravel()
+    return predict_labels(model, X)
 
 
 def check_equivalent(a: Any, b: Any, X_sample: Any) -> float:

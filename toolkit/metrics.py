@@ -4,6 +4,10 @@ Inertia, Davies-Bouldin and Calinski-Harabasz are computed exactly over *all* ro
 per-cluster statistics that reduce block by block (two passes, only ``k x d`` numbers leave a
 block), so they work on data spread over a Dask cluster.  Silhouette is O(n^2) and uses a
 seeded sample.  The adjusted Rand index needs every label and is computed on the driver.
+
+Stability and prediction strength judge a *configuration* rather than one clustering: they
+refit it on subsamples of a seeded sample (:func:`resampling_metrics`, given a function that
+fits centres with the trial's own backend) and measure how much the fits agree.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ __all__ = [
     "adjusted_rand",
     "cluster_metrics",
     "cluster_statistics",
+    "nearest_center",
     "objective_value",
+    "prediction_strength",
+    "resampling_metrics",
     "sample_rows",
     "silhouette",
+    "stability",
 ]
 
 def _block_arrays(X: Any, labels: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,6 +216,99 @@ def sample_rows(X: Any, labels: Any, size: int, seed: int = 0) -> tuple[np.ndarr
     """A seeded sample of rows of ``X`` and ``labels`` as NumPy (from NumPy or Dask arrays)."""
     idx = _sample_indices(int(X.shape[0]), size, seed)
     return _take(X, idx), _take(labels, idx)
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the closest centre for every row of ``X`` (k-means' own ``predict``)."""
+    X = np.asarray(X, dtype=np.float64)
+    C = np.asarray(centers, dtype=np.float64)
+    # ||x - c||^2 without the ||x||^2 term, which is the same for every centre of a row.
+    d = np.einsum("ij,ij->i", C, C)[None, :] - 2.0 * (X @ C.T)
+    return np.argmin(d, axis=1).astype(np.intp)
+
+
+def stability(label_sets: list[np.ndarray]) -> float:
+    """Mean pairwise adjusted Rand index of several labellings of the same rows.
+
+    1 when every fit partitions the evaluation rows identically (cluster ids may differ: ARI
+    ignores them); about 0 when they agree no more than chance.  NaN with fewer than 2 sets.
+    """
+    pairs = [adjusted_rand(a, b) for i, a in enumerate(label_sets) for b in label_sets[i + 1:]]
+    return float(np.mean(pairs)) if pairs else math.nan
+
+
+def prediction_strength(test_labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Tibshirani & Walther's prediction strength of one split (JCGS 14(3), 2005).
+
+    ``test_labels``: the test half clustered on its own; ``predicted``: the same rows assigned
+    to the centres fitted on the *other* half.  For each test cluster, the share of its pairs
+    of rows that the other half's centres also put together; the strength is the smallest
+    share (the worst-predicted cluster), so one split cluster is enough to lower it.
+    Clusters of one row have no pairs and are skipped.
+    """
+    t, kt = _codes(np.asarray(test_labels).reshape(-1))
+    p, kp = _codes(np.asarray(predicted).reshape(-1))
+    cells = np.bincount(t * kp + p, minlength=kt * kp).reshape(kt, kp).astype(np.int64)
+    n_j = cells.sum(axis=1)
+    ok = n_j >= 2
+    if not ok.any():
+        return math.nan
+    together = (cells[ok] ** 2).sum(axis=1) - n_j[ok]  # ordered pairs i != i' kept together
+    return float((together / (n_j[ok] * (n_j[ok] - 1))).min())
+
+
+def resampling_metrics(
+    X: Any,
+    fit_centers: Any,
+    *,
+    resamples: int = 5,
+    fraction: float = 0.8,
+    sample: int = 2_000,
+    seed: int = 0,
+    model_seed: int = 0,
+) -> dict[str, float]:
+    """Stability and prediction strength of a k-means configuration, from refits on a sample.
+
+    Args:
+        X: ``(n, d)`` data, NumPy or Dask; a seeded sample of ``sample`` rows (the evaluation
+            sample) is brought to the driver, so the cost does not grow with the data.
+        fit_centers: ``fit_centers(rows, seed) -> (k, d) centres``: the configuration fitted on
+            ``rows`` (NumPy) with random seed ``seed``; the caller fits with the trial's backend.
+        resamples: fits for stability, and half-splits for prediction strength (2 fits each).
+        fraction: share of the evaluation sample each stability fit sees (drawn without
+            replacement); 1 varies only the seed.
+        sample: rows in the evaluation sample.
+        seed: seed of the sample and of the subsamples (``metrics.seed``).
+        model_seed: the configuration's ``random_state``; each refit gets a seed derived from
+            it, so the same configuration scores the same.
+
+    Returns:
+        ``stability``: mean pairwise ARI of the ``resamples`` fits' labels on the whole
+        evaluation sample (every fit predicts the same rows, so no matching of rows is needed);
+        ``prediction_strength``: Tibshirani & Walther's strength averaged over ``resamples``
+        random half-splits.
+    """
+    idx = _sample_indices(int(X.shape[0]), sample, seed)
+    xs = np.asarray(_take(X, idx), dtype=np.float64)
+    n = len(xs)
+    rng = np.random.default_rng([seed, 1])
+    seeds = [int(s) % (2**31 - 1) for s in np.random.SeedSequence(model_seed).generate_state(3 * resamples)]
+    size = max(2, min(n, round(fraction * n)))
+    labels = []
+    for r in range(resamples):
+        rows = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+        labels.append(nearest_center(xs, fit_centers(xs[rows], seeds[r])))
+    strengths = []
+    for r in range(resamples):
+        perm = rng.permutation(n)
+        test, train = perm[: n // 2], perm[n // 2:]
+        xt = xs[test]
+        own = nearest_center(xt, fit_centers(xt, seeds[resamples + 2 * r]))
+        other = nearest_center(xt, fit_centers(xs[train], seeds[resamples + 2 * r + 1]))
+        strengths.append(prediction_strength(own, other))
+    finite = [s for s in strengths if math.isfinite(s)]
+    return {"stability": stability(labels),
+            "prediction_strength": float(np.mean(finite)) if finite else math.nan}
 
 
 def cluster_metrics(

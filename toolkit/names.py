@@ -31,7 +31,10 @@ __all__ = [
     "INTERNAL_METRICS",
     "LABEL_METRICS",
     "METRIC_DIRECTIONS",
+    "MULTI_OBJECTIVES",
     "OBJECTIVES",
+    "RESAMPLING_METRICS",
+    "TRADE_OFFS",
     "BackendFacts",
     "Device",
     "Parallelism",
@@ -164,16 +167,28 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "calinski_harabasz": "maximize",
     "adjusted_rand": "maximize",
     "inertia": "minimize",
+    # Agreement of refits of the same configuration (toolkit.metrics.resampling_metrics).
+    "stability": "maximize",
+    "prediction_strength": "maximize",
 }
 
 #: Metrics of the clustering alone; undefined below 2 clusters.
 INTERNAL_METRICS: tuple[str, ...] = ("silhouette", "davies_bouldin", "calinski_harabasz")
 #: Metrics that compare with ground-truth labels.
 LABEL_METRICS: tuple[str, ...] = ("adjusted_rand",)
+#: Metrics of a configuration, from several refits on subsamples of a sample: they need the
+#: fitting backend, so a search computes them only when an objective asks for them.
+RESAMPLING_METRICS: tuple[str, ...] = ("stability", "prediction_strength")
 #: What a search may optimise (not inertia: it always falls as n_clusters grows).
-OBJECTIVES: tuple[str, ...] = (*INTERNAL_METRICS, *LABEL_METRICS)
-#: What ``registry.eval_metric`` may compare models on.
-EVAL_METRICS: tuple[str, ...] = tuple(METRIC_DIRECTIONS)
+OBJECTIVES: tuple[str, ...] = (*INTERNAL_METRICS, *LABEL_METRICS, *RESAMPLING_METRICS)
+#: What ``registry.eval_metric`` may compare models on: a registered model alone can be scored
+#: on new data, but not refitted, so not the resampling metrics.
+EVAL_METRICS: tuple[str, ...] = tuple(m for m in METRIC_DIRECTIONS if m not in RESAMPLING_METRICS)
+#: What a multi-objective search (``search.objectives``) may trade a quality objective against,
+#: with the direction that is better: more clusters (a finer model), a shorter fit.
+TRADE_OFFS: Mapping[str, str] = MappingProxyType({"n_clusters": "maximize", "fit_seconds": "minimize"})
+#: Names accepted in ``search.objectives``.
+MULTI_OBJECTIVES: tuple[str, ...] = (*OBJECTIVES, *TRADE_OFFS)
 
 if set(OBJECTIVES) - set(METRIC_DIRECTIONS):  # pragma: no cover - a declaration slip
     raise ValueError("every objective needs a direction in METRIC_DIRECTIONS")

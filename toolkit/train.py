@@ -8,6 +8,7 @@ MLflow run that ends FINISHED or FAILED with the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from toolkit.backends import FitResult, KMeansBackend, get_backend
 from toolkit.cluster import client_info, dask_client
 from toolkit.config import ExperimentConfig, MetricsConfig, ModelConfig
 from toolkit.data import Dataset, load_dataset
-from toolkit.metrics import cluster_metrics, sample_rows
+from toolkit.metrics import cluster_metrics, resampling_metrics, sample_rows
 from toolkit.tracking import (
     log_centroids,
     log_dataset,
@@ -29,7 +30,8 @@ from toolkit.tracking import (
     tracked_run,
 )
 
-__all__ = ["TrainOutcome", "backend_session", "fit_and_score", "log_fit", "register_best", "train"]
+__all__ = ["WARMUP_METRIC", "TrainOutcome", "backend_session", "fit_and_score", "log_fit", "register_best", "train",
+           "with_host_labels"]
 
 
 @dataclass
@@ -42,15 +44,44 @@ class TrainOutcome:
     registered: Any = None
 
 
+#: Seconds a distributed backend spent getting its workers ready before the first fit (MLflow
+#: shows ``system/`` metrics in their own group).
+WARMUP_METRIC = "system/warmup_s"
+
+
+def with_host_labels(result: FitResult) -> FitResult:
+    """``result`` with NumPy labels (computed now) in place of lazy Dask ones, on the model too.
+
+    The model is a shallow copy when its ``labels_`` change: the fitted estimator the backend
+    returned is left as it was.
+    """
+    import copy
+
+    from toolkit.convert import to_numpy
+
+    if not hasattr(result.labels, "__dask_graph__"):
+        return result
+    labels = to_numpy(result.labels).astype(np.int32, copy=False)
+    model = result.model
+    if hasattr(getattr(model, "labels_", None), "__dask_graph__"):
+        model = copy.copy(model)
+        model.labels_ = labels
+    return dataclasses.replace(result, model=model, labels=labels)
+
+
 def fit_and_score(
     backend: KMeansBackend,
     X: Any,
     params: ModelConfig,
     metrics_cfg: MetricsConfig,
     y_true: np.ndarray | None = None,
+    init_centers: np.ndarray | None = None,
 ) -> tuple[FitResult, dict[str, float]]:
-    """Fit ``params`` on prepared ``X`` and compute every metric (global, not per worker)."""
-    result = backend.fit(X, params)
+    """Fit ``params`` on prepared ``X`` and compute every metric (global, not per worker).
+
+    ``init_centers`` starts the fit from those centres (a refresh from the champion's).
+    """
+    result = backend.fit(X, params) if init_centers is None else backend.fit(X, params, init_centers=init_centers)
     hX, hlabels = backend.host_view(X, result.labels)
     metrics = cluster_metrics(
         hX,
@@ -63,7 +94,25 @@ def fit_and_score(
     )
     metrics["fit_seconds"] = result.fit_seconds
     metrics["n_iter"] = float(result.n_iter)
+    if metrics_cfg.stability:
+        metrics.update(resampling_metrics(
+            hX, _centers_fitter(backend, params), resamples=metrics_cfg.stability_resamples,
+            fraction=metrics_cfg.stability_fraction, sample=metrics_cfg.stability_sample,
+            seed=metrics_cfg.seed, model_seed=params.random_state,
+        ))
     return result, metrics
+
+
+def _centers_fitter(backend: KMeansBackend, params: ModelConfig) -> Any:
+    """``fit(rows, seed) -> centres``: ``params`` refitted with another seed on a small NumPy
+    sample, by the same backend adaptor (placed by its own ``prepare``), for the resampling
+    metrics."""
+
+    def fit(rows: np.ndarray, seed: int) -> np.ndarray:
+        placed = backend.prepare(Dataset("resample", np.ascontiguousarray(rows, dtype=np.float32), None, [], "sample"))
+        return backend.fit(placed, params.model_copy(update={"random_state": seed})).centers
+
+    return fit
 
 
 @contextlib.contextmanager
@@ -143,9 +192,20 @@ def train(
 
     The run is started first, so that any later failure (bad data, missing GPU, ...) ends it
     FAILED with the reason in its ``error`` tag.
+
+    Labels: when ``train`` starts the Dask cluster itself (data-parallel backend, no
+    ``client``), ``outcome.result.labels`` (and the model's ``labels_``) are NumPy, computed
+    before that cluster closes: one int32 per row on the host, small next to the float32
+    rows the metrics already read.  With a ``client``, they stay a lazy Dask array on the
+    caller's cluster (compute them while it runs).
+
+    On a distributed backend the first fit warms the workers first (imports, compiled
+    kernels, data placement); that time is logged as ``system/warmup_s``, not in
+    ``fit_seconds``.
     """
     name = run_name or f"train-{cfg.backend}-k{cfg.model.n_clusters}"
-    with tracked_run(cfg.experiment_name, name, {"entry_point": "train", "config": str(cfg.source_path)}) as run_id:
+    with tracked_run(cfg.experiment_name, name, {"entry_point": "train", "config": str(cfg.source_path)},
+                     system_metrics=cfg.tracking.system_metrics) as run_id:
         with backend_session(cfg, client) as (backend, dclient):
             log_tags(run_id, tags_for(backend, client_info(dclient) if dclient else None))
             dataset = load_dataset(cfg.data)
@@ -155,7 +215,12 @@ def train(
             X = backend.prepare(dataset)
             result, metrics = fit_and_score(backend, X, cfg.model, cfg.metrics, dataset.y)
             log_fit(run_id, cfg, dataset, result, metrics, X, backend)
+            if "warmup_seconds" in result.extra:  # its own metric: fit_seconds is the fit alone
+                log_metrics(run_id, {WARMUP_METRIC: float(result.extra["warmup_seconds"])})
             registered = register_best(cfg, backend, result, X, dataset, run_id, metrics) if register else None
+            if client is None and dclient is not None:
+                # The cluster started here closes with this block: lazy labels would point at it.
+                result = with_host_labels(result)
         return TrainOutcome(run_id=run_id, result=result, metrics=metrics, backend=cfg.backend,
                             registered=registered)
 

@@ -147,19 +147,22 @@ class CumlDaskBackend(KMeansBackend):
             wait(ddf)
         return ddf
 
-    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
+    def _fit(self, X: Any, params: ModelConfig, init_centers: np.ndarray | None = None) -> FitResult:
         from cuml.dask.cluster import KMeans
 
         fitted = params.model_copy(update={"init": MULTI_GPU_INIT.get(params.init, params.init)})
+        if init_centers is not None:  # one run from the given centres (cuML's init=ndarray)
+            fitted = fitted.model_copy(update={"n_init": 1})
         # cuML's multi-GPU fit runs one initialisation: n_init fits, the lowest global inertia kept.
         km = None
         for seed in init_seeds(fitted.random_state, fitted.n_init):
-            run = KMeans(client=self._client(), **{**cuml_kwargs(fitted), "n_init": 1, "random_state": seed})
+            kwargs = {**cuml_kwargs(fitted, init_centers), "n_init": 1, "random_state": seed}
+            run = KMeans(client=self._client(), **kwargs)
             run.fit(X)
             if km is None or float(run.inertia_) < float(km.inertia_):
                 km = run
         assert km is not None  # n_init >= 1 (ModelConfig)
-        extra = {"init_fitted": fitted.init} if fitted.init != params.init else {}
+        extra = {"init_fitted": fitted.init} if fitted.init != params.init and init_centers is None else {}
         return FitResult(
             model=km,
             centers=np.asarray(to_numpy(km.cluster_centers_), dtype=np.float64),

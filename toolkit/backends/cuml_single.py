@@ -30,14 +30,18 @@ CUML_INIT: dict[str, str] = {
 }
 
 
-def cuml_kwargs(params: ModelConfig) -> dict[str, Any]:
-    """cuML KMeans keyword arguments for ``params`` (shared by the single- and multi-GPU fits)."""
+def cuml_kwargs(params: ModelConfig, init_centers: np.ndarray | None = None) -> dict[str, Any]:
+    """cuML KMeans keyword arguments for ``params`` (shared by the single- and multi-GPU fits).
+
+    ``init_centers`` become cuML's ``init=ndarray`` (float32 host array: cuML copies it to the
+    device, and a host array pickles to Dask workers) with one initialisation.
+    """
     return {
         "n_clusters": params.n_clusters,
-        "init": CUML_INIT[params.init],
+        "init": CUML_INIT[params.init] if init_centers is None else np.ascontiguousarray(init_centers, np.float32),
         "max_iter": params.max_iter,
         "tol": params.tol,
-        "n_init": params.n_init,
+        "n_init": params.n_init if init_centers is None else 1,
         "oversampling_factor": params.oversampling_factor,
         "random_state": params.random_state,
     }
@@ -94,10 +98,10 @@ class CumlBackend(KMeansBackend):
         X = dataset.X if isinstance(dataset.X, np.ndarray) else dataset.X.compute()
         return cp.asarray(np.ascontiguousarray(X, dtype=np.float32))
 
-    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
+    def _fit(self, X: Any, params: ModelConfig, init_centers: np.ndarray | None = None) -> FitResult:
         import cuml
 
-        km = cuml.KMeans(**cuml_kwargs(params), output_type="numpy")
+        km = cuml.KMeans(**cuml_kwargs(params, init_centers), output_type="numpy")
         km.fit(X)
         return FitResult(
             model=km,

@@ -17,13 +17,25 @@ from typing import Any, ClassVar
 import numpy as np
 
 from toolkit.backends.base import FitResult, KMeansBackend
-from toolkit.backends.daskml import to_dask_array
+from toolkit.backends.daskml import to_dask_array, warm_workers
 from toolkit.config import ModelConfig
 from toolkit.data import Dataset
 from toolkit.kmeans_dask import DaskKMeans, lloyd_fit
 from toolkit.kmeans_dask.kernels import aligned_f32
 
 __all__ = ["DaskBackend", "DaskKMeans", "lloyd_fit"]
+
+
+def _warm_dask_worker(n_features: int) -> None:
+    """Compile (or load from Numba's disk cache) the Lloyd kernels in this worker process.
+
+    A tiny in-process fit and predict on float32 rows of the data's width run the same
+    compiled functions, with the same argument types, as the fit's tasks.
+    """
+    import sklearn.cluster  # noqa: F401 - k-means++ seeding imports it (~2 s on a cold process)
+
+    rows = np.arange(8 * n_features, dtype=np.float32).reshape(8, n_features)
+    DaskKMeans(n_clusters=2, n_init=1, max_iter=2, random_state=0).fit(rows).predict(rows)
 
 
 class DaskBackend(KMeansBackend):
@@ -47,6 +59,10 @@ class DaskBackend(KMeansBackend):
             X = X.astype(np.float32)
         return X
 
+    def warm_up(self, X: Any) -> None:
+        warm_workers(self.client, X, _warm_dask_worker, int(X.shape[1]))
+        _warm_dask_worker(int(X.shape[1]))  # the driver runs kernels too (initialisation)
+
     def estimator(self, params: ModelConfig) -> DaskKMeans:
         """An unfitted :class:`DaskKMeans` for ``params``."""
         return DaskKMeans(
@@ -59,8 +75,11 @@ class DaskBackend(KMeansBackend):
             random_state=params.random_state,
         )
 
-    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
-        km = self.estimator(params).fit(X, client=self.client)
+    def _fit(self, X: Any, params: ModelConfig, init_centers: np.ndarray | None = None) -> FitResult:
+        km = self.estimator(params)
+        if init_centers is not None:  # DaskKMeans takes explicit centres as its init
+            km.set_params(init=init_centers, n_init=1)
+        km = km.fit(X, client=self.client)
         return FitResult(
             model=km,
             centers=np.asarray(km.cluster_centers_, dtype=np.float64),

@@ -14,7 +14,7 @@ from toolkit.cluster import block_rows, n_workers, scatter_rows
 from toolkit.config import ModelConfig
 from toolkit.data import Dataset
 
-__all__ = ["DaskMLBackend", "to_dask_array"]
+__all__ = ["DaskMLBackend", "to_dask_array", "warm_workers"]
 
 
 def to_dask_array(dataset: Dataset, client: Any, persist: bool = True, chunk_rows: int = 250_000) -> Any:
@@ -31,6 +31,30 @@ def to_dask_array(dataset: Dataset, client: Any, persist: bool = True, chunk_row
     if persist:
         X = client.persist(X) if client is not None else X.persist()
     return X
+
+
+def warm_workers(client: Any, X: Any, worker_fn: Any, *args: Any) -> None:
+    """Wait for ``X``'s placed blocks, then run ``worker_fn(*args)`` on every worker.
+
+    Both belong before a fit's clock starts: ``client.persist`` returns before the blocks are
+    on the workers, and a worker's first task pays for its imports (and JIT compilations).
+    """
+    if client is None:
+        return
+    from distributed import futures_of, wait
+
+    futures = futures_of(X)
+    if futures:
+        wait(futures)
+    client.run(worker_fn, *args)
+
+
+def _warm_daskml_worker() -> None:
+    """Import what a dask-ml fit runs on a worker."""
+    import dask_ml.cluster  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+
+    import toolkit.backends.daskml  # noqa: F401
 
 
 def _kmeans_plusplus_on_sample(X: Any, k: int, seed: int, size: int = 10_000) -> np.ndarray:
@@ -54,11 +78,14 @@ class DaskMLBackend(KMeansBackend):
     def prepare(self, dataset: Dataset) -> Any:
         return to_dask_array(dataset, self.client, self.persist, self.chunk_rows)
 
-    def _fit_once(self, X: Any, params: ModelConfig, seed: int) -> Any:
+    def warm_up(self, X: Any) -> None:
+        warm_workers(self.client, X, _warm_daskml_worker)
+
+    def _fit_once(self, X: Any, params: ModelConfig, seed: int, init_centers: np.ndarray | None = None) -> Any:
         from dask_ml.cluster import KMeans
 
-        init: Any = params.init
-        if init == "k-means++":
+        init: Any = params.init if init_centers is None else init_centers
+        if init_centers is None and init == "k-means++":
             # dask-ml 2025.1 calls a private scikit-learn k-means++ helper whose signature
             # changed (sample_weight became required), so seed k-means++ ourselves on a sample.
             init = _kmeans_plusplus_on_sample(X, params.n_clusters, seed)
@@ -72,13 +99,13 @@ class DaskMLBackend(KMeansBackend):
         )
         return km.fit(X)
 
-    def _fit(self, X: Any, params: ModelConfig) -> FitResult:
+    def _fit(self, X: Any, params: ModelConfig, init_centers: np.ndarray | None = None) -> FitResult:
         # dask-ml runs one initialisation (its own n_init only reaches the k-means++ replaced
         # above), so n_init is honoured here, as scikit-learn does it: that many runs from
-        # different seeds, keeping the lowest inertia.
+        # different seeds, keeping the lowest inertia.  Given centres are one run (n_init=1).
         km = None
-        for seed in init_seeds(params.random_state, params.n_init):
-            run = self._fit_once(X, params, seed)
+        for seed in init_seeds(params.random_state, params.n_init if init_centers is None else 1):
+            run = self._fit_once(X, params, seed, init_centers)
             if km is None or run.inertia_ < km.inertia_:
                 km = run
         assert km is not None  # n_init >= 1 (ModelConfig)

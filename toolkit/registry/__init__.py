@@ -30,12 +30,18 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
                  metrics: dict[str, float] | None = None) -> Registered:
     """Log and register ``fit`` (a :class:`~toolkit.backends.FitResult`) under ``cfg``'s names.
 
-    ``metrics`` (e.g. the fit's scores) are attached to both LoggedModels.
+    ``metrics`` (e.g. the fit's scores) are attached to both LoggedModels.  The training
+    profile (cluster shares and distance-to-centre histogram of all of ``X``, for drift
+    reports) is computed here, where the training data is, and stored with both models.
     """
     from toolkit.metrics import sample_rows
+    from toolkit.monitoring.profile import build_profile
 
     hX, hlabels = backend.host_view(X, fit.labels)
     sample, _ = sample_rows(hX, hlabels, 2_000, cfg.metrics.seed)
+    # In the fit's own cluster order: log_and_register reorders it with the clusters.
+    profile = None if hlabels is None else build_profile(hX, hlabels, fit.centers, sample=sample,
+                                                          bins=cfg.monitoring.histogram_bins)
     native = backend.native_model(fit)
     twin = backend.to_sklearn(native)
     return log_and_register(
@@ -43,5 +49,5 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
         native_name=cfg.native_model_name, sklearn_name=cfg.sklearn_model_name,
         sample=sample, feature_names=dataset.feature_names,
         search_parent_run_id=search_parent_run_id, register=cfg.registry.register_best,
-        metrics=metrics, stable_labels=cfg.registry.stable_labels,
+        metrics=metrics, stable_labels=cfg.registry.stable_labels, profile=profile,
     )

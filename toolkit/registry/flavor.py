@@ -24,6 +24,15 @@ with skops) goes through the same checks and is read with ``skops.io.load`` and 
 own trusted-type list, never by the ``serialization_format`` its MLmodel file claims.
 
 Loading a GPU model where no GPU exists fails with a one-line error instead of a CUDA traceback.
+
+The pyfunc face (:func:`_load_pyfunc`; ``mlflow.pyfunc.load_model``, ``mlflow models serve``)
+serves native models and, since they carry their column names, the twins too: it loads through
+the same checks, then refuses a request whose columns are not exactly the model's (recorded as
+the flavor's ``feature_names``, or the twin's ``feature_names_in_``) with a one-line
+``MlflowException`` (HTTP 400 from ``mlflow models serve``).  The logged signature therefore
+names no input columns (:func:`output_signature`): MLflow would drop unknown columns before this
+check could see them.  Models logged before keep their MLflow input schema and MLflow's loader
+for the twin, and load as they did.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from toolkit import env
-from toolkit.convert import class_key, same_public_class, to_numpy
+from toolkit.convert import class_key, input_dtype, predict_labels, same_public_class, to_numpy
 from toolkit.errors import ModelError, first_line
 from toolkit.registry import integrity
 from toolkit.registry.integrity import CLASS_TAG, FORMAT_TAG, SHAPE_TAG, LoggedRef, VerifiedModel
@@ -55,7 +64,10 @@ __all__ = [
     "load_verified",
     "log_model",
     "model_device",
+    "output_signature",
+    "pyfunc_rows",
     "save_model",
+    "serve_with_toolkit",
 ]
 
 FLAVOR_NAME = "kmeans_native"
@@ -204,6 +216,7 @@ def save_model(
     metadata: dict[str, Any] | None = None,
     serialization: str = KMEANS_NPY,
     mlflow_model: Any = None,
+    feature_names: list[str] | None = None,
 ) -> dict[str, str]:
     """Save ``model`` as an MLflow model directory at ``path`` (with a pyfunc flavor).
 
@@ -218,6 +231,8 @@ def save_model(
             (cloudpickle, opt-in: the library's own object; unpickled only after its checksum
             matched the store's record).
         mlflow_model: the :class:`mlflow.models.Model` to fill (carries the LoggedModel id).
+        feature_names: the input columns, in order (the flavor's ``feature_names``): the pyfunc
+            face refuses a frame with other columns (:func:`pyfunc_rows`).
 
     Returns:
         The integrity tags describing it: format, model class, centres shape.
@@ -262,6 +277,7 @@ def save_model(
         backend=backend,
         n_clusters=int(np.asarray(centers).shape[0]),
         versions=_versions(device),
+        **({"feature_names": [str(n) for n in feature_names]} if feature_names is not None else {}),
     )
     mlmodel.save(os.path.join(path, "MLmodel"))
     with open(os.path.join(path, "requirements.txt"), "w") as fh:
@@ -505,23 +521,123 @@ def load_model(model_uri: str, twin_hint: str | None = None) -> Any:
         return load_verified(verified, twin_hint)
 
 
-class _PyFuncWrapper:
-    """``mlflow.pyfunc`` face of a native model: ``predict(DataFrame | ndarray) -> labels``."""
+def output_signature() -> Any:
+    """The signature logged models carry: int32 labels out, no MLflow input schema.
 
-    def __init__(self, model: Any) -> None:
+    MLflow (3.x, ``mlflow.models.utils._enforce_schema``) drops the columns a named input
+    schema does not list, with a log line, BEFORE any model code runs: a request with extra
+    columns would be scored in silence.  The columns are checked by the pyfunc face instead
+    (:func:`pyfunc_rows`, from the flavor's ``feature_names`` or the twin's
+    ``feature_names_in_``), which refuses extra and missing columns alike; the input example
+    saved beside each model shows them.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.int32), (-1,))]))
+
+
+def _refuse(message: str) -> Exception:
+    # An MlflowException with INVALID_PARAMETER_VALUE: `mlflow models serve` answers it with a
+    # 400 carrying this message (any other exception becomes a generic message and a traceback).
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException.invalid_parameter_value(message)
+
+
+def pyfunc_rows(data: Any, feature_names: list[str] | None, n_features: int, dtype: Any) -> np.ndarray:
+    """The rows of a pyfunc request as a ``(n, n_features)`` array of ``dtype``, or a refusal.
+
+    A frame whose columns are all named (a pandas DataFrame, a ``dataframe_split`` request)
+    must have exactly ``feature_names`` (any order: they are put in the model's order); unnamed
+    rows (NumPy, lists, a frame with positional columns) are taken in order and must be
+    ``n_features`` wide.  Without ``feature_names`` (models logged before they were recorded)
+    every input is taken in order.
+
+    Raises:
+        MlflowException: (INVALID_PARAMETER_VALUE, a one-line message) unexpected or missing
+            columns, another width, non-numeric values, or not 2-D.
+    """
+    import pandas as pd
+
+    expected = ", ".join(feature_names) if feature_names else f"{n_features} unnamed"
+    if isinstance(data, pd.Series):
+        data = data.to_frame()
+    if isinstance(data, pd.DataFrame):
+        columns = list(data.columns)
+        if feature_names and columns and all(isinstance(c, str) for c in columns):
+            extra = [c for c in columns if c not in feature_names]
+            missing = [c for c in feature_names if c not in columns]
+            if extra or missing:
+                said = "; ".join(part for part in (
+                    f"unexpected column(s) {', '.join(extra)}" if extra else "",
+                    f"missing column(s) {', '.join(missing)}" if missing else "",
+                ) if part)  # fmt: skip
+                raise _refuse(f"input has {said}; the model expects exactly the columns {expected}")
+            data = data[list(feature_names)]
+        bad = [str(c) for c, t in data.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
+        if bad:
+            raise _refuse(f"input column(s) {', '.join(bad)} are not numeric; the model expects "
+                          f"numeric columns {expected}")
+        data = data.to_numpy()
+    try:
+        X = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise _refuse(f"input is not numeric rows ({first_line(exc, 200)}); the model expects "
+                      f"columns {expected}") from None
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise _refuse(f"input has shape {X.shape}; the model expects rows of {n_features} columns "
+                      f"({expected})")
+    return X
+
+
+class _PyFuncWrapper:
+    """``mlflow.pyfunc`` face of every toolkit model (native, and twins logged with their column
+    names): ``predict(DataFrame | ndarray) -> int32 labels``, columns checked first."""
+
+    def __init__(self, model: Any, feature_names: list[str] | None = None) -> None:
         self.model = model
+        self.feature_names = list(feature_names) if feature_names is not None else None
 
     def get_raw_model(self) -> Any:
         return self.model
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        X = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data, dtype=np.float32)
-        labels = self.model.predict(X)
-        return to_numpy(labels).astype(np.int32)
+        n_features = int(np.asarray(to_numpy(self.model.cluster_centers_)).shape[1])
+        X = pyfunc_rows(data, self.feature_names, n_features, input_dtype(self.model))
+        return predict_labels(self.model, X).astype(np.int32)
 
 
 def _load_pyfunc(path: str, model_config: Any = None) -> _PyFuncWrapper:
-    # MLflow passes the data folder (``kmeans``); the model folder is the one with the MLmodel.
+    # MLflow passes the data folder (``kmeans``) or, for a twin, the model folder; the model
+    # folder is the one with the MLmodel.
     root = path if os.path.exists(os.path.join(path, "MLmodel")) else os.path.dirname(path.rstrip(os.sep))
-    # Checked against its LoggedModel (named by the MLmodel's model_id) like every other load.
-    return _PyFuncWrapper(load_model(root))
+    # Checked against its LoggedModel (named by the MLmodel's model_id) like every other load;
+    # the column names are read from the checked copy too.
+    with integrity.fetch_verified(root) as verified:
+        model = load_verified(verified)
+        if verified.integrity.get(FORMAT_TAG) == SKOPS:
+            names = getattr(model, "feature_names_in_", None)
+        else:
+            names = flavor_conf(verified.local_path).get("feature_names")
+    return _PyFuncWrapper(model, [str(n) for n in names] if names is not None else None)
+
+
+def serve_with_toolkit(mlmodel: Any, path: str) -> None:
+    """Make the twin saved at ``path`` (by ``mlflow.sklearn``) serve through :func:`_load_pyfunc`.
+
+    Its ``sklearn`` flavor is left as MLflow wrote it (``mlflow.sklearn.load_model`` works as
+    before); its ``python_function`` flavor, what ``mlflow.pyfunc.load_model`` and ``mlflow
+    models serve`` use, gets this module as loader: the files are checked against the store's
+    checksums, the skops file is read with the project's trusted types, and requests with other
+    columns than the twin's are refused (MLflow's own loader would drop extra columns).  The
+    serving environment needs this package, as for native models.  Call it before the checksums
+    are taken: it rewrites the MLmodel file.
+    """
+    from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
+
+    conf = mlmodel.flavors.get(PYFUNC)
+    if conf is None:
+        raise ModelError(f"{path} has no {PYFUNC} flavor to serve", "save it with mlflow.sklearn first")
+    conf["loader_module"] = __name__
+    mlmodel.save(os.path.join(path, "MLmodel"))

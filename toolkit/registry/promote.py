@@ -3,7 +3,9 @@
 Both versions are scored on the same evaluation data with the same metric (through their
 scikit-learn twins, so promotion runs on any machine).  The decision, the scores and who was
 replaced are written as version tags; the twin's registered model gets the same aliases so the
-two names never disagree about who is champion.
+two names never disagree about who is champion.  The scores are those of
+:func:`toolkit.evaluation.scores.score_clustering`, the computation behind the ``clustering``
+evaluator of ``mlflow.models.evaluate``: a decision can be checked by hand with it.
 
 A challenger that wins on the metric is still kept back when it relabels too much: its **churn**
 (the share of the champion's reference sample, stored with the champion, whose label differs
@@ -20,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelError
-from toolkit.metrics import METRIC_DIRECTIONS, cluster_metrics
+from toolkit.evaluation.scores import score_clustering
+from toolkit.metrics import METRIC_DIRECTIONS
 from toolkit.registry import stable
 from toolkit.registry.integrity import get_version  # re-exported: part of this module's API
 from toolkit.tracking.runs import client
@@ -78,14 +81,12 @@ def evaluate_version(mv: Any, X: np.ndarray, y: np.ndarray | None, metric: str, 
 
 
 def _score(model: Any, X: np.ndarray, y: np.ndarray | None, metric: str, seed: int) -> float:
-    labels = np.asarray(model.predict(X))
-    centers = np.asarray(model.cluster_centers_, dtype=np.float64)
-    inertia = float(((X - centers[labels]) ** 2).sum())
+    """``metric`` of ``model`` on ``X``: the figure the ``clustering`` evaluator of
+    ``mlflow.models.evaluate`` reports, because it is the same function's."""
     if metric == "adjusted_rand" and y is None:
         raise ModelError("metric adjusted_rand needs ground-truth labels; the evaluation data has none",
                          "use silhouette, davies_bouldin, calinski_harabasz or inertia")
-    scores = cluster_metrics(X, labels, len(centers), inertia=inertia, y_true=y, seed=seed)
-    return float(scores[metric])
+    return float(score_clustering(model, X, y, seed=seed).metrics[metric])
 
 
 def _better(a: float, b: float, direction: str) -> bool:

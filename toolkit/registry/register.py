@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from toolkit import env
-from toolkit.convert import check_equivalent, class_key, input_dtype, without_training_labels
+from toolkit.convert import check_equivalent, class_key, input_dtype, with_feature_names, without_training_labels
 from toolkit.errors import ModelError
+from toolkit.monitoring.profile import TrainingProfile, build_profile, save_profile
 from toolkit.registry import flavor, integrity, stable
 from toolkit.registry.integrity import MODEL_ID_TAG, LoggedRef
 from toolkit.registry.promote import CHALLENGER, CHAMPION, champion_of
@@ -63,24 +64,32 @@ def sklearn_requirements() -> list[str]:
 
 
 def _signature(sample: np.ndarray, feature_names: list[str], dtype: Any = np.float32) -> tuple[Any, Any]:
+    """(signature, input example): int32 labels out; the example frame names the columns.
+
+    No MLflow input schema: MLflow would drop unknown columns before the model's pyfunc face
+    could refuse them (see :func:`toolkit.registry.flavor.output_signature`).
+    """
     import pandas as pd
-    from mlflow.models import infer_signature
 
     frame = pd.DataFrame(sample[:5].astype(dtype), columns=feature_names)
-    labels = np.zeros(len(frame), dtype=np.int32)
-    return infer_signature(frame, labels), frame
+    return flavor.output_signature(), frame
 
 
 def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str],
-                 metrics: Mapping[str, float], tags: Mapping[str, str]) -> LoggedRef:
-    """Log the twin (skops) with the reference sample, as a LoggedModel of ``run_id``."""
+                 metrics: Mapping[str, float], tags: Mapping[str, str],
+                 profile: TrainingProfile | None = None) -> LoggedRef:
+    """Log the twin (skops) with the reference sample (and the training profile), as a
+    LoggedModel of ``run_id``."""
     import mlflow.sklearn
 
     # In the dtype of the twin's centers: `mlflow models serve` casts requests to the
     # signature's types, and scikit-learn predicts only rows of the centers' float width.
     signature, example = _signature(sample, feature_names, input_dtype(twin))
     centers = np.asarray(twin.cluster_centers_)
-    twin = without_training_labels(twin)
+    # The training columns' names ride with the twin: it predicts DataFrames without warning
+    # and refuses other columns, like a model fitted on a frame (a copy: the caller's model,
+    # perhaps the native one itself, keeps predicting unnamed arrays).
+    twin = with_feature_names(without_training_labels(twin), feature_names)
 
     def save(local: str, mlmodel: Any) -> dict[str, str]:
         mlflow.sklearn.save_model(
@@ -92,7 +101,10 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
             input_example=example,
             pip_requirements=sklearn_requirements(),
         )
+        flavor.serve_with_toolkit(mlmodel, local)  # pyfunc/serve through the checked loader
         stable.save_reference(local, sample)  # before the manifest is taken: it covers the file
+        if profile is not None:
+            save_profile(local, profile)
         return {integrity.FORMAT_TAG: flavor.SKOPS, integrity.CLASS_TAG: class_key(twin),
                 integrity.SHAPE_TAG: f"{centers.shape[0]}x{centers.shape[1]}"}
 
@@ -102,6 +114,9 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
 
 
 def _names_for(feature_names: list[str], n_features: int) -> list[str]:
+    """The models' column names: the dataset's (``x0..x{d-1}`` for blobs, the files' columns,
+    a bundled dataset's own names), else ``x0..x{d-1}`` -- scikit-learn's own default names
+    (``get_feature_names_out``) -- when none are known or they do not match the width."""
     if feature_names and len(feature_names) == n_features:
         return [str(n) for n in feature_names]
     return [f"x{i}" for i in range(n_features)]
@@ -162,6 +177,7 @@ def log_and_register(
     metrics: Mapping[str, float] | None = None,
     native_serialization: str = flavor.KMEANS_NPY,
     stable_labels: bool = True,
+    profile: TrainingProfile | None = None,
 ) -> Registered:
     """Log both models on ``run_id`` as LoggedModels and register them, linked, with aliases.
 
@@ -184,6 +200,10 @@ def log_and_register(
             reorder both models first so matched clusters keep its IDs (``stable.*`` tags).
             The first ``stable.MAX_REFERENCE_ROWS`` rows of ``sample`` are stored with each
             model as its reference sample.
+        profile: the fit's training profile (cluster shares and distance histogram,
+            :mod:`toolkit.monitoring.profile`) in the fit's own cluster order; reordered with the
+            clusters and stored with both models as ``monitoring/profile.json``.  None: computed
+            from ``sample``.
 
     Raises:
         ModelError: the twin disagrees with the native model (nothing of the twin is
@@ -199,6 +219,8 @@ def log_and_register(
             # Reordered copies, before anything is logged: the registered files are never rewritten.
             st = stable.stabilize(native_model, twin, champion, sample)
             native_model, twin, stable_tags = st.native, st.twin, st.tags
+            if profile is not None and st.matching is not None:  # the profile follows the IDs
+                profile = profile.reorder(st.matching.order)
         except ModelError as exc:
             # A champion that cannot be read (registered by an older kmeans-lifecycle, or failing
             # its integrity check) must not block the registration that replaces it: the IDs stay
@@ -211,13 +233,22 @@ def log_and_register(
     model_metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "twin_agreement": agreement}
     signature, example = _signature(sample, names)
     lm_tags = {"backend": backend}
-    # The reference sample goes in with the files, before the checksums: never added later.
+    if profile is None:
+        profile = build_profile(sample, None, native_model.cluster_centers_,
+                                source=f"registration sample ({len(sample)} rows)")
+
+    def extras(local: str) -> None:
+        # The reference sample and the training profile go in with the files, before the
+        # checksums: never added later.
+        stable.save_reference(local, sample)
+        save_profile(local, profile)
+
     native = flavor.log_model(native_model, run_id, NATIVE_PATH, metrics=model_metrics, tags=lm_tags,
-                              check_sample=sample, extra_files=lambda local: stable.save_reference(local, sample),
+                              check_sample=sample, extra_files=extras,
                               backend=backend, signature=signature, input_example=example,
-                              serialization=native_serialization)
+                              serialization=native_serialization, feature_names=names)
     twin_ok = agreement == 1.0
-    sk = _log_sklearn(twin, run_id, sample, names, model_metrics, lm_tags) if twin_ok else None
+    sk = _log_sklearn(twin, run_id, sample, names, model_metrics, lm_tags, profile) if twin_ok else None
     log_tags(run_id, {"twin.equivalent": str(twin_ok), "twin.agreement": f"{agreement:.6f}"})
     c = client()
     if sk is not None:  # each LoggedModel names the other, as the versions do

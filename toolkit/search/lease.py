@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import Any
 
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, option_hint
 
 __all__ = ["LEASE_INTERVAL_S", "DriverLease", "lease_name"]
 
@@ -115,7 +115,7 @@ class DriverLease:
             if alive:
                 raise ConfigError(
                     f"study {self.study_name!r} is being run by another live search ({_describe(info)})",
-                    "wait for it to finish, stop it, or start a new search (resume=false)",
+                    f"wait for it to finish, stop it, or start a new search ({option_hint('resume', 'false')})",
                 )
         try:
             self._lease_id = self.storage.create_new_study([StudyDirection.MINIMIZE],

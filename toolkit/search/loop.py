@@ -19,9 +19,10 @@ import numpy as np
 from toolkit.config import ExperimentConfig, ModelConfig
 from toolkit.console import progress
 from toolkit.data import Dataset
-from toolkit.errors import first_line
+from toolkit.errors import first_line, option_hint
 from toolkit.redact import redact
 from toolkit.search import record
+from toolkit.search.objectives import objective_names, trial_values
 from toolkit.search.resume import remember
 from toolkit.search.space import model_for, suggest, trial_model
 from toolkit.search.trials import INFRASTRUCTURE_ATTR, TrialResult, TrialRunner
@@ -147,7 +148,7 @@ def _write_error(exc: BaseException) -> BaseException:
     line = first_line(exc)
     return ToolkitError(
         redact(f"cannot write a trial's run to the tracking store {tracking_uri()}: {type(exc).__name__}: {line}"),
-        "fix the store (permissions, disk space), then rerun with resume=true: the trials already "
+        f"fix the store (permissions, disk space), then rerun with {option_hint('resume', 'true')}: the trials already "
         "computed are kept in the Optuna study and their runs are written then",
     )
 
@@ -188,7 +189,7 @@ def in_flight_target(runner: TrialRunner, prefetch: int | str, rows: list[dict[s
 def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: TrialLoop, n_to_run: int) -> None:
     from optuna.trial import TrialState
 
-    objective = cfg.search.objective
+    names = objective_names(cfg.search)  # one, or several for a multi-objective study
     in_flight: dict[int, Any] = {}
     asked = finished = 0
 
@@ -198,7 +199,7 @@ def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: Tr
         while asked < n_to_run and runner.pending() + len(batch) < in_flight_target(
                 runner, cfg.search.prefetch, loop.rows, n_to_run - asked):
             trial = study.ask()
-            params = trial_model(cfg.model, suggest(trial, cfg.search), trial.number)
+            params = trial_model(cfg.model, suggest(trial, cfg.search), trial.number, cfg.search.seed_policy)
             in_flight[trial.number] = trial
             batch.append((trial.number, params))
             asked += 1
@@ -212,17 +213,17 @@ def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: Tr
         told = []
         for res in runner.results():
             trial = in_flight.pop(res.key)
-            value = res.metrics.get(objective) if res.ok else None
-            if value is not None and not math.isfinite(value):
-                res.error = res.error or f"objective {objective} is undefined (NaN) for this clustering"
-                value = None
+            values, why = trial_values(res, names) if res.ok else (None, None)
+            if res.ok and values is None:
+                res.error = why
+            value = values[0] if values else None  # the first objective stands for the trial
             if value is None:
                 if res.infra:  # lost with a worker, retries spent: a resume runs it again
                     trial.set_user_attr(INFRASTRUCTURE_ATTR, True)
                 study.tell(trial, state=TrialState.FAIL)
             else:
                 remember(trial, res)
-                study.tell(trial, value)
+                study.tell(trial, values if len(values) > 1 else value)
             told.append((res, value, trial))
         fill()  # workers start the next trials while the driver writes MLflow runs
         for res, value, trial in told:

@@ -33,9 +33,22 @@ __all__ = [
 ]
 
 
-def trial_run_name(study_name: str, number: int) -> str:
-    """Predictable child run names: ``<study>-trial-007``."""
-    return f"{study_name}-trial-{number:03d}"
+def trial_run_name(number: int, params: Mapping[str, Any]) -> str:
+    """A child run's name says what the trial tried: ``k=6 k-means++ #007``.
+
+    The MLflow UI's runs table shows only the first 15-20 characters of a nested run's name,
+    so the study name (already the parent's name, one level up) is left out and the two
+    choices that shape a clustering most come first, then the trial number (the full name is
+    the run page's title).  Other varied settings are the run's params.  Nothing looks a
+    trial's run up by this name: a resume finds it by its ``optuna.trial_number`` tag.
+    """
+    parts = []
+    if params.get("n_clusters") is not None:
+        parts.append(f"k={params['n_clusters']}")
+    if params.get("init") is not None:
+        parts.append(str(params["init"]))
+    parts.append(f"#{number:03d}")
+    return " ".join(parts)
 
 
 def log_trial_run(
@@ -73,7 +86,7 @@ def log_trial_run(
     }
     if error:
         all_tags["error"] = redact(error)[:4000]
-    run = _create_once(c, exp_id, started, all_tags, trial_run_name(study_name, number))
+    run = _create_once(c, exp_id, started, all_tags, trial_run_name(number, params))
     run_id = run.info.run_id
     try:
         now = int(finished * 1000)

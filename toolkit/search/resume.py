@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.config import ExperimentConfig
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, option_hint
 from toolkit.redact import redact
 from toolkit.search import record
 from toolkit.search.space import trial_model
@@ -126,7 +126,7 @@ def _backfill_children(cfg: ExperimentConfig, study: Any, parent_run_id: str, lo
         finished = kept.get("finished") or _end_of(t)
         metrics = {**kept.get("metrics", {}), **({"objective": t.value} if ok else {})}
         centers = np.asarray(kept["centers"]) if kept.get("centers") is not None else None
-        params = trial_model(cfg.model, t.params, t.number).model_dump()
+        params = trial_model(cfg.model, t.params, t.number, cfg.search.seed_policy).model_dump()
         record.log_trial_run(
             parent_run_id, study.study_name, t.number, params, metrics,
             {"backend": cfg.backend, "trial.backfilled": "true", "trial.worker": kept.get("worker", "")},
@@ -149,7 +149,7 @@ def resume_target(study: Any, study_name: str) -> str | None:
         raise ConfigError(
             f"study {study_name!r} belongs to parent run {parent}, which is not in the tracking store "
             f"{redact(tracking_uri())} (the study was made against {where})",
-            "resume against that store, or start a new search (resume=false)",
+            f"resume against that store, or start a new search ({option_hint('resume', 'false')})",
         )
     return parent
 

@@ -30,11 +30,20 @@ from toolkit.config import ExperimentConfig
 from toolkit.console import say
 from toolkit.data import Dataset, load_dataset
 from toolkit.errors import ConfigError
-from toolkit.metrics import METRIC_DIRECTIONS
 from toolkit.redact import redact
+from toolkit.search import record
 from toolkit.search import resume as repair
 from toolkit.search.loop import TrialLoop, cv_loop, optuna_loop
-from toolkit.search.space import check_space, model_for
+from toolkit.search.objectives import (
+    CHOSEN_TAG,
+    choose,
+    directions,
+    is_multi,
+    objective_names,
+    pareto_figure,
+    search_metrics,
+)
+from toolkit.search.space import check_space, model_for, trial_model
 from toolkit.search.study import PARENT_ATTR, STORE_ATTR, open_study
 from toolkit.search.summary import baseline_ari, best_trial, log_loop_timing, summarise
 from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, TrialRunner
@@ -104,12 +113,14 @@ def search(
     cls.check_available()
     mode = _mode(cfg, cls)
     shared_writer().start()  # the child-run writer's imports overlap the cluster start and data loading
-    direction = METRIC_DIRECTIONS[cfg.search.objective]
+    # One direction per objective; the first objective's is the search's (best_value, plots).
+    dirs = directions(cfg.search)
+    direction = dirs[0]
     use_optuna = cfg.search.strategy == "optuna" or cfg.backend != "sklearn"
 
     study, resumed, lease, parent_to_resume = None, False, None, None
     if use_optuna:
-        study, resumed, lease = open_study(cfg, direction)
+        study, resumed, lease = open_study(cfg, dirs if is_multi(cfg.search) else direction)
         study_name = study.study_name
     else:
         study_name = f"{cfg.name}-{cfg.backend}-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -118,9 +129,12 @@ def search(
             parent_to_resume = repair.resume_target(study, study_name)
             repair.fold_launcher_run(parent_to_resume, study_name)
         tags = {"entry_point": "search", "search.study_name": study_name, "search.strategy": cfg.search.strategy,
-                "search.objective": cfg.search.objective, "search.direction": direction,
+                "search.objective": objective_names(cfg.search)[0], "search.direction": direction,
+                **({"search.objectives": ",".join(objective_names(cfg.search)), "search.directions": ",".join(dirs)}
+                   if is_multi(cfg.search) else {}),
                 "search.parallelism": mode, "config": str(cfg.source_path)}
-        with tracked_run(cfg.experiment_name, study_name, tags, resume_run_id=parent_to_resume) as parent:
+        with tracked_run(cfg.experiment_name, study_name, tags, resume_run_id=parent_to_resume,
+                         system_metrics=cfg.tracking.system_metrics) as parent:
             if study is not None:
                 study.set_user_attr(PARENT_ATTR, parent)
                 study.set_user_attr(STORE_ATTR, redact(tracking_uri()))
@@ -133,7 +147,7 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
                    direction: str, backend: KMeansBackend, dclient: Any,
                    on_best: Callable[..., None] | None, register: bool) -> SearchOutcome:
     """Steps 3-5 inside the parent run, on a started backend."""
-    objective = cfg.search.objective
+    objective = objective_names(cfg.search)[0]
     log_tags(parent, tags_for(backend, client_info(dclient) if dclient else None))
     dataset = load_dataset(cfg.data)
     if not resumed:
@@ -172,7 +186,10 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     loop.close()
     log_loop_timing(parent, loop, time.perf_counter() - t_loop)
     counts = summarise(cfg, loop, parent, study, cv)
-    best_params, best_value = best_trial(study, loop, direction)
+    if is_multi(cfg.search):
+        best_params, best_value = _chosen_on_front(cfg, study, loop, parent)
+    else:
+        best_params, best_value = best_trial(study, loop, direction)
     if best_params is None:
         raise ConfigError(
             f"no trial of {study_name} finished ({counts['failed']} failed); see the child runs' error tags",
@@ -193,7 +210,7 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     if cfg.search.refit and improved:
         best_model = model_for(cfg.model, {k: v for k, v in best_params.items() if k != "random_state"},
                                seed=best_params.get("random_state"))
-        fit, metrics = fit_and_score(backend, X, best_model, cfg.metrics, dataset.y)
+        fit, metrics = fit_and_score(backend, X, best_model, search_metrics(cfg), dataset.y)
         log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model")
         outcome.best_fit, outcome.best_metrics = fit, metrics
     if dataset.y is not None and not dataset.is_lazy:
@@ -215,9 +232,29 @@ def _runner(cfg: ExperimentConfig, mode: str, backend: KMeansBackend, dclient: A
             X: Any) -> TrialRunner:
     if mode == "trial":
         # Workers get host data and place it themselves (a GPU worker on its own GPU).
-        return TrialParallelRunner(dclient, cfg.backend, _host(dataset), dataset.y, cfg.metrics)
+        return TrialParallelRunner(dclient, cfg.backend, _host(dataset), dataset.y, search_metrics(cfg))
     # With the dataset, it places the data again after a lost worker.
-    return DataParallelRunner(backend, X, dataset.y, cfg.metrics, dataset=dataset)
+    return DataParallelRunner(backend, X, dataset.y, search_metrics(cfg), dataset=dataset)
+
+
+def _chosen_on_front(cfg: ExperimentConfig, study: Any, loop: TrialLoop,
+                     parent: str) -> tuple[dict[str, Any] | None, float]:
+    """Multi-objective: the trial of the Pareto front to refit and register (its full params
+    and first objective), with the front plotted and the choice tagged on the parent."""
+    names, dirs = objective_names(cfg.search), directions(cfg.search)
+    chosen, reason, front = choose(study, names, dirs)
+    if chosen is None:
+        return None, float("nan")
+    record.log_figure(parent, pareto_figure(study, names, dirs, front, chosen), "pareto_front.png")
+    log_tags(parent, {CHOSEN_TAG: f"{chosen.number}: {reason}"})
+    log_metrics(parent, {"pareto_front_size": float(len(front)),
+                         **{f"chosen_{n}": float(v) for n, v in zip(names, chosen.values, strict=True)}})
+    row = next((r for r in loop.rows if r["number"] == chosen.number and r["value"] is not None), None)
+    if row is not None:
+        params = {k[len("params_"):]: v for k, v in row.items() if k.startswith("params_")}
+    else:
+        params = trial_model(cfg.model, chosen.params, chosen.number, cfg.search.seed_policy).model_dump()
+    return params, float(chosen.values[0])
 
 
 def _best_model_value(parent: str) -> float | None:

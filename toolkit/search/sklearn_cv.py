@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.config import ExperimentConfig
-from toolkit.metrics import METRIC_DIRECTIONS
-from toolkit.names import BACKEND_FACTS, LABEL_METRICS
+from toolkit.config import ExperimentConfig, MetricsConfig
+from toolkit.metrics import METRIC_DIRECTIONS, resampling_metrics
+from toolkit.names import BACKEND_FACTS, LABEL_METRICS, RESAMPLING_METRICS
 
 __all__ = ["ClusterScorer", "run_cv_search"]
 
@@ -23,10 +23,12 @@ class ClusterScorer:
     Minimised metrics (Davies-Bouldin) are negated; :meth:`natural` undoes that for reporting.
     """
 
-    def __init__(self, objective: str, sample: int = 2_000, seed: int = 0) -> None:
+    def __init__(self, objective: str, sample: int = 2_000, seed: int = 0,
+                 metrics: MetricsConfig | None = None) -> None:
         self.objective = objective
         self.sample = sample
         self.seed = seed
+        self.metrics = metrics or MetricsConfig(seed=seed)
         self.sign = 1.0 if METRIC_DIRECTIONS[objective] == "maximize" else -1.0
 
     def __call__(self, estimator: Any, X: Any, y: Any = None) -> float:
@@ -36,6 +38,8 @@ class ClusterScorer:
         labels = estimator.predict(X)
         if self.objective in LABEL_METRICS:
             return float(skm.adjusted_rand_score(y, labels))
+        if self.objective in RESAMPLING_METRICS:
+            return self._resampled(estimator, X)
         if len(np.unique(labels)) < 2:
             return float("nan")
         if self.objective == "silhouette":
@@ -46,6 +50,20 @@ class ClusterScorer:
         else:
             value = skm.calinski_harabasz_score(X, labels)
         return self.sign * float(value)
+
+    def _resampled(self, estimator: Any, X: np.ndarray) -> float:
+        """Stability or prediction strength of the fold's configuration on its held-out rows:
+        clones of the estimator refitted with other seeds, as a trial of the Optuna path does."""
+        from sklearn.base import clone
+
+        def fit_centers(rows: np.ndarray, seed: int) -> np.ndarray:
+            return clone(estimator).set_params(random_state=seed).fit(rows).cluster_centers_
+
+        m = self.metrics
+        values = resampling_metrics(X, fit_centers, resamples=m.stability_resamples,
+                                    fraction=m.stability_fraction, sample=m.stability_sample,
+                                    seed=m.seed, model_seed=int(estimator.get_params()["random_state"] or 0))
+        return self.sign * values[self.objective]
 
     def natural(self, score: float) -> float:
         return self.sign * float(score)
@@ -81,7 +99,7 @@ def run_cv_search(cfg: ExperimentConfig, X: np.ndarray, y: np.ndarray | None, cl
     from toolkit.backends.scikit import sklearn_estimator
     from toolkit.search.space import grid_values
 
-    scorer = ClusterScorer(cfg.search.objective, cfg.metrics.silhouette_sample, cfg.metrics.seed)
+    scorer = ClusterScorer(cfg.search.objective, cfg.metrics.silhouette_sample, cfg.metrics.seed, cfg.metrics)
     cv = KFold(n_splits=cfg.search.cv, shuffle=True, random_state=cfg.search.seed)
     base = sklearn_estimator(cfg.model)
     common = {"scoring": scorer, "cv": cv, "refit": False, "error_score": np.nan, "n_jobs": -1,

@@ -10,7 +10,7 @@ from typing import Any
 
 from toolkit.config import FloatRange, ModelConfig, SearchConfig, check_space_settings
 from toolkit.errors import ConfigError
-from toolkit.names import HYPERPARAMETERS, INTERNAL_METRICS, LABEL_METRICS
+from toolkit.names import HYPERPARAMETERS, INTERNAL_METRICS, LABEL_METRICS, RESAMPLING_METRICS
 
 __all__ = ["check_space", "grid_values", "model_for", "suggest", "trial_model"]
 
@@ -38,16 +38,19 @@ def check_space(search: SearchConfig, backend: Any, n_samples: int, has_labels: 
             f"search.space.n_clusters.high={space.n_clusters.high} exceeds the {n_samples} samples",
             f"set search.space.n_clusters.high <= {n_samples}",
         )
-    if space.n_clusters.low < 2 and search.objective in INTERNAL_METRICS:
-        raise ConfigError(
-            f"objective {search.objective} needs at least 2 clusters but search.space.n_clusters.low=1",
-            "set search.space.n_clusters.low >= 2",
-        )
-    if search.objective in LABEL_METRICS and not has_labels:
-        raise ConfigError(
-            f"objective {search.objective} needs ground-truth labels, which this data has none of",
-            f"use {', '.join(INTERNAL_METRICS[:-1])} or {INTERNAL_METRICS[-1]}, or set data.label_column",
-        )
+    # Every objective of a multi-objective search too (search.objectives).
+    for objective in search.objectives or [search.objective]:
+        # Stability is trivially 1 with one cluster: it needs 2 like the internal metrics.
+        if space.n_clusters.low < 2 and objective in (*INTERNAL_METRICS, *RESAMPLING_METRICS):
+            raise ConfigError(
+                f"objective {objective} needs at least 2 clusters but search.space.n_clusters.low=1",
+                "set search.space.n_clusters.low >= 2",
+            )
+        if objective in LABEL_METRICS and not has_labels:
+            raise ConfigError(
+                f"objective {objective} needs ground-truth labels, which this data has none of",
+                f"use {', '.join(INTERNAL_METRICS[:-1])} or {INTERNAL_METRICS[-1]}, or set data.label_column",
+            )
 
 
 def _float_choice(trial: Any, name: str, spec: Any) -> float:
@@ -112,11 +115,16 @@ def model_for(base: ModelConfig, params: dict[str, Any], seed: int | None = None
     return ModelConfig.model_validate({**base.model_dump(), **update})
 
 
-def trial_model(base: ModelConfig, params: dict[str, Any], number: int) -> ModelConfig:
-    """The model of trial ``number``: ``params`` on ``base``, seeded ``base.random_state + number``.
+def trial_model(base: ModelConfig, params: dict[str, Any], number: int,
+                seed_policy: str = "fixed") -> ModelConfig:
+    """The model of trial ``number``: ``params`` on ``base``, seeded by ``search.seed_policy``.
 
+    ``fixed``: ``base.random_state`` for every trial, so two trials differ only in their
+    parameters and the winner is not the luckiest seed (the same parameters give the same
+    value).  ``per_trial``: ``base.random_state + number``.
     The one place the per-trial seed is decided: the loop, the resume's backfill and the refit
     of a best trial found before a resume must agree on it.
     """
+    offset = number if seed_policy == "per_trial" else 0
     return model_for(base, {k: v for k, v in params.items() if k != "random_state"},
-                     seed=base.random_state + number)
+                     seed=base.random_state + offset)

@@ -32,7 +32,7 @@ import re
 from typing import Any
 
 from toolkit.config import ExperimentConfig, env_flag
-from toolkit.errors import ConfigError, first_line
+from toolkit.errors import ConfigError, first_line, option_hint
 from toolkit.redact import expand_env, redact
 from toolkit.search.lease import DriverLease
 
@@ -182,7 +182,7 @@ def _names(storage: Any, base: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def open_study(cfg: ExperimentConfig, direction: str) -> tuple[Any, bool, DriverLease]:
+def open_study(cfg: ExperimentConfig, direction: str | list[str]) -> tuple[Any, bool, DriverLease]:
     """Create a new study, or with ``search.resume`` load the newest one.
 
     Returns ``(study, resumed, lease)``: the caller holds ``lease`` (one driver per study) until
@@ -205,11 +205,17 @@ def open_study(cfg: ExperimentConfig, direction: str) -> tuple[Any, bool, Driver
         try:
             n_done = len(optuna.load_study(study_name=name, storage=storage).trials)
             study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, n_done))
+            if len(study.directions) > 1:  # made by search.objectives: its trials have no one value
+                raise ConfigError(
+                    f"study {name!r} is a multi-objective study (search.objectives); resuming one is "
+                    "not supported",
+                    f"start a new search ({option_hint('resume', 'false')})",
+                )
             if study.direction.name.lower() != direction:
                 raise ConfigError(
                     f"study {name!r} was created to {study.direction.name.lower()} but the objective "
                     f"{cfg.search.objective} needs {direction}",
-                    "resume with the same objective, or start a new search (resume=false)",
+                    f"resume with the same objective, or start a new search ({option_hint('resume', 'false')})",
                 )
         except BaseException:
             lease.release()
@@ -220,7 +226,10 @@ def open_study(cfg: ExperimentConfig, direction: str) -> tuple[Any, bool, Driver
     for _ in range(50):
         name = base if not existing else f"{base}-{existing[-1][0] + 1}"
         try:
-            study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+            # A list: one direction per objective, an Optuna multi-objective study
+            # (search.objectives; the config refuses to resume one).
+            how = {"directions": direction} if isinstance(direction, list) else {"direction": direction}
+            study = optuna.create_study(study_name=name, storage=storage, **how,
                                         sampler=_sampler(cfg, 0))
         except DuplicatedStudyError:
             existing = _names(storage, base)

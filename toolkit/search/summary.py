@@ -15,7 +15,7 @@ from toolkit.search.loop import TrialLoop
 from toolkit.search.space import trial_model
 from toolkit.tracking import log_metrics, log_tags
 
-__all__ = ["baseline_ari", "best_trial", "log_loop_timing", "summarise"]
+__all__ = ["SYSTEM_PREFIX", "baseline_ari", "best_trial", "log_loop_timing", "summarise"]
 
 
 def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | None, cv: Any | None) -> dict[str, int]:
@@ -33,16 +33,16 @@ def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | 
             "failed": sum(t.state == TrialState.FAIL for t in trials),
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         }
-        values = [t.value for t in sorted(trials, key=lambda t: t.number) if t.state == TrialState.COMPLETE]
+        # t.values[0]: the first objective (a multi-objective trial has no single t.value).
+        values = [t.values[0] for t in sorted(trials, key=lambda t: t.number) if t.state == TrialState.COMPLETE]
         table = pd.DataFrame(
-            [{"number": t.number, "state": t.state.name, "value": t.value,
-              **{f"params_{k}": v for k, v in t.params.items()}} for t in trials]
+            [{"number": t.number, "state": t.state.name, "value": t.values[0] if t.values else None,
+              **{f"params_{k}": v for k, v in t.params.items()}}
+             for t in sorted(trials, key=lambda t: t.number)]
         )
         try:
-            import optuna
-
             if counts["complete"] >= 2:
-                imp = optuna.importance.get_param_importances(study)
+                imp = _importances(study)
                 if imp:
                     record.log_figure(parent, importance_plot(imp), "param_importance.png")
                     log_metrics(parent, {f"importance.{k}": v for k, v in imp.items()})
@@ -60,7 +60,8 @@ def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | 
     if values:
         record.log_figure(parent, history_plot(values, loop.direction, cfg.search.objective),
                           "optimization_history.png")
-    record.log_table(parent, rows, "trials.csv")
+    # By trial number, as the study numbers them (``loop.rows`` is in the order trials ended).
+    record.log_table(parent, sorted(rows, key=lambda r: r["number"]), "trials.csv")
     if study is not None:
         record.log_table(parent, table, "study_trials.csv")
     # Elbow: the best objective and its inertia for each n_clusters tried.
@@ -78,6 +79,22 @@ def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | 
                                              cfg.search.objective), "elbow.png")
     log_metrics(parent, {f"trials_{k}": v for k, v in counts.items()})
     return counts
+
+
+def _importances(study: Any) -> dict[str, float]:
+    """Optuna's parameter importances; of a multi-objective study, for its first objective."""
+    import warnings
+
+    import optuna
+
+    if len(study.directions) == 1:
+        return optuna.importance.get_param_importances(study)
+    # Optuna's default evaluator ranks what makes the target *low*, and warns whenever a target
+    # is given: the first objective, negated when it is maximised, and the warning is expected.
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*computes the importances of params to achieve low")
+        return optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
 
 
 def baseline_ari(dataset: Dataset, seed: int) -> float:
@@ -103,7 +120,8 @@ def best_trial(study: Any, loop: TrialLoop, direction: str) -> tuple[dict[str, A
         if match:
             row = match[0]
         else:  # best trial ran before a resume: rebuild its params from the study
-            return trial_model(loop.cfg.model, best.params, best.number).model_dump(), float(best.value)
+            model = trial_model(loop.cfg.model, best.params, best.number, loop.cfg.search.seed_policy)
+            return model.model_dump(), float(best.value)
     else:
         if not rows:
             return None, math.nan
@@ -114,10 +132,18 @@ def best_trial(study: Any, loop: TrialLoop, direction: str) -> tuple[dict[str, A
 
 
 
+#: Prefix of the toolkit's own timing figures on a search's parent run.  The MLflow UI puts
+#: ``system/`` metrics in a section of their own (beside the CPU and memory samples of
+#: :mod:`toolkit.tracking.system`), away from the objective and the model's metrics.
+SYSTEM_PREFIX = "system/"
+
+
 def log_loop_timing(parent: str, loop: TrialLoop, loop_seconds: float) -> None:
     """The loop's wall time and the median per-trial overhead (scheduling + child-run write)."""
     overheads = [r["overhead_s"] for r in loop.rows if r.get("overhead_s") is not None]
     schedule = [r["schedule_s"] for r in loop.rows if r.get("schedule_s") is not None]
-    log_metrics(parent, {"search_seconds": loop_seconds,
-                         **({"trial_overhead_median_s": float(np.median(overheads)),
-                             "trial_schedule_median_s": float(np.median(schedule))} if overheads else {})})
+    figures = {"search_seconds": loop_seconds}
+    if overheads:
+        figures["trial_overhead_median_s"] = float(np.median(overheads))
+        figures["trial_schedule_median_s"] = float(np.median(schedule))
+    log_metrics(parent, {SYSTEM_PREFIX + k: v for k, v in figures.items()})

@@ -240,6 +240,7 @@ def _worker_trial(
 
 
 def _warm_up(backend_name: str) -> None:
+    import sklearn.cluster  # noqa: F401 - imported by the first fit otherwise: ~2.7 s inside fit_seconds
     import threadpoolctl  # noqa: F401
 
     import toolkit.train  # noqa: F401

@@ -3,6 +3,12 @@
 The output keeps the input's rows in order and its index, adds a ``label`` column, and is
 written to a temporary directory that is renamed into place only when every partition
 succeeded, so a failure leaves nothing behind.
+
+While the labels are written, the same pass gathers the drift statistics (cluster shares and
+distance-to-centre histograms, :mod:`toolkit.monitoring.profile`): one small ``k x bins``
+result per partition, computed on the worker that holds it and added up on the driver.  The
+write and the statistics are computed together, from one graph, so the files are read (and
+predicted) once: :func:`scoring_plan` builds both.
 """
 
 from __future__ import annotations
@@ -10,12 +16,92 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
-from toolkit.data import _expand, _format_of, read_table
-from toolkit.errors import DataError
+import numpy as np
 
-__all__ = ["score_files"]
+from toolkit.data import _expand, _format_of, read_table
+from toolkit.errors import DataError, option_hint
+
+__all__ = ["ScoringPlan", "score_files", "scoring_plan"]
+
+#: The column batch scoring adds.
+LABEL = "label"
+
+
+@dataclass
+class ScoringPlan:
+    """The lazy work of one scoring job: the write and, when monitored, the statistics.
+
+    Attributes:
+        write: the lazy ``to_parquet`` of the scored frame into ``tmp``.
+        stats_parts: one :func:`toolkit.monitoring.profile.frame_stats` result per partition
+            (a lazy object Series of ``ClusterStats``), or None when drift statistics are off or cannot be computed.
+        edges: the histogram's fixed edges (the profile's when the model has one).
+        profile: the model's training profile, or None.
+        note: why there are no statistics, when there are none.
+        npartitions: partitions of the scored frame.
+        n_clusters: the model's ``k`` (0 without statistics).
+    """
+
+    write: Any
+    stats_parts: Any = None
+    edges: np.ndarray | None = None
+    profile: Any = None
+    note: str = ""
+    npartitions: int = 0
+    n_clusters: int = 0
+
+
+def _centers_of(predictor: Any) -> np.ndarray | None:
+    from toolkit.convert import to_numpy
+
+    centers = getattr(getattr(predictor, "model", None), "cluster_centers_", None)
+    return None if centers is None else np.asarray(to_numpy(centers), dtype=np.float64)
+
+
+def _fallback_edges(centers: np.ndarray, bins: int) -> np.ndarray:
+    """Fixed edges for a model without a profile: scaled by a quarter of the median distance
+    between neighbouring centres (the order of a cluster's radius)."""
+    from toolkit.monitoring.profile import distance_edges
+
+    if len(centers) < 2:
+        return distance_edges(1.0, bins)
+    gaps = np.sqrt(((centers[:, None, :] - centers[None]) ** 2).sum(-1))
+    np.fill_diagonal(gaps, np.inf)
+    return distance_edges(float(np.median(gaps.min(axis=1))) / 4, bins)
+
+
+def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift: bool = True,
+                 bins: int | None = None) -> tuple[Any, ScoringPlan]:
+    """The scored frame of ``ddf`` (labels from ``predictor`` on the ``features`` columns) and
+    the lazy write into ``tmp`` and drift statistics, sharing one read of the input.
+    """
+    from toolkit.monitoring import profile as prof
+
+    labels = predictor.predict(ddf[features] if list(ddf.columns) != features else ddf)
+    scored = ddf.assign(**{LABEL: labels})
+    if scored.index.name is None:  # dask would write its placeholder "__null_dask_index__"
+        scored = scored.rename_axis("index")
+    plan = ScoringPlan(write=scored.to_parquet(tmp, write_index=True, compute=False),
+                       npartitions=scored.npartitions)
+    centers = _centers_of(predictor)
+    if not drift:
+        plan.note = "drift statistics off"
+    elif centers is None:
+        plan.note = "the model has no cluster_centers_"
+    elif LABEL in features:
+        plan.note = f"a feature column is named {LABEL!r} (the label column): no drift statistics"
+    else:
+        source = getattr(predictor, "source", None)
+        plan.n_clusters = len(centers)
+        plan.profile = prof.read_profile(getattr(source, "verified", None))
+        plan.edges = plan.profile.stats.edges if plan.profile is not None else _fallback_edges(
+            centers, bins or prof.DEFAULT_BINS)
+        plan.stats_parts = scored.map_partitions(prof.frame_stats, features, LABEL, centers, plan.edges,
+                                                 meta=prof.frame_stats_meta(), enforce_metadata=False)
+    return scored, plan
 
 
 def score_files(
@@ -25,15 +111,25 @@ def score_files(
     columns: list[str] | None = None,
     fmt: str = "auto",
     overwrite: bool = False,
+    drift: bool = True,
+    bins: int | None = None,
 ) -> dict[str, Any]:
     """Score every row of ``path`` (file, directory or glob) and write ``output`` (Parquet dir).
 
     ``predictor`` is a distributed predictor (:func:`toolkit.serving.load_predictor` given a
     client): CPU models predict pandas partitions on the workers, GPU models move them to the
     GPUs and return the labels on the input's index.
+
+    With ``drift`` (default) the same pass gathers the cluster shares and distance histograms
+    (on the fixed edges of the model's training profile, or of ``bins`` log-spaced bins when it
+    has none); they are returned as ``drift_stats`` (a
+    :class:`~toolkit.monitoring.profile.ClusterStats`, or None with the reason in
+    ``drift_note``) with the model's ``profile`` (None when it was registered without one),
+    for :func:`toolkit.monitoring.drift_report`.
     """
     if os.path.exists(output) and not overwrite:
-        raise DataError(f"output {output!r} already exists", "choose another path or pass --overwrite")
+        raise DataError(f"output {output!r} already exists",
+                        f"choose another path or pass {option_hint('overwrite', 'true')}")
     files = _expand(path)
     # Every column is read (and written back): ``columns`` only picks the features, so ids
     # and other non-feature columns stay beside the label.
@@ -42,21 +138,28 @@ def score_files(
         missing = [c for c in columns if c not in ddf.columns]
         if missing:
             raise DataError(f"{files[0]!r} has no column(s) {', '.join(missing)}; it has "
-                            f"{', '.join(map(str, ddf.columns))}", "fix --columns")
-    features = ddf[columns] if columns else ddf
-    labels = predictor.predict(features)
-    scored = ddf.assign(label=labels)
-    if scored.index.name is None:  # dask would write its placeholder "__null_dask_index__"
-        scored = scored.rename_axis("index")
+                            f"{', '.join(map(str, ddf.columns))}", f"fix {option_hint('columns')}")
+    features = list(columns) if columns else list(ddf.columns)
     parent = os.path.dirname(os.path.abspath(output)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".scoring-", dir=parent)
     try:
-        scored.to_parquet(tmp, write_index=True)
+        _, plan = scoring_plan(predictor, ddf, features, tmp, drift=drift, bins=bins)
+        # One compute for both: the graphs share the read and the predictions.
+        import dask
+
+        _, parts = dask.compute(plan.write, plan.stats_parts)
         if os.path.exists(output):
             shutil.rmtree(output)
         os.replace(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"files": len(files), "partitions": scored.npartitions, "output": output}
+    stats = None
+    if plan.stats_parts is not None:
+        from toolkit.monitoring.profile import stats_from_frame
+
+        stats = stats_from_frame(parts, plan.edges, plan.n_clusters)
+    return {"files": len(files), "partitions": plan.npartitions, "output": output, "drift_stats": stats,
+            "profile": plan.profile, "drift_note": plan.note}
+

@@ -23,8 +23,8 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from toolkit.cluster import block_rows, n_workers
-from toolkit.convert import input_dtype, to_numpy
-from toolkit.errors import DataError, ModelError
+from toolkit.convert import predict_labels
+from toolkit.errors import DataError, ModelError, option_hint
 from toolkit.registry.integrity import VerifiedModel
 
 __all__ = [
@@ -112,7 +112,7 @@ def _check_features(model: Any, n_features: int, where: str) -> None:
         expected = np.asarray(model.cluster_centers_).shape[1]
     if expected is not None and int(expected) != int(n_features):
         raise DataError(f"{where} has {n_features} feature column(s) but the model expects {expected}",
-                        "select the model's feature columns (data.columns / --columns)")
+                        f"select the model's feature columns (data.columns / {option_hint('columns')})")
 
 
 def _numeric_frame(frame: Any, where: str) -> None:
@@ -121,7 +121,7 @@ def _numeric_frame(frame: Any, where: str) -> None:
     bad = [str(c) for c, t in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
     if bad:
         raise DataError(f"{where} has non-numeric column(s): {', '.join(bad)}",
-                        "select numeric feature columns (--columns)")
+                        f"select numeric feature columns ({option_hint('columns')})")
 
 
 class LocalPredictor:
@@ -139,7 +139,8 @@ class LocalPredictor:
         if X.ndim != 2:
             raise DataError(f"input must be 2-D (rows x features), got shape {X.shape}", "reshape it")
         _check_features(self.model, X.shape[1], "input")
-        return to_numpy(self.model.predict(X.astype(input_dtype(self.model), copy=False))).astype(np.int32)
+        # predict_labels names the rows for a twin that knows its columns (no sklearn warning).
+        return predict_labels(self.model, X).astype(np.int32)
 
 
 class _ModelOnWorkers(WorkerPlugin):
@@ -172,8 +173,8 @@ def _worker_model(plugin_name: str) -> Any:
 
 def _predict_block(block: np.ndarray, plugin_name: str) -> np.ndarray:
     model = _worker_model(plugin_name)
-    X = np.asarray(block, dtype=np.float32).astype(input_dtype(model), copy=False)
-    return np.asarray(model.predict(X), dtype=np.int32)
+    X = np.asarray(block, dtype=np.float32)
+    return predict_labels(model, X).astype(np.int32)
 
 
 def _predict_frame(frame: Any, plugin_name: str) -> Any:
@@ -181,7 +182,7 @@ def _predict_frame(frame: Any, plugin_name: str) -> Any:
 
     if len(frame):
         model = _worker_model(plugin_name)
-        labels = model.predict(frame.to_numpy(dtype=np.float32).astype(input_dtype(model), copy=False))
+        labels = predict_labels(model, frame.to_numpy(dtype=np.float32))
     else:
         labels = np.empty(0, np.int32)
     return pd.Series(np.asarray(labels, dtype=np.int32), index=frame.index, name="label")
@@ -320,7 +321,11 @@ def load_predictor(uri: str | ModelSource, client: Any = None, scheduler_address
     if client is None and scheduler_address:
         from distributed import Client
 
+        from toolkit.workers import check_workers
+
         client = Client(scheduler_address, timeout="10s")
+        # The workers run the predictor's code: the same check as every cluster the toolkit joins.
+        check_workers(client, gpu=src.device == "gpu")
     if client is None:
         return LocalPredictor(model, src)
     if src.device == "gpu":  # pragma: no cover - needs a GPU

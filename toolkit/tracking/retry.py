@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, option_hint
 from toolkit.redact import redact
 
 __all__ = ["TIMEOUT_ENV", "TrackingUnavailableError", "call", "is_down", "is_transient", "mark_down", "unavailable"]
@@ -127,8 +127,8 @@ def reset(uri: str | None = None) -> None:
 def unavailable(uri: str, why: str) -> TrackingUnavailableError:
     return TrackingUnavailableError(
         f"the tracking store {redact(uri)} is not answering ({redact(why)})",
-        "start it again (or fix the network), then rerun with resume=true: trials already computed "
-        "are kept in the Optuna study and their runs are written then",
+        f"start it again (or fix the network), then rerun with {option_hint('resume', 'true')}: trials "
+        "already computed are kept in the Optuna study and their runs are written then",
     )
 
 

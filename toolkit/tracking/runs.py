@@ -203,11 +203,23 @@ def tracked_run(
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[str]:
-    """Start a run, yield its id, end it FINISHED, or FAILED (with the reason) on error."""
+    """Start a run, yield its id, end it FINISHED, or FAILED (with the reason) on error.
+
+    With ``system_metrics``, MLflow's CPU/memory/GPU samples are logged on the run while the
+    block runs (:mod:`toolkit.tracking.system`); the sampler is stopped before the run ends,
+    on every path.
+    """
+    from toolkit.tracking.system import monitored
+
+    resumed = bool(resume_run_id or (not parent_run_id and os.environ.get("MLFLOW_RUN_ID")))
     run_id = start_run(experiment, run_name, tags, parent_run_id, resume_run_id)
     try:
-        yield run_id
+        # Inside the try: the sampler stops (and has written its last step) before the run
+        # is ended below, so it never writes to an ended run nor outlives it.
+        with monitored(run_id, tracking_uri(), enabled=system_metrics, resume=resumed):
+            yield run_id
     except BaseException as exc:
         status_error = exc if not isinstance(exc, KeyboardInterrupt) else "interrupted (KeyboardInterrupt)"
         # Best effort: when the store itself is what failed (down, read-only), the error that

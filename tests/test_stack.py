@@ -1,0 +1,383 @@
+"""The production stack of README's "Scaling out", end to end, as real processes on loopback.
+
+PostgreSQL (a throwaway cluster in a temp dir, a role with a password), an ``mlflow server``
+storing runs in PostgreSQL and proxying artifacts (``mlflow-artifacts:/``), a ``dask scheduler``
+and two ``dask worker`` processes.  Through them, the README's commands as real ``mlflow run``
+subprocesses: a registered weaker model, a search (Optuna study in PostgreSQL, trials on the
+external workers), ``promote``, ``predict`` on the external cluster, and ``mlflow models serve``
+of the champion answering a real POST.  The PostgreSQL password must appear nowhere in the
+record or in any command's output.
+
+Every process is started in a session of its own and stopped by its own handle when the test
+ends, passed or failed.  Skipped where PostgreSQL's server binaries are missing (CI installs
+them: .ci/run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from _mlflow_run import mlflow_run, run_env
+from _records import children, running
+from _servers import free_port, stop, wait_ready
+from mlflow import MlflowClient
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The PostgreSQL role and databases of the README's recipe.
+ROLE = "kmeans"
+#: Small data: the stack is under test here, not the search.
+SMALL = "data.n_samples=2000 tracking.log_plot=false"
+EXPERIMENT = "blobs"
+NATIVE, TWIN = "blobs-kmeans", "blobs-kmeans-sklearn"
+
+
+def _pg_bindir() -> Path:
+    """The folder of PostgreSQL's server binaries (``initdb``, ``postgres``), or skip.
+
+    Debian keeps them off PATH, in ``/usr/lib/postgresql/<major>/bin``: the newest there, else
+    the folder of an ``initdb`` on PATH (other systems' packages).
+    """
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                    key=lambda p: int(re.sub(r"\D", "", Path(p).parents[1].name) or 0), reverse=True)
+    on_path = shutil.which("initdb")
+    for initdb in [*debian, *([on_path] if on_path else [])]:
+        folder = Path(initdb).parent
+        if all((folder / tool).is_file() for tool in ("postgres", "pg_isready", "psql", "createdb")):
+            return folder
+    pytest.skip("PostgreSQL server binaries (initdb, postgres) not found: apt-get install postgresql")
+
+
+def _run_as() -> dict[str, object]:
+    """Popen keywords to run PostgreSQL as a user it accepts: itself when not root; as root
+    (initdb and postgres refuse root) the ``postgres`` user of the Debian package."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("running as root, and there is no 'postgres' user to run PostgreSQL as")
+    return {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+
+def _tail(text: str | bytes | None, n: int = 4000) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return (text or "")[-n:]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without MLflow, Dask or libpq settings of the outer shell, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PG", "DASK_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Stack:
+    """Addresses of the running services and where their logs are."""
+
+    pg_port: int
+    password: str
+    tracking_uri: str
+    scheduler: str
+    artifacts: Path
+    workers: list[str] = field(default_factory=list)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+
+class _Processes:
+    """Started processes, each in a session of its own, stopped in reverse order on close."""
+
+    def __init__(self, stack: contextlib.ExitStack, logs: Path) -> None:
+        self._stack = stack
+        self._logs = logs
+        self.paths: dict[str, Path] = {}
+
+    def start(self, name: str, cmd: list[str], *, sig: int = signal.SIGTERM, **kwargs: object) -> subprocess.Popen:
+        log = self._logs / f"{name}.log"
+        self.paths[name] = log
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                    **kwargs)  # type: ignore[call-overload]
+        self._stack.callback(stop, proc, sig)  # registered at once: stopped even if a later step fails
+        return proc
+
+
+def _wait_for(check: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str, limit_s: float = 90.0) -> None:
+    """Poll ``check()`` until true (bounded), failing with the process's log otherwise."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{_tail(log.read_text())}")
+        if check():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} not ready after {limit_s:.0f} s:\n{_tail(log.read_text())}")
+
+
+def _start_postgres(procs: _Processes, es: contextlib.ExitStack, password: str) -> int:
+    """A PostgreSQL cluster in a temp dir on a free loopback port, with the README's role
+    ``kmeans`` (``password``) owning databases ``mlflow`` and ``optuna``; returns the port."""
+    bindir, run_as = _pg_bindir(), _run_as()
+    # Not under pytest's tmp_path: its folders are private to root, and the server may run as
+    # the postgres user, who must own its data folder.
+    base = Path(tempfile.mkdtemp(prefix="kmeans-stack-pg-"))
+    es.callback(shutil.rmtree, base, ignore_errors=True)
+    if run_as:
+        shutil.chown(base, "postgres", "postgres")
+    env = _clean_env(LC_ALL="C")
+    initdb = subprocess.run(
+        [str(bindir / "initdb"), "-D", str(base / "data"), "-U", "postgres", "-E", "UTF8", "--locale=C",
+         # The postgres superuser logs in over the socket in `base` (as `sudo -u postgres` does on
+         # a Debian install); everyone over TCP needs a password.
+         "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"],
+        cwd=base, env=env, capture_output=True, text=True, timeout=180, check=False, **run_as,  # type: ignore[call-overload]
+    )
+    if initdb.returncode != 0:
+        pytest.fail(f"initdb failed:\n{_tail(initdb.stdout)}{_tail(initdb.stderr)}")
+    port = free_port()
+    proc = procs.start(
+        "postgres",
+        [str(bindir / "postgres"), "-D", str(base / "data"), "-h", "127.0.0.1", "-p", str(port),
+         "-k", str(base),
+         # A throwaway cluster: no disk syncs (MLflow's schema migrations commit a lot).
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+        sig=signal.SIGINT,  # PostgreSQL's fast shutdown (SIGTERM waits for clients to leave)
+        cwd=base, env=env, **run_as,
+    )
+
+    def ready() -> bool:
+        return subprocess.run([str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, check=False, timeout=30).returncode == 0
+
+    _wait_for(ready, proc, procs.paths["postgres"], "postgres", limit_s=60)
+    # The README's set-up commands (there: sudo -u postgres on the packaged server).
+    conn = ["-h", str(base), "-p", str(port), "-U", "postgres"]
+    for cmd in (
+        [str(bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1", *conn,
+         "-c", f"CREATE ROLE {ROLE} LOGIN PASSWORD '{password}'"],
+        [str(bindir / "createdb"), *conn, "-O", ROLE, "mlflow"],
+        [str(bindir / "createdb"), *conn, "-O", ROLE, "optuna"],
+    ):
+        done = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=60, check=False,
+                              **run_as)  # type: ignore[call-overload]
+        if done.returncode != 0:
+            pytest.fail(f"{cmd[0]} failed:\n{done.stdout}{done.stderr}")
+    return port
+
+
+@pytest.fixture()
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """PostgreSQL, ``mlflow server`` on it, a Dask scheduler and two workers, all on loopback."""
+    pytest.importorskip("psycopg", reason='the PostgreSQL driver: pip install -e ".[test]" (or ".[postgres]")')
+    from distributed import Client
+
+    password = "pw-" + secrets.token_hex(12)  # unmistakable in any text it might leak into
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    start = time.monotonic()
+    with contextlib.ExitStack() as es:
+        procs = _Processes(es, logs)
+        pg_port = _start_postgres(procs, es, password)
+
+        # The tracking server reads the password from libpq's PGPASSWORD: not in its command line.
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        artifacts = tmp_path / "artifacts"
+        server = procs.start(
+            "mlflow-server",
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", f"postgresql+psycopg://{ROLE}@127.0.0.1:{pg_port}/mlflow",
+             "--artifacts-destination", str(artifacts), "--workers", "1"],
+            cwd=tmp_path, env=_clean_env(PGPASSWORD=password),
+        )
+
+        # The scheduler unpickles the task graphs and the workers run them: both import this
+        # checkout's toolkit, the one the drivers run (`python -m` from the repository root puts
+        # it first on sys.path), whatever copy is installed elsewhere.
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        dask_env = _clean_env(PYTHONPATH=path)
+        sport = free_port()
+        scheduler = f"tcp://127.0.0.1:{sport}"
+        sched = procs.start(
+            "dask-scheduler",
+            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(sport),
+             "--dashboard-address", "127.0.0.1:0"],
+            cwd=tmp_path, env=dask_env,
+        )
+        for i in (1, 2):
+            wdir = tmp_path / f"worker-{i}"
+            wdir.mkdir()
+            procs.start(
+                f"dask-worker-{i}",
+                [sys.executable, "-m", "dask", "worker", scheduler, "--host", "127.0.0.1",
+                 "--nworkers", "1", "--nthreads", "1", "--memory-limit", "2GiB",
+                 "--no-dashboard", "--local-directory", str(wdir)],
+                cwd=wdir, env=dask_env,
+            )
+
+        wait_ready(server, f"{url}/health", procs.paths["mlflow-server"], "mlflow server", limit_s=180)
+        _wait_for(lambda: _accepts(sport), sched, procs.paths["dask-scheduler"], "dask scheduler")
+        with Client(scheduler, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=120)
+            workers = sorted(c.scheduler_info()["workers"])
+        print(f"stack up: {time.monotonic() - start:.1f} s")
+        yield Stack(pg_port=pg_port, password=password, tracking_uri=url, scheduler=scheduler,
+                    artifacts=artifacts, workers=workers, logs=procs.paths)
+
+
+def _accepts(port: int) -> bool:
+    """Whether something listens on ``port`` of loopback."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _run(entry: str, params: Mapping[str, object], env: Mapping[str, str], outputs: list[str]) -> str:
+    """``mlflow run . -e entry`` against the stack; its output is kept for the password check."""
+    start = time.monotonic()
+    proc = mlflow_run(entry, params, env=env, experiment=EXPERIMENT, timeout=300)
+    print(f"{entry}: {time.monotonic() - start:.1f} s")  # shown with -s, or under a failure
+    outputs += [proc.stdout, proc.stderr]
+    assert proc.returncode == 0, f"{entry} failed:\n{_tail(proc.stdout)}\n{_tail(proc.stderr)}"
+    return proc.stdout + proc.stderr
+
+
+def _post(base: str, X: np.ndarray) -> np.ndarray:
+    body = {"dataframe_split": {"columns": ["x0", "x1"], "data": X.astype(float).tolist()}}
+    request = urllib.request.Request(f"{base}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return np.asarray(json.loads(resp.read())["predictions"])
+    except urllib.error.HTTPError as exc:
+        pytest.fail(f"/invocations answered {exc.code}: {exc.read()[:2000]!r}")
+
+
+def _record_texts(mlc: MlflowClient) -> list[str]:
+    """Everything the tracking store holds as text: params, tags of every run, model and version."""
+    texts: list[str] = []
+    exp_ids = [e.experiment_id for e in mlc.search_experiments()]
+    for r in mlc.search_runs(exp_ids, max_results=5000):
+        texts += [*r.data.params.values(), *r.data.tags.values(), r.info.run_name or ""]
+    for m in mlc.search_registered_models():
+        texts += [m.description or "", *m.tags.values()]
+        for v in mlc.search_model_versions(f"name = '{m.name}'"):
+            texts += [v.description or "", v.source or "", *v.tags.values()]
+    for lm in mlc.search_logged_models(exp_ids):
+        texts += [*lm.params.values(), *lm.tags.values()]
+    return texts
+
+
+# Seven processes and six commands: a few minutes on a loaded 2-core machine, so more than the
+# suite's default limit.
+@pytest.mark.timeout(900)
+def test_search_promote_predict_serve_on_the_stack(stack: Stack, tmp_path: Path) -> None:
+    import optuna
+    from sklearn.datasets import make_blobs
+
+    env = run_env(stack.tracking_uri)
+    for var in ("MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "DASK_SCHEDULER_ADDRESS"):
+        env.pop(var, None)
+    env["PGPASSWORD"] = stack.password
+    outputs: list[str] = []
+    mlc = MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)
+
+    # 1. A weak model is the champion (k=3 on 6 blobs): the search's model must beat it.
+    _run("train", {"n_clusters": 3, "register": "true", "overrides": SMALL}, env, outputs)
+    assert mlc.get_registered_model(NATIVE).aliases == {"champion": "1", "challenger": "1"}
+
+    # 2. The search: Optuna study in PostgreSQL (password by reference), trials on the workers.
+    storage = f"postgresql+psycopg://{ROLE}:${{PGPASSWORD}}@127.0.0.1:{stack.pg_port}/optuna"
+    _run("search", {"n_trials": 4, "storage": storage, "scheduler_address": stack.scheduler,
+                          "overrides": SMALL.replace(" tracking.log_plot=false", "")}, env, outputs)
+    exp_id = mlc.get_experiment_by_name(EXPERIMENT).experiment_id
+    (parent,) = mlc.search_runs([exp_id], "tags.`mlflow.project.entryPoint` = 'search'")
+    parent_id = parent.info.run_id
+    assert parent.info.status == "FINISHED"
+    assert parent.info.artifact_uri.startswith("mlflow-artifacts:"), parent.info.artifact_uri
+    assert parent.data.tags["dask.scheduler"] == stack.scheduler
+    assert "${PGPASSWORD}" in parent.data.params["search.storage"]  # the reference, not the value
+    kids = children(mlc, parent_id)
+    assert len(kids) == 4 and all(r.info.status == "FINISHED" for r in kids)
+    assert {r.data.tags["trial.worker"] for r in kids} == set(stack.workers)  # both external workers
+    # The plots are served through the tracking server, from its artifacts destination.
+    assert {a.path for a in mlc.list_artifacts(parent_id, "plots")} >= {"plots/optimization_history.png"}
+    png = Path(mlc.download_artifacts(parent_id, "plots/optimization_history.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(stack.artifacts.rglob("optimization_history.png")), "not stored in --artifacts-destination"
+    # The study lives in PostgreSQL and remembers its parent run.
+    real = storage.replace("${PGPASSWORD}", stack.password)
+    studies = optuna.get_all_study_summaries(real)
+    study = next(s for s in studies if s.user_attrs.get("mlflow_parent_run_id") == parent_id)
+    assert study.n_trials == 4
+    for name in (NATIVE, TWIN):
+        assert mlc.get_registered_model(name).aliases == {"champion": "1", "challenger": "2"}, name
+
+    # 3. promote: the search's model beats the weak champion; the twin follows.
+    _run("promote", {"model_name": NATIVE, "overrides": SMALL}, env, outputs)
+    for name in (NATIVE, TWIN):
+        assert mlc.get_registered_model(name).aliases["champion"] == "2", name
+    best_k = int(optuna.load_study(study_name=study.study_name, storage=real).best_params["n_clusters"])
+
+    # 4. predict on the external cluster.
+    X, _ = make_blobs(n_samples=500, n_features=2, centers=6, cluster_std=0.1, random_state=0)
+    src = tmp_path / "score.csv"
+    pd.DataFrame(X, columns=["x0", "x1"]).to_csv(src, index=False)
+    dst = tmp_path / "labels.parquet"
+    _run("predict", {"model_uri": f"models:/{TWIN}@champion", "input": str(src), "output": str(dst),
+                     "scheduler_address": stack.scheduler}, env, outputs)
+    scored = pd.read_parquet(dst)
+    assert len(scored) == len(X) and np.allclose(scored[["x0", "x1"]].to_numpy(), X)
+    assert scored["label"].nunique() == best_k
+
+    # 5. mlflow models serve of the champion: a real POST answers as predict did.
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{TWIN}@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(serve, f"{base}/ping", log, "mlflow models serve", limit_s=180)
+        served = _post(base, X)
+    finally:
+        stop(serve)
+    outputs.append(log.read_text())
+    assert np.array_equal(served, scored["label"].to_numpy())
+
+    # Nothing left RUNNING, and the password is nowhere: record, Optuna study, outputs, logs.
+    assert running(mlc) == []
+    texts = _record_texts(mlc) + outputs
+    texts += [json.dumps(s.user_attrs, default=str) for s in studies]
+    texts += [p.read_text(errors="replace") for p in stack.logs.values() if p.name != "postgres.log"]
+    leaks = [t[:300] for t in texts if stack.password in str(t)]
+    assert not leaks, leaks
