@@ -58,6 +58,28 @@ def test_redact_leaves_plain_text(text):
     assert redact(text) == text and not has_credentials(text)
 
 
+def test_library_log_lines_are_masked(capsys):
+    """MLflow's system-metrics thread logs the URL it failed to reach, password included."""
+    import logging
+
+    from toolkit.redact import redact_logs
+
+    name = "mlflow.system_metrics.system_metrics_monitor"
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler()  # prints to the stderr capsys captures
+    logger.addHandler(handler)
+    try:
+        redact_logs(name)
+        redact_logs(name)  # idempotent: one filter, not two
+        logger.warning("API request to %s failed", "http://u:Pw-123@127.0.0.1:5000/api/2.0/mlflow/runs/get")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Pw-123" not in err and "http://u:***@127.0.0.1:5000" in err
+    assert sum(isinstance(f, type(logger.filters[0])) for f in logger.filters) == 1
+
+
+
 def test_storage_env_references_are_expanded_at_use(monkeypatch):
     monkeypatch.setenv("KL_TEST_PW", SECRET)
     assert expand_env("postgresql://u:${KL_TEST_PW}@h/db") == f"postgresql://u:{SECRET}@h/db"

@@ -13,11 +13,12 @@ reference, never the value; libpq's ``PGPASSWORD`` or ``~/.pgpass`` work as usua
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
 
-__all__ = ["MASK", "expand_env", "has_credentials", "redact", "redact_any"]
+__all__ = ["MASK", "expand_env", "has_credentials", "redact", "redact_any", "redact_logs"]
 
 MASK = "***"
 
@@ -73,3 +74,36 @@ def expand_env(text: str) -> str:
         return os.environ[name]
 
     return _ENV_REF.sub(value, text)
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks credentials in a log record's final message (a filter may rewrite the record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked is not message and masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_FILTER = _RedactingFilter()
+
+
+def redact_logs(*loggers: str) -> None:
+    """Mask credentials in what these loggers, and the handlers of ``mlflow`` and the root
+    logger, print.
+
+    Libraries log the URL they failed to reach, password included (MLflow's system-metrics
+    thread warns ``API request to http://u:secret@host/... failed`` when the server is down):
+    those lines leave the process through logging, not through the toolkit's own prints.  A
+    logger's filter sees only records created on it, a handler's sees every record it prints,
+    so both are installed (once each).
+    """
+    targets = [logging.getLogger(name) for name in loggers]
+    for name in ("mlflow", ""):
+        targets.extend(logging.getLogger(name).handlers)
+    for target in targets:
+        if _FILTER not in target.filters:
+            target.addFilter(_FILTER)
+

@@ -21,6 +21,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from toolkit.redact import redact_logs
+
 __all__ = ["SAMPLING_INTERVAL_S", "SystemMetrics", "monitored"]
 
 #: Seconds between samples (MLflow's default, 10 s, leaves a short run with one or two points);
@@ -34,6 +36,8 @@ def _quiet_mlflow_monitor() -> None:
     # MLflow says "Started monitoring system metrics." and three more INFO lines per run on
     # stderr; the toolkit's output is its own one-line messages.  Its warnings still show.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    # Its warnings name the tracking URL it could not reach, password included.
+    redact_logs("mlflow.system_metrics.system_metrics_monitor", "mlflow.system_metrics")
 
 
 class SystemMetrics:
