@@ -25,11 +25,13 @@ from toolkit.names import (
     BACKEND_FACTS,
     BACKEND_NAMES,
     EVAL_METRICS,
+    FIDELITY_RESOURCES,
     HYPERPARAMETERS,
     INIT_SPECIFIC,
     INITS,
     MULTI_OBJECTIVES,
     OBJECTIVES,
+    PRUNERS,
     honouring,
     ignored_because,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "ClusterConfig",
     "DataConfig",
     "ExperimentConfig",
+    "FidelityConfig",
     "MetricsConfig",
     "ModelConfig",
     "MonitoringConfig",
@@ -259,6 +262,45 @@ class SearchSpace(_Strict):
     oversampling_factor: FloatRange | list[float] | None = None
 
 
+class FidelityConfig(_Strict):
+    """Multi-fidelity search: trials climb rungs of growing budget and a pruner stops the poor ones.
+
+    Rungs are anchored at the full resource, as in Hyperband: the last rung fits all of it (its
+    objective is the trial's value), each rung before it ``1/reduction_factor`` of the next, down
+    to the smallest share not below ``min_fraction``.  ``pruner: none`` (the default) is the
+    search without fidelity.
+    """
+
+    pruner: Literal[PRUNERS] = Field(
+        "none",
+        description="Optuna pruner deciding which trials go on to the next rung: successive_halving, "
+        "hyperband, median; 'none': every trial fits the full data once (no rungs)",
+    )
+    resource: Literal[FIDELITY_RESOURCES] = Field(
+        "data_fraction",
+        description="what grows from rung to rung: the share of rows (a seeded, nested subsample) "
+        "or model.max_iter (on all rows)",
+    )
+    min_fraction: float = Field(0.05, gt=0.0, lt=1.0,
+                                description="floor of the first rung's share of the resource (rungs are "
+                                "1, 1/reduction_factor, 1/reduction_factor^2, ... down to it)")
+    reduction_factor: int = Field(3, ge=2, le=10,
+                                  description="growth of the resource from one rung to the next; "
+                                  "successive halving keeps about 1/reduction_factor of the trials per rung")
+
+    @property
+    def enabled(self) -> bool:
+        return self.pruner != "none"
+
+    def fractions(self) -> list[float]:
+        """The share of the resource at each rung, smallest first, the last 1: ``factor**-k``
+        for ``k`` from the largest with ``factor**-k >= min_fraction`` down to 0."""
+        k = 0
+        while self.reduction_factor ** -(k + 1) >= self.min_fraction * (1 - 1e-9):
+            k += 1
+        return [float(self.reduction_factor ** -i) for i in range(k, -1, -1)]
+
+
 class SearchConfig(_Strict):
     strategy: Literal["optuna", "grid", "random"] = "optuna"
     n_trials: int = Field(20, gt=0)
@@ -296,6 +338,7 @@ class SearchConfig(_Strict):
     cv: int = Field(3, ge=2, description="folds for grid/random search")
     refit: bool = True
     space: SearchSpace = SearchSpace()
+    fidelity: FidelityConfig = FidelityConfig()
 
     @field_validator("prefetch", mode="before")
     @classmethod
@@ -306,6 +349,25 @@ class SearchConfig(_Strict):
         if text.isdigit() and int(text) <= _MAX_PREFETCH and not isinstance(value, (bool, float)):
             return int(text)
         raise ValueError(f"must be 'auto' or a whole number 0..{_MAX_PREFETCH}")
+
+    @model_validator(mode="after")
+    def _fidelity(self) -> SearchConfig:
+        # A ValueError: one line naming search.fidelity and the fix (see _multi_objective).
+        pruner = self.fidelity.pruner
+        if pruner == "none":
+            return self
+        if self.strategy != "optuna":
+            raise ValueError(f"search.fidelity.pruner={pruner} needs search.strategy=optuna (rungs are "
+                             f"reported to an Optuna pruner), not {self.strategy!r}; or set "
+                             "search.fidelity.pruner=none")
+        if len(self.fidelity.fractions()) < 2:
+            raise ValueError(f"search.fidelity.min_fraction={self.fidelity.min_fraction} leaves one rung (the full "
+                             f"data) with reduction_factor={self.fidelity.reduction_factor}: nothing to prune; "
+                             f"set min_fraction <= 1/{self.fidelity.reduction_factor}")
+        if self.objectives is not None:
+            raise ValueError(f"search.fidelity.pruner={pruner} cannot prune a multi-objective search "
+                             "(search.objectives): Optuna prunes single-objective studies only")
+        return self
 
     @model_validator(mode="after")
     def _multi_objective(self) -> SearchConfig:

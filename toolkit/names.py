@@ -11,6 +11,7 @@ This module sits at the very bottom of ``toolkit/`` and imports nothing from it,
   ``tests/test_backend_contract.py`` tests it.
 * :data:`INITS`, :data:`HYPERPARAMETERS`, :data:`INIT_SPECIFIC` -- the ``model`` vocabulary.
 * :data:`METRIC_DIRECTIONS`, :data:`OBJECTIVES`, :data:`EVAL_METRICS` -- metric names.
+* :data:`PRUNERS`, :data:`FIDELITY_RESOURCES` -- multi-fidelity search (``search.fidelity``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "BACKEND_FACTS",
     "BACKEND_NAMES",
     "EVAL_METRICS",
+    "FIDELITY_RESOURCES",
     "HYPERPARAMETERS",
     "INITS",
     "INIT_SPECIFIC",
@@ -33,6 +35,7 @@ __all__ = [
     "METRIC_DIRECTIONS",
     "MULTI_OBJECTIVES",
     "OBJECTIVES",
+    "PRUNERS",
     "RESAMPLING_METRICS",
     "TRADE_OFFS",
     "BackendFacts",
@@ -192,3 +195,14 @@ MULTI_OBJECTIVES: tuple[str, ...] = (*OBJECTIVES, *TRADE_OFFS)
 
 if set(OBJECTIVES) - set(METRIC_DIRECTIONS):  # pragma: no cover - a declaration slip
     raise ValueError("every objective needs a direction in METRIC_DIRECTIONS")
+
+
+# -- multi-fidelity search ----------------------------------------------------------------------
+
+#: ``search.fidelity.pruner``: the Optuna pruner that decides which trials go on to the next
+#: rung (``none``: every trial fits the full data once, the search without fidelity).
+PRUNERS: tuple[str, ...] = ("none", "successive_halving", "hyperband", "median")
+
+#: ``search.fidelity.resource``: what grows from rung to rung -- the share of the rows a trial
+#: fits on (a nested, seeded subsample), or its ``max_iter`` (on all rows).
+FIDELITY_RESOURCES: tuple[str, ...] = ("data_fraction", "max_iter")

@@ -93,15 +93,24 @@ class TrialLoop:
             return
         raise _write_error(failed.exception())
 
-    def finish_trial(self, number: int, res: TrialResult, value: float | None, extra_tags: dict[str, str]) -> None:
+    def finish_trial(self, number: int, res: TrialResult, value: float | None, extra_tags: dict[str, str],
+                     pruned: bool = False, history: dict[str, list[tuple[int, float]]] | None = None) -> None:
+        """Record a finished trial: its row, and its child run queued to the writer.
+
+        ``pruned``: stopped by the multi-fidelity pruner (not a failure): the run ends KILLED,
+        tagged ``trial.state=PRUNED``.  ``history``: metrics per rung, logged with step = rung.
+        """
         self.check_writes()
-        status = "FINISHED" if res.ok and value is not None else "FAILED"
+        # MLflow has no PRUNED status: KILLED (stopped on purpose, as a pruner does) keeps pruned
+        # trials apart from completed and failed ones in the UI's status filter.
+        status = "KILLED" if pruned else "FINISHED" if res.ok and value is not None else "FAILED"
         metrics = dict(res.metrics)
         if value is not None:
             metrics["objective"] = value
-        tags = {**self.base_tags, "trial.worker": res.worker, **extra_tags}
+        tags = {**self.base_tags, "trial.worker": res.worker, **extra_tags,
+                **({"trial.state": "PRUNED"} if pruned else {})}
         sched_s = self._schedule_s(res)
-        row = {"number": number, "state": status, "run_id": None, "value": value,
+        row = {"number": number, "state": "PRUNED" if pruned else status, "run_id": None, "value": value,
                "duration_s": res.finished - res.started, "worker": res.worker, "error": res.error,
                "schedule_s": sched_s, "mlflow_write_s": None, "mlflow_write_cpu_s": None, "overhead_s": None,
                **{f"params_{k}": v for k, v in res.params.model_dump().items()},
@@ -116,7 +125,7 @@ class TrialLoop:
         fut = self._writer.submit(
             record.log_trial_run, self.parent, self.study_name, number, _trial_params(res.params),
             metrics, tags, status, res.started, res.finished, res.centers, self.dataset.feature_names,
-            error=res.error,
+            error=res.error, history=history,
         )
         fut.add_done_callback(written)
         self._writes.append(fut)
@@ -187,11 +196,34 @@ def in_flight_target(runner: TrialRunner, prefetch: int | str, rows: list[dict[s
 
 
 def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: TrialLoop, n_to_run: int) -> None:
+    """Ask, run, tell until ``n_to_run`` trials have finished (completed, failed or pruned).
+
+    With ``search.fidelity`` (:mod:`toolkit.search.fidelity`) a trial runs rung by rung, each
+    rung a task of its own: the driver reports the rung's objective, asks the pruner, and
+    either tells the trial PRUNED or submits its next rung; the last rung's objective is its
+    value.  Without it, a trial is one fit on all the data (one rung).
+    """
     from optuna.trial import TrialState
 
+    from toolkit.search.fidelity import RUNG_ATTR, RUNG_TAG, optuna_step, rung_model, rung_rows
+
+    fid = cfg.search.fidelity
+    last = len(fid.fractions()) - 1 if fid.enabled else 0
+    n_samples = loop.dataset.n_samples
     names = objective_names(cfg.search)  # one, or several for a multi-objective study
     in_flight: dict[int, Any] = {}
+    # Per trial in flight: its parameters as asked (a max_iter rung fits a cut copy), the rung
+    # it is on, and the rungs it has done: (rung, objective, rows).
+    asked_params: dict[int, ModelConfig] = {}
+    rung_of: dict[int, int] = {}
+    history: dict[int, list[tuple[int, float, int]]] = {}
     asked = finished = 0
+
+    def submit(number: int, rung: int) -> None:
+        rung_of[number] = rung
+        params = rung_model(fid, asked_params[number], rung) if fid.enabled else asked_params[number]
+        rows = rung_rows(fid, n_samples, rung) if fid.enabled else n_samples
+        runner.submit(number, params, (rows, cfg.search.seed) if rows < n_samples else None)
 
     def fill() -> None:
         nonlocal asked
@@ -201,35 +233,63 @@ def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: Tr
             trial = study.ask()
             params = trial_model(cfg.model, suggest(trial, cfg.search), trial.number, cfg.search.seed_policy)
             in_flight[trial.number] = trial
-            batch.append((trial.number, params))
+            asked_params[trial.number] = params
+            batch.append(trial.number)
             asked += 1
         # Submitted back to back, after the (slow) asks: the scheduler sees the free slots
         # together and spreads the trials over the workers instead of reusing one idle worker.
-        for number, params in batch:
-            runner.submit(number, params)
+        for number in batch:
+            submit(number, 0)
 
     while finished < n_to_run:
         fill()
         told = []
         for res in runner.results():
-            trial = in_flight.pop(res.key)
+            trial = in_flight[res.key]
+            rung = rung_of.get(res.key, 0)
+            res.params = asked_params[res.key]  # the trial's own parameters, not a rung's cut copy
             values, why = trial_values(res, names) if res.ok else (None, None)
             if res.ok and values is None:
                 res.error = why
             value = values[0] if values else None  # the first objective stands for the trial
-            if value is None:
+            pruned = False
+            if fid.enabled and value is not None:
+                history.setdefault(res.key, []).append((rung, value, rung_rows(fid, n_samples, rung)))
+                if rung < last:
+                    trial.report(value, step=optuna_step(fid, rung))
+                    if not trial.should_prune():
+                        submit(res.key, rung + 1)  # climbs: same trial, next rung
+                        continue
+                    pruned = True
+            in_flight.pop(res.key)
+            if fid.enabled:
+                trial.set_user_attr(RUNG_ATTR, rung)
+            if pruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                value = None  # a rung's objective is not the trial's value
+            elif value is None:
                 if res.infra:  # lost with a worker, retries spent: a resume runs it again
                     trial.set_user_attr(INFRASTRUCTURE_ATTR, True)
                 study.tell(trial, state=TrialState.FAIL)
             else:
                 remember(trial, res)
                 study.tell(trial, values if len(values) > 1 else value)
-            told.append((res, value, trial))
+            told.append((res, value, trial, pruned, rung))
         fill()  # workers start the next trials while the driver writes MLflow runs
-        for res, value, trial in told:
+        for res, value, trial, pruned, rung in told:
             retried = {"trial.attempts": str(res.attempts)} if res.attempts > 1 else {}
             lost = {"trial.infrastructure_failure": "true"} if res.infra else {}
-            loop.finish_trial(res.key, res, value, {"optuna.trial_id": str(trial._trial_id), **retried, **lost})
+            tags = {"optuna.trial_id": str(trial._trial_id), **retried, **lost}
+            rungs = None
+            if fid.enabled:
+                tags.update({RUNG_TAG: str(rung), "search.rungs": str(last + 1)})
+                done = history.pop(res.key, [])
+                rungs = {"rung_objective": [(r, v) for r, v, _ in done],
+                         "rung_rows": [(r, float(n)) for r, _, n in done],
+                         "rung_fraction": [(r, fid.fractions()[r]) for r, _, _ in done]}
+            asked_params.pop(res.key, None)
+            rung_of.pop(res.key, None)
+            loop.finish_trial(res.key, res, value, tags, pruned=pruned, history=rungs)
             finished += 1
 
 

@@ -64,8 +64,11 @@ def log_trial_run(
     centers: np.ndarray | None = None,
     feature_names: list[str] | None = None,
     error: str | None = None,
+    history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
 ) -> str:
     """Create a finished child run for one trial (its real start and end times) and return its id.
+
+    ``history``: metrics logged once per step (a multi-fidelity trial's objective per rung).
 
     The child lives in its parent's experiment (under ``mlflow run`` that is the experiment
     ``mlflow run`` chose, not necessarily the config's).
@@ -92,6 +95,9 @@ def log_trial_run(
         now = int(finished * 1000)
         metric_list = [
             Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ] + [
+            Metric(k, float(v), now, int(step)) for k, points in (history or {}).items()
+            for step, v in points if v is not None and math.isfinite(float(v))
         ]
         param_list = [Param(k, str(v)) for k, v in params.items()]
         if metric_list or param_list:

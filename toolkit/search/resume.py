@@ -83,6 +83,12 @@ def settle(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_names:
                     del numbered[number]
             elif t is not None and t.state == TrialState.COMPLETE:
                 record.finish_interrupted_run(run.info.run_id, t.value, _end_of(t))
+            elif t is not None and t.state == TrialState.PRUNED:
+                # Pruned trials keep no result to rewrite from; the backfill writes the run again.
+                record.discard_run(run.info.run_id, "half-written (the driver or the store stopped); rewritten")
+                numbered[number] = [r for r in numbered[number] if r is not run]
+                if not numbered[number]:
+                    del numbered[number]
             elif t is not None and t.state == TrialState.FAIL:
                 mark_failed(run.info.run_id, "the trial failed; the search driver stopped while writing its run")
             else:
@@ -117,10 +123,14 @@ def _backfill_children(cfg: ExperimentConfig, study: Any, parent_run_id: str, lo
     kept in the study when there are any."""
     from optuna.trial import TrialState
 
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    from toolkit.search.fidelity import RUNG_ATTR, RUNG_TAG
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
         if t.number in logged:
             continue
         ok = t.state == TrialState.COMPLETE
+        pruned = t.state == TrialState.PRUNED
+        rung = {RUNG_TAG: str(t.user_attrs[RUNG_ATTR])} if RUNG_ATTR in t.user_attrs else {}
         kept = t.user_attrs.get(RESULT_ATTR) or {}
         started = kept.get("started") or (t.datetime_start.timestamp() if t.datetime_start else time.time())
         finished = kept.get("finished") or _end_of(t)
@@ -129,9 +139,13 @@ def _backfill_children(cfg: ExperimentConfig, study: Any, parent_run_id: str, lo
         params = trial_model(cfg.model, t.params, t.number, cfg.search.seed_policy).model_dump()
         record.log_trial_run(
             parent_run_id, study.study_name, t.number, params, metrics,
-            {"backend": cfg.backend, "trial.backfilled": "true", "trial.worker": kept.get("worker", "")},
-            "FINISHED" if ok else "FAILED", started, finished, centers, feature_names,
-            error=None if ok else "the trial failed; its run was written after a resume",
+            {"backend": cfg.backend, "trial.backfilled": "true", "trial.worker": kept.get("worker", ""), **rung,
+             **({"trial.state": "PRUNED"} if pruned else {})},
+            "KILLED" if pruned else "FINISHED" if ok else "FAILED", started, finished, centers, feature_names,
+            error=None if ok or pruned else "the trial failed; its run was written after a resume",
+            # A pruned trial's objective per rung, from what it reported to the pruner.
+            history={"rung_objective": sorted(enumerate(v for _, v in sorted(t.intermediate_values.items())))}
+            if pruned else None,
         )
 
 

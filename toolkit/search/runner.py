@@ -9,7 +9,8 @@
 3. the data, loaded once and placed for the backend; trial- or data-parallel runners
    (:mod:`~toolkit.search.trials`);
 4. the loop (:mod:`~toolkit.search.loop`): every finished trial becomes a child run written by
-   this driver's one writer;
+   this driver's one writer; with ``search.fidelity``, trials climb rungs of growing budget and
+   an Optuna pruner stops the poor ones (:mod:`~toolkit.search.fidelity`);
 5. the summary on the parent (:mod:`~toolkit.search.summary`), the best parameters refitted on
    all data, and, with ``register=True``, the model registered by the same call as ``train``'s.
 """
@@ -33,6 +34,7 @@ from toolkit.errors import ConfigError
 from toolkit.redact import redact
 from toolkit.search import record
 from toolkit.search import resume as repair
+from toolkit.search.fidelity import check_rungs, log_budget
 from toolkit.search.loop import TrialLoop, cv_loop, optuna_loop
 from toolkit.search.objectives import (
     CHOSEN_TAG,
@@ -156,6 +158,7 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
         log_params(parent, params)
         log_dataset(parent, dataset)
     check_space(cfg.search, backend, dataset.n_samples, dataset.y is not None)
+    check_rungs(cfg, dataset.n_samples)
     backend.validate(cfg.model, dataset.n_samples)
     X = backend.prepare(dataset)
 
@@ -186,6 +189,8 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     loop.close()
     log_loop_timing(parent, loop, time.perf_counter() - t_loop)
     counts = summarise(cfg, loop, parent, study, cv)
+    if study is not None and cfg.search.fidelity.enabled:
+        log_budget(cfg, study, parent, dataset.n_samples)
     if is_multi(cfg.search):
         best_params, best_value = _chosen_on_front(cfg, study, loop, parent)
     else:

@@ -34,6 +34,7 @@ from typing import Any
 from toolkit.config import ExperimentConfig, env_flag
 from toolkit.errors import ConfigError, first_line, option_hint
 from toolkit.redact import expand_env, redact
+from toolkit.search.fidelity import make_pruner
 from toolkit.search.lease import DriverLease
 
 __all__ = [
@@ -204,7 +205,8 @@ def open_study(cfg: ExperimentConfig, direction: str | list[str]) -> tuple[Any, 
         lease = DriverLease(storage, name).acquire()
         try:
             n_done = len(optuna.load_study(study_name=name, storage=storage).trials)
-            study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, n_done))
+            study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, n_done),
+                                      pruner=make_pruner(cfg.search.fidelity))
             if len(study.directions) > 1:  # made by search.objectives: its trials have no one value
                 raise ConfigError(
                     f"study {name!r} is a multi-objective study (search.objectives); resuming one is "
@@ -230,7 +232,7 @@ def open_study(cfg: ExperimentConfig, direction: str | list[str]) -> tuple[Any, 
             # (search.objectives; the config refuses to resume one).
             how = {"directions": direction} if isinstance(direction, list) else {"direction": direction}
             study = optuna.create_study(study_name=name, storage=storage, **how,
-                                        sampler=_sampler(cfg, 0))
+                                        sampler=_sampler(cfg, 0), pruner=make_pruner(cfg.search.fidelity))
         except DuplicatedStudyError:
             existing = _names(storage, base)
             continue

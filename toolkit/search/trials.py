@@ -210,12 +210,18 @@ def _worker_trial(
     params: ModelConfig,
     metrics_cfg: MetricsConfig,
     y: np.ndarray | None,
+    subset: tuple[int, int] | None = None,
 ) -> TrialResult:
-    """Task body on a worker: a local backend, BLAS/OpenMP threads limited to the worker's."""
+    """Task body on a worker: a local backend, BLAS/OpenMP threads limited to the worker's.
+
+    ``subset = (n_rows, seed)``: a multi-fidelity rung, fitted on those rows of the worker's
+    copy of the data (:func:`toolkit.search.fidelity.take_rows`; the rows are cached per worker).
+    """
     from threadpoolctl import threadpool_limits
 
     from toolkit.backends import get_backend
     from toolkit.data import Dataset
+    from toolkit.search.fidelity import take_rows
 
     try:
         from distributed import get_worker
@@ -229,6 +235,7 @@ def _worker_trial(
     else:
         name, limits = "local", threadpool_limits(limits=1)
     backend = get_backend(backend_name)(client=None)
+    X, y = take_rows(X, y, subset)
     with limits:
         prepared = backend.prepare(Dataset("trial", X, None, [], "scattered"))
         # The fitted estimator stays here: the driver needs only centers and metrics (a
@@ -260,7 +267,9 @@ class TrialRunner(Protocol):
     @property
     def slots(self) -> int: ...
 
-    def submit(self, key: Any, params: ModelConfig) -> None: ...
+    def submit(self, key: Any, params: ModelConfig, subset: tuple[int, int] | None = None) -> None:
+        """Queue a fit of ``params``; ``subset = (n_rows, seed)`` fits it on those rows only
+        (a multi-fidelity rung, :func:`toolkit.search.fidelity.take_rows`)."""
 
     def pending(self) -> int: ...
 
@@ -317,12 +326,13 @@ class TrialParallelRunner:
             self._slots_at = now
         return self._slots
 
-    def submit(self, key: Any, params: ModelConfig, submitted: float | None = None) -> None:
+    def submit(self, key: Any, params: ModelConfig, subset: tuple[int, int] | None = None,
+               submitted: float | None = None) -> None:
         fut = self.client.submit(
-            _worker_trial, key, self.backend_name, self._X, params, self.metrics_cfg, self._y,
+            _worker_trial, key, self.backend_name, self._X, params, self.metrics_cfg, self._y, subset,
             pure=False, key=f"trial-{key}-{time.time_ns()}",
         )
-        self._futures[fut] = (key, params, submitted or time.time())
+        self._futures[fut] = (key, params, submitted or time.time(), subset)
         self._attempts.setdefault(key, 1)
         self._done.add(fut)
 
@@ -367,15 +377,15 @@ class TrialParallelRunner:
             # Outside the lock: the client's event loop takes it to hand over results.
             self._check_workers()
 
-    def _retry(self, lost: list[tuple[Any, ModelConfig, float]]) -> None:
+    def _retry(self, lost: list[tuple[Any, ModelConfig, float, tuple[int, int] | None]]) -> None:
         """Submit trials lost with a worker again; scatter the data again if it was lost too."""
-        _backoff(min(self._attempts[key] for key, _, _ in lost))
+        _backoff(min(self._attempts[key] for key, _, _, _ in lost))
         data = [self._X] if self._y is None else [self._X, self._y]
         if any(f.status != "finished" for f in data):  # every replica went with its worker
             self._workers = wait_for_workers(self.client, self._workers)
             self._scatter()
-        for key, params, submitted in lost:
-            self.submit(key, params, submitted)
+        for key, params, submitted, subset in lost:
+            self.submit(key, params, subset, submitted)
 
     def results(self) -> list[TrialResult]:
         """Wait for at least one trial; return every finished one, in the order they finished.
@@ -394,7 +404,7 @@ class TrialParallelRunner:
             for fut, result in done:
                 if fut not in self._futures:  # cancelled by cancel()
                     continue
-                key, params, submitted = self._futures.pop(fut)
+                key, params, submitted, subset = self._futures.pop(fut)
                 if fut.status == "finished" and isinstance(result, TrialResult):
                     res = result  # infra too if the fit on the worker lost touch with the cluster
                 else:
@@ -406,7 +416,7 @@ class TrialParallelRunner:
                                       infra=is_infrastructure_error(exc))
                 if res.infra and self._attempts[key] < INFRA_ATTEMPTS:
                     self._attempts[key] += 1
-                    lost.append((key, params, submitted))
+                    lost.append((key, params, submitted, subset))
                     continue
                 res.submitted, res.received = submitted, received
                 res.attempts = self._attempts.pop(key, 1)
@@ -438,7 +448,10 @@ class DataParallelRunner:
         # Without a cluster, or without the source to place the data from, a lost fit is final.
         self._replaceable = self.client is not None and dataset is not None
         self._workers = _n_workers(self.client) if self._replaceable else 0
-        self._queue: list[tuple[Any, ModelConfig, float]] = []
+        self._queue: list[tuple[Any, ModelConfig, float, tuple[int, int] | None]] = []
+        # Multi-fidelity rungs: each subset placed once (rungs are a few fixed sizes), dropped
+        # with the full placement when a worker is lost.
+        self._subsets: dict[tuple[int, int], Any] = {}
 
     @property
     def X(self) -> Any:
@@ -456,8 +469,23 @@ class DataParallelRunner:
         self._workers = wait_for_workers(self.client, self._workers)
         self._X = self.backend.prepare(self.dataset)
 
-    def submit(self, key: Any, params: ModelConfig) -> None:
-        self._queue.append((key, params, time.time()))
+    def _placed(self, subset: tuple[int, int] | None) -> Any:
+        """The data a fit runs on: the full placement, or a rung's rows placed by the backend's
+        own ``prepare`` (from the dataset's source rows, NumPy or Dask)."""
+        if subset is None or self.dataset is None or subset[0] >= self.dataset.n_samples:
+            return self._X
+        if subset not in self._subsets:
+            from toolkit.data import Dataset
+            from toolkit.search.fidelity import take_rows
+
+            X, _ = take_rows(self.dataset.X, None, subset)
+            self._subsets[subset] = self.backend.prepare(
+                Dataset(f"{self.dataset.name}[{subset[0]} rows]", X, None, self.dataset.feature_names,
+                        self.dataset.source))
+        return self._subsets[subset]
+
+    def submit(self, key: Any, params: ModelConfig, subset: tuple[int, int] | None = None) -> None:
+        self._queue.append((key, params, time.time(), subset))
 
     def pending(self) -> int:
         return len(self._queue)
@@ -470,8 +498,10 @@ class DataParallelRunner:
         """The live placement: placed again if a worker was lost since ``placed`` was made."""
         return self.X
 
-    def _run(self, key: Any, params: ModelConfig) -> TrialResult:
+    def _run(self, key: Any, params: ModelConfig, subset: tuple[int, int] | None = None) -> TrialResult:
         """One attempt: place the data first if it was lost, then fit and score."""
+        from toolkit.search.fidelity import take_rows
+
         if self._X is None:
             started = time.time()
             try:
@@ -482,23 +512,35 @@ class DataParallelRunner:
                 return TrialResult(key, params, error=f"placing the data again: {_one_line(exc)}",
                                    error_type=type(exc).__name__, started=started,
                                    finished=time.time(), infra=True)
-        return run_trial(key, self.backend, self._X, params, self.metrics_cfg, self.y)
+        if self.dataset is None:  # no source rows to take a rung from: the full data
+            subset = None
+        y = self.y if subset is None or self.y is None else take_rows(self.y, self.y, subset)[1]
+        try:
+            X = self._placed(subset)
+        except Exception as exc:
+            if not is_infrastructure_error(exc):
+                raise
+            return TrialResult(key, params, error=f"placing a rung's rows: {_one_line(exc)}",
+                               error_type=type(exc).__name__, started=time.time(), finished=time.time(),
+                               infra=True)
+        return run_trial(key, self.backend, X, params, self.metrics_cfg, y)
 
     def results(self) -> list[TrialResult]:
         """Run the oldest queued trial now, on the driver; after a lost worker, again on the
         data placed again (:data:`INFRA_ATTEMPTS` runs at most)."""
         if not self._queue:
             return []
-        key, params, submitted = self._queue.pop(0)
+        key, params, submitted, subset = self._queue.pop(0)
         for attempt in range(1, INFRA_ATTEMPTS + 1):
             if attempt > 1:
                 _backoff(attempt)
-            res = self._run(key, params)
+            res = self._run(key, params, subset)
             res.attempts = attempt
             if not (res.infra and self._replaceable):
                 break
             # Some blocks are gone: drop them all (the survivors would pin memory alongside a
             # new copy); the next attempt, or the next trial, places the data again.
             self._X = None
+            self._subsets.clear()
         res.submitted, res.received, res.slot = submitted, time.time(), "driver"
         return [res]
