@@ -16,6 +16,13 @@ Sections (figures are medians over ``--repeats`` runs, ratios come from the same
   pass plus the metric passes on the same rows (target: at most 1.5x).
 * ``outofcore``  ``dask`` with ``persist=False`` on Parquet files several times larger than the
   workers' summed memory limit; peak worker memory against the limit.
+* ``drift``      batch scoring with and without the drift statistics (target: at most 1.10x).
+* ``peers``      one search workload (``--peer-rows`` x ``--features`` blobs, ``--trials`` trials, 2 at a
+  time, a child run each) run with no tracking (the floor), by Optuna + ``MLflowCallback``, by
+  ``mlflow.sklearn.autolog`` + ``GridSearchCV`` and by this project (``python -m mlproject.search``
+  and ``mlflow run -e search``), ``--repeats`` alternating rounds (:mod:`benchmarks.peers`).
+* ``fidelity``   multi-fidelity (``_FIDELITY_OVERRIDES``) against full-fidelity search: wall and
+  time to the best trial on ``--rows`` x ``--features``, ``--trials`` trials (target: at most 0.3x).
 
 Speed targets live here, never in timed unit tests.
 """
@@ -36,6 +43,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+
+from benchmarks.peers import PEERS, bench_peers
+
+#: The config overrides that make a search multi-fidelity, for the ``fidelity`` section (the
+#: feature's keys live under ``search.fidelity``).  While the config rejects them the section
+#: skips with one line.
+_FIDELITY_OVERRIDES = "search.fidelity.pruner=hyperband"
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -569,6 +583,81 @@ def bench_drift(tmp: str, rows: int, features: int, k: int, repeats: int, worker
     }
 
 
+# -- section: multi-fidelity search ----------------------------------------------------------------
+def _time_to_best(parent: str, best_value: float) -> float:
+    """Seconds from the search's parent run starting to the end of the first child run that
+    reached ``best_value`` (its ``objective`` metric), read back from the store."""
+    import math
+
+    from toolkit.tracking.runs import client
+
+    c = client()
+    run = c.get_run(parent)
+    children = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)
+    ends = [r.info.end_time for r in children if r.info.end_time is not None
+            and math.isclose(r.data.metrics.get("objective", math.nan), best_value, rel_tol=1e-9)]
+    return (min(ends) - run.info.start_time) / 1e3 if ends else float("nan")
+
+
+def bench_fidelity(tmp: str, rows: int, features: int, k: int, trials: int, repeats: int, workers: int,
+                   overrides: str = _FIDELITY_OVERRIDES) -> dict[str, Any]:
+    """Multi-fidelity against full-fidelity search on the same workload, in turns.
+
+    The peers' workload (:func:`benchmarks.peers.project_overrides`) with the config's default
+    sampler (TPE, what a pruner is paired with) and no refit: the figure is the search.  Each
+    round runs both on one cluster, alternating which goes first; walls and the time to the best
+    trial are paired per round.  Skipped, with the reason, while the config or the search
+    rejects ``overrides`` (a ConfigError: the feature has not landed).
+    """
+    from benchmarks.peers import project_overrides, workload_config
+    from toolkit.errors import ConfigError, first_line
+    from toolkit.search import search
+
+    base = [o for o in project_overrides(rows, features, k, trials, workers) if not o.startswith("search.sampler=")]
+    base += ["search.refit=false", "registry.register_best=false", f"search.storage={tmp}/fidelity-optuna.log"]
+    try:
+        workload_config(base + overrides.split())
+    except ConfigError as exc:
+        return {"skipped": f"the config rejects {overrides!r}: {first_line(exc)}"}
+    out: dict[str, Any] = {"rows": rows, "features": features, "k": k, "trials": trials, "repeats": repeats,
+                           "workers": workers, "overrides": overrides}
+    figures: dict[str, dict[str, list[Any]]] = {m: {"wall_s": [], "to_best_s": [], "best_k": [], "best": []}
+                                                for m in ("full", "multi")}
+    with _environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-fidelity.db", MLFLOW_RUN_ID=None), \
+            _cluster(workers) as client:
+        # Warm-up (imports on the workers, the sqlite schema): the first search must not pay for both.
+        search(workload_config([*base, "search.n_trials=2", "name=fidelity-warmup"]), client=client)
+        for rnd in range(repeats):
+            for mode in (("full", "multi") if rnd % 2 == 0 else ("multi", "full")):
+                extra = overrides.split() if mode == "multi" else []
+                cfg = workload_config([*base, *extra, f"name=fidelity-{mode}-{rnd}"])
+                t = time.perf_counter()
+                try:
+                    res = search(cfg, client=client)
+                except ConfigError as exc:
+                    return {"skipped": f"the search rejects {overrides!r}: {first_line(exc)}"}
+                f = figures[mode]
+                f["wall_s"].append(time.perf_counter() - t)
+                f["to_best_s"].append(_time_to_best(res.parent_run_id, res.best_value))
+                f["best_k"].append(int(res.best_params["n_clusters"]))
+                f["best"].append(res.best_value)
+                print(f"fidelity round {rnd + 1}/{repeats}: {mode:<5} {f['wall_s'][-1]:7.2f} s, best k "
+                      f"{f['best_k'][-1]} ({res.best_value:.4f}) reached after {f['to_best_s'][-1]:.2f} s", flush=True)
+    for mode, f in figures.items():
+        out[mode] = {"wall_s": statistics.median(f["wall_s"]), "to_best_s": statistics.median(f["to_best_s"]),
+                     "walls_s": f["wall_s"], "to_best_runs_s": f["to_best_s"], "best_k": f["best_k"],
+                     "best_value": f["best"]}
+    out["ratios"] = {"multi_wall_over_full_wall": _paired(figures["multi"]["wall_s"], figures["full"]["wall_s"]),
+                     "multi_to_best_over_full_to_best": _paired(figures["multi"]["to_best_s"],
+                                                                figures["full"]["to_best_s"])}
+    same_k = figures["multi"]["best_k"] == figures["full"]["best_k"]
+    out["same_best_k"] = same_k
+    out["targets"] = {"fidelity: multi-fidelity wall <= 0.3x full-fidelity wall":
+                      out["ratios"]["multi_wall_over_full_wall"] <= 0.3,
+                      "fidelity: same best k as full fidelity": same_k}
+    return out
+
+
 # -- report --------------------------------------------------------------------------------------
 def _print_report(report: dict[str, Any]) -> None:
     print(f"\n== kmeans-lifecycle benchmarks  ({report['machine']})")
@@ -632,12 +721,50 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"\n-- drift: score_files on {dr['rows']:,} x {dr['features']} Parquet rows, k={dr['k']}, "
               f"{dr['workers']} workers: {dr['drift_s']:.2f} s with the drift statistics against "
               f"{dr['plain_s']:.2f} s without ({dr['drift_over_plain']:.3f}x, paired over {dr['repeats']} repeats)")
-    targets = {k: v for sec in ("iteration", "search", "outofcore", "evaluate", "drift")
+    pe = report.get("peers")
+    if pe:
+        _print_peers(pe)
+    fi = report.get("fidelity")
+    if fi:
+        _print_fidelity(fi)
+    targets = {k: v for sec in ("iteration", "search", "outofcore", "evaluate", "drift", "peers", "fidelity")
                for k, v in report.get(sec, {}).get("targets", {}).items()}
     if targets:
         print("\n-- targets")
         for k, v in targets.items():
             print(f"  [{'met' if v else 'MISSED'}] {k}")
+
+
+def _print_peers(pe: dict[str, Any]) -> None:
+    print(f"\n-- peers: {pe['trials']} trials on {pe['rows']:,} x {pe['features']} blobs ({pe['centers']} centres), "
+          f"n_clusters 4-12 x init, silhouette on a {pe['silhouette_sample']:,}-row sample, {pe['jobs']} at a time; "
+          f"{pe['rounds']} alternating round(s), medians; wall = the whole command, loop = its search loop")
+    for why in pe["skipped"].values():
+        print(f"   skipped Optuna + MLflowCallback: {why}")
+    names = {"floor": "no tracking (joblib)", "optuna": "Optuna + MLflowCallback", "autolog":
+             "autolog + GridSearchCV", "project": "python -m mlproject.search", "mlflow-run": "mlflow run -e search"}
+    print(f"{'':<28} {'wall s':>8} {'loop s':>8}  child runs  best (k, init)")
+    for peer, r in pe["peers"].items():
+        runs = ",".join(str(n) for n in r.get("child_runs", [])) or "-"
+        best = r["best_trial"][0] if r["best_trial"] else None
+        print(f"{names[peer]:<28} {r['wall_s']:>8.2f} {r['loop_s']:>8.2f}  {runs:>10}  {best}")
+    for k, v in pe["ratios"].items():
+        print(f"  {k:<36} {v:8.2f}x")
+    print(f"  the project ran the same trials as the peers: {pe['same_trials_as_floor']}")
+
+
+def _print_fidelity(fi: dict[str, Any]) -> None:
+    if "skipped" in fi:
+        print(f"\n-- fidelity: skipped: {fi['skipped']}")
+        return
+    print(f"\n-- fidelity: {fi['trials']} trials on {fi['rows']:,} x {fi['features']}, {fi['workers']} workers, "
+          f"{fi['repeats']} alternating round(s); multi = {fi['overrides']}")
+    for mode in ("full", "multi"):
+        r = fi[mode]
+        print(f"  {mode:<5} wall {r['wall_s']:8.2f} s, best reached after {r['to_best_s']:8.2f} s, "
+              f"best k {r['best_k']}")
+    for k, v in fi["ratios"].items():
+        print(f"  {k:<36} {v:8.2f}x")
 
 
 def _log_mlflow(report: dict[str, Any], path: str) -> str:
@@ -667,12 +794,12 @@ def _log_mlflow(report: dict[str, Any], path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", default="iteration,scaling,search",
-                   help="comma list of iteration, scaling, search, evaluate, outofcore, drift")
+                   help="comma list of iteration, scaling, search, evaluate, outofcore, drift, peers, fidelity")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="repeats; the rounds of peers and fidelity")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--scaling-rows", default="250000,1000000,4000000")
     p.add_argument("--scaling-workers", default="1,2")
@@ -682,6 +809,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed-trials", type=int, default=16, help="trial-parallel speed-up: trials")
     p.add_argument("--speed-rounds", type=int, default=5,
                    help="trial-parallel speed-up: rounds of 1 then 2 workers back to back (median ratio)")
+    p.add_argument("--trials", type=int, default=40, help="peers and fidelity: trials per search")
+    p.add_argument("--peer-rows", type=int, default=200_000, help="peers: rows (x --features, --k centres)")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help="peers: the commands to run (the floor always runs), comma list of " + ", ".join(PEERS))
     p.add_argument("--ooc-rows", type=int, default=40_000_000)
     p.add_argument("--ooc-limit-mib", type=int, default=600)
     p.add_argument("--ooc-workers", type=int, default=1)
@@ -706,6 +837,12 @@ def main(argv: list[str] | None = None) -> int:
             report["evaluate"] = bench_evaluate(tmp, args.rows, args.features, args.k, args.repeats)
         if "drift" in sections:
             report["drift"] = bench_drift(tmp, args.rows, args.features, args.k, args.repeats, args.workers)
+        if "peers" in sections:
+            report["peers"] = bench_peers(tmp, args.peer_rows, args.features, args.k, args.trials, args.repeats,
+                                          args.workers, tuple(x.strip() for x in args.peers.split(",") if x.strip()))
+        if "fidelity" in sections:
+            report["fidelity"] = bench_fidelity(tmp, args.rows, args.features, args.k, args.trials, args.repeats,
+                                                args.workers)
         if "outofcore" in sections:
             report["outofcore"] = bench_outofcore(tmp, args.ooc_rows, args.features, args.k, 3, args.ooc_limit_mib,
                                                   workers=args.ooc_workers)

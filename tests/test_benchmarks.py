@@ -14,6 +14,7 @@ import os
 import pytest
 from mlflow import MlflowClient
 
+from benchmarks import peers
 from benchmarks import run as bench
 
 pytestmark = pytest.mark.slow
@@ -54,6 +55,53 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     assert run.data.metrics["iteration.backends.dask.inertia"] == pytest.approx(it["backends"]["dask"]["inertia"])
     assert "search.overhead.median_overhead_ms" in run.data.metrics
     assert [a.path for a in mlc.list_artifacts(run.info.run_id, "benchmark")] == ["benchmark/bench.json"]
+
+
+def test_benchmark_peers_section_runs_every_peer_on_the_same_trials(tmp_path):
+    """The ``peers`` section at a tiny size (2k rows, 4 trials, 1 round): the floor, the Optuna +
+    MLflowCallback peer and ``python -m mlproject.search`` (the other two commands are slower and
+    add nothing the test checks; ``--peers`` leaves them out).  About 30 s: each is a process."""
+    out = tmp_path / "bench.json"
+    rc = bench.main([
+        "--sections", "peers", "--peer-rows", "2000", "--features", "4", "--trials", "4",
+        "--repeats", "1", "--peers", "floor,optuna,project", "--json", str(out),
+    ])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    pe = report["peers"]
+    missing = peers.optuna_integration_missing()
+    assert set(pe["peers"]) == ({"floor", "project"} if missing else {"floor", "optuna", "project"})
+    if missing:  # the section says how to get it, and carries on
+        assert peers.BENCH_INSTALL in pe["skipped"]["optuna"]
+    else:
+        assert pe["peers"]["optuna"]["child_runs"] == [4]  # every trial a nested child run
+        assert pe["ratios"]["project_wall_over_optuna_wall"] > 0
+    # The project's child runs are the trials the floor (and the peers) were given.
+    assert pe["same_trials_as_floor"] == {"project": True}
+    assert pe["peers"]["project"]["child_runs"] == [4]
+    assert all(r["wall_s"] > r["loop_s"] > 0 for r in pe["peers"].values())
+    assert sum(n for _, _, n in pe["trial_mix"]) == 4
+    assert pe["ratios"]["project_loop_over_floor_loop"] > 0
+    assert "peers: python -m mlproject.search loop <= 1.1x no-tracking floor loop" in pe["targets"]
+
+
+def test_benchmark_fidelity_section_runs_tiny(tmp_path):
+    """The ``fidelity`` section on 2k rows, 4 trials, 1 round (about 10 s): until multi-fidelity
+    search lands it says why it skipped; after, both searches ran and were compared."""
+    fi = bench.bench_fidelity(str(tmp_path), 2000, 4, 8, 4, 1, 2)
+    if "skipped" in fi:
+        assert bench._FIDELITY_OVERRIDES in fi["skipped"]
+        return
+    assert set(fi["ratios"]) == {"multi_wall_over_full_wall", "multi_to_best_over_full_to_best"}
+    assert len(fi["full"]["best_k"]) == len(fi["multi"]["best_k"]) == 1
+    assert fi["full"]["wall_s"] > 0 and fi["multi"]["to_best_s"] > 0
+
+
+def test_fidelity_section_skips_on_a_key_the_config_rejects(tmp_path):
+    """An override the config does not know skips the section in one line, before any work."""
+    fi = bench.bench_fidelity(str(tmp_path), 1000, 2, 3, 2, 1, 1, overrides="search.no_such_key=1")
+    assert set(fi) == {"skipped"}
+    assert "search.no_such_key=1" in fi["skipped"] and "\n" not in fi["skipped"]
 
 
 def test_paired_ratios_and_medians():
