@@ -7,9 +7,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,28 @@ def kill_group(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, store: str | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port, in a process group of its own: its store
+    is ``store`` (default: a new sqlite file in ``folder``), artifacts proxied to
+    ``folder/artifacts``, log in ``folder/server.log``.  Yields its URL; stopped by its own
+    handle however the block ends.  The server never inherits the test's ``MLFLOW_*`` settings."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = folder / "server.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", store or f"sqlite:///{folder / 'server.db'}",
+             "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+            cwd=folder, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        )
+    try:
+        wait_ready(proc, f"{url}/health", log, "mlflow server", limit_s=120)
+        yield url
+    finally:
+        stop(proc)
+

@@ -13,8 +13,6 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
 from importlib.metadata import entry_points
 
 import mlflow
@@ -272,21 +270,9 @@ def test_promotion_imports_only_the_pure_score_function():
 @pytest.fixture()
 def mlflow_server(tmp_path, monkeypatch):
     """A real ``mlflow server`` on loopback (own process group), stopped by its own handle."""
-    from _servers import free_port, stop, wait_ready
+    from _servers import mlflow_server as start_mlflow_server
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-            cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-        )
-    try:
-        wait_ready(proc, f"{url}/health", log, "mlflow server", limit_s=120)
+    with start_mlflow_server(tmp_path) as url:
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -301,8 +287,6 @@ def mlflow_server(tmp_path, monkeypatch):
             yield url
         finally:
             tracking_utils._tracking_uri, registry_utils._registry_uri = saved
-    finally:
-        stop(proc)
 
 
 @pytest.mark.server

@@ -6,14 +6,11 @@ temp folder) and is stopped by its own handle even when the test fails.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
-from _servers import free_port, stop, wait_ready
+from _servers import mlflow_server as start_mlflow_server
 from mlflow import MlflowClient
 
 from toolkit.config import load_experiment
@@ -26,26 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture()
 def mlflow_server(tmp_path, monkeypatch):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-            cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-        )
-    try:
-        wait_ready(proc, f"{url}/health", log, "mlflow server", limit_s=120)
+    with start_mlflow_server(tmp_path) as url:
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         mlflow.set_tracking_uri(url)
         yield url
-    finally:
-        stop(proc)
 
 
 def test_trial_parallel_search_against_tracking_server(mlflow_server, client, tmp_path, capfd):

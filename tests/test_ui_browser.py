@@ -20,14 +20,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from _mlflow_store import init_store
-from _servers import free_port, stop, wait_ready
+from _servers import mlflow_server as start_mlflow_server
 from mlflow import MlflowClient
 
 from toolkit.config import load_experiment
@@ -75,28 +73,13 @@ def browser():
 @pytest.fixture()
 def ui_server(tmp_path, monkeypatch):
     """A real `mlflow server` on a free loopback port; its URL is the tracking URI meanwhile."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
     # A migrated store copied in: the server does not run MLflow's migrations on start.
-    store = init_store(tmp_path / "server.db")
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", store, "--artifacts-destination", str(tmp_path / "artifacts"),
-             "--workers", "1"],
-            cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-        )
-    try:
-        wait_ready(proc, f"{url}/health", log, "mlflow server", limit_s=120)
+    with start_mlflow_server(tmp_path, init_store(tmp_path / "server.db")) as url:
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         monkeypatch.setenv("KMEANS_QUIET", "1")
         yield url
-    finally:
-        stop(proc)
 
 
 def test_the_ui_tells_the_story(browser, ui_server, client, tmp_path):  # browser first: its skip is instant
