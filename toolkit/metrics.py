@@ -120,38 +120,32 @@ def cluster_statistics(X: Any, labels: Any, k: int) -> dict[str, Any]:
     return out
 
 
-def silhouette(X: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> float:
-    """Exact mean silhouette coefficient (scikit-learn's definition), BLAS-based.
+def silhouette(X: np.ndarray, labels: np.ndarray) -> float:
+    """Exact mean silhouette coefficient (scikit-learn's definition).
 
-    Per block of rows, the summed distance to every cluster is one matrix product of the
-    distance block with the one-hot label matrix, which is several times faster than
-    ``sklearn.metrics.silhouette_score`` and needs O(chunk * n) memory.
+    One compiled pass over the pairs of rows (:func:`toolkit._metric_kernels.pair_cluster_sums`)
+    gives every row's summed distance to each cluster, each pair measured once; it needs
+    O(n * k) memory, where ``sklearn.metrics.silhouette_score`` works through n-by-chunk
+    distance blocks.  Callers pass a sample (``metrics.silhouette_sample`` rows): the work is
+    quadratic in it.
     """
-    X = np.asarray(X, dtype=np.float64)
+    from toolkit._metric_kernels import pair_cluster_sums
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
     _, inv, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1).astype(np.intp, copy=False)
     k = len(counts)
     if k < 2 or k >= len(X):
         return math.nan
-    onehot = np.zeros((len(X), k))
-    onehot[np.arange(len(X)), inv] = 1.0
-    sq = np.einsum("ij,ij->i", X, X)
-    scores = np.empty(len(X))
-    for start in range(0, len(X), chunk):
-        stop = min(start + chunk, len(X))
-        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (X[start:stop] @ X.T)
-        np.maximum(d2, 0.0, out=d2)
-        # A point's distance to itself must be exactly 0 (rounding can leave a residue).
-        d2[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        sums = np.sqrt(d2) @ onehot
-        own = inv[start:stop]
-        own_n = counts[own]
-        a = sums[np.arange(stop - start), own] / np.maximum(own_n - 1, 1)
-        sums[np.arange(stop - start), own] = np.inf
-        b = (sums / counts[None, :]).min(axis=1)
-        s = (b - a) / np.maximum(a, b)
-        s[own_n == 1] = 0.0  # scikit-learn: singleton clusters score 0
-        scores[start:stop] = np.nan_to_num(s)
-    return float(scores.mean())
+    sums = pair_cluster_sums(X, inv, k)
+    rows = np.arange(len(X))
+    own_n = counts[inv]
+    a = sums[rows, inv] / np.maximum(own_n - 1, 1)
+    sums[rows, inv] = np.inf
+    b = (sums / counts[None, :]).min(axis=1)
+    s = (b - a) / np.maximum(a, b)
+    s[own_n == 1] = 0.0  # scikit-learn: singleton clusters score 0
+    return float(np.nan_to_num(s).mean())
 
 
 def _codes(labels: np.ndarray) -> tuple[np.ndarray, int]:
