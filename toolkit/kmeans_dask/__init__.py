@@ -15,8 +15,6 @@ MLflow or of the toolkit's configs and backends (the ``dask`` backend,
 
 Design
 ------
-Design
-------
 The data stays where it is: float32 row blocks persisted on the workers (or, with
 ``persist=False``, a lazy Dask array that is re-read block by block every pass, so memory stays
 bounded by a few blocks).  Every pass over the data runs one small *kernel* per block on the
@@ -31,7 +29,12 @@ How kernels reach the blocks (an "engine"):
   of ~10-40 ms per pass on a busy machine).  While a worker holds at most
   :data:`_INLINE_VALUES` values the call runs on the worker's event loop, saving a thread
   hand-off.  If actors cannot be created: one task per worker per pass, pinned to the worker
-  holding its blocks ("futures").
+  holding its blocks ("futures").  The Lloyd iterations themselves run on the workers: one call per actor runs them all,
+  each worker sending its blocks' partial sums (``k x (d + 1)``) straight to its peers and
+  taking the same M-step from all of them in block order, so no driver or scheduler round
+  trip is paid per iteration (:meth:`~toolkit.kmeans_dask.engines.Engine.iterate`).  Small
+  data (at most ``_GATHER_VALUES`` values) is gathered on one worker for the fit: there a
+  single core's pass costs no more than an exchange between workers.
 * lazy Dask array -> one delayed task per block per pass, computed on the client's cluster;
   blocks stream from their source.
 * NumPy array -> the same kernels in-process (handy for tests and small data).

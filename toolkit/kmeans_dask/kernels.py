@@ -19,6 +19,7 @@ from toolkit.kmeans_dask import _numba as _kernels
 __all__ = [
     "aligned_f32",
     "as_f32",
+    "combine_stats",
     "k_farthest",
     "k_final",
     "k_moments",
@@ -29,6 +30,8 @@ __all__ = [
     "kernel_centers",
     "labels_block",
     "labels_of",
+    "lloyd_advance",
+    "new_centers",
     "run_blocks",
 ]
 
@@ -246,3 +249,39 @@ def kernel_centers(centred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c64 = c32.astype(_F64)
     cn = np.einsum("ij,ij->i", c64, c64).astype(_F32)
     return np.ascontiguousarray(-2.0 * c32.T), cn
+
+
+def combine_stats(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The :func:`k_stats` results of every block, added **in block order**: a fixed order of
+    float64 additions, so identical labels give identical sums whoever adds them (the driver or
+    every worker of a worker-side loop)."""
+    total = np.array(parts[0], dtype=_F64)
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+def new_centers(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Centred means; a cluster left without any point keeps its (centred) sums, as sklearn."""
+    out = sums.copy()
+    filled = counts > 0
+    out[filled] /= counts[filled, None]
+    return out
+
+
+def lloyd_advance(
+    centers: np.ndarray, total: np.ndarray, tol_abs: float
+) -> tuple[np.ndarray | None, bool]:
+    """The M-step of one Lloyd iteration from its combined ``[sums | counts]``.
+
+    Returns ``(new centred centers, converged)``, or ``(None, False)`` when a cluster got no
+    point: scikit-learn's empty-cluster rule needs a pass over the data that the caller runs.
+    Shared by the driver's loop and the workers' loop so both do the same arithmetic.
+    """
+    d = centers.shape[1]
+    counts = total[:, d]
+    if not np.all(counts > 0):
+        return None, False
+    new = new_centers(total[:, :d], counts)
+    # Unchanged labels give shift == 0 exactly, so this is also sklearn's strict stop.
+    return new, float(np.sum((new - centers) ** 2)) <= tol_abs

@@ -20,9 +20,9 @@ from toolkit.kmeans_dask.kernels import (
     k_moments,
     k_par_sample,
     k_par_weights,
-    k_stats,
     k_take,
     kernel_centers,
+    new_centers,
 )
 
 __all__ = [
@@ -169,37 +169,31 @@ def _relocate_empty(
         counts[j] = 1
 
 
-def _new_centers(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Centred means; a cluster left without any point keeps its (centred) sums, as sklearn."""
-    out = sums.copy()
-    filled = counts > 0
-    out[filled] /= counts[filled, None]
-    return out
-
-
 def _lloyd(
     engine: Engine, centred: np.ndarray, o: np.ndarray, max_iter: int, tol_abs: float
 ) -> tuple[np.ndarray, int, int]:
-    """Lloyd iterations from centred centers: (final centred centers, iterations, re-seeded)."""
+    """Lloyd iterations from centred centers: (final centred centers, iterations, re-seeded).
+
+    The engine runs iterations until convergence, ``max_iter`` or an iteration that leaves a
+    cluster empty (on the workers, where it can: :meth:`Engine.iterate`); that iteration is
+    finished here with scikit-learn's empty-cluster rule, and the engine resumes.
+    """
     centers = np.array(centred, dtype=_F64)
     d = centers.shape[1]
     relocated = n_iter = 0
-    for _ in range(max_iter):
-        n_iter += 1
-        C2, cn = kernel_centers(centers)
-        parts = engine.run(k_stats, o, C2, cn)
-        total = parts[0].copy()
-        for part in parts[1:]:  # fixed order: identical labels give identical sums
-            total += part
+    while n_iter < max_iter:
+        centers, done, total = engine.iterate(o, centers, max_iter - n_iter, tol_abs)
+        n_iter += done
+        if total is None:  # converged or out of iterations
+            break
         sums, counts = total[:, :d], total[:, d].copy()
         empty = np.flatnonzero(counts == 0)
-        if empty.size:
-            _relocate_empty(engine, o, centers, C2, cn, sums, counts, empty)
-            relocated += int(empty.size)
-        new = _new_centers(sums, counts)
+        C2, cn = kernel_centers(centers)
+        _relocate_empty(engine, o, centers, C2, cn, sums, counts, empty)
+        relocated += int(empty.size)
+        new = new_centers(sums, counts)
         shift = float(np.sum((new - centers) ** 2))
         centers = new
-        # Unchanged labels give shift == 0 exactly, so this is also sklearn's strict stop.
         if shift <= tol_abs:
             break
     return centers, n_iter, relocated
