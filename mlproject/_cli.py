@@ -226,22 +226,6 @@ def say_made(things: Sequence[str], look_run_id: str | None) -> None:
 # -- the run of promote and predict -----------------------------------------------------------
 
 
-def model_experiment(name: str | None, version: str | None, model_id: str | None = None) -> str | None:
-    """The experiment id of a model version's source run (or of its logged model), if known."""
-    from toolkit.tracking.runs import client
-
-    c = client()
-    with contextlib.suppress(Exception):
-        if name and version:
-            run_id = c.get_model_version(name, version).run_id
-            if run_id:
-                return str(c.get_run(run_id).info.experiment_id)
-    with contextlib.suppress(Exception):
-        if model_id:
-            return str(c.get_logged_model(model_id).experiment_id)
-    return None
-
-
 #: Tags linking ``mlflow run``'s own run to the run that holds the record, and back.
 RECORD_RUN_TAG = "kmeans.record_run_id"
 LAUNCHER_RUN_TAG = "kmeans.launcher_run_id"

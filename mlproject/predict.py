@@ -95,10 +95,11 @@ def main() -> int:
     n_workers = _n_workers(args.n_workers)
     address = None if args.scheduler_address.strip() in ("", AUTO_SCHEDULER) else args.scheduler_address
 
-    from mlproject._cli import describe_record, model_experiment, record_run, say_made
+    from mlproject._cli import describe_record, record_run, say_made
     from toolkit.cluster import dask_client
     from toolkit.config import ClusterConfig
     from toolkit.console import say
+    from toolkit.registry import model_experiment
     from toolkit.serving import load_predictor, resolve, score_files
     from toolkit.serving.loader import require_device
     from toolkit.tracking import log_params

@@ -40,10 +40,10 @@ def main() -> int:
     cfg = load_config(args, OPTIONS)
     force = parse_flag(args.force, "force")
 
-    from mlproject._cli import describe_record, model_experiment, record_run, say_made
+    from mlproject._cli import describe_record, record_run, say_made
     from toolkit.console import say
     from toolkit.data import load_dataset
-    from toolkit.registry import promote
+    from toolkit.registry import model_experiment, promote
     from toolkit.registry.integrity import get_version
     from toolkit.registry.promote import CHALLENGER, CHAMPION
     from toolkit.tracking import get_or_create_experiment, log_metrics, log_params, log_tags

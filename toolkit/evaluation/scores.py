@@ -11,13 +11,12 @@ loaders), so the registry can import it without an import cycle.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from toolkit.convert import input_dtype
+from toolkit.convert import input_dtype, predict_labels
 from toolkit.metrics import cluster_metrics
 
 __all__ = ["DISTANCE_QUANTILES", "ClusteringScores", "distance_quantiles", "score_clustering"]
@@ -78,10 +77,7 @@ def score_clustering(
     # Rows already in the centres' width (every case that predicted before) are used as given.
     X = np.asarray(X)
     X = X.astype(input_dtype(model, X.dtype), copy=False)
-    with warnings.catch_warnings():
-        # A twin may remember its training columns' names; rows are matched by position here.
-        warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
-        labels = np.asarray(model.predict(X))
+    labels = predict_labels(model, X)  # a twin that knows its columns' names gets them
     centers = np.asarray(model.cluster_centers_, dtype=np.float64)
     # Kept as one array so inertia is summed exactly as promotion always summed it.
     squared = (X - centers[labels]) ** 2

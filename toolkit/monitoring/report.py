@@ -48,20 +48,6 @@ def model_tags(source: Any) -> dict[str, str]:
     return tags
 
 
-def _model_experiment(source: Any) -> str:
-    """The name of the experiment holding the model (its LoggedModel's), else ``Default``."""
-    from toolkit.tracking.runs import client
-
-    c = client()
-    model_id = getattr(source, "model_id", None)
-    if model_id:
-        try:
-            return c.get_experiment(c.get_logged_model(model_id).experiment_id).name
-        except Exception:  # a copy logged elsewhere: the report still has a home
-            pass
-    return "Default"
-
-
 def drift_plot(report: DriftReport) -> Any:
     """Two panels: cluster shares (training vs scoring) and the distance-to-centre CDFs."""
     from toolkit.tracking.plots import _plt
@@ -126,7 +112,12 @@ def log_drift_report(report: DriftReport, source: Any, run_id: str | None = None
         # Created here rather than through tracked_run: under `mlflow run` that would resume the
         # launcher's run, which may sit in another experiment than the model's.
         model = f"{getattr(source, 'name', None) or 'model'}-v{getattr(source, 'version', None) or '?'}"
-        exp_id = get_or_create_experiment(_model_experiment(source))
+        from toolkit.registry import model_experiment
+
+        # The model's experiment (its version's source run, else its LoggedModel's); a copy
+        # logged elsewhere still gets a home in Default.
+        exp_id = model_experiment(getattr(source, "name", None), getattr(source, "version", None),
+                                  getattr(source, "model_id", None)) or get_or_create_experiment("Default")
         run_id = client().create_run(exp_id, run_name=run_name or f"drift-{model}",
                                      tags={"entry_point": "monitoring"}).info.run_id
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from toolkit.registry.promote import PromotionResult, promote
-from toolkit.registry.register import CHALLENGER, CHAMPION, Registered, log_and_register
+from toolkit.registry.register import CHALLENGER, CHAMPION, Registered, log_and_register, model_experiment
 
 __all__ = [
     "CHALLENGER",
@@ -20,6 +20,7 @@ __all__ = [
     "PromotionResult",
     "Registered",
     "log_and_register",
+    "model_experiment",
     "promote",
     "register_fit",
 ]

@@ -296,3 +296,20 @@ def log_and_register(
         )
     return Registered(native_name, native_ver, sklearn_name, sk_ver, agreement, native.uri, sk_uri,
                       native.model_id, sk_id)
+
+
+def model_experiment(name: str | None, version: str | None, model_id: str | None = None) -> str | None:
+    """The experiment id of a model version's source run (or of its logged model), if known:
+    where the runs that act on a model (promote, predict, a drift report) are recorded."""
+    from toolkit.tracking.runs import client
+
+    c = client()
+    with contextlib.suppress(Exception):
+        if name and version:
+            run_id = c.get_model_version(name, version).run_id
+            if run_id:
+                return str(c.get_run(run_id).info.experiment_id)
+    with contextlib.suppress(Exception):
+        if model_id:
+            return str(c.get_logged_model(model_id).experiment_id)
+    return None
