@@ -325,7 +325,9 @@ def test_search_promote_predict_serve_on_the_stack(stack: Stack, tmp_path: Path)
     assert "${PGPASSWORD}" in parent.data.params["search.storage"]  # the reference, not the value
     kids = children(mlc, parent_id)
     assert len(kids) == 4 and all(r.info.status == "FINISHED" for r in kids)
-    assert {r.data.tags["trial.worker"] for r in kids} == set(stack.workers)  # both external workers
+    # On the external workers.  Which of the two runs these millisecond trials is Dask's choice
+    # (one worker took all four in one CI run), so the set is a subset, not equal.
+    assert {r.data.tags["trial.worker"] for r in kids} <= set(stack.workers)
     # The plots are served through the tracking server, from its artifacts destination.
     assert {a.path for a in mlc.list_artifacts(parent_id, "plots")} >= {"plots/optimization_history.png"}
     png = Path(mlc.download_artifacts(parent_id, "plots/optimization_history.png", str(tmp_path)))
