@@ -82,19 +82,28 @@ def _diagnostics(cfg: ClusterConfig) -> Any:
     return dask.config.set(LEAN_DIAGNOSTICS if cfg.diagnostics == "lean" else {})
 
 
-def _local_cluster(cfg: ClusterConfig) -> Any:
+def use_processes(cfg: ClusterConfig, threads_suit: bool = False) -> bool:
+    """Whether a local cluster for ``cfg`` runs its workers as processes.
+
+    ``threads_suit``: the work is trials whose fits release the GIL, which threads of this
+    process run side by side without starting processes or copying the data to them.
+    """
+    return (not threads_suit) if cfg.processes == "auto" else bool(cfg.processes)
+
+
+def _local_cluster(cfg: ClusterConfig, processes: bool) -> Any:
     from distributed import LocalCluster
 
     # A cluster for this process alone: scheduler and workers on loopback, so nothing on the
     # network can submit work to them.  Threaded clusters (processes=False) talk in-process
     # ("inproc://"), where a host is not accepted.
-    host = {"host": "127.0.0.1"} if cfg.processes else {}
+    host = {"host": "127.0.0.1"} if processes else {}
     with _diagnostics(cfg):
         return LocalCluster(
             n_workers=cfg.n_workers,
             threads_per_worker=cfg.threads_per_worker,
             memory_limit=cfg.memory_limit,
-            processes=cfg.processes,
+            processes=processes,
             dashboard_address=cfg.dashboard_address,
             silence_logs=logging.ERROR,
             **host,
@@ -152,8 +161,11 @@ def _use_rmm_for_cupy() -> None:  # pragma: no cover - needs a GPU
 
 
 @contextlib.contextmanager
-def dask_client(cfg: ClusterConfig, gpu: bool = False) -> Iterator[Any]:
+def dask_client(cfg: ClusterConfig, gpu: bool = False, threads_suit: bool = False) -> Iterator[Any]:
     """Yield a Dask client; close the client (and any cluster it started) on exit.
+
+    ``threads_suit``: the work suits threaded workers (see :func:`use_processes`); with
+    ``cluster.processes=auto`` a local CPU cluster then runs its workers as threads.
 
     Every worker is checked first (:func:`toolkit.workers.check_workers`): it must run this
     driver's toolkit and backend libraries; ``cfg.ship_package`` ships the toolkit to workers
@@ -179,7 +191,7 @@ def dask_client(cfg: ClusterConfig, gpu: bool = False) -> Iterator[Any]:
                     "start it (dask scheduler) or unset cluster.scheduler_address/DASK_SCHEDULER_ADDRESS",
                 ) from None
         else:
-            cluster = _cuda_cluster(cfg) if gpu else _local_cluster(cfg)
+            cluster = _cuda_cluster(cfg) if gpu else _local_cluster(cfg, use_processes(cfg, threads_suit))
             client = Client(cluster)
         # Before the first task (the RMM setup below is one): a worker running another toolkit
         # or other library versions would fail, or compute something else, only later.

@@ -158,7 +158,13 @@ class ClusterConfig(_Strict):
     n_workers: int = Field(2, gt=0)
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "auto"
-    processes: bool = True
+    processes: bool | Literal["auto"] = Field(
+        "auto",
+        description="true: workers as separate processes; false: threads of the driver; 'auto': "
+        "threads for a trial-parallel search on a backend whose fits release the GIL (scikit-learn: "
+        "no worker processes to start, no data to copy, results handed over in memory), processes "
+        "otherwise",
+    )
     dashboard_address: str = Field(
         "127.0.0.1:0",
         description="where clusters the toolkit starts serve the Dask dashboard, host:port "
@@ -181,6 +187,14 @@ class ClusterConfig(_Strict):
     # LocalCUDACluster only
     device_memory_limit: str | None = None
     rmm_pool_size: str | None = None
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes_word(cls, v: Any) -> Any:
+        # One message naming the three choices, not pydantic's two (one per union member).
+        if isinstance(v, str) and v.strip().lower() not in ("auto", "true", "false", "yes", "no", "on", "off", "1", "0"):
+            raise ValueError("choose true (processes), false (threads) or auto")
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("dashboard_address", mode="before")
     @classmethod

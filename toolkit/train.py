@@ -135,7 +135,9 @@ def backend_session(
     if client is not None or not want:
         yield cls(client=client, **options), client
         return
-    with dask_client(cfg.cluster, gpu=cls.device == "gpu") as c:
+    # A trial-parallel search of fits that release the GIL runs its trials on threads here.
+    threads_suit = bool(need_cluster) and cls.parallelism == "trial" and cls.releases_gil
+    with dask_client(cfg.cluster, gpu=cls.device == "gpu", threads_suit=threads_suit) as c:
         yield cls(client=c, **options), c
 
 

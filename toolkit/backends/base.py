@@ -126,6 +126,9 @@ class KMeansBackend(abc.ABC):
     inits: ClassVar[tuple[str, ...]] = ("k-means++", "random")
     #: hyperparameters (``ModelConfig`` fields) its fit uses.
     honours: ClassVar[tuple[str, ...]] = HYPERPARAMETERS
+    #: Its fit and metrics run in compiled code that releases the GIL, so trials can share one
+    #: process as threads (``cluster.processes=auto``) without waiting on each other.
+    releases_gil: ClassVar[bool] = False
     #: Python packages the backend imports; named in the error when one is missing.
     requires: ClassVar[tuple[str, ...]] = ()
 

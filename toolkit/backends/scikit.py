@@ -32,6 +32,8 @@ class SklearnBackend(KMeansBackend):
     """``sklearn.cluster.KMeans`` on in-memory NumPy data (facts: ``BACKEND_FACTS["sklearn"]``)."""
 
     name: ClassVar[str] = "sklearn"
+    # Lloyd's loop (Cython, OpenMP) and the metric kernels (Numba, nogil) run without the GIL.
+    releases_gil: ClassVar[bool] = True
 
     def prepare(self, dataset: Dataset) -> np.ndarray:
         X = dataset.X
