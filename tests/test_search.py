@@ -171,6 +171,38 @@ def test_blobs_search_study_remembers_parent(blobs_search):
     assert study.best_trial.params["n_clusters"] == 6
 
 
+def test_best_model_is_the_best_trials_own_fit_and_equals_a_refit(blobs_search, mlc):
+    """No refit after a trial-parallel sklearn search: the best trial's fit on all rows is the
+    model; a real refit of the same parameters gives the same centres, labels and inertia."""
+    from toolkit.backends import get_backend
+    from toolkit.data import load_dataset
+    from toolkit.search.runner import BEST_FROM_TAG
+    from toolkit.search.space import model_for
+    from toolkit.train import fit_and_score
+
+    cfg, outcome, parent, kids, _ = blobs_search
+    best = outcome.best_params
+    best_numbers = {int(k.data.tags["optuna.trial_number"]) for k in kids
+                    if k.data.metrics.get("objective") == outcome.best_value}
+    assert outcome.best_fit.extra["trial"] in best_numbers
+    assert parent.data.tags[BEST_FROM_TAG] == f"trial {outcome.best_fit.extra['trial']} (its fit on all rows, not refitted)"
+
+    backend = get_backend("sklearn")()
+    dataset = load_dataset(cfg.data)
+    X = backend.prepare(dataset)
+    model = model_for(cfg.model, {k: v for k, v in best.items() if k != "random_state"}, seed=best.get("random_state"))
+    refit, metrics = fit_and_score(backend, X, model, cfg.metrics, dataset.y)
+    got = outcome.best_fit
+    np.testing.assert_array_equal(got.centers, refit.centers)
+    np.testing.assert_array_equal(got.labels, refit.labels)
+    np.testing.assert_array_equal(got.model.predict(X), refit.model.predict(X))
+    assert got.model.cluster_centers_.dtype == refit.model.cluster_centers_.dtype == np.float32
+    assert got.inertia == pytest.approx(refit.inertia, rel=1e-6)
+    assert got.n_iter == refit.n_iter
+    for name in ("silhouette", "davies_bouldin", "calinski_harabasz", "adjusted_rand", "inertia"):
+        assert outcome.best_metrics[name] == pytest.approx(metrics[name], rel=1e-6), name
+
+
 def test_trial_parallel_runs_trials_on_the_workers(blobs_search, client):
     _, _, _, kids, _ = blobs_search
     workers = set(client.scheduler_info()["workers"])

@@ -57,6 +57,13 @@ class TrialLoop:
         self._writer = shared_writer()
         self._writes: list[concurrent.futures.Future] = []
         self._slot_end: dict[str, float] = {}
+        # Trials fitted on all the data, by their parameters: the best one's fit is reused
+        # instead of refitted (k x d centres each, so keeping them all costs little).
+        self._fits: dict[tuple, TrialResult] = {}
+
+    def full_fit(self, params: dict[str, Any]) -> TrialResult | None:
+        """The finished trial that fitted exactly ``params`` on all the data, if one did."""
+        return self._fits.get(_params_key(params))
 
     def better(self, value: float, than: float | None) -> bool:
         if than is None:
@@ -116,6 +123,8 @@ class TrialLoop:
                **{f"params_{k}": v for k, v in res.params.model_dump().items()},
                **{f"metric_{k}": v for k, v in res.metrics.items()}}
         self.rows.append(row)
+        if status == "FINISHED" and res.full_data and res.centers is not None:
+            self._fits[_params_key(res.params.model_dump())] = res
 
         def written(fut: concurrent.futures.Future) -> None:
             if fut.exception() is None:
@@ -141,6 +150,10 @@ class TrialLoop:
         errors = [f.exception() for f in self._writes if f.exception() is not None]
         if errors and raise_errors:
             raise _write_error(errors[0])
+
+
+def _params_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 def _write_error(exc: BaseException) -> BaseException:

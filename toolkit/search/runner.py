@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import Callable, Iterator
@@ -54,10 +55,12 @@ from toolkit.tracking.runs import client, tracking_uri
 from toolkit.tracking.writer import shared_writer
 from toolkit.train import backend_session, fit_and_score, log_fit, register_best, run_params
 
-__all__ = ["BEST_MODEL_TAG", "SearchOutcome", "search"]
+__all__ = ["BEST_FROM_TAG", "BEST_MODEL_TAG", "SearchOutcome", "search"]
 
 #: Parent-run tag: the objective of the model refitted (and registered) for this search.
 BEST_MODEL_TAG = "search.best_model_value"
+#: Parent-run tag: where the best model came from (a trial's own fit, or a refit).
+BEST_FROM_TAG = "search.best_model_from"
 
 
 @dataclass
@@ -188,6 +191,9 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
         raise
     loop.close()
     log_loop_timing(parent, loop, time.perf_counter() - t_loop)
+    # The baseline (a 10-init fit on all rows, in compiled code that releases the GIL) runs on
+    # a thread while this one writes the summary, the best model and its registration.
+    baseline = _start_baseline(dataset, cfg.model.random_state)
     counts = summarise(cfg, loop, parent, study, cv)
     if study is not None and cfg.search.fidelity.enabled:
         log_budget(cfg, study, parent, dataset.n_samples)
@@ -215,11 +221,17 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     if cfg.search.refit and improved:
         best_model = model_for(cfg.model, {k: v for k, v in best_params.items() if k != "random_state"},
                                seed=best_params.get("random_state"))
-        fit, metrics = fit_and_score(backend, X, best_model, search_metrics(cfg), dataset.y)
+        reused = _trial_fit(loop, best_params, backend, X, best_model)
+        if reused is not None:
+            fit, metrics = reused
+            log_tags(parent, {BEST_FROM_TAG: f"trial {fit.extra['trial']} (its fit on all rows, not refitted)"})
+        else:
+            fit, metrics = fit_and_score(backend, X, best_model, search_metrics(cfg), dataset.y)
+            log_tags(parent, {BEST_FROM_TAG: "refit of the best parameters on all rows"})
         log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model")
         outcome.best_fit, outcome.best_metrics = fit, metrics
-    if dataset.y is not None and not dataset.is_lazy:
-        outcome.baseline = baseline_ari(dataset, cfg.model.random_state)
+    if baseline is not None:
+        outcome.baseline = baseline.result()
         log_metrics(parent, {"baseline_adjusted_rand": outcome.baseline})
         log_tags(parent, {"baseline": f"sklearn KMeans(n_clusters={len(np.unique(dataset.y))}, "
                                       f"n_init=10, random_state={cfg.model.random_state})"})
@@ -231,6 +243,45 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
             on_best(outcome, backend, X, dataset)
         log_tags(parent, {BEST_MODEL_TAG: repr(best_value)})
     return outcome
+
+
+def _start_baseline(dataset: Dataset, seed: int) -> concurrent.futures.Future | None:
+    """The labelled baseline's ARI, computing on a thread of its own (None: no labels)."""
+    if dataset.y is None or dataset.is_lazy:
+        return None
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-baseline")
+    try:
+        return pool.submit(baseline_ari, dataset, seed)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one job
+
+
+def _trial_fit(loop: TrialLoop, best_params: dict[str, Any], backend: KMeansBackend, X: Any,
+               model: Any) -> tuple[FitResult, dict[str, float]] | None:
+    """The best trial's own fit as the best model, when refitting would only repeat it.
+
+    Only for ``sklearn`` (its native model is a scikit-learn KMeans, rebuilt exactly from the
+    trial's centres) and a trial fitted on every row with these parameters (seed included):
+    scikit-learn's fit is deterministic for a given seed, so a refit gives the same centres,
+    and its labels are those centres' predictions (its last step assigns every row again).
+    None otherwise: the caller refits.
+    """
+    res = loop.full_fit(best_params)
+    if backend.name != "sklearn" or res is None or res.centers is None or not isinstance(X, np.ndarray):
+        return None
+    from toolkit.convert import sklearn_from_centers
+
+    metrics = dict(res.metrics)
+    native = sklearn_from_centers(res.centers, params=model, inertia=metrics.get("inertia"),
+                                  n_iter=int(metrics.get("n_iter", 0)) or None, dtype=X.dtype,
+                                  n_features_in=X.shape[1])
+    labels = native.predict(X).astype(np.int32, copy=False)
+    native.labels_ = labels
+    fit = FitResult(model=native, centers=np.asarray(res.centers, dtype=np.float64),
+                    inertia=float(metrics.get("inertia", np.nan)), n_iter=int(metrics.get("n_iter", 0)),
+                    fit_seconds=float(metrics.get("fit_seconds", np.nan)), labels=labels,
+                    extra={"trial": res.key})
+    return fit, metrics
 
 
 def _runner(cfg: ExperimentConfig, mode: str, backend: KMeansBackend, dclient: Any, dataset: Dataset,

@@ -90,6 +90,9 @@ class TrialResult:
     infra: bool = False
     # Runs it took, retries after a lost worker included.
     attempts: int = 1
+    # Fitted on every row of the data (not a multi-fidelity rung's subset): its centers are the
+    # model a refit of these parameters would give.
+    full_data: bool = False
 
     @property
     def ok(self) -> bool:
@@ -243,6 +246,7 @@ def _worker_trial(
         res = run_trial(key, backend, prepared, params, metrics_cfg, y, keep_model=False)
     res.worker = name
     res.slot = f"{name}#{threading.get_ident()}"
+    res.full_data = subset is None
     return res
 
 
