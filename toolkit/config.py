@@ -192,7 +192,8 @@ class ClusterConfig(_Strict):
     @classmethod
     def _processes_word(cls, v: Any) -> Any:
         # One message naming the three choices, not pydantic's two (one per union member).
-        if isinstance(v, str) and v.strip().lower() not in ("auto", "true", "false", "yes", "no", "on", "off", "1", "0"):
+        words = ("auto", "true", "false", "yes", "no", "on", "off", "1", "0")
+        if isinstance(v, str) and v.strip().lower() not in words:
             raise ValueError("choose true (processes), false (threads) or auto")
         return v.strip().lower() if isinstance(v, str) else v
 

@@ -194,55 +194,56 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     # The baseline (a 10-init fit on all rows, in compiled code that releases the GIL) runs on
     # a thread while this one writes the summary, the best model and its registration.
     baseline = _start_baseline(dataset, cfg.model.random_state)
-    counts = summarise(cfg, loop, parent, study, cv)
-    if study is not None and cfg.search.fidelity.enabled:
-        log_budget(cfg, study, parent, dataset.n_samples)
-    if is_multi(cfg.search):
-        best_params, best_value = _chosen_on_front(cfg, study, loop, parent)
-    else:
-        best_params, best_value = best_trial(study, loop, direction)
-    if best_params is None:
-        raise ConfigError(
-            f"no trial of {study_name} finished ({counts['failed']} failed); see the child runs' error tags",
-            "fix the cause shown there, or widen search.space",
-        )
-    log_params(parent, {f"best.{k}": v for k, v in best_params.items()})
-    log_metrics(parent, {f"best_{objective}": best_value, "best_value": best_value})
-    outcome = SearchOutcome(parent, study_name, _experiment_name(parent), objective, direction,
-                            best_params, best_value, counts, resumed=resumed, trials=loop.rows,
-                            loop_seconds=time.perf_counter() - t_loop)
-    # A resume refits and registers only a strictly better model than the one this search
-    # already registered: the same best again would be a second version of the same model.
-    outcome.previous_best = _best_model_value(parent)
-    improved = outcome.previous_best is None or loop.better(best_value, outcome.previous_best)
-    if not improved:
-        say(f"no better model than the one this search already registered ({objective} "
-            f"{outcome.previous_best:.6g}); nothing new refitted or registered")
-    if cfg.search.refit and improved:
-        best_model = model_for(cfg.model, {k: v for k, v in best_params.items() if k != "random_state"},
-                               seed=best_params.get("random_state"))
-        reused = _trial_fit(loop, best_params, backend, X, best_model)
-        if reused is not None:
-            fit, metrics = reused
-            log_tags(parent, {BEST_FROM_TAG: f"trial {fit.extra['trial']} (its fit on all rows, not refitted)"})
+    counts, figures = summarise(cfg, loop, parent, study, cv)
+    with _joined(figures):
+        if study is not None and cfg.search.fidelity.enabled:
+            log_budget(cfg, study, parent, dataset.n_samples)
+        if is_multi(cfg.search):
+            best_params, best_value = _chosen_on_front(cfg, study, loop, parent)
         else:
-            fit, metrics = fit_and_score(backend, X, best_model, search_metrics(cfg), dataset.y)
-            log_tags(parent, {BEST_FROM_TAG: "refit of the best parameters on all rows"})
-        log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model")
-        outcome.best_fit, outcome.best_metrics = fit, metrics
-    if baseline is not None:
-        outcome.baseline = baseline.result()
-        log_metrics(parent, {"baseline_adjusted_rand": outcome.baseline})
-        log_tags(parent, {"baseline": f"sklearn KMeans(n_clusters={len(np.unique(dataset.y))}, "
-                                      f"n_init=10, random_state={cfg.model.random_state})"})
-    if outcome.best_fit is not None:
-        if register:
-            outcome.registered = register_best(cfg, backend, outcome.best_fit, X, dataset, parent,
-                                               outcome.best_metrics, search_parent_run_id=parent)
-        if on_best is not None:
-            on_best(outcome, backend, X, dataset)
-        log_tags(parent, {BEST_MODEL_TAG: repr(best_value)})
-    return outcome
+            best_params, best_value = best_trial(study, loop, direction)
+        if best_params is None:
+            raise ConfigError(
+                f"no trial of {study_name} finished ({counts['failed']} failed); see the child runs' error tags",
+                "fix the cause shown there, or widen search.space",
+            )
+        log_params(parent, {f"best.{k}": v for k, v in best_params.items()})
+        log_metrics(parent, {f"best_{objective}": best_value, "best_value": best_value})
+        outcome = SearchOutcome(parent, study_name, _experiment_name(parent), objective, direction,
+                                best_params, best_value, counts, resumed=resumed, trials=loop.rows,
+                                loop_seconds=time.perf_counter() - t_loop)
+        # A resume refits and registers only a strictly better model than the one this search
+        # already registered: the same best again would be a second version of the same model.
+        outcome.previous_best = _best_model_value(parent)
+        improved = outcome.previous_best is None or loop.better(best_value, outcome.previous_best)
+        if not improved:
+            say(f"no better model than the one this search already registered ({objective} "
+                f"{outcome.previous_best:.6g}); nothing new refitted or registered")
+        if cfg.search.refit and improved:
+            best_model = model_for(cfg.model, {k: v for k, v in best_params.items() if k != "random_state"},
+                                   seed=best_params.get("random_state"))
+            reused = _trial_fit(loop, best_params, backend, X, best_model)
+            if reused is not None:
+                fit, metrics = reused
+                log_tags(parent, {BEST_FROM_TAG: f"trial {fit.extra['trial']} (its fit on all rows, not refitted)"})
+            else:
+                fit, metrics = fit_and_score(backend, X, best_model, search_metrics(cfg), dataset.y)
+                log_tags(parent, {BEST_FROM_TAG: "refit of the best parameters on all rows"})
+            log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model")
+            outcome.best_fit, outcome.best_metrics = fit, metrics
+        if baseline is not None:
+            outcome.baseline = baseline.result()
+            log_metrics(parent, {"baseline_adjusted_rand": outcome.baseline})
+            log_tags(parent, {"baseline": f"sklearn KMeans(n_clusters={len(np.unique(dataset.y))}, "
+                                          f"n_init=10, random_state={cfg.model.random_state})"})
+        if outcome.best_fit is not None:
+            if register:
+                outcome.registered = register_best(cfg, backend, outcome.best_fit, X, dataset, parent,
+                                                   outcome.best_metrics, search_parent_run_id=parent)
+            if on_best is not None:
+                on_best(outcome, backend, X, dataset)
+            log_tags(parent, {BEST_MODEL_TAG: repr(best_value)})
+        return outcome
 
 
 def _start_baseline(dataset: Dataset, seed: int) -> concurrent.futures.Future | None:
@@ -262,8 +263,9 @@ def _trial_fit(loop: TrialLoop, best_params: dict[str, Any], backend: KMeansBack
 
     Only for ``sklearn`` (its native model is a scikit-learn KMeans, rebuilt exactly from the
     trial's centres) and a trial fitted on every row with these parameters (seed included):
-    scikit-learn's fit is deterministic for a given seed, so a refit gives the same centres,
-    and its labels are those centres' predictions (its last step assigns every row again).
+    scikit-learn's fit is deterministic for a given seed, so a refit gives the same centres (up
+    to float rounding: the thread count changes the order of Lloyd's sums), and its labels are
+    those centres' predictions (its last step assigns every row again).
     None otherwise: the caller refits.
     """
     res = loop.full_fit(best_params)
@@ -325,6 +327,18 @@ def _experiment_name(run_id: str) -> str:
     """The experiment a run really went to (under ``mlflow run`` not necessarily the config's)."""
     c = client()
     return c.get_experiment(c.get_run(run_id).info.experiment_id).name
+
+
+@contextlib.contextmanager
+def _joined(job: concurrent.futures.Future) -> Iterator[None]:
+    """Wait for the figures' job before the parent run ends: its error (a failed write) when the
+    block succeeded, none when the block's own error is on its way."""
+    try:
+        yield
+    except BaseException:
+        concurrent.futures.wait([job])
+        raise
+    job.result()
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 from typing import Any
 
@@ -9,21 +10,28 @@ import numpy as np
 
 from toolkit.config import ExperimentConfig
 from toolkit.data import Dataset
-from toolkit.errors import first_line
 from toolkit.search import record
 from toolkit.search.loop import TrialLoop
 from toolkit.search.space import trial_model
-from toolkit.tracking import log_metrics, log_tags
+from toolkit.tracking import log_metrics
+from toolkit.tracking.writer import shared_writer
 
 __all__ = ["SYSTEM_PREFIX", "baseline_ari", "best_trial", "log_loop_timing", "summarise"]
 
 
-def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | None, cv: Any | None) -> dict[str, int]:
+def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | None,
+              cv: Any | None) -> tuple[dict[str, int], concurrent.futures.Future]:
+    """Counts, tables and metrics on the parent now; its figures handed to the writer process.
+
+    Returns the trial counts and the figures' job (:func:`toolkit.search.figures.draw_summary_figures`),
+    which the caller joins before the parent run ends.
+    """
     import pandas as pd
 
-    from toolkit.tracking.plots import elbow_plot, history_plot, importance_plot
+    from toolkit.search.figures import draw_summary_figures
 
     rows = loop.rows
+    trials_for_importance, directions = None, None
     if study is not None:
         from optuna.trial import TrialState
 
@@ -40,14 +48,9 @@ def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | 
               **{f"params_{k}": v for k, v in t.params.items()}}
              for t in sorted(trials, key=lambda t: t.number)]
         )
-        try:
-            if counts["complete"] >= 2:
-                imp = _importances(study)
-                if imp:
-                    record.log_figure(parent, importance_plot(imp), "param_importance.png")
-                    log_metrics(parent, {f"importance.{k}": v for k, v in imp.items()})
-        except Exception as exc:  # one varied parameter, constant values...: Optuna cannot rank
-            log_tags(parent, {"search.importance": f"not computed: {first_line(exc, 200)}"})
+        if counts["complete"] >= 2:
+            trials_for_importance = [t for t in trials if t.state == TrialState.COMPLETE]
+            directions = [d.name.lower() for d in study.directions]
     else:
         counts = {
             "complete": sum(r["state"] == "FINISHED" for r in rows),
@@ -57,13 +60,6 @@ def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | 
         values = [r["value"] for r in rows if r["value"] is not None]
         table = pd.DataFrame(cv.cv_results_).drop(columns=["params"])
         record.log_table(parent, table, "cv_results.csv")
-    if values:
-        record.log_figure(parent, history_plot(values, loop.direction, cfg.search.objective),
-                          "optimization_history.png")
-    # By trial number, as the study numbers them (``loop.rows`` is in the order trials ended).
-    record.log_table(parent, sorted(rows, key=lambda r: r["number"]), "trials.csv")
-    if study is not None:
-        record.log_table(parent, table, "study_trials.csv")
     # Elbow: the best objective and its inertia for each n_clusters tried.
     by_k: dict[int, tuple[float, float]] = {}
     for r in rows:
@@ -73,28 +69,16 @@ def summarise(cfg: ExperimentConfig, loop: TrialLoop, parent: str, study: Any | 
         inertia = r.get("metric_inertia", math.nan)
         if loop.better(r["value"], by_k[k][0] if k in by_k else None):
             by_k[k] = (r["value"], inertia if inertia is not None else math.nan)
-    if by_k:
-        ks = sorted(by_k)
-        record.log_figure(parent, elbow_plot(ks, [by_k[k][0] for k in ks], [by_k[k][1] for k in ks],
-                                             cfg.search.objective), "elbow.png")
+    ks = sorted(by_k)
+    elbow = ([int(k) for k in ks], [float(by_k[k][0]) for k in ks], [float(by_k[k][1]) for k in ks]) if ks else None
+    figures = shared_writer().submit(draw_summary_figures, parent, cfg.search.objective, loop.direction,
+                                     [float(v) for v in values], elbow, trials_for_importance, directions)
+    # By trial number, as the study numbers them (``loop.rows`` is in the order trials ended).
+    record.log_table(parent, sorted(rows, key=lambda r: r["number"]), "trials.csv")
+    if study is not None:
+        record.log_table(parent, table, "study_trials.csv")
     log_metrics(parent, {f"trials_{k}": v for k, v in counts.items()})
-    return counts
-
-
-def _importances(study: Any) -> dict[str, float]:
-    """Optuna's parameter importances; of a multi-objective study, for its first objective."""
-    import warnings
-
-    import optuna
-
-    if len(study.directions) == 1:
-        return optuna.importance.get_param_importances(study)
-    # Optuna's default evaluator ranks what makes the target *low*, and warns whenever a target
-    # is given: the first objective, negated when it is maximised, and the warning is expected.
-    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*computes the importances of params to achieve low")
-        return optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
+    return counts, figures
 
 
 def baseline_ari(dataset: Dataset, seed: int) -> float:
