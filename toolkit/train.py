@@ -7,6 +7,7 @@ MLflow run that ends FINISHED or FAILED with the reason.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 from collections.abc import Iterator
@@ -150,8 +151,13 @@ def log_fit(
     X: Any = None,
     backend: KMeansBackend | None = None,
     artifact_path: str = "centroids",
-) -> None:
-    """Metrics, centroids (CSV + .npy) and, if enabled, the centroid plot for one fit."""
+    writer: Any = None,
+) -> concurrent.futures.Future | None:
+    """Metrics, centroids (CSV + .npy) and, if enabled, the centroid plot for one fit.
+
+    ``writer`` (a :class:`toolkit.tracking.writer.ChildWriter`): the centroids and their plot
+    are written by it, and the job's future is returned for the caller to join.
+    """
     log_metrics(run_id, metrics)
     if result.extra.get("init_fitted"):  # e.g. k-means++ fitted as k-means|| on multi-GPU cuML
         log_tags(run_id, {"model.init_fitted": result.extra["init_fitted"]})
@@ -159,14 +165,12 @@ def log_fit(
     if cfg.tracking.log_plot and X is not None and backend is not None:
         hX, hlabels = backend.host_view(X, result.labels)
         plot_data = sample_rows(hX, hlabels, cfg.tracking.plot_sample, cfg.metrics.seed)
-    log_centroids(
-        run_id,
-        result.centers,
-        dataset.feature_names,
-        plot_data,
-        artifact_path=artifact_path,
-        title=f"{cfg.name}: {cfg.backend}, k={len(result.centers)}",
-    )
+    args = (run_id, np.asarray(result.centers), dataset.feature_names, plot_data)
+    options = {"artifact_path": artifact_path, "title": f"{cfg.name}: {cfg.backend}, k={len(result.centers)}"}
+    if writer is not None:
+        return writer.submit(log_centroids, *args, **options)
+    log_centroids(*args, **options)
+    return None
 
 
 def run_params(cfg: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:

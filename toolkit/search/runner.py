@@ -50,6 +50,7 @@ from toolkit.search.space import check_space, model_for, trial_model
 from toolkit.search.study import PARENT_ATTR, STORE_ATTR, open_study
 from toolkit.search.summary import baseline_ari, best_trial, log_loop_timing, summarise
 from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, TrialRunner
+from toolkit.search.warm import warm_imports
 from toolkit.tracking import log_dataset, log_metrics, log_params, log_tags, tags_for, tracked_run
 from toolkit.tracking.runs import client, tracking_uri
 from toolkit.tracking.writer import shared_writer
@@ -118,6 +119,7 @@ def search(
     cls.check_available()
     mode = _mode(cfg, cls)
     shared_writer().start()  # the child-run writer's imports overlap the cluster start and data loading
+    warm_imports(cfg, register and cfg.search.refit)
     # One direction per objective; the first objective's is the search's (best_value, plots).
     dirs = directions(cfg.search)
     direction = dirs[0]
@@ -195,7 +197,8 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     # a thread while this one writes the summary, the best model and its registration.
     baseline = _start_baseline(dataset, cfg.model.random_state)
     counts, figures = summarise(cfg, loop, parent, study, cv)
-    with _joined(figures):
+    jobs = [figures]
+    with _joined(jobs):
         if study is not None and cfg.search.fidelity.enabled:
             log_budget(cfg, study, parent, dataset.n_samples)
         if is_multi(cfg.search):
@@ -229,7 +232,9 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
             else:
                 fit, metrics = fit_and_score(backend, X, best_model, search_metrics(cfg), dataset.y)
                 log_tags(parent, {BEST_FROM_TAG: "refit of the best parameters on all rows"})
-            log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model")
+            # The centroids' CSV and plot are drawn by the writer process, like the figures.
+            jobs.append(log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model",
+                                writer=shared_writer()))
             outcome.best_fit, outcome.best_metrics = fit, metrics
         if baseline is not None:
             outcome.baseline = baseline.result()
@@ -330,15 +335,17 @@ def _experiment_name(run_id: str) -> str:
 
 
 @contextlib.contextmanager
-def _joined(job: concurrent.futures.Future) -> Iterator[None]:
-    """Wait for the figures' job before the parent run ends: its error (a failed write) when the
-    block succeeded, none when the block's own error is on its way."""
+def _joined(jobs: list[concurrent.futures.Future | None]) -> Iterator[None]:
+    """Wait for the writer's jobs (the block may add some) before the parent run ends: the first
+    error (a failed write) when the block succeeded, none when the block's own is on its way."""
     try:
         yield
     except BaseException:
-        concurrent.futures.wait([job])
+        concurrent.futures.wait([j for j in jobs if j is not None])
         raise
-    job.result()
+    for job in jobs:
+        if job is not None:
+            job.result()
 
 
 @contextlib.contextmanager
