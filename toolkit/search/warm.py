@@ -18,9 +18,9 @@ from toolkit.config import ExperimentConfig
 __all__ = ["warm_imports"]
 
 
-def _modules(cfg: ExperimentConfig, register: bool) -> list[str]:
+def _modules(register: bool, source: str | None) -> list[str]:
     mods = ["distributed", "dask.array", "sklearn.cluster", "optuna.importance"]
-    if cfg.data.source in ("blobs", "sklearn"):
+    if source in (None, "blobs", "sklearn"):
         mods.insert(0, "sklearn.datasets")
     if register:
         mods += ["mlflow.sklearn", "skops.io"]
@@ -44,9 +44,20 @@ def _warm(mods: list[str], register: bool) -> None:
             pass
 
 
-def warm_imports(cfg: ExperimentConfig, register: bool) -> threading.Thread:
-    """Start (and return) the thread importing what ``cfg``'s search will use."""
-    thread = threading.Thread(target=_warm, args=(_modules(cfg, register), register),
-                              name="search-warm-imports")
-    thread.start()
-    return thread
+_started: threading.Thread | None = None
+_lock = threading.Lock()
+
+
+def warm_imports(cfg: ExperimentConfig | None = None, register: bool = True) -> threading.Thread:
+    """Start (once per process) and return the thread importing what a search will use.
+
+    ``cfg`` (when known) leaves out what it will not need (no generated data: no dataset
+    generators); ``register=False`` leaves out the model-saving imports.
+    """
+    global _started
+    with _lock:
+        if _started is None:
+            mods = _modules(register, cfg.data.source if cfg is not None else None)
+            _started = threading.Thread(target=_warm, args=(mods, register), name="search-warm-imports")
+            _started.start()
+        return _started
