@@ -50,7 +50,6 @@ from toolkit.search.space import check_space, model_for, trial_model
 from toolkit.search.study import PARENT_ATTR, STORE_ATTR, open_study
 from toolkit.search.summary import baseline_ari, best_trial, log_loop_timing, summarise
 from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, TrialRunner
-from toolkit.search.warm import warm_imports
 from toolkit.tracking import log_dataset, log_metrics, log_params, log_tags, tags_for, tracked_run
 from toolkit.tracking.runs import client, tracking_uri
 from toolkit.tracking.writer import shared_writer
@@ -119,7 +118,6 @@ def search(
     cls.check_available()
     mode = _mode(cfg, cls)
     shared_writer().start()  # the child-run writer's imports overlap the cluster start and data loading
-    warm_imports(cfg, register and cfg.search.refit)
     # One direction per objective; the first objective's is the search's (best_value, plots).
     dirs = directions(cfg.search)
     direction = dirs[0]
