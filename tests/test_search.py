@@ -656,3 +656,30 @@ def test_trial_run_name_says_what_the_trial_tried():
     assert trial_run_name(7, {"n_clusters": 6, "init": "k-means++", "tol": 1e-4}) == "k=6 k-means++ #007"
     assert trial_run_name(12, {"n_clusters": 3, "init": "random"}) == "k=3 random #012"
     assert trial_run_name(1234, {"n_clusters": 10}) == "k=10 #1234"  # whatever the trial had
+
+
+# -- cluster.processes=auto ---------------------------------------------------------------------
+
+
+def test_own_cluster_runs_sklearn_trials_on_threads_of_the_driver(store, mlc, tmp_path):
+    """``cluster.processes=auto`` (the default): a trial-parallel sklearn search that starts its
+    own cluster runs the trials on in-process workers (``inproc://``), the same trials as on
+    worker processes would, each child run still written by the one writer."""
+    cfg = make_cfg("search-own-threads", str(tmp_path / "optuna.log"), "data.n_samples=1500",
+                   "search.n_trials=4", "tracking.log_plot=false", "registry.register_best=false")
+    assert cfg.cluster.processes == "auto"
+    out = search(cfg)  # no client: the search starts (and closes) its own cluster
+    kids = children(mlc, out.parent_run_id)
+    assert len(kids) == 4 and all(k.info.status == "FINISHED" for k in kids)
+    assert {k.data.tags["trial.worker"].split("://")[0] for k in kids} == {"inproc"}
+    assert mlc.get_run(out.parent_run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("setting, suits, processes", [
+    ("auto", True, False), ("auto", False, True), (True, True, True), (False, False, False),
+])
+def test_processes_setting(setting, suits, processes):
+    from toolkit.cluster import use_processes
+    from toolkit.config import ClusterConfig
+
+    assert use_processes(ClusterConfig(processes=setting), threads_suit=suits) is processes

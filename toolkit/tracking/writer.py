@@ -75,6 +75,15 @@ def _warm() -> None:
     import mlflow
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
+    # A search's last jobs draw its figures: matplotlib and Optuna's importance evaluator are
+    # imported now, at this process's low priority, not while the driver waits on them.
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot  # noqa: F401
+        import optuna.importance  # noqa: F401
+
 
 class ChildWriter:
     """Run MLflow writes one at a time off the driver's thread.
