@@ -81,7 +81,7 @@ def _warm() -> None:
         import matplotlib
 
         matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot  # noqa: F401
+        import matplotlib.pyplot
         import optuna.importance  # noqa: F401
 
 
