@@ -153,3 +153,47 @@ def test_first_rung_smaller_than_k_is_refused(store, mlc, client, tmp_path):
     with pytest.raises(ConfigError, match="first rung fits 12 of the 100 rows") as err:
         search(cfg, client=client)
     assert "\n" not in str(err.value)
+
+
+def test_a_rungs_silhouette_sample_shrinks_with_its_rows_and_the_last_rung_keeps_it():
+    from toolkit.config import MetricsConfig
+    from toolkit.search.fidelity import rung_metrics
+
+    m = MetricsConfig(silhouette_sample=5000)
+    assert rung_metrics(m, 1_000_000, 1_000_000) is m  # the trial's value: as configured
+    assert rung_metrics(m, 37_038, 1_000_000).silhouette_sample == 1000  # the floor
+    assert rung_metrics(m, 333_334, 1_000_000).silhouette_sample == 1667
+    small = MetricsConfig(silhouette_sample=500)
+    assert rung_metrics(small, 100, 900) is small  # never above the configured sample
+
+
+def test_a_rung_is_scored_on_its_own_sample_size():
+    """A trial task on a rung scores the silhouette on the rung's sample, the same for every
+    trial of that rung; on all rows it scores on the configured one."""
+    import numpy as np
+
+    from toolkit.config import MetricsConfig
+    from toolkit.metrics import cluster_metrics
+    from toolkit.search.fidelity import rung_metrics
+    from toolkit.search.trials import _worker_trial
+
+    cfg = make_cfg("unused", "unused.log")
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(c, 0.5, size=(3000, 2)) for c in (-4, 0, 4)]).astype(np.float32)
+    metrics = MetricsConfig(silhouette_sample=3000)
+    params = cfg.model.model_copy(update={"n_clusters": 3})
+    subset = (3000, 0)  # a third of the rows: a sample of 1,000 (the floor), not 3,000
+    res = _worker_trial(0, "sklearn", X, params, metrics, None, subset)
+    assert res.ok and not res.full_data
+    rows = take_rows(X, None, subset)[0]
+    assert rung_metrics(metrics, 3000, len(X)).silhouette_sample == 1000
+    from sklearn.cluster import KMeans
+
+    labels = KMeans(n_clusters=3, init=params.init, n_init=params.n_init, max_iter=params.max_iter,
+                    tol=params.tol, random_state=params.random_state).fit(rows).labels_
+    on_rung = cluster_metrics(rows, labels, 3, silhouette_sample=1000, seed=metrics.seed)["silhouette"]
+    as_configured = cluster_metrics(rows, labels, 3, silhouette_sample=3000, seed=metrics.seed)["silhouette"]
+    assert on_rung != pytest.approx(as_configured, rel=1e-9)  # the two sizes tell apart
+    assert res.metrics["silhouette"] == pytest.approx(on_rung, rel=1e-6)
+    full = _worker_trial(1, "sklearn", X, params, metrics, None, None)
+    assert full.full_data

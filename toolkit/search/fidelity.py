@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.config import ExperimentConfig, FidelityConfig, ModelConfig
+from toolkit.config import ExperimentConfig, FidelityConfig, MetricsConfig, ModelConfig
 
 __all__ = [
     "RUNG_ATTR",
@@ -37,6 +37,7 @@ __all__ = [
     "log_budget",
     "make_pruner",
     "optuna_step",
+    "rung_metrics",
     "rung_model",
     "rung_rows",
     "subset_rows",
@@ -120,6 +121,28 @@ def take_rows(X: Any, y: np.ndarray | None, subset: tuple[int, int] | None) -> t
         return X, y
     rows = subset_rows(n_total, subset[0], subset[1])
     return X[rows], (None if y is None else np.asarray(y)[rows])
+
+
+#: A rung's silhouette sample never shrinks below this many rows (or the configured sample).
+RUNG_MIN_SILHOUETTE_SAMPLE = 1_000
+
+
+def rung_metrics(metrics: MetricsConfig, rows: int, n_total: int) -> MetricsConfig:
+    """The metrics settings of a rung fitting ``rows`` of ``n_total`` rows.
+
+    The silhouette's sample shrinks with the rung's share of the rows (not below
+    :data:`RUNG_MIN_SILHOUETTE_SAMPLE`): on a small rung a fixed 5,000-row sample (25 million
+    pairs) cost more than the fit it scored, and a rung's value only ranks the trials of that
+    rung, which all get the same sample size.  The last rung (all rows) keeps the configured
+    sample: the trial's value is always scored as configured.
+    """
+    if rows >= n_total:
+        return metrics
+    floor = min(metrics.silhouette_sample, RUNG_MIN_SILHOUETTE_SAMPLE)
+    sample = max(floor, math.ceil(metrics.silhouette_sample * rows / n_total))
+    if sample >= metrics.silhouette_sample:
+        return metrics
+    return metrics.model_copy(update={"silhouette_sample": sample})
 
 
 def check_rungs(cfg: ExperimentConfig, n_samples: int) -> None:

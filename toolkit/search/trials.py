@@ -224,7 +224,7 @@ def _worker_trial(
 
     from toolkit.backends import get_backend
     from toolkit.data import Dataset
-    from toolkit.search.fidelity import take_rows
+    from toolkit.search.fidelity import rung_metrics, take_rows
 
     try:
         from distributed import get_worker
@@ -238,7 +238,9 @@ def _worker_trial(
     else:
         name, limits = "local", threadpool_limits(limits=1)
     backend = get_backend(backend_name)(client=None)
+    n_total = int(X.shape[0])
     X, y = take_rows(X, y, subset)
+    metrics_cfg = rung_metrics(metrics_cfg, int(X.shape[0]), n_total)
     with limits:
         prepared = backend.prepare(Dataset("trial", X, None, [], "scattered"))
         # The fitted estimator stays here: the driver needs only centers and metrics (a
@@ -527,7 +529,12 @@ class DataParallelRunner:
             return TrialResult(key, params, error=f"placing a rung's rows: {_one_line(exc)}",
                                error_type=type(exc).__name__, started=time.time(), finished=time.time(),
                                infra=True)
-        return run_trial(key, self.backend, X, params, self.metrics_cfg, y)
+        metrics_cfg = self.metrics_cfg
+        if subset is not None and self.dataset is not None:
+            from toolkit.search.fidelity import rung_metrics
+
+            metrics_cfg = rung_metrics(metrics_cfg, min(subset[0], self.dataset.n_samples), self.dataset.n_samples)
+        return run_trial(key, self.backend, X, params, metrics_cfg, y)
 
     def results(self) -> list[TrialResult]:
         """Run the oldest queued trial now, on the driver; after a lost worker, again on the
