@@ -683,3 +683,22 @@ def test_processes_setting(setting, suits, processes):
     from toolkit.config import ClusterConfig
 
     assert use_processes(ClusterConfig(processes=setting), threads_suit=suits) is processes
+
+
+@pytest.mark.parametrize("overrides, small", [
+    (["data.n_samples=250000", "data.n_features=16"], True),
+    (["data.n_samples=1000000", "data.n_features=16"], False),
+    (["data.source=sklearn", "data.dataset=digits"], True),
+])
+def test_threaded_workers_only_for_data_known_to_be_small(overrides, small):
+    from toolkit.train import _small_data
+
+    assert _small_data(load_experiment(BLOBS, overrides)) is small
+
+
+def test_a_file_source_gets_worker_processes(tmp_path):
+    from toolkit.train import _small_data
+
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n3,4\n")
+    assert _small_data(load_experiment(BLOBS, ["data.source=file", f"data.path={path}"])) is False

@@ -82,6 +82,13 @@ def _diagnostics(cfg: ClusterConfig) -> Any:
     return dask.config.set(LEAN_DIAGNOSTICS if cfg.diagnostics == "lean" else {})
 
 
+#: ``cluster.processes=auto`` runs trials on threads only for in-memory data up to this many
+#: values (rows x features; 250k x 16 is 4 million).  Above it, the GIL that scikit-learn's
+#: k-means++ initialisation holds (it serialises two threads' inits) costs more than starting
+#: worker processes and copying the data to them; figures in benchmarks/RESULTS.md.
+THREAD_WORKERS_MAX_VALUES = 4_000_000
+
+
 def use_processes(cfg: ClusterConfig, threads_suit: bool = False) -> bool:
     """Whether a local cluster for ``cfg`` runs its workers as processes.
 

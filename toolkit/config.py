@@ -161,9 +161,10 @@ class ClusterConfig(_Strict):
     processes: bool | Literal["auto"] = Field(
         "auto",
         description="true: workers as separate processes; false: threads of the driver; 'auto': "
-        "threads for a trial-parallel search on a backend whose fits release the GIL (scikit-learn: "
-        "no worker processes to start, no data to copy, results handed over in memory), processes "
-        "otherwise",
+        "threads for a trial-parallel scikit-learn search on small data (generated blobs of at most "
+        "4 million values, or a bundled scikit-learn dataset: no worker processes to start, no data "
+        "to copy, results handed over in memory), processes otherwise (on bigger data the GIL held "
+        "by scikit-learn's k-means++ initialisation would serialise the threads)",
     )
     dashboard_address: str = Field(
         "127.0.0.1:0",

@@ -136,10 +136,24 @@ def backend_session(
     if client is not None or not want:
         yield cls(client=client, **options), client
         return
-    # A trial-parallel search of fits that release the GIL runs its trials on threads here.
-    threads_suit = bool(need_cluster) and cls.parallelism == "trial" and cls.releases_gil
+    # A trial-parallel search of fits that release the GIL, on small data, runs its trials on
+    # threads here (cluster.processes=auto).
+    threads_suit = bool(need_cluster) and cls.parallelism == "trial" and cls.releases_gil and _small_data(cfg)
     with dask_client(cfg.cluster, gpu=cls.device == "gpu", threads_suit=threads_suit) as c:
         yield cls(client=c, **options), c
+
+
+def _small_data(cfg: ExperimentConfig) -> bool:
+    """Whether the configured data is known, before loading it, to be small enough for threaded
+    workers (:data:`toolkit.cluster.THREAD_WORKERS_MAX_VALUES`): generated blobs by their size,
+    scikit-learn's bundled datasets always (the largest has a few thousand rows), files never."""
+    from toolkit.cluster import THREAD_WORKERS_MAX_VALUES
+
+    if cfg.data.source == "sklearn":
+        return True
+    if cfg.data.source == "blobs":
+        return cfg.data.n_samples * cfg.data.n_features <= THREAD_WORKERS_MAX_VALUES
+    return False
 
 
 def log_fit(
