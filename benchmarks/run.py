@@ -49,7 +49,7 @@ from benchmarks.peers import PEERS, bench_peers
 #: The config overrides that make a search multi-fidelity, for the ``fidelity`` section (the
 #: feature's keys live under ``search.fidelity``).  While the config rejects them the section
 #: skips with one line.
-_FIDELITY_OVERRIDES = "search.fidelity.pruner=hyperband"
+_FIDELITY_OVERRIDES = "search.fidelity.pruner=successive_halving search.fidelity.min_fraction=0.012"
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ def draw_summary_figures(
         try:
             import optuna
 
+            # This process's own Optuna logger: "A new study created in memory" is not news.
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
             study = optuna.create_study(directions=list(directions or [direction]))
             study.add_trials(trials)
             imp = importances(study)
