@@ -9,9 +9,13 @@ independent, fully migrated MLflow database.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 _template: Path | None = None
 
@@ -37,3 +41,25 @@ def init_store(path: str | Path) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_template, target)
     return f"sqlite:///{target}"
+
+
+@contextlib.contextmanager
+def mlflow_pointed_at(uri: str, mp: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point MLflow at ``uri`` as tracking and registry store (environment, through ``mp``, and
+    MLflow's own module state), with no run or experiment inherited; MLflow's state is restored
+    on exit (``mp`` restores the environment)."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("MLFLOW_REGISTRY_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        mp.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved

@@ -93,24 +93,11 @@ def tracking_uri(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A migrated sqlite store per test module, as tracking and registry URI (env and mlflow)."""
-    import mlflow
-    from _mlflow_store import init_store
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    from _mlflow_store import init_store, mlflow_pointed_at
 
     uri = init_store(tmp_path_factory.mktemp("store") / "mlflow.db")
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_REGISTRY_URI", uri)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            mp.delenv(var, raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        try:
-            yield uri
-        finally:
-            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+    with pytest.MonkeyPatch.context() as mp, mlflow_pointed_at(uri, mp):
+        yield uri
 
 
 @pytest.fixture(scope="session")

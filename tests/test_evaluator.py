@@ -270,23 +270,11 @@ def test_promotion_imports_only_the_pure_score_function():
 @pytest.fixture()
 def mlflow_server(tmp_path, monkeypatch):
     """A real ``mlflow server`` on loopback (own process group), stopped by its own handle."""
+    from _mlflow_store import mlflow_pointed_at
     from _servers import mlflow_server as start_mlflow_server
 
-    with start_mlflow_server(tmp_path) as url:
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-        mlflow.set_tracking_uri(url)
-        mlflow.set_registry_uri(url)
-        try:
-            yield url
-        finally:
-            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+    with start_mlflow_server(tmp_path) as url, mlflow_pointed_at(url, monkeypatch):
+        yield url
 
 
 @pytest.mark.server

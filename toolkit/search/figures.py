@@ -8,7 +8,6 @@ model and its registration meanwhile; the search joins the job before its parent
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +39,9 @@ def draw_summary_figures(
     trials: Sequence[Any] | None = None,
     directions: Sequence[str] | None = None,
 ) -> None:
-    """Log the parent's figures: optimisation history, elbow and, given the study's finished
-    ``trials`` (Optuna ``FrozenTrial``s) and ``directions``, the parameter importances (figure
+    """Log the parent's figures: optimisation history, elbow (best value and inertia per k, NaN
+    where unknown) and, given the study's completed ``trials`` (Optuna ``FrozenTrial``s, two or
+    more) and ``directions``, the parameter importances (figure
     and ``importance.<param>`` metrics; a ``search.importance`` tag says why when Optuna cannot
     rank them).  Runs in the writer process: everything arrives as picklable data."""
     from toolkit.errors import first_line
@@ -49,7 +49,7 @@ def draw_summary_figures(
     from toolkit.tracking import log_metrics, log_tags
     from toolkit.tracking.plots import elbow_plot, history_plot, importance_plot
 
-    if trials is not None and sum(t.values is not None for t in trials) >= 2:
+    if trials:
         try:
             import optuna
 
@@ -67,5 +67,4 @@ def draw_summary_figures(
         record.log_figure(run_id, history_plot(list(history), direction, objective), "optimization_history.png")
     if elbow is not None and elbow[0]:
         ks, values, inertia = elbow
-        record.log_figure(run_id, elbow_plot(ks, values, [math.nan if v is None else v for v in inertia], objective),
-                          "elbow.png")
+        record.log_figure(run_id, elbow_plot(ks, values, inertia, objective), "elbow.png")

@@ -277,13 +277,13 @@ def _trial_fit(loop: TrialLoop, best_params: dict[str, Any], backend: KMeansBack
     from toolkit.convert import sklearn_from_centers
 
     metrics = dict(res.metrics)
+    n_iter = int(metrics.get("n_iter", 0))
     native = sklearn_from_centers(res.centers, params=model, inertia=metrics.get("inertia"),
-                                  n_iter=int(metrics.get("n_iter", 0)) or None, dtype=X.dtype,
-                                  n_features_in=X.shape[1])
+                                  n_iter=n_iter or None, dtype=X.dtype, n_features_in=X.shape[1])
     labels = native.predict(X).astype(np.int32, copy=False)
     native.labels_ = labels
     fit = FitResult(model=native, centers=np.asarray(res.centers, dtype=np.float64),
-                    inertia=float(metrics.get("inertia", np.nan)), n_iter=int(metrics.get("n_iter", 0)),
+                    inertia=float(metrics.get("inertia", np.nan)), n_iter=n_iter,
                     fit_seconds=float(metrics.get("fit_seconds", np.nan)), labels=labels,
                     extra={"trial": res.key})
     return fit, metrics

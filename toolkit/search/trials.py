@@ -248,7 +248,7 @@ def _worker_trial(
         res = run_trial(key, backend, prepared, params, metrics_cfg, y, keep_model=False)
     res.worker = name
     res.slot = f"{name}#{threading.get_ident()}"
-    res.full_data = subset is None
+    res.full_data = int(X.shape[0]) == n_total  # what was fitted, as take_rows decided
     return res
 
 
@@ -530,10 +530,10 @@ class DataParallelRunner:
                                error_type=type(exc).__name__, started=time.time(), finished=time.time(),
                                infra=True)
         metrics_cfg = self.metrics_cfg
-        if subset is not None and self.dataset is not None:
+        if subset is not None:  # (None above when there is no dataset to take rows from)
             from toolkit.search.fidelity import rung_metrics
 
-            metrics_cfg = rung_metrics(metrics_cfg, min(subset[0], self.dataset.n_samples), self.dataset.n_samples)
+            metrics_cfg = rung_metrics(metrics_cfg, subset[0], self.dataset.n_samples)
         return run_trial(key, self.backend, X, params, metrics_cfg, y)
 
     def results(self) -> list[TrialResult]:
