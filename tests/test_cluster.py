@@ -57,6 +57,22 @@ def test_local_cluster_is_closed_on_error(monkeypatch):
             cluster.close()
 
 
+def test_local_cluster_keeps_dask_info_lines_off_the_console_until_closed(monkeypatch, caplog):
+    # The scheduler and threaded workers log in this process; Dask quiets them only while the
+    # cluster starts, so a comm closed at shutdown printed an INFO traceback on a failed run.
+    import logging
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    before = logging.getLogger("distributed").level
+    with dask_client(ClusterConfig(n_workers=1, threads_per_worker=1, processes=False)) as c:
+        assert c.submit(sum, [1, 2]).result() == 3
+        logging.getLogger("distributed.batched").info("Batched Comm Closed (test line)")
+        logging.getLogger("distributed.worker").error("an error still shows")
+    assert "Batched Comm Closed (test line)" not in caplog.text
+    assert "an error still shows" in caplog.text
+    assert logging.getLogger("distributed").level == before  # the user's logging is theirs again
+
+
 @pytest.mark.parametrize("rows", [10_001, 3])
 def test_scatter_rows_spreads_blocks_evenly_and_keeps_order(client, rows):
     from distributed import futures_of

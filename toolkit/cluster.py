@@ -168,6 +168,19 @@ def _use_rmm_for_cupy() -> None:  # pragma: no cover - needs a GPU
 
 
 @contextlib.contextmanager
+def _dask_logs_at_error() -> Iterator[None]:
+    # The logger, not only Dask's own console handler: where logging was configured first
+    # (pytest, a notebook, an app) Dask adds no handler and its records reach the root's.
+    log = logging.getLogger("distributed")
+    old = log.level
+    log.setLevel(max(old, logging.ERROR))
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
+@contextlib.contextmanager
 def dask_client(cfg: ClusterConfig, gpu: bool = False, threads_suit: bool = False) -> Iterator[Any]:
     """Yield a Dask client; close the client (and any cluster it started) on exit.
 
@@ -188,6 +201,7 @@ def dask_client(cfg: ClusterConfig, gpu: bool = False, threads_suit: bool = Fals
     address = scheduler_address(cfg)
     cluster = None
     client = None
+    quiet = contextlib.ExitStack()
     try:
         if address:
             try:
@@ -198,6 +212,10 @@ def dask_client(cfg: ClusterConfig, gpu: bool = False, threads_suit: bool = Fals
                     "start it (dask scheduler) or unset cluster.scheduler_address/DASK_SCHEDULER_ADDRESS",
                 ) from None
         else:
+            # Dask quiets its loggers only while the cluster starts; the scheduler (and threaded
+            # workers) live in this process, and their INFO lines when comms close at shutdown
+            # (a traceback included) would reach the user's console, worst when a run fails.
+            quiet.enter_context(_dask_logs_at_error())
             cluster = _cuda_cluster(cfg) if gpu else _local_cluster(cfg, use_processes(cfg, threads_suit))
             client = Client(cluster)
         # Before the first task (the RMM setup below is one): a worker running another toolkit
@@ -207,10 +225,11 @@ def dask_client(cfg: ClusterConfig, gpu: bool = False, threads_suit: bool = Fals
             client.run(_use_rmm_for_cupy)
         yield client
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        with quiet:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def _bound_host(client: Any) -> str | None:
