@@ -21,7 +21,7 @@ Sections (figures are medians over ``--repeats`` runs, ratios come from the same
   time, a child run each) run with no tracking (the floor), by Optuna + ``MLflowCallback``, by
   ``mlflow.sklearn.autolog`` + ``GridSearchCV`` and by this project (``python -m mlproject.search``
   and ``mlflow run -e search``), ``--repeats`` alternating rounds (:mod:`benchmarks.peers`).
-* ``fidelity``   multi-fidelity (``_FIDELITY_OVERRIDES``) against full-fidelity search: wall and
+* ``fidelity``   multi-fidelity (``_FIDELITY_MODES``) against full-fidelity search: wall and
   time to the best trial on ``--rows`` x ``--features``, ``--trials`` trials (target: at most 0.3x).
 
 Speed targets live here, never in timed unit tests.
@@ -49,7 +49,13 @@ from benchmarks.peers import PEERS, bench_peers
 #: The config overrides that make a search multi-fidelity, for the ``fidelity`` section (the
 #: feature's keys live under ``search.fidelity``).  While the config rejects them the section
 #: skips with one line.
-_FIDELITY_OVERRIDES = "search.fidelity.pruner=successive_halving search.fidelity.min_fraction=0.012"
+#: The multi-fidelity searches the ``fidelity`` section runs against full fidelity: rungs of
+#: 1/81, 1/27, 1/9, 1/3 and all rows, with Optuna's asynchronous successive halving and with
+#: the synchronous variant (a rung decided once all its trials have reported).
+_FIDELITY_MODES = {
+    pruner: f"search.fidelity.pruner={pruner} search.fidelity.min_fraction=0.012"
+    for pruner in ("successive_halving", "synchronous_halving")
+}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -600,62 +606,78 @@ def _time_to_best(parent: str, best_value: float) -> float:
 
 
 def bench_fidelity(tmp: str, rows: int, features: int, k: int, trials: int, repeats: int, workers: int,
-                   overrides: str = _FIDELITY_OVERRIDES) -> dict[str, Any]:
+                   modes: dict[str, str] | None = None) -> dict[str, Any]:
     """Multi-fidelity against full-fidelity search on the same workload, in turns.
 
     The peers' workload (:func:`benchmarks.peers.project_overrides`) with the config's default
     sampler (TPE, what a pruner is paired with) and no refit: the figure is the search.  Each
-    round runs both on one cluster, alternating which goes first; walls and the time to the best
-    trial are paired per round.  Skipped, with the reason, while the config or the search
-    rejects ``overrides`` (a ConfigError: the feature has not landed).
+    round runs full fidelity and every mode of ``modes`` (name -> overrides; default
+    :data:`_FIDELITY_MODES`) on one cluster, rotating which goes first; walls and the time to
+    the best trial are paired per round.  Skipped, with the reason, while the config or the
+    search rejects a mode's overrides (a ConfigError: the feature has not landed).
     """
     from benchmarks.peers import project_overrides, workload_config
     from toolkit.errors import ConfigError, first_line
     from toolkit.search import search
 
+    modes = dict(_FIDELITY_MODES if modes is None else modes)
     base = [o for o in project_overrides(rows, features, k, trials, workers) if not o.startswith("search.sampler=")]
     base += ["search.refit=false", "registry.register_best=false", f"search.storage={tmp}/fidelity-optuna.log"]
-    try:
-        workload_config(base + overrides.split())
-    except ConfigError as exc:
-        return {"skipped": f"the config rejects {overrides!r}: {first_line(exc)}"}
+    for overrides in modes.values():
+        try:
+            workload_config(base + overrides.split())
+        except ConfigError as exc:
+            return {"skipped": f"the config rejects {overrides!r}: {first_line(exc)}"}
     out: dict[str, Any] = {"rows": rows, "features": features, "k": k, "trials": trials, "repeats": repeats,
-                           "workers": workers, "overrides": overrides}
-    figures: dict[str, dict[str, list[Any]]] = {m: {"wall_s": [], "to_best_s": [], "best_k": [], "best": []}
-                                                for m in ("full", "multi")}
+                           "workers": workers, "modes": modes}
+    order = ["full", *modes]
+    figures: dict[str, dict[str, list[Any]]] = {m: {"wall_s": [], "to_best_s": [], "best_k": [], "best": [],
+                                                    "full_fits": []} for m in order}
     with _environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-fidelity.db", MLFLOW_RUN_ID=None), \
             _cluster(workers) as client:
         # Warm-up (imports on the workers, the sqlite schema): the first search must not pay for both.
         search(workload_config([*base, "search.n_trials=2", "name=fidelity-warmup"]), client=client)
         for rnd in range(repeats):
-            for mode in (("full", "multi") if rnd % 2 == 0 else ("multi", "full")):
-                extra = overrides.split() if mode == "multi" else []
+            for mode in order[rnd % len(order):] + order[:rnd % len(order)]:
+                extra = modes[mode].split() if mode in modes else []
                 cfg = workload_config([*base, *extra, f"name=fidelity-{mode}-{rnd}"])
                 t = time.perf_counter()
                 try:
                     res = search(cfg, client=client)
                 except ConfigError as exc:
-                    return {"skipped": f"the search rejects {overrides!r}: {first_line(exc)}"}
+                    return {"skipped": f"the search rejects {modes.get(mode)!r}: {first_line(exc)}"}
                 f = figures[mode]
                 f["wall_s"].append(time.perf_counter() - t)
                 f["to_best_s"].append(_time_to_best(res.parent_run_id, res.best_value))
                 f["best_k"].append(int(res.best_params["n_clusters"]))
                 f["best"].append(res.best_value)
-                print(f"fidelity round {rnd + 1}/{repeats}: {mode:<5} {f['wall_s'][-1]:7.2f} s, best k "
-                      f"{f['best_k'][-1]} ({res.best_value:.4f}) reached after {f['to_best_s'][-1]:.2f} s", flush=True)
+                f["full_fits"].append(_full_fit_equivalents(res.parent_run_id, trials))
+                print(f"fidelity round {rnd + 1}/{repeats}: {mode:<20} {f['wall_s'][-1]:7.2f} s, best k "
+                      f"{f['best_k'][-1]} ({res.best_value:.4f}) reached after {f['to_best_s'][-1]:.2f} s, "
+                      f"{f['full_fits'][-1]:.1f} full-fit equivalents", flush=True)
     for mode, f in figures.items():
         out[mode] = {"wall_s": statistics.median(f["wall_s"]), "to_best_s": statistics.median(f["to_best_s"]),
                      "walls_s": f["wall_s"], "to_best_runs_s": f["to_best_s"], "best_k": f["best_k"],
-                     "best_value": f["best"]}
-    out["ratios"] = {"multi_wall_over_full_wall": _paired(figures["multi"]["wall_s"], figures["full"]["wall_s"]),
-                     "multi_to_best_over_full_to_best": _paired(figures["multi"]["to_best_s"],
-                                                                figures["full"]["to_best_s"])}
-    same_k = figures["multi"]["best_k"] == figures["full"]["best_k"]
-    out["same_best_k"] = same_k
-    out["targets"] = {"fidelity: multi-fidelity wall <= 0.3x full-fidelity wall":
-                      out["ratios"]["multi_wall_over_full_wall"] <= 0.3,
-                      "fidelity: same best k as full fidelity": same_k}
+                     "best_value": f["best"], "full_fit_equivalents": statistics.median(f["full_fits"])}
+    out["ratios"] = {}
+    out["targets"] = {}
+    for mode in modes:
+        wall = _paired(figures[mode]["wall_s"], figures["full"]["wall_s"])
+        out["ratios"][f"{mode}: wall over full wall"] = wall
+        out["ratios"][f"{mode}: time to best over full"] = _paired(figures[mode]["to_best_s"],
+                                                                  figures["full"]["to_best_s"])
+        same_k = figures[mode]["best_k"] == figures["full"]["best_k"]
+        out["targets"][f"fidelity: {mode} wall <= 0.3x full-fidelity wall"] = wall <= 0.3
+        out["targets"][f"fidelity: {mode} finds the same best k as full fidelity"] = same_k
     return out
+
+
+def _full_fit_equivalents(parent: str, trials: int) -> float:
+    """The search's budget in full-data fits (the parent's ``budget/full_fit_equivalents``; one
+    per trial without fidelity)."""
+    from mlflow import MlflowClient
+
+    return float(MlflowClient().get_run(parent).data.metrics.get("budget/full_fit_equivalents", trials))
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -758,13 +780,15 @@ def _print_fidelity(fi: dict[str, Any]) -> None:
         print(f"\n-- fidelity: skipped: {fi['skipped']}")
         return
     print(f"\n-- fidelity: {fi['trials']} trials on {fi['rows']:,} x {fi['features']}, {fi['workers']} workers, "
-          f"{fi['repeats']} alternating round(s); multi = {fi['overrides']}")
-    for mode in ("full", "multi"):
+          f"{fi['repeats']} rotating round(s), medians")
+    for mode in ("full", *fi["modes"]):
         r = fi[mode]
-        print(f"  {mode:<5} wall {r['wall_s']:8.2f} s, best reached after {r['to_best_s']:8.2f} s, "
-              f"best k {r['best_k']}")
+        print(f"  {mode:<20} wall {r['wall_s']:8.2f} s, best reached after {r['to_best_s']:8.2f} s, "
+              f"{r['full_fit_equivalents']:5.1f} full-fit equivalents, best k {r['best_k']}")
+    for mode, overrides in fi["modes"].items():
+        print(f"  {mode}: {overrides}")
     for k, v in fi["ratios"].items():
-        print(f"  {k:<36} {v:8.2f}x")
+        print(f"  {k:<48} {v:8.2f}x")
 
 
 def _log_mlflow(report: dict[str, Any], path: str) -> str:

@@ -86,20 +86,23 @@ def test_benchmark_peers_section_runs_every_peer_on_the_same_trials(tmp_path):
 
 
 def test_benchmark_fidelity_section_runs_tiny(tmp_path):
-    """The ``fidelity`` section on 2k rows, 4 trials, 1 round (about 10 s): both searches ran,
-    with the section's own overrides (its first rung still has more rows than the largest k),
-    and were compared."""
+    """The ``fidelity`` section on 2k rows, 4 trials, 1 round (about 15 s): full fidelity and
+    every multi-fidelity mode ran, with the section's own overrides (its first rung still has
+    more rows than the largest k), and were compared."""
     fi = bench.bench_fidelity(str(tmp_path), 2000, 4, 8, 4, 1, 2)
     assert "skipped" not in fi, fi.get("skipped")
-    assert fi["overrides"] == bench._FIDELITY_OVERRIDES
-    assert set(fi["ratios"]) == {"multi_wall_over_full_wall", "multi_to_best_over_full_to_best"}
-    assert len(fi["full"]["best_k"]) == len(fi["multi"]["best_k"]) == 1
-    assert fi["full"]["wall_s"] > 0 and fi["multi"]["to_best_s"] > 0
+    assert fi["modes"] == bench._FIDELITY_MODES
+    assert set(fi["ratios"]) == {f"{m}: {r}" for m in bench._FIDELITY_MODES
+                                 for r in ("wall over full wall", "time to best over full")}
+    for mode in ("full", *bench._FIDELITY_MODES):
+        assert len(fi[mode]["best_k"]) == 1 and fi[mode]["wall_s"] > 0 and fi[mode]["to_best_s"] > 0
+    assert fi["full"]["full_fit_equivalents"] == 4  # one per trial without rungs
+    assert fi["synchronous_halving"]["full_fit_equivalents"] < 4
 
 
 def test_fidelity_section_skips_on_a_key_the_config_rejects(tmp_path):
     """An override the config does not know skips the section in one line, before any work."""
-    fi = bench.bench_fidelity(str(tmp_path), 1000, 2, 3, 2, 1, 1, overrides="search.no_such_key=1")
+    fi = bench.bench_fidelity(str(tmp_path), 1000, 2, 3, 2, 1, 1, modes={"bad": "search.no_such_key=1"})
     assert set(fi) == {"skipped"}
     assert "search.no_such_key=1" in fi["skipped"] and "\n" not in fi["skipped"]
 

@@ -81,7 +81,7 @@ def check_record(mlc: MlflowClient, cfg, outcome, n_trials: int) -> tuple[list, 
     assert m["trials_pruned"] == len(pruned) == outcome.counts["pruned"]
     table = pd.read_csv(mlc.download_artifacts(outcome.parent_run_id, "search/rungs.csv"))
     assert table["rows"].tolist() == [100, 300, 900] and table["trials_reached"].tolist() == fits
-    assert parent.data.tags["search.fidelity"].startswith("successive_halving over data_fraction")
+    assert parent.data.tags["search.fidelity"].startswith(f"{cfg.search.fidelity.pruner} over data_fraction")
     return pruned, done
 
 
@@ -94,6 +94,48 @@ def test_successive_halving_every_cpu_backend(store, mlc, client, tmp_path, back
     pruned, done = check_record(mlc, cfg, outcome, n_trials)
     assert pruned, "successive halving pruned no trial"
     assert outcome.counts == {"complete": len(done), "failed": 0, "pruned": len(pruned)}
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "dask"])
+def test_synchronous_halving_keeps_exactly_the_best_third_of_each_rung(store, mlc, client, tmp_path, backend):
+    # 9 trials: the whole of rung 0 reports before any decision, its best 3 climb, then the
+    # best 1 of those 3 fits all the rows; asynchronous halving would let early trials climb.
+    cfg = make_cfg(f"fid-sync-{backend}", str(tmp_path / "optuna.log"), f"backend={backend}",
+                   "search.n_trials=9", "search.fidelity.pruner=synchronous_halving", "data.chunk_rows=300")
+    outcome = search(cfg, client=client)
+    pruned, done = check_record(mlc, cfg, outcome, 9)
+    assert len(pruned) == 8
+    m = mlc.get_run(outcome.parent_run_id).data.metrics
+    assert [m[f"budget/rung_{i}_fits"] for i in range(3)] == [9, 3, 1] and len(done) == 1
+    # Who climbed is the best of the whole rung (silhouette: higher is better; ties by number).
+    kids = children(mlc, outcome.parent_run_id)
+    climb = {int(k.data.tags["optuna.trial_number"]): (
+        {h.step: h.value for h in mlc.get_metric_history(k.info.run_id, "rung_objective")},
+        int(k.data.tags["search.rung"])) for k in kids}
+    ranked = sorted(climb, key=lambda n: (-climb[n][0][0], n))
+    assert {n for n in climb if climb[n][1] >= 1} == set(ranked[:3])
+    climbed = sorted((n for n in climb if climb[n][1] >= 1), key=lambda n: (-climb[n][0][1], n))
+    assert climb[climbed[0]][1] == 2 and all(climb[n][1] == 1 for n in climbed[1:])
+
+
+def test_synchronous_halving_pruner_ranks_the_whole_step():
+    from toolkit.search.pruners import SynchronousHalvingPruner
+
+    for direction, values, kept in [("maximize", [0.1, 0.5, 0.5, 0.9, 0.2, 0.3], {3, 1}),
+                                    ("minimize", [0.1, 0.5, 0.5, 0.9, 0.2, 0.3], {0, 4}),
+                                    ("maximize", [0.4, 0.4], {0})]:  # fewer than 3: one goes on, ties by number
+        study = optuna.create_study(direction=direction, pruner=SynchronousHalvingPruner(3))
+        trials = [study.ask() for _ in values]
+        for t, v in zip(trials, values, strict=True):
+            t.report(v, step=1)
+        assert {t.number for t in trials if not t.should_prune()} == kept, (direction, values)
+    study = optuna.create_study(pruner=SynchronousHalvingPruner(3))
+    t = study.ask()
+    assert not t.should_prune()  # nothing reported yet
+    t.report(float("nan"), step=1)
+    assert t.should_prune()
+    with pytest.raises(ValueError, match="at least 2"):
+        SynchronousHalvingPruner(1)
 
 
 def test_resume_keeps_pruned_trials(store, mlc, client, tmp_path):

@@ -289,8 +289,10 @@ class FidelityConfig(_Strict):
 
     pruner: Literal[PRUNERS] = Field(
         "none",
-        description="Optuna pruner deciding which trials go on to the next rung: successive_halving, "
-        "hyperband, median; 'none': every trial fits the full data once (no rungs)",
+        description="Optuna pruner deciding which trials go on to the next rung: successive_halving "
+        "(asynchronous, as each trial reports), synchronous_halving (once the whole rung has reported, "
+        "keeping exactly its best 1/reduction_factor: fewest full fits), hyperband, median; "
+        "'none': every trial fits the full data once (no rungs)",
     )
     resource: Literal[FIDELITY_RESOURCES] = Field(
         "data_fraction",

@@ -201,7 +201,9 @@ if set(OBJECTIVES) - set(METRIC_DIRECTIONS):  # pragma: no cover - a declaration
 
 #: ``search.fidelity.pruner``: the Optuna pruner that decides which trials go on to the next
 #: rung (``none``: every trial fits the full data once, the search without fidelity).
-PRUNERS: tuple[str, ...] = ("none", "successive_halving", "hyperband", "median")
+#: ``synchronous_halving`` decides a rung once all its trials have reported
+#: (:mod:`toolkit.search.pruners`); the others decide as each trial reports.
+PRUNERS: tuple[str, ...] = ("none", "successive_halving", "synchronous_halving", "hyperband", "median")
 
 #: ``search.fidelity.resource``: what grows from rung to rung -- the share of the rows a trial
 #: fits on (a nested, seeded subsample), or its ``max_iter`` (on all rows).

@@ -63,6 +63,10 @@ def make_pruner(fidelity: FidelityConfig) -> Any:
     if fidelity.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta,
                                                       min_early_stopping_rate=0)
+    if fidelity.pruner == "synchronous_halving":
+        from toolkit.search.pruners import SynchronousHalvingPruner
+
+        return SynchronousHalvingPruner(reduction_factor=eta)
     if fidelity.pruner == "hyperband":
         # max_resource: the last (full) rung, never reported; its bracket is never pruned.
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=eta ** (len(fidelity.fractions()) - 1),

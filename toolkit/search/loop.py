@@ -222,18 +222,25 @@ def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: Tr
 
     fid = cfg.search.fidelity
     last = len(fid.fractions()) - 1 if fid.enabled else 0
+    # Synchronous halving: a rung is decided once all its trials have reported (no trial left to
+    # ask, none still fitting that rung or a lower one); until then they wait, rung by rung.
+    synchronous = fid.pruner == "synchronous_halving"
+    waiting: dict[int, list[TrialResult]] = {}
     n_samples = loop.dataset.n_samples
     names = objective_names(cfg.search)  # one, or several for a multi-objective study
     in_flight: dict[int, Any] = {}
     # Per trial in flight: its parameters as asked (a max_iter rung fits a cut copy), the rung
-    # it is on, and the rungs it has done: (rung, objective, rows).
+    # it is on (``running``: only while a fit of it is submitted), and the rungs it has done:
+    # (rung, objective, rows).
     asked_params: dict[int, ModelConfig] = {}
     rung_of: dict[int, int] = {}
+    running: dict[int, int] = {}
     history: dict[int, list[tuple[int, float, int]]] = {}
     asked = finished = 0
+    told: list[tuple[TrialResult, float | None, Any, bool, int]] = []
 
     def submit(number: int, rung: int) -> None:
-        rung_of[number] = rung
+        rung_of[number] = running[number] = rung
         params = rung_model(fid, asked_params[number], rung) if fid.enabled else asked_params[number]
         rows = rung_rows(fid, n_samples, rung) if fid.enabled else n_samples
         runner.submit(number, params, (rows, cfg.search.seed) if rows < n_samples else None)
@@ -254,10 +261,43 @@ def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: Tr
         for number in batch:
             submit(number, 0)
 
+    def conclude(res: TrialResult, values: list[float] | None, rung: int, pruned: bool) -> None:
+        """Tell the study how the trial ended; its run is written after the next fill()."""
+        trial = in_flight.pop(res.key)
+        value = values[0] if values else None
+        if fid.enabled:
+            trial.set_user_attr(RUNG_ATTR, rung)
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            value = None  # a rung's objective is not the trial's value
+        elif value is None:
+            if res.infra:  # lost with a worker, retries spent: a resume runs it again
+                trial.set_user_attr(INFRASTRUCTURE_ATTR, True)
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            remember(trial, res)
+            study.tell(trial, values if len(values) > 1 else value)
+        told.append((res, value, trial, pruned, rung))
+
+    def decide(res: TrialResult, rung: int) -> None:
+        """Ask the pruner about a trial that reported ``rung``: it climbs or is pruned."""
+        if in_flight[res.key].should_prune():
+            conclude(res, None, rung, pruned=True)
+        else:
+            submit(res.key, rung + 1)  # climbs: same trial, next rung
+
+    def decide_complete_rungs() -> None:
+        for rung in sorted(waiting):
+            if asked < n_to_run or any(r <= rung for r in running.values()):
+                return  # this rung (and every later one) still has trials to report
+            for res in waiting.pop(rung):
+                decide(res, rung)
+
     while finished < n_to_run:
         fill()
-        told = []
+        told.clear()
         for res in runner.results():
+            running.pop(res.key, None)
             trial = in_flight[res.key]
             rung = rung_of.get(res.key, 0)
             res.params = asked_params[res.key]  # the trial's own parameters, not a rung's cut copy
@@ -265,29 +305,18 @@ def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: Tr
             if res.ok and values is None:
                 res.error = why
             value = values[0] if values else None  # the first objective stands for the trial
-            pruned = False
             if fid.enabled and value is not None:
                 history.setdefault(res.key, []).append((rung, value, rung_rows(fid, n_samples, rung)))
                 if rung < last:
                     trial.report(value, step=optuna_step(fid, rung))
-                    if not trial.should_prune():
-                        submit(res.key, rung + 1)  # climbs: same trial, next rung
-                        continue
-                    pruned = True
-            in_flight.pop(res.key)
-            if fid.enabled:
-                trial.set_user_attr(RUNG_ATTR, rung)
-            if pruned:
-                study.tell(trial, state=TrialState.PRUNED)
-                value = None  # a rung's objective is not the trial's value
-            elif value is None:
-                if res.infra:  # lost with a worker, retries spent: a resume runs it again
-                    trial.set_user_attr(INFRASTRUCTURE_ATTR, True)
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                remember(trial, res)
-                study.tell(trial, values if len(values) > 1 else value)
-            told.append((res, value, trial, pruned, rung))
+                    if synchronous:
+                        waiting.setdefault(rung, []).append(res)
+                    else:
+                        decide(res, rung)
+                    continue
+            conclude(res, values, rung, pruned=False)
+        if synchronous:
+            decide_complete_rungs()
         fill()  # workers start the next trials while the driver writes MLflow runs
         for res, value, trial, pruned, rung in told:
             retried = {"trial.attempts": str(res.attempts)} if res.attempts > 1 else {}
