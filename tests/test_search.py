@@ -285,6 +285,26 @@ def test_parent_plots_and_tables(blobs_search, mlc):
 # -- digits: adjusted Rand index next to the plain KMeans baseline -------------------------
 
 
+def test_baseline_is_fitted_on_a_bounded_seeded_sample(store, mlc, client, optuna_url):
+    # Its cost must not grow with the data: the baseline fits and scores a seeded sample.
+    from toolkit.data import load_dataset
+    from toolkit.search.summary import baseline_ari
+
+    cfg = make_cfg("search-baseline", optuna_url, "search.n_trials=2", "data.n_samples=3000",
+                   "search.baseline_sample=1200", "tracking.log_plot=false")
+    outcome = search(cfg, client=client)
+    tags = mlc.get_run(outcome.parent_run_id).data.tags
+    assert tags["baseline"].endswith("on a seeded sample of 1,200 of 3,000 rows")
+    dataset = load_dataset(cfg.data)
+    assert outcome.baseline == baseline_ari(dataset, cfg.model.random_state, 1200)  # seeded: the same sample
+    # well-separated blobs: the same clusters, whether found on the sample or on all rows
+    assert outcome.baseline == pytest.approx(baseline_ari(dataset, cfg.model.random_state, 3000), abs=0.02)
+    off = search(make_cfg("search-baseline", optuna_url, "search.n_trials=2", "data.n_samples=3000",
+                          "search.baseline_sample=0", "tracking.log_plot=false"), client=client)
+    assert off.baseline is None
+    assert "baseline_adjusted_rand" not in mlc.get_run(off.parent_run_id).data.metrics
+
+
 def test_digits_reports_ari_next_to_baseline(store, mlc, client, optuna_url):
     cfg = make_cfg(
         "search-digits",
@@ -302,6 +322,7 @@ def test_digits_reports_ari_next_to_baseline(store, mlc, client, optuna_url):
     assert outcome.baseline is not None and 0.3 < outcome.baseline <= 1.0
     assert parent.data.metrics["baseline_adjusted_rand"] == pytest.approx(outcome.baseline)
     assert parent.data.tags["baseline"].startswith("sklearn KMeans(n_clusters=10")
+    assert parent.data.tags["baseline"].endswith("on all rows")  # 1,797 digits: fewer than the sample
     assert "adjusted_rand" in outcome.best_metrics
     assert 0.0 < outcome.best_metrics["adjusted_rand"] <= 1.0
     assert parent.data.metrics["best_silhouette"] == pytest.approx(outcome.best_value)

@@ -355,6 +355,12 @@ class SearchConfig(_Strict):
     resume: bool = False
     cv: int = Field(3, ge=2, description="folds for grid/random search")
     refit: bool = True
+    baseline_sample: int = Field(
+        100_000, ge=0,
+        description="data with labels: the parent records baseline_adjusted_rand, the ARI of plain "
+        "KMeans(k = number of classes, n_init=10) fitted and scored on this many rows (a seeded "
+        "sample; all rows when there are fewer); 0: no baseline",
+    )
     space: SearchSpace = SearchSpace()
     fidelity: FidelityConfig = FidelityConfig()
 

@@ -193,7 +193,7 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     log_loop_timing(parent, loop, time.perf_counter() - t_loop)
     # The baseline (a 10-init fit on all rows, in compiled code that releases the GIL) runs on
     # a thread while this one writes the summary, the best model and its registration.
-    baseline = _start_baseline(dataset, cfg.model.random_state)
+    baseline = _start_baseline(dataset, cfg.model.random_state, cfg.search.baseline_sample)
     counts, figures = summarise(cfg, loop, parent, study, cv)
     jobs = [figures]
     with _joined(jobs):
@@ -237,8 +237,11 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
         if baseline is not None:
             outcome.baseline = baseline.result()
             log_metrics(parent, {"baseline_adjusted_rand": outcome.baseline})
+            rows = min(cfg.search.baseline_sample, dataset.n_samples)
+            on = ("all rows" if rows >= dataset.n_samples
+                  else f"a seeded sample of {rows:,} of {dataset.n_samples:,} rows")
             log_tags(parent, {"baseline": f"sklearn KMeans(n_clusters={len(np.unique(dataset.y))}, "
-                                          f"n_init=10, random_state={cfg.model.random_state})"})
+                                          f"n_init=10, random_state={cfg.model.random_state}) on {on}"})
         if outcome.best_fit is not None:
             if register:
                 outcome.registered = register_best(cfg, backend, outcome.best_fit, X, dataset, parent,
@@ -249,13 +252,14 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
         return outcome
 
 
-def _start_baseline(dataset: Dataset, seed: int) -> concurrent.futures.Future | None:
-    """The labelled baseline's ARI, computing on a thread of its own (None: no labels)."""
-    if dataset.y is None or dataset.is_lazy:
+def _start_baseline(dataset: Dataset, seed: int, sample: int) -> concurrent.futures.Future | None:
+    """The labelled baseline's ARI, computing on a thread of its own (None: no labels, or
+    ``search.baseline_sample=0``)."""
+    if dataset.y is None or dataset.is_lazy or sample == 0:
         return None
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-baseline")
     try:
-        return pool.submit(baseline_ari, dataset, seed)
+        return pool.submit(baseline_ari, dataset, seed, sample)
     finally:
         pool.shutdown(wait=False)  # the thread ends with its one job
 
