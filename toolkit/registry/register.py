@@ -75,6 +75,23 @@ def _signature(sample: np.ndarray, feature_names: list[str], dtype: Any = np.flo
     return flavor.output_signature(), frame
 
 
+def warm_up() -> None:
+    """Import and index now what logging the scikit-learn twin needs (for a thread to run while
+    a search's loop waits on its workers).
+
+    Saving the twin imports skops (about a second) and MLflow's requirement check maps every
+    installed distribution's modules once per process (most of another); both are one-time
+    costs that otherwise fall between the search's last trial and its registered model.
+    """
+    import skops.io  # noqa: F401
+    from mlflow.utils import requirements_utils
+
+    # Private to MLflow: a missing or renamed helper only means no warm-up.
+    index = getattr(requirements_utils, "_init_modules_to_packages_map", None)
+    if callable(index):
+        index()
+
+
 def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str],
                  metrics: Mapping[str, float], tags: Mapping[str, str],
                  profile: TrainingProfile | None = None) -> LoggedRef:

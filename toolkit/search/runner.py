@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -180,6 +181,8 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     try:
         if study is not None:
             runner = _runner(cfg, mode, backend, dclient, dataset, X)
+            if register and cfg.search.refit:
+                _warm_registration()
             optuna_loop(cfg, study, runner, loop, n_to_run)
             X = runner.refit_data(X)
         else:
@@ -250,6 +253,17 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
                 on_best(outcome, backend, X, dataset)
             log_tags(parent, {BEST_MODEL_TAG: repr(best_value)})
         return outcome
+
+
+def _warm_registration() -> None:
+    """Registration's one-time imports, on a daemon thread while the driver waits for trials."""
+    from toolkit.registry.register import warm_up
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # a warm-up: registration imports for itself anyway
+            warm_up()
+
+    threading.Thread(target=run, name="registry-warm-up", daemon=True).start()
 
 
 def _start_baseline(dataset: Dataset, seed: int, sample: int) -> concurrent.futures.Future | None:
