@@ -8,6 +8,8 @@ registers more, ``promote`` moves ``champion`` only when the metric says so.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import os
 from pathlib import Path
 
@@ -399,3 +401,18 @@ def test_mlflow_run_promote_entry_point(store, mlc):
     assert runs[0].data.tags["promotion.outcome"] == "promoted"
     assert runs[0].data.params["eval.metric"] == "silhouette"  # -P metric was left empty
     assert runs[0].data.metrics["challenger_score"] > runs[0].data.metrics["champion_score"]
+
+
+def test_warm_up_does_registrations_one_time_work_ahead():
+    # In a fresh interpreter: what the search's tail thread runs leaves skops imported and
+    # MLflow's distribution index built, so registering the best model pays neither.
+    code = (
+        "import sys\n"
+        "from mlflow.utils import requirements_utils as r\n"
+        "from toolkit.registry.register import warm_up\n"
+        "assert 'skops.io' not in sys.modules and not r._MODULES_TO_PACKAGES\n"
+        "warm_up()\n"
+        "assert 'skops.io' in sys.modules and r._MODULES_TO_PACKAGES\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]

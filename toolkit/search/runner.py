@@ -181,9 +181,10 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     try:
         if study is not None:
             runner = _runner(cfg, mode, backend, dclient, dataset, X)
-            if register and cfg.search.refit:
-                _warm_registration()
-            optuna_loop(cfg, study, runner, loop, n_to_run)
+            # Registration's imports start once the last trial is asked, as the workers run dry:
+            # started with the loop they slowed its trials (a thread of this process, the GIL).
+            optuna_loop(cfg, study, runner, loop, n_to_run,
+                        on_last_ask=_warm_registration if register and cfg.search.refit else None)
             X = runner.refit_data(X)
         else:
             cv = cv_loop(cfg, _host(dataset), dataset.y, dclient, loop)
@@ -256,7 +257,7 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
 
 
 def _warm_registration() -> None:
-    """Registration's one-time imports, on a daemon thread while the driver waits for trials."""
+    """Registration's one-time imports, on a daemon thread while the last trials finish."""
     from toolkit.registry.register import warm_up
 
     def run() -> None:
