@@ -8,9 +8,9 @@ registers more, ``promote`` moves ``champion`` only when the metric says so.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import os
 from pathlib import Path
 
 import mlflow
