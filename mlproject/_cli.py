@@ -307,7 +307,12 @@ def _scrub_launcher_params() -> None:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Call ``main`` and exit with a clear status."""
+    """Call ``main`` and exit with a clear status.
+
+    Run as the program (``python -m mlproject.<entry>``), the process then ends without the
+    interpreter's teardown (:mod:`mlproject._exit`), once every exit handler has run.
+    """
+    as_program = getattr(main, "__module__", None) == "__main__"
     try:
         from toolkit.tracking.runs import check_store
 
@@ -317,14 +322,22 @@ def run_main(main: Callable[[], int | None]) -> None:
     except ToolkitError as exc:
         _fail_active_run(exc)
         print(redact(f"error: {exc}"), file=sys.stderr)
-        sys.exit(2)
+        _exit(2, as_program)
     except KeyboardInterrupt as exc:
         _fail_active_run(exc)
         print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit(130, as_program)
     except Exception as exc:
         _fail_active_run(exc)
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
         print(redact(f"error: {type(exc).__name__}: {first_line(exc)}"), file=sys.stderr)
-        sys.exit(1)
+        _exit(1, as_program)
+    _exit(int(code), as_program)
+
+
+def _exit(code: int, as_program: bool) -> typing.NoReturn:
+    if as_program:
+        from mlproject._exit import arm
+
+        arm(code)
     sys.exit(code)

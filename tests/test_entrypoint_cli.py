@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import re
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -269,3 +270,28 @@ def test_train_promote_predict_say_what_they_made_and_record_beside_the_model(
     assert p["predict.rows"] == "300" and int(p["predict.partitions"]) >= 1
     assert f"  run {pred.info.run_id} (predict {name}-sklearn@champion) in experiment 'home-of-{name}'" in out
     assert f"  output {out_dir}: 300 row(s)" in out and "look: " in out
+
+
+@pytest.mark.parametrize("armed", [True, False])
+def test_entry_point_exit_runs_every_handler_then_skips_the_teardown(armed):
+    # mlproject registers its handler first, so it runs last: libraries' handlers (MLflow ends
+    # its runs, the writer drains) still run, output is flushed, and the status is kept.
+    code = (
+        "import atexit, sys\n"
+        "import mlproject\n"
+        "from mlproject._exit import arm\n"
+        "atexit.register(print, 'a library handler ran')\n"
+        "class Held:\n"
+        "    def __del__(self):\n"
+        "        sys.stdout.write('torn down\\n')\n"
+        "held = Held()\n"
+        "print('work done', end=' ')\n"
+        + ("arm(3)\n" if armed else "")
+        + "sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, check=False)
+    assert proc.returncode == 3, proc.stderr
+    # Armed, the teardown (which frees what the program still holds) is skipped; unarmed
+    # (tests, a crash before the status is known) Python ends as usual.
+    assert proc.stdout == "work done a library handler ran\n" + ("" if armed else "torn down\n")

@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,9 +69,20 @@ def _lower_priority() -> None:
             os.nice(nice)
 
 
+def _leave() -> None:
+    # The writer's jobs are all done (the pool hands its process the stop signal only then):
+    # skip the teardown of an interpreter full of MLflow, SQLAlchemy and matplotlib, which
+    # the driver would otherwise wait for at its own exit.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def _warm() -> None:
-    """In a new writer process: lower its priority, and import what writing runs needs before
-    the first real job arrives."""
+    """In a new writer process: lower its priority, import what writing runs needs before the
+    first real job arrives, and arrange a quick exit."""
+    atexit.register(_leave)
     _lower_priority()
     import mlflow
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
