@@ -12,7 +12,6 @@ import concurrent.futures
 import math
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -209,8 +208,7 @@ def in_flight_target(runner: TrialRunner, prefetch: int | str, rows: list[dict[s
     return slots * (1 + queued)
 
 
-def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: TrialLoop, n_to_run: int,
-                on_last_ask: Callable[[], None] | None = None) -> None:
+def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: TrialLoop, n_to_run: int) -> None:
     """Ask, run, tell until ``n_to_run`` trials have finished (completed, failed or pruned).
 
     With ``search.fidelity`` (:mod:`toolkit.search.fidelity`) a trial runs rung by rung, each
@@ -262,8 +260,6 @@ def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: Tr
         # together and spreads the trials over the workers instead of reusing one idle worker.
         for number in batch:
             submit(number, 0)
-        if batch and asked == n_to_run and on_last_ask is not None:
-            on_last_ask()  # only the tail is left: workers start to run dry
 
     def conclude(res: TrialResult, values: list[float] | None, rung: int, pruned: bool) -> None:
         """Tell the study how the trial ended; its run is written after the next fill()."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from toolkit.console import say
 from toolkit.data import Dataset, load_dataset
 from toolkit.errors import ConfigError
 from toolkit.redact import redact
+from toolkit.registry.register import warm_up
 from toolkit.search import record
 from toolkit.search import resume as repair
 from toolkit.search.fidelity import check_rungs, log_budget
@@ -181,10 +181,7 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     try:
         if study is not None:
             runner = _runner(cfg, mode, backend, dclient, dataset, X)
-            # Registration's imports start once the last trial is asked, as the workers run dry:
-            # started with the loop they slowed its trials (a thread of this process, the GIL).
-            optuna_loop(cfg, study, runner, loop, n_to_run,
-                        on_last_ask=_warm_registration if register and cfg.search.refit else None)
+            optuna_loop(cfg, study, runner, loop, n_to_run)
             X = runner.refit_data(X)
         else:
             cv = cv_loop(cfg, _host(dataset), dataset.y, dclient, loop)
@@ -238,6 +235,11 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
             jobs.append(log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model",
                                 writer=shared_writer()))
             outcome.best_fit, outcome.best_metrics = fit, metrics
+        if outcome.best_fit is not None and register:
+            # Registration's one-time imports now, while the baseline's thread and the writer's
+            # figure jobs run. On a thread during the loop they slowed the trials (the GIL);
+            # on a thread beside this one they could meet its imports (an import deadlock).
+            warm_up()
         if baseline is not None:
             outcome.baseline = baseline.result()
             log_metrics(parent, {"baseline_adjusted_rand": outcome.baseline})
@@ -256,22 +258,15 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
         return outcome
 
 
-def _warm_registration() -> None:
-    """Registration's one-time imports, on a daemon thread while the last trials finish."""
-    from toolkit.registry.register import warm_up
-
-    def run() -> None:
-        with contextlib.suppress(Exception):  # a warm-up: registration imports for itself anyway
-            warm_up()
-
-    threading.Thread(target=run, name="registry-warm-up", daemon=True).start()
-
-
 def _start_baseline(dataset: Dataset, seed: int, sample: int) -> concurrent.futures.Future | None:
     """The labelled baseline's ARI, computing on a thread of its own (None: no labels, or
     ``search.baseline_sample=0``)."""
     if dataset.y is None or dataset.is_lazy or sample == 0:
         return None
+    # Imported on this thread: the thread below then only computes, never importing while
+    # this one imports too (Python can refuse such a pair of imports as a deadlock).
+    import sklearn.cluster
+    import sklearn.metrics  # noqa: F401
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-baseline")
     try:
         return pool.submit(baseline_ari, dataset, seed, sample)
