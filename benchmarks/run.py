@@ -675,9 +675,9 @@ def bench_fidelity(tmp: str, rows: int, features: int, k: int, trials: int, repe
 def _full_fit_equivalents(parent: str, trials: int) -> float:
     """The search's budget in full-data fits (the parent's ``budget/full_fit_equivalents``; one
     per trial without fidelity)."""
-    from mlflow import MlflowClient
+    from toolkit.tracking.runs import client
 
-    return float(MlflowClient().get_run(parent).data.metrics.get("budget/full_fit_equivalents", trials))
+    return float(client().get_run(parent).data.metrics.get("budget/full_fit_equivalents", trials))
 
 
 # -- report --------------------------------------------------------------------------------------

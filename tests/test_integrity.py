@@ -396,3 +396,24 @@ def test_summary_names_the_experiment_the_runs_went_to(two_stores, client, monke
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
     out = search(_cfg("from-the-config", "registry.register_best=false"), client=client)
     assert out.parent_run_id == launcher and out.experiment == "chosen-by-mlflow-run"
+
+
+def test_an_entry_points_commits_are_in_the_database_file_when_it_ends(tmp_path):
+    """The entry points end without closing their store connections (mlproject/_exit.py): the
+    write-ahead log is emptied into the file first, so a copy of mlflow.db alone holds the runs."""
+    import shutil
+
+    from _mlflow_run import run_env
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.run([sys.executable, "-m", "mlproject.train", "--set", "data.n_samples=300"],
+                          cwd=REPO, env=run_env(uri), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    wal = tmp_path / "mlflow.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    copy = tmp_path / "copy" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copy(tmp_path / "mlflow.db", copy)  # the file alone, without its log
+    runs = MlflowClient(f"sqlite:///{copy}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{copy}").search_experiments()])
+    assert [r.info.status for r in runs] == ["FINISHED"]

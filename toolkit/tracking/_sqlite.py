@@ -15,6 +15,8 @@ the process happens to use.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import sqlite3
 import threading
@@ -69,7 +71,23 @@ def use_wal(*uris: str | None) -> None:
             from sqlalchemy.engine import Engine
 
             event.listen(Engine, "connect", _on_connect)
+            atexit.register(_checkpoint_all)
             _LISTENING = True
+
+
+def _checkpoint_all() -> None:
+    """At exit: copy each store's write-ahead log into its file and empty the log.
+
+    Closing a database's last connection does this too, but a process may end without
+    closing them (the entry points skip the interpreter's teardown: mlproject/_exit.py);
+    afterwards the database file alone holds every commit, for whoever copies it.
+    """
+    for path in sorted(_FILES):
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=5)) as con:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # busy or gone: the log stays beside the file, and sqlite replays it on open
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -249,9 +249,17 @@ def scrub_credentials(run_id: str) -> list[str]:
     db = sqlite_file(tracking_uri())
     if not leaked or db is None:
         return sorted(leaked)
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
-        con.executemany("UPDATE params SET value = ? WHERE run_uuid = ? AND key = ?",
-                        [(redact(v), run_id, k) for k, v in leaked.items()])
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        # The masked value must replace the secret's bytes in the file, not only in what a
+        # query returns: secure_delete zeroes the space the old value leaves, and a checkpoint
+        # copies the rewritten pages from the write-ahead log into the database file now (the
+        # store's other connections may stay open to the end of the process, and the
+        # entry points end without closing them: mlproject/_exit.py).
+        con.execute("PRAGMA secure_delete = ON")
+        with con:
+            con.executemany("UPDATE params SET value = ? WHERE run_uuid = ? AND key = ?",
+                            [(redact(v), run_id, k) for k, v in leaked.items()])
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return []
 
 
