@@ -46,12 +46,10 @@ import numpy as np
 
 from benchmarks.peers import PEERS, bench_peers
 
-#: The config overrides that make a search multi-fidelity, for the ``fidelity`` section (the
-#: feature's keys live under ``search.fidelity``).  While the config rejects them the section
-#: skips with one line.
-#: The multi-fidelity searches the ``fidelity`` section runs against full fidelity: rungs of
-#: 1/81, 1/27, 1/9, 1/3 and all rows, with Optuna's asynchronous successive halving and with
-#: the synchronous variant (a rung decided once all its trials have reported).
+#: The multi-fidelity searches the ``fidelity`` section runs against full fidelity, as config
+#: overrides: rungs of 1/81, 1/27, 1/9, 1/3 and all rows, with Optuna's asynchronous successive
+#: halving and with the synchronous variant (a rung decided once all its trials have reported).
+#: While the config rejects them the section skips with one line.
 _FIDELITY_MODES = {
     pruner: f"search.fidelity.pruner={pruner} search.fidelity.min_fraction=0.012"
     for pruner in ("successive_halving", "synchronous_halving")

@@ -76,8 +76,8 @@ def _signature(sample: np.ndarray, feature_names: list[str], dtype: Any = np.flo
 
 
 def warm_up() -> None:
-    """Import and index now what logging the scikit-learn twin needs (for a thread to run while
-    a search's loop waits on its workers).
+    """Import and index now what logging the scikit-learn twin needs (a search calls it while it
+    waits for its baseline, before registering).
 
     Saving the twin imports skops (about a second) and MLflow's requirement check maps every
     installed distribution's modules once per process (most of another); both are one-time

@@ -51,4 +51,3 @@ class SynchronousHalvingPruner(optuna.pruners.BasePruner):
         )
         keep = max(1, len(rivals) // self.reduction_factor)
         return (sign * value, trial.number) not in rivals[:keep]
-

@@ -91,10 +91,9 @@ def baseline_ari(dataset: Dataset, seed: int, sample: int) -> float:
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
-    X, y = dataset.X, np.asarray(dataset.y)
-    if sample < len(y):
-        rows = np.sort(np.random.default_rng(seed).choice(len(y), size=sample, replace=False))
-        X, y = X[rows], y[rows]
+    from toolkit.metrics import sample_rows
+
+    X, y = sample_rows(dataset.X, np.asarray(dataset.y), sample, seed)
     k = len(np.unique(y))
     labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(X)
     return float(adjusted_rand_score(y, labels))
