@@ -416,3 +416,34 @@ def test_warm_up_does_registrations_one_time_work_ahead():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_an_unloadable_champion_blocks_promotion_in_one_line_and_force_moves_it(store, mlc, blobs):
+    """An upgraded store's champion may be a model this release refuses to load (here: a stock
+    ``mlflow.sklearn`` model with no checksums or signature, as an older release or a user by hand
+    registered it).  Without force, promotion names the cause and ``force``; with force, the alias
+    moves without the old champion being loaded, and its files are left as they were."""
+    from sklearn.cluster import KMeans
+
+    name = "promo-unloadable-champion"
+    X, y = blobs
+    mlflow.set_experiment(f"registry-{name}")
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(KMeans(3, n_init=1, random_state=0).fit(X), name="model",
+                                 registered_model_name=name, serialization_format="skops")
+    mlc.set_registered_model_alias(name, CHAMPION, "1")
+    old = mlc.get_model_version(name, "1")
+    _train_register(name, 6)
+    assert _aliases(mlc, name) == {CHAMPION: "1", CHALLENGER: "2"}
+
+    with pytest.raises(ModelError) as err:
+        promote(name, X, y, metric="silhouette")
+    line = str(err.value)
+    assert "champion v1" in line and "cannot be loaded" in line and "force" in line.split(" -- fix: ")[1]
+    assert _aliases(mlc, name)[CHAMPION] == "1"
+
+    forced = promote(name, X, y, metric="silhouette", force=True)
+    assert forced.promoted and "cannot be loaded, not compared; forced" in forced.reason
+    assert _aliases(mlc, name)[CHAMPION] == "2"
+    assert mlc.get_model_version(name, "1").tags["promotion.replaced_by"] == "2"
+    assert mlc.get_model_version(name, "1").source == old.source

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.errors import ModelError
+from toolkit.errors import ModelError, option_hint
 from toolkit.evaluation.scores import score_clustering
 from toolkit.metrics import METRIC_DIRECTIONS
 from toolkit.registry import stable
@@ -149,8 +149,11 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str =
         promoted, reason, champ_score = True, "no champion existed", None
     elif champion.version == challenger.version:
         promoted, reason, champ_score = False, "challenger already is the champion", ch_score
+    elif (loaded := _load_champion(name, champion, force)) is None:
+        promoted, champ_score = True, float("nan")
+        reason = f"{metric} {ch_score:.6g}; champion v{champion.version} cannot be loaded, not compared; forced"
     else:
-        champ_model, champ_ref = _load_scoring(champion)
+        champ_model, champ_ref = loaded
         champ_score = _score(champ_model, X, y, metric, seed)
         wins = _better(ch_score, champ_score, direction)
         reference, ref_label = _reference(champ_ref, str(champion.version), X, seed)
@@ -173,9 +176,10 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str =
     if champion is not None and champion.version != challenger.version:
         tags["promotion.champion_version"] = str(champion.version)
         tags["promotion.champion_score"] = f"{champ_score:.6g}"
-        tags["promotion.churn"] = f"{churn:.6f}"
-        tags["promotion.max_churn"] = f"{max_churn:g}"
-        tags["promotion.churn_reference"] = ref_label
+        if churn is not None:
+            tags["promotion.churn"] = f"{churn:.6f}"
+            tags["promotion.max_churn"] = f"{max_churn:g}"
+            tags["promotion.churn_reference"] = ref_label
     if promoted:
         _move_champion(name, challenger, champion, tags, reason)
     else:
@@ -184,6 +188,24 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str =
     return PromotionResult(name, metric, str(challenger.version),
                            str(champion.version) if champion is not None else None,
                            ch_score, champ_score, promoted, reason, churn, max_churn)
+
+
+def _load_champion(name: str, champion: Any, force: bool) -> tuple[Any, np.ndarray | None] | None:
+    """The champion's scoring model and reference sample; None when it cannot be loaded and ``force``.
+
+    An upgraded store's champion may be a model this release refuses to load (unsigned, pickled,
+    registered before checksums).  It must not hold the alias hostage: ``force`` moves the alias
+    without loading it (its files are neither read nor changed).
+    """
+    try:
+        return _load_scoring(champion)
+    except ModelError as exc:
+        if force:
+            return None
+        raise ModelError(f"champion v{champion.version} of {name!r} cannot be loaded to compare with: "
+                         f"{exc.problem}",
+                         f"promote with {option_hint('force', 'true')} to move the champion alias "
+                         "without loading it") from None
 
 
 def champion_of(name: str) -> Any | None:
