@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
 
@@ -130,6 +133,20 @@ def _listening(port: int) -> set[str]:
     }  # fmt: skip
 
 
+def _listeners() -> set[tuple[int, str, int]]:
+    """(pid, address, port) of every listening socket of this process and its descendants
+    (worker processes and their nannies included)."""
+    import psutil
+
+    me = psutil.Process()
+    found = set()
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child of another fixture that ended meanwhile
+            found |= {(proc.pid, c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN}
+    return found
+
+
 def _dashboard_port(c) -> int:
     return int(c.scheduler_info()["services"]["dashboard"])
 
@@ -139,7 +156,13 @@ def test_local_cluster_listens_on_loopback_only(monkeypatch):
     from urllib.parse import urlsplit
 
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    before = _listeners()
     with dask_client(ClusterConfig(n_workers=1, memory_limit="1GiB")) as c:
+        # Every socket the cluster opened, in this process and in the worker's and nanny's.
+        opened = _listeners() - before
+        worker_pids = set(c.run(os.getpid).values())
+        assert worker_pids <= {pid for pid, _, _ in opened}  # the worker processes were seen
+        assert {host for _, host, _ in opened} == {"127.0.0.1"}, opened
         port = _dashboard_port(c)
         assert _listening(port) == {"127.0.0.1"}
         assert urlsplit(c.dashboard_link).hostname == "127.0.0.1"
@@ -159,7 +182,13 @@ def test_threaded_cluster_tag_names_the_bound_host(monkeypatch):
     from urllib.parse import urlsplit
 
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
-    with dask_client(ClusterConfig(n_workers=1, processes=False)) as c:
+    before = _listeners()
+    with dask_client(ClusterConfig(n_workers=2, processes=False)) as c:
+        # The scheduler's dashboard and each threaded worker's HTTP server (/health, /metrics),
+        # all in this process: Dask binds the workers' to 0.0.0.0 and :: unless told.
+        opened = _listeners() - before
+        assert {pid for pid, _, _ in opened} == {os.getpid()}
+        assert len(opened) == 3 and {host for _, host, _ in opened} == {"127.0.0.1"}, opened
         port = _dashboard_port(c)
         assert _listening(port) == {"127.0.0.1"}
         link = urlsplit(client_info(c)["dask.dashboard_at_run_time"])
@@ -187,6 +216,10 @@ def test_cuda_cluster_options_follow_the_config():
     assert "n_workers" not in default  # 2 is a CPU default: every visible GPU gets a worker
     assert default["threads_per_worker"] == 1 and default["host"] == "127.0.0.1"
     assert default["memory_limit"] == "auto" and default["dashboard_address"] == "127.0.0.1:0"
+    # LocalCUDACluster(**kwargs) hands these to LocalCluster (dask-cuda 26.10's local_cuda_cluster.py):
+    # the scheduler, nannies and workers, and each worker's HTTP server, on loopback.
+    assert default["worker_dashboard_address"] == "127.0.0.1:0"
+    assert cuda_cluster_options(ClusterConfig(dashboard_address="0.0.0.0:8787"))["host"] == "127.0.0.1"
     chosen = cuda_cluster_options(ClusterConfig(n_workers=1, memory_limit="8GiB", rmm_pool_size="20GB",
                                                 device_memory_limit="0.8"))
     assert chosen["n_workers"] == 1 and chosen["memory_limit"] == "8GiB"

@@ -101,10 +101,6 @@ def use_processes(cfg: ClusterConfig, threads_suit: bool = False) -> bool:
 def _local_cluster(cfg: ClusterConfig, processes: bool) -> Any:
     from distributed import LocalCluster
 
-    # A cluster for this process alone: scheduler and workers on loopback, so nothing on the
-    # network can submit work to them.  Threaded clusters (processes=False) talk in-process
-    # ("inproc://"), where a host is not accepted.
-    host = {"host": "127.0.0.1"} if processes else {}
     with _diagnostics(cfg):
         return LocalCluster(
             n_workers=cfg.n_workers,
@@ -113,8 +109,27 @@ def _local_cluster(cfg: ClusterConfig, processes: bool) -> Any:
             processes=processes,
             dashboard_address=cfg.dashboard_address,
             silence_logs=logging.ERROR,
-            **host,
+            **_loopback(processes),
         )
+
+
+#: Where the HTTP server of every worker the toolkit starts listens (its /health, /metrics and,
+#: with Bokeh installed, its dashboard pages): this machine only, a free port.
+WORKER_HTTP_ADDRESS = "127.0.0.1:0"
+
+
+def _loopback(processes: bool) -> dict[str, Any]:
+    """LocalCluster keywords that keep a cluster for this process alone off the network.
+
+    Worker processes (and their nannies) listen on ``host`` and serve HTTP there.  Threaded
+    workers talk in-process ("inproc://", where a host is not accepted), and Dask then serves
+    each worker's HTTP endpoints on every interface (0.0.0.0 and ::) unless given an address.
+    Only the scheduler's dashboard follows ``cluster.dashboard_address``: the one explicit way
+    to listen beyond loopback.
+    """
+    if processes:
+        return {"host": "127.0.0.1"}
+    return {"worker_dashboard_address": WORKER_HTTP_ADDRESS}
 
 
 def cuda_cluster_options(cfg: ClusterConfig) -> dict[str, Any]:
@@ -128,7 +143,10 @@ def cuda_cluster_options(cfg: ClusterConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "threads_per_worker": 1,
         "dashboard_address": cfg.dashboard_address,
-        "host": "127.0.0.1",  # as for LocalCluster: not reachable from the network
+        # As for LocalCluster: scheduler, nannies, workers and the workers' HTTP servers on
+        # loopback (LocalCUDACluster hands these to LocalCluster), not reachable from the network.
+        "host": "127.0.0.1",
+        "worker_dashboard_address": WORKER_HTTP_ADDRESS,
         "memory_limit": cfg.memory_limit,
     }
     if "n_workers" in cfg.model_fields_set:
