@@ -34,6 +34,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_key_home(tmp_path_factory):
+    """Signing keys made for test stores go to a session temp dir, never the user's home; no key
+    configured outside the tests reaches them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+        for var in ("KMEANS_LIFECYCLE_SIGNING_KEY", "KMEANS_LIFECYCLE_TRUSTED_KEYS",
+                    "KMEANS_LIFECYCLE_ALLOW_PICKLE", "KMEANS_LIFECYCLE_ALLOW_UNSIGNED"):
+            mp.delenv(var, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def dask_cluster():
     """One 2-worker LocalCluster for the whole session, closed by its own handle."""

@@ -485,16 +485,39 @@ def _read_twin(path: str) -> Any:
                          "re-register the model") from None
 
 
-def load_verified(verified: VerifiedModel, twin_hint: str | None = None) -> Any:
+def _pickle_gate(verified: VerifiedModel, allow_pickle: bool | None) -> None:
+    """Refuse pickle content unless it is signed, the user opted in, and the signed class is a
+    known k-means -- all decided before a byte of the pickle is read."""
+    from toolkit.registry import signing
+
+    if not verified.signed:
+        raise ModelError(f"{verified.label} is an unsigned pickle model; pickle content is loaded only when a "
+                         "trusted signature covers it", "re-register the model (kmeans-npy, the default format)")
+    if not signing.allow_pickle(allow_pickle):
+        raise ModelError(f"{verified.label} is stored as a pickle (signed, but unpickling runs code), and loading "
+                         "pickles is off", f"set {signing.ALLOW_PICKLE_ENV}=1 (or pass allow_pickle=True) if you "
+                         "trust its signer, or re-register it in the kmeans-npy format")
+    recorded = verified.integrity.get(CLASS_TAG)
+    if _current_key(recorded) not in KMEANS_CLASSES:
+        raise ModelError(f"{verified.label} is signed as a {recorded}, not a known k-means estimator; its pickle "
+                         "is not read", "re-register the model")
+
+
+def load_verified(verified: VerifiedModel, twin_hint: str | None = None, *, allow_pickle: bool | None = None) -> Any:
     """Load a model from a checked copy (see :func:`toolkit.registry.integrity.fetch_verified`).
 
-    The files are checked again first; the reader is chosen by the format the store recorded.
+    The files are checked again first; the reader is chosen by the signed format.  Pickle
+    content is read only when it is signed, the signed class is a known k-means and the user
+    opted in (``allow_pickle``, default ``KMEANS_LIFECYCLE_ALLOW_PICKLE``).
 
     Raises:
-        ModelError: changed files, a GPU model without a GPU, or not the recorded k-means.
+        ModelError: changed files, a refused pickle, a GPU model without a GPU, or not the
+            recorded k-means.
     """
     verified.recheck()
     fmt = verified.integrity.get(FORMAT_TAG)
+    if fmt == PICKLE:
+        _pickle_gate(verified, allow_pickle)
     if fmt == SKOPS:
         model = _read_twin(verified.local_path)
     elif fmt in (KMEANS_NPY, PICKLE):
@@ -504,21 +527,22 @@ def load_verified(verified: VerifiedModel, twin_hint: str | None = None) -> Any:
     return _check_kmeans(model, verified.integrity, verified.label)
 
 
-def load_model(model_uri: str, twin_hint: str | None = None) -> Any:
-    """Load the model at ``model_uri`` after checking every file against the store's manifest.
+def load_model(model_uri: str, twin_hint: str | None = None, *, allow_pickle: bool | None = None) -> Any:
+    """Load the model at ``model_uri`` after verifying its signature and every file.
 
     Args:
         model_uri: ``models:/name@alias``, ``models:/name/version``, ``models:/<model_id>``,
             ``runs:/<run_id>/native_model`` (or ``sklearn_model``), or a local copy of a
             logged model.  Native models and scikit-learn twins both load.
         twin_hint: what to suggest when a GPU model cannot load here.
+        allow_pickle: load a signed pickle model (default: ``KMEANS_LIFECYCLE_ALLOW_PICKLE``).
 
     Raises:
-        ModelError: the model cannot be found, was logged without checksums, its files differ
-            from the recorded ones, or it is not the recorded k-means estimator.
+        ModelError: the model cannot be found, is unsigned or signed by an untrusted key, its
+            files differ from the signed ones, or it is not the recorded k-means estimator.
     """
     with integrity.fetch_verified(model_uri) as verified:
-        return load_verified(verified, twin_hint)
+        return load_verified(verified, twin_hint, allow_pickle=allow_pickle)
 
 
 def output_signature() -> Any:

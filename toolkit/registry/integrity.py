@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.errors import ModelError, first_line
+from toolkit.registry import signing
 
 __all__ = [
     "CLASS_TAG",
@@ -35,6 +36,7 @@ __all__ = [
     "MANIFEST_TAG",
     "MODEL_ID_TAG",
     "SHAPE_TAG",
+    "SIGNER_TAG",
     "LoggedRef",
     "VerifiedModel",
     "check_files",
@@ -54,6 +56,11 @@ SHAPE_TAG = "integrity.centers_shape"
 #: Version tag naming the LoggedModel a registered version was made from.
 MODEL_ID_TAG = "integrity.model_id"
 INTEGRITY_TAGS = (MANIFEST_TAG, FORMAT_TAG, CLASS_TAG, SHAPE_TAG)
+#: LoggedModel (and version) tag with the signing key's hint (hex sha256 of its public PEM):
+#: a convenience for people; loads trust the signature, not this tag.
+SIGNER_TAG = "integrity.signer"
+#: The signed statement's names of the integrity tags' facts.
+_SIGNED_FACTS = {FORMAT_TAG: "format", CLASS_TAG: "model_class", SHAPE_TAG: "centers_shape"}
 
 # MLflow's own ``download_artifacts("models:/name/version")`` (used by mlflow.pyfunc.load_model
 # and ``mlflow models serve``) writes this file into the model's storage.  The toolkit never
@@ -129,7 +136,11 @@ def log_model_dir(
     tags: Mapping[str, str] | None = None,
     metrics: Mapping[str, float] | None = None,
 ) -> LoggedRef:
-    """Log a model as a new LoggedModel of ``run_id`` and record its files' checksums.
+    """Log a model as a new LoggedModel of ``run_id``, signed, and record its files' checksums.
+
+    The folder is signed (:mod:`toolkit.registry.signing`: ``model.sig`` over every file, the
+    format, class, centres' shape and model id) before it is uploaded; the tags repeat the
+    checksums and facts for people and for models loaded with ``KMEANS_LIFECYCLE_ALLOW_UNSIGNED``.
 
     Args:
         run_id: the run that produced the model (``source_run_id``; the model is also added to
@@ -151,6 +162,8 @@ def log_model_dir(
     from mlflow.models import Model
 
     c = _client()
+    # The key first: a misconfigured key fails before anything is written to the store.
+    key, _ = signing.signing_key()
     experiment_id = c.get_run(run_id).info.experiment_id
     lm = c.create_logged_model(experiment_id, name=name, source_run_id=run_id,
                                params=_str_params(params), model_type=model_type, tags=dict(tags or {}))
@@ -161,9 +174,12 @@ def log_model_dir(
             mlmodel = Model(artifact_path=lm.artifact_location, run_id=run_id,
                             model_uuid=lm.model_id, model_id=lm.model_id)
             info = dict(save(local, mlmodel))
-            manifest = manifest_of(local)
+            facts = {name: info[tag] for tag, name in _SIGNED_FACTS.items()}
+            hint = signing.sign_dir(local, manifest_of(local), {**facts, "model_id": lm.model_id}, key)
+            manifest = manifest_of(local)  # model.sig included
             c.log_model_artifacts(lm.model_id, local)
-        recorded = {MANIFEST_TAG: json.dumps(manifest, sort_keys=True, separators=(",", ":")), **info}
+        recorded = {MANIFEST_TAG: json.dumps(manifest, sort_keys=True, separators=(",", ":")), **info,
+                    SIGNER_TAG: hint}
         if len(recorded[MANIFEST_TAG]) > _MAX_TAG_CHARS:
             raise ModelError(f"the checksum manifest of {name} has {len(manifest)} files, too many for a tag",
                              "log fewer files with the model")
@@ -393,7 +409,14 @@ def check_files(local_dir: str, manifest: Mapping[str, str], label: str) -> None
 
 @dataclass
 class VerifiedModel:
-    """A private copy of a logged model whose files matched the store's manifest."""
+    """A private copy of a logged model whose signature verified with a trusted key and whose
+    files matched the signed manifest (or, for an unsigned model the user chose to trust, the
+    store's).
+
+    ``integrity`` holds the facts loaders decide on (``integrity.format``, ``.model_class``,
+    ``.centers_shape``, ``.sha256``), taken from the signed statement; ``signature`` is that
+    statement (None only for an unsigned model loaded with ``KMEANS_LIFECYCLE_ALLOW_UNSIGNED``).
+    """
 
     model_id: str
     local_path: str
@@ -404,6 +427,12 @@ class VerifiedModel:
     version: str | None = None
     version_tags: dict[str, str] | None = None
     _tmp: str | None = field(default=None, repr=False)
+    signature: signing.SignedModel | None = None
+
+    @property
+    def signed(self) -> bool:
+        """Whether the files were checked against a trusted signature."""
+        return self.signature is not None
 
     def recheck(self) -> None:
         """Check the copy again (right before its files are read)."""
@@ -466,28 +495,75 @@ def _download(loc: _Located, lm: Any, dst: str) -> str:
                          "check the tracking server and the model's artifact store") from None
 
 
-def fetch_verified(uri: str) -> VerifiedModel:
-    """Download the model at ``uri`` into a private folder and check it against the store.
+def _check_signed(local: str, loc: _Located, tags: Mapping[str, str],
+                  signed: signing.SignedModel) -> tuple[dict[str, str], dict[str, str]]:
+    """(manifest, integrity facts) of a copy whose signature verified: its files must be exactly
+    the signed ones, the signature must be this model's, and the store's tags must not
+    contradict it (a contradiction means the record was edited)."""
+    sig_file = os.path.join(local, signing.SIGNATURE_FILE)
+    manifest = {**signed.manifest, signing.SIGNATURE_FILE: sha256_file(sig_file)}
+    check_files(local, manifest, loc.label)
+    if signed.info["model_id"] != loc.model_id:
+        raise ModelError(f"{loc.label}: its files are signed as logged model {signed.info['model_id']}, not "
+                         f"{loc.model_id}; a whole model was swapped in", "treat its storage as tampered with, or "
+                         + _REREGISTER)
+    facts = {tag: signed.info[name] for tag, name in _SIGNED_FACTS.items()}
+    facts[MANIFEST_TAG] = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    for tag, value in facts.items():
+        recorded = tags.get(tag)
+        same = json.loads(recorded) == manifest if tag == MANIFEST_TAG and recorded else recorded == value
+        if not same:
+            raise ModelError(f"{loc.label}: its {tag} tag differs from what its signature says; the store's "
+                             "record was changed, the model is not loaded", _REREGISTER)
+    return manifest, facts
 
-    Call :meth:`VerifiedModel.cleanup` (or use it as a context manager) when done.
+
+def _check_unsigned(local: str, loc: _Located, tags: Mapping[str, str], manifest: Mapping[str, str]) -> None:
+    """An unsigned model: refused unless the user chose to trust the store's checksums."""
+    if not signing.allow_unsigned():
+        raise ModelError(
+            f"{loc.label} is not signed (logged by an older kmeans-lifecycle, or its {signing.SIGNATURE_FILE} "
+            "was removed), so it is not loaded",
+            f"{_REREGISTER}; or, to trust the tracking store's checksums for unsigned models, set "
+            f"{signing.ALLOW_UNSIGNED_ENV}=1")
+    check_files(local, manifest, loc.label)
+    from toolkit.console import say
+
+    say(f"warning: {loc.label} is unsigned; loaded on the tracking store's checksums only "
+        f"({signing.ALLOW_UNSIGNED_ENV}=1), which anyone who can write the store could have changed")
+
+
+def fetch_verified(uri: str) -> VerifiedModel:
+    """Download the model at ``uri`` into a private folder, verify its signature, check its files.
+
+    The signature (``model.sig``) is verified with the trusted keys
+    (:func:`toolkit.registry.signing.trusted_keys`) before any other file is read; then every
+    file must be exactly one the signature lists.  Call :meth:`VerifiedModel.cleanup` (or use
+    it as a context manager) when done.
 
     Raises:
-        ModelError: the URI resolves to nothing, to a model logged without checksums, or the
-            files differ from the manifest the store holds.
+        ModelError: the URI resolves to nothing, to a model logged without checksums, the
+            signature is missing (unless ``KMEANS_LIFECYCLE_ALLOW_UNSIGNED=1``), untrusted or
+            invalid, or the files differ from the signed ones.
+        ConfigError: the trusted keys are misconfigured.
     """
     loc = _locate(uri)
     lm, tags, manifest = _expected(loc)
     tmp = tempfile.mkdtemp(prefix="kmeans-verified-")
     try:
         local = _copy_in(loc, lm, tmp)
-        check_files(local, manifest, loc.label)
+        signed = signing.read_signature(local, loc.label)
+        if signed is not None:
+            manifest, tags = _check_signed(local, loc, tags, signed)
+        else:
+            _check_unsigned(local, loc, tags, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return VerifiedModel(loc.model_id, local, manifest, tags, loc.label, loc.name, loc.version,
-                         loc.version_tags, tmp)
+    return VerifiedModel(loc.model_id, local, dict(manifest), dict(tags), loc.label, loc.name, loc.version,
+                         loc.version_tags, tmp, signed)
 
 
 def verify(uri: str) -> None:
-    """Check the files of the model at ``uri`` against the store's manifest, reading none of them."""
+    """Verify the signature and files of the model at ``uri``, loading none of them."""
     fetch_verified(uri).cleanup()

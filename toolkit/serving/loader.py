@@ -6,8 +6,9 @@
 installed on every worker once (a worker plugin) and each partition is predicted where it lives;
 for a registered single-GPU cuML model a ``cuml.dask.cluster.KMeans`` is rebuilt around it.
 
-Every URI is resolved to a LoggedModel whose files are copied into a private folder and checked
-against the sha256 manifest the tracking store holds before any of them is read; models are
+Every URI is resolved to a LoggedModel whose files are copied into a private folder; its
+signature is verified with the trusted keys and every file checked against the signed manifest
+before any of them is read (:func:`toolkit.registry.integrity.fetch_verified`); models are
 then read by :func:`toolkit.registry.flavor.load_verified` (the native flavor rebuilt from plain
 files, the twin through skops with the project's trusted types), never by MLflow's loaders.
 """
@@ -96,14 +97,14 @@ def resolve(uri: str) -> ModelSource:
     return src
 
 
-def _load_model(src: ModelSource) -> Any:
-    """The model of ``src``: its files are checked again, then read by the recorded format."""
+def _load_model(src: ModelSource, allow_pickle: bool | None = None) -> Any:
+    """The model of ``src``: its files are checked again, then read by the signed format."""
     from toolkit.registry.flavor import load_verified
 
     if src.verified is None:
         raise ModelError(f"{src.uri!r} was not resolved through the registry's checksums",
                          "resolve it with toolkit.serving.resolve")
-    return load_verified(src.verified, src.twin_hint())
+    return load_verified(src.verified, src.twin_hint(), allow_pickle=allow_pickle)
 
 
 def _check_features(model: Any, n_features: int, where: str) -> None:
@@ -308,8 +309,12 @@ class CumlDistributedPredictor:
         return aligned_labels(data, self.dist.predict(on_gpu).to_backend("pandas"))  # pragma: no cover
 
 
-def load_predictor(uri: str | ModelSource, client: Any = None, scheduler_address: str | None = None) -> Any:
+def load_predictor(uri: str | ModelSource, client: Any = None, scheduler_address: str | None = None, *,
+                   allow_pickle: bool | None = None) -> Any:
     """A predictor for ``uri``: local by default, distributed given a client or scheduler address.
+
+    The model's signature is verified with the trusted keys before any file is read; a signed
+    pickle model loads only with ``allow_pickle`` (default ``KMEANS_LIFECYCLE_ALLOW_PICKLE``).
 
     ``uri`` may also be the :class:`ModelSource` :func:`resolve` returned (the files are then
     not fetched again).  A GPU model on a machine without a usable GPU is refused in one line,
@@ -317,7 +322,7 @@ def load_predictor(uri: str | ModelSource, client: Any = None, scheduler_address
     """
     src = uri if isinstance(uri, ModelSource) else resolve(uri)
     require_device(src)
-    model = _load_model(src)
+    model = _load_model(src, allow_pickle)
     if client is None and scheduler_address:
         from distributed import Client
 
