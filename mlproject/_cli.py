@@ -306,17 +306,19 @@ def _scrub_launcher_params() -> None:
             "and change that password")
 
 
-def run_main(main: Callable[[], int | None]) -> None:
+def run_main(main: Callable[[], int | None], *, uses_store: bool = True) -> None:
     """Call ``main`` and exit with a clear status.
 
     Run as the program (``python -m mlproject.<entry>``), the process then ends without the
     interpreter's teardown (:mod:`mlproject._exit`), once every exit handler has run.
+    ``uses_store=False`` (``keygen``): the tracking store is neither checked nor created.
     """
     as_program = getattr(main, "__module__", None) == "__main__"
     try:
         from toolkit.tracking.runs import check_store
 
-        check_store()
+        if uses_store:
+            check_store()
         _scrub_launcher_params()
         code = main() or 0
     except ToolkitError as exc:
