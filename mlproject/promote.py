@@ -57,6 +57,7 @@ def main() -> int:
     with record_run(home, run_name, {"entry_point": "promote"}) as run_id:
         dataset = load_dataset(cfg.data)
         X = dataset.X if not dataset.is_lazy else dataset.X.compute()
+        X = dataset.raw(X)  # the models predict the data's own coordinates (it may have been centred)
         # `mlflow run` has already logged its -P values as params (metric="from-config" when left
         # out) and MLflow refuses to change a logged param: the effective values are eval.*.
         log_params(run_id, {"promote.model_name": args.model_name, "promote.force": force,

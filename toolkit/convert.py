@@ -40,15 +40,19 @@ __all__ = [
     "CONVERSIONS",
     "Converter",
     "assert_equivalent",
+    "centered_model",
+    "centers_of",
     "check_equivalent",
     "class_key",
     "combined_to_single",
     "convert",
     "input_dtype",
     "predict_labels",
+    "raw_dtype",
     "register_conversion",
     "same_public_class",
     "sklearn_from_centers",
+    "split_centered",
     "to_cuml",
     "to_numpy",
     "to_sklearn",
@@ -65,6 +69,10 @@ _DASK_KMEANS = "toolkit.kmeans_dask.estimator.DaskKMeans"
 _CUML = "cuml.cluster.kmeans.KMeans"
 _CUML_MG = "cuml.cluster.kmeans_mg.KMeansMG"
 _CUML_DASK = "cuml.dask.cluster.kmeans.KMeans"
+_PIPELINE = "sklearn.pipeline.Pipeline"
+_SCALER = "sklearn.preprocessing._data.StandardScaler"
+#: The step names of a centred model (:func:`centered_model`).
+CENTRE_STEP, KMEANS_STEP = "centre", "kmeans"
 
 # Hyperparameters shared by scikit-learn and cuML KMeans (oversampling_factor is cuML/dask-ml only).
 _COMMON_PARAMS = ("n_clusters", "init", "n_init", "max_iter", "tol", "random_state")
@@ -90,6 +98,77 @@ def class_key(obj: Any) -> str:
     """``"module.QualName"`` of ``obj`` (a class, or an instance's class)."""
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# -- models of centred data -------------------------------------------------------------------
+def centered_model(model: Any, shift: Any) -> Any:
+    """``Pipeline([("centre", StandardScaler(with_std=False)), ("kmeans", model)])`` that
+    subtracts ``shift`` (float64) from raw rows before ``model`` (fitted on centred data) sees them.
+
+    Only scikit-learn types: the twin stays loadable by ``mlflow.sklearn`` without the toolkit.
+    Fed float64 rows, the subtraction is exact to float64's rounding of the raw values, which is
+    all that a centred float32 fit needs (see :mod:`toolkit.data`).
+    """
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    shift = np.array(shift, dtype=np.float64).ravel()
+    centre = StandardScaler(with_std=False)
+    # The fitted state StandardScaler.fit leaves with with_std=False.
+    centre.mean_ = shift
+    centre.var_ = None
+    centre.scale_ = None
+    centre.n_features_in_ = int(shift.shape[0])
+    centre.n_samples_seen_ = 0
+    return Pipeline([(CENTRE_STEP, centre), (KMEANS_STEP, model)])
+
+
+def split_centered(model: Any) -> tuple[Any, np.ndarray | None]:
+    """``(k-means, float64 shift)`` of a :func:`centered_model`; ``(model, None)`` for any other.
+
+    Raises:
+        ModelError: ``model`` is a Pipeline but not one :func:`centered_model` makes.
+    """
+    if class_key(model) != _PIPELINE:
+        return model, None
+    steps = list(getattr(model, "steps", []))
+    centre = steps[0][1] if len(steps) == 2 else None
+    ok = (
+        centre is not None
+        and [name for name, _ in steps] == [CENTRE_STEP, KMEANS_STEP]
+        and class_key(centre) == _SCALER
+        and getattr(centre, "with_mean", False) is True
+        and getattr(centre, "with_std", True) is False
+        and getattr(centre, "mean_", None) is not None
+    )
+    shift = np.asarray(centre.mean_, dtype=np.float64) if ok else None
+    if shift is None or shift.ndim != 1 or not np.all(np.isfinite(shift)):
+        raise ModelError("a Pipeline that is not a centring step followed by a k-means",
+                         "register models through the toolkit")
+    return steps[1][1], shift
+
+
+def centers_of(model: Any) -> np.ndarray:
+    """``model``'s centroids in the coordinates of the data it predicts (a centred model's
+    inner centres plus its shift, in float64; anyone else's ``cluster_centers_`` as stored)."""
+    inner, shift = split_centered(model)
+    centers = to_numpy(inner.cluster_centers_)
+    return centers if shift is None else np.asarray(centers, dtype=np.float64) + shift
+
+
+def raw_dtype(model: Any) -> np.dtype:
+    """The float width predictors read rows in for ``model``: float64 for a centred model
+    (its raw rows may be far from 0: float32 would lose them), float32 otherwise (as always)."""
+    return np.dtype(np.float64 if split_centered(model)[1] is not None else np.float32)
+
+
+def _centered_to_sklearn(model: Any) -> Any:
+    inner, shift = split_centered(model)
+    twin = to_sklearn(inner)
+    # float64 centres: the centred rows are float64 (see centered_model).
+    twin = sklearn_from_centers(twin.cluster_centers_, params=twin, inertia=getattr(twin, "inertia_", None),
+                                n_iter=getattr(twin, "n_iter_", None), dtype=np.float64)
+    return centered_model(twin, shift)
 
 
 def _params_dict(source: Any) -> dict[str, Any]:
@@ -211,9 +290,15 @@ def with_feature_names(model: Any, feature_names: Any) -> Any:
         ValueError: the names are not as many as the centres' columns.
     """
     names = np.asarray([str(n) for n in feature_names], dtype=object)
-    width = int(np.asarray(model.cluster_centers_).shape[1])
+    width = int(np.asarray(centers_of(model)).shape[1])
     if names.ndim != 1 or len(names) != width:
         raise ValueError(f"{len(names)} feature names for a model of {width} features")
+    inner, shift = split_centered(model)
+    if shift is not None:  # the centring step checks the names; the k-means sees its output
+        out = centered_model(inner, shift)
+        centre = out.steps[0][1]
+        centre.feature_names_in_ = names
+        return out
     model = copy.copy(model)
     model.feature_names_in_ = names
     model.n_features_in_ = width
@@ -331,6 +416,14 @@ def without_training_labels(model: Any) -> Any:
     are not part of it (a scikit-learn twin carried 4 bytes per training row, 4 MB at 1M
     rows, and a multi-GPU model's combined copy held worker 0's rows only).
     """
+    inner, shift = split_centered(model)
+    if shift is not None:
+        stripped = without_training_labels(inner)
+        if stripped is inner:
+            return model
+        out = copy.copy(model)
+        out.steps = [model.steps[0], (KMEANS_STEP, stripped)]
+        return out
     if not hasattr(model, "labels_"):
         return model
     model = copy.copy(model)
@@ -387,6 +480,7 @@ CONVERSIONS: dict[tuple[str, str], Converter] = {
     (_CUML, "cuml"): _identity,
     (_CUML_MG, "cuml"): combined_to_single,
     (_CUML_DASK, "cuml"): _cuml_dask_to_cuml,
+    (_PIPELINE, "sklearn"): _centered_to_sklearn,
 }
 
 
@@ -482,6 +576,8 @@ def input_dtype(model: Any, default: Any = np.float32) -> np.dtype:
     scikit-learn's ``predict`` refuses rows of another float width than ``cluster_centers_``
     (the ``dask`` backend's twin has float64 centers, models fitted on our data float32).
     """
+    if split_centered(model)[1] is not None:
+        return np.dtype(np.float64)  # raw rows, subtracted in float64 (see centered_model)
     dtype = getattr(getattr(model, "cluster_centers_", None), "dtype", None)
     if dtype is not None and np.dtype(dtype) in (np.float32, np.float64):
         return np.dtype(dtype)
@@ -497,6 +593,12 @@ def predict_labels(model: Any, X: Any) -> np.ndarray:
     would for an array.
     """
     X = to_numpy(X)
+    inner, shift = split_centered(model)
+    if shift is not None:
+        # Centred in float64 here (not by the Pipeline: it keeps float32 rows float32), then in
+        # the width of the inner model's centres.
+        X = np.asarray(X, dtype=np.float64) - shift
+        model = inner
     X = np.ascontiguousarray(X, dtype=input_dtype(model, X.dtype if X.dtype.kind == "f" else np.float32))
     names = getattr(model, "feature_names_in_", None)
     if names is not None and X.ndim == 2 and X.shape[1] == len(names) and class_key(model).startswith("sklearn."):

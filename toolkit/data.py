@@ -3,6 +3,13 @@
 Every source yields a :class:`Dataset` of float32 features (a NumPy array for in-memory
 sources, a lazy Dask array for files) and, where known, ground-truth labels.  Validation
 (empty data, non-numeric columns, NaN/inf) happens here, once, with one-line errors.
+
+Precision: sources are read in float64 and cast to float32 here, once.  Data far from the
+origin relative to its spread (coordinates, timestamps: 1e9 +- 10) would lose in that cast what
+separates its points (float32 steps by 64 at 1e9), so such data is first centred on its
+per-feature mean, computed in float64 in the validation pass (:func:`precision_shift`); the
+dataset keeps that ``shift`` and every result leaves the toolkit in the original coordinates
+(:meth:`Dataset.raw`).
 GPU placement (CuPy / dask_cudf) is the GPU backends' job: this module never imports RAPIDS.
 """
 
@@ -19,12 +26,27 @@ import numpy as np
 from toolkit.config import DataConfig
 from toolkit.errors import DataError
 
-__all__ = ["Dataset", "check_finite", "load_dataset", "read_table"]
+__all__ = ["CENTRE_RATIO", "MAX_RATIO", "Dataset", "check_finite", "load_dataset", "precision_shift", "read_table"]
+
+#: Data are centred (before the float32 cast) when their mean lies farther from 0 than this many
+#: times their spread ``sqrt(sum(var))``.  float32 keeps 24 bits: at ratio ``R`` the cast moves a
+#: value by up to ``R * 2**-24`` spreads, and a k-means predict (``|c|^2 - 2 x.c`` in float32, as
+#: scikit-learn computes it, uncentred) errs by ``~3 * 2**-24 * R**2`` squared spreads: 7e-4 at 64,
+#: harmless; 1.8e11 at the 1e9 offset that collapsed 4 clusters into 1.  Below it the data are
+#: used as before (bit for bit).
+CENTRE_RATIO = 64.0
+#: Beyond this ratio even float64 keeps under 8 bits of the spread (2**-52 * 2**44 = 2**-8): such
+#: data is refused rather than clustered on rounding noise.
+MAX_RATIO = 2.0**44
 
 
 @dataclass
 class Dataset:
-    """Features ``X`` (float32), optional labels ``y`` and where they came from."""
+    """Features ``X`` (float32), optional labels ``y`` and where they came from.
+
+    ``shift`` (float64, one value per feature, or None): ``X`` holds the data minus ``shift``
+    (see :func:`precision_shift`); :meth:`raw` adds it back to rows or centroids.
+    """
 
     name: str
     X: Any  # numpy.ndarray or dask.array.Array, float32, 2-D
@@ -34,6 +56,14 @@ class Dataset:
     files: list[str] = field(default_factory=list)
     file_format: str | None = None
     columns: list[str] | None = None
+    shift: np.ndarray | None = None
+
+    def raw(self, a: Any) -> Any:
+        """Rows or centroids of ``X``'s coordinates in the data's own: float64 plus ``shift``
+        (``a`` unchanged when the data was not centred)."""
+        if self.shift is None:
+            return a
+        return np.asarray(a, dtype=np.float64) + self.shift
 
     @property
     def n_samples(self) -> int:
@@ -87,7 +117,7 @@ def _blobs(cfg: DataConfig) -> Dataset:
     )
     return Dataset(
         name=f"blobs-{cfg.n_samples}x{cfg.n_features}-c{cfg.centers}",
-        X=X.astype(np.float32),
+        X=np.asarray(X, dtype=np.float64),  # cast (and centred if need be) by load_dataset
         y=y.astype(np.int32),
         feature_names=[f"x{i}" for i in range(cfg.n_features)],
         source=(
@@ -107,7 +137,7 @@ def _bundled(cfg: DataConfig) -> Dataset:
     ]
     return Dataset(
         name=str(cfg.dataset),
-        X=np.asarray(bunch.data, dtype=np.float32),
+        X=np.asarray(bunch.data, dtype=np.float64),  # cast (and centred if need be) by load_dataset
         y=np.asarray(bunch.target, dtype=np.int32),
         feature_names=names,
         source=f"sklearn.datasets.load_{cfg.dataset}()",
@@ -261,7 +291,8 @@ def read_table(
 
 
 def numeric_block(ddf: Any, where: str) -> Any:
-    """Check every column is numeric and return a float32 Dask array with known chunk sizes."""
+    """Check every column is numeric and return a float64 Dask array with known chunk sizes
+    (:func:`load_dataset` casts it to float32, centred first where the cast would lose precision)."""
     import pandas as pd
 
     bad = [str(c) for c, t in ddf.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
@@ -274,7 +305,7 @@ def numeric_block(ddf: Any, where: str) -> Any:
         )
     # Optimise first: column projection can fuse small Parquet files into fewer partitions,
     # and lengths computed on the optimised graph must match the array's partitions.
-    X = ddf.astype(np.float32).optimize().to_dask_array(lengths=True)
+    X = ddf.astype(np.float64).optimize().to_dask_array(lengths=True)
     return X
 
 
@@ -318,15 +349,82 @@ def _files(cfg: DataConfig) -> Dataset:
 _SOURCES = {"blobs": _blobs, "sklearn": _bundled, "file": _files}
 
 
+def precision_shift(mean: Any, var: Any, where: str = "the data") -> np.ndarray | None:
+    """The float64 point to centre the data on before the float32 cast, or None (no need).
+
+    ``mean`` and ``var`` are per-feature, computed in float64 on the raw data.  The data is
+    centred on ``mean`` when ``|mean| > CENTRE_RATIO * sqrt(sum(var))`` (see
+    :data:`CENTRE_RATIO` for the arithmetic); constant data is left as it is.
+
+    Raises:
+        DataError: ``|mean| > MAX_RATIO * sqrt(sum(var))``: the spread is below what float64
+            itself resolves at that offset.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    spread2 = float(np.sum(np.asarray(var, dtype=np.float64)))
+    far2 = float(mean @ mean)
+    if spread2 <= 0.0 or far2 <= CENTRE_RATIO**2 * spread2:
+        return None
+    if far2 > MAX_RATIO**2 * spread2:
+        raise DataError(
+            f"{where} lies {np.sqrt(far2):.3g} from 0 but spreads only {np.sqrt(spread2):.3g} "
+            f"(ratio {np.sqrt(far2 / spread2):.2g} > {MAX_RATIO:.2g}): float64 cannot resolve its points",
+            "subtract a per-feature offset and rescale the features before clustering",
+        )
+    return mean
+
+
+def _cast(ds: Dataset, validate: bool) -> Dataset:
+    """``ds`` with float32 ``X``, centred on :func:`precision_shift` first where it must be.
+
+    One pass over the data: the non-finite count (``validate``) and the float64 mean and
+    variance are computed together (Dask shares the read of each block).
+    """
+    X = ds.X
+    what = f"data from {ds.source}"
+    if isinstance(X, np.ndarray):
+        if X.dtype == np.float32:  # already cast (a caller-made dataset)
+            if validate:
+                check_finite(X, what=what)
+            return ds
+        if validate:
+            check_finite(X, what=what)
+        mean, var = X.mean(axis=0), X.var(axis=0)
+    else:
+        import warnings
+
+        import dask.array as da
+
+        with warnings.catch_warnings():  # NaN/inf rows warn inside var: they are counted and refused
+            warnings.simplefilter("ignore", RuntimeWarning)
+            bad, mean, var = da.compute((~da.isfinite(X)).sum(), X.mean(axis=0), X.var(axis=0))
+        if validate and int(bad):
+            raise DataError(f"{what} contains {int(bad)} NaN or infinite value(s)",
+                            "drop or impute them before clustering")
+    shift = precision_shift(mean, var, what) if np.all(np.isfinite(mean)) else None
+    if shift is None:
+        X32 = X.astype(np.float32)
+    else:
+        # Centred in float64, then cast: the differences that separate the points survive.
+        X32 = X - shift
+        X32 = X32.astype(np.float32)
+    if validate and isinstance(X32, np.ndarray) and not np.all(np.isfinite(X32)):
+        check_finite(X32, what=f"{what} (as float32)")  # beyond float32's range
+    ds.X, ds.shift = X32, shift
+    return ds
+
+
 def load_dataset(cfg: DataConfig, validate: bool = True) -> Dataset:
     """Load the configured data and check it is non-empty, numeric and finite.
 
+    The features come back as float32, centred on their float64 mean when their offset is large
+    next to their spread (``dataset.shift``, see :func:`precision_shift`).
+
     Raises:
-        DataError: missing/empty file, glob with no match, non-numeric column, NaN or inf.
+        DataError: missing/empty file, glob with no match, non-numeric column, NaN or inf, or
+            data whose spread float64 cannot resolve at its offset.
     """
     ds = _SOURCES[cfg.source](cfg)
     if ds.n_samples == 0:
         raise DataError(f"{ds.source} holds no rows", "point at non-empty data")
-    if validate:
-        check_finite(ds.X, what=f"data from {ds.source}")
-    return ds
+    return _cast(ds, validate)

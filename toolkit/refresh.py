@@ -75,7 +75,7 @@ def champion_centers(champion: Any) -> np.ndarray:
     Through its scikit-learn twin when it has one: same centres, loads on any machine (a cuML
     champion needs a GPU to be read natively).
     """
-    from toolkit.convert import to_numpy
+    from toolkit.convert import centers_of
     from toolkit.registry import flavor
 
     tags = champion.tags or {}
@@ -83,7 +83,7 @@ def champion_centers(champion: Any) -> np.ndarray:
            if tags.get("kind") != "sklearn_twin" and tags.get("twin.name") and tags.get("twin.version")
            else f"models:/{champion.name}/{champion.version}")
     model = flavor.load_model(uri)
-    return np.asarray(to_numpy(model.cluster_centers_), dtype=np.float64)
+    return np.asarray(centers_of(model), dtype=np.float64)  # raw coordinates, a centred model's too
 
 
 def center_shifts(new_centers: np.ndarray, old_centers: np.ndarray) -> np.ndarray:
@@ -153,8 +153,10 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
             log_dataset(run_id, dataset)
             backend.validate(cfg.model, dataset.n_samples)
             X = backend.prepare(dataset)
-            result, metrics = fit_and_score(backend, X, cfg.model, cfg.metrics, dataset.y, init_centers=start)
-            shifts = center_shifts(result.centers, start)
+            # The fit runs on the data as loaded (centred if need be, toolkit.data): so does its start.
+            init = start if dataset.shift is None else start - dataset.shift
+            result, metrics = fit_and_score(backend, X, cfg.model, cfg.metrics, dataset.y, init_centers=init)
+            shifts = center_shifts(dataset.raw(result.centers), start)
             finite = shifts[np.isfinite(shifts)]
             metrics["refresh.center_shift_max"] = float(finite.max()) if len(finite) else float("nan")
             metrics["refresh.center_shift_mean"] = float(finite.mean()) if len(finite) else float("nan")

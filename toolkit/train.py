@@ -179,7 +179,10 @@ def log_fit(
     if cfg.tracking.log_plot and X is not None and backend is not None:
         hX, hlabels = backend.host_view(X, result.labels)
         plot_data = sample_rows(hX, hlabels, cfg.tracking.plot_sample, cfg.metrics.seed)
-    args = (run_id, np.asarray(result.centers), dataset.feature_names, plot_data)
+        plot_data = (dataset.raw(plot_data[0]), plot_data[1])
+    # Fits run on the data as loaded (centred when toolkit.data had to): the record is in the
+    # data's own coordinates.
+    args = (run_id, np.asarray(dataset.raw(result.centers)), dataset.feature_names, plot_data)
     options = {"artifact_path": artifact_path, "title": f"{cfg.name}: {cfg.backend}, k={len(result.centers)}"}
     if writer is not None:
         return writer.submit(log_centroids, *args, **options)
@@ -197,7 +200,9 @@ def run_params(cfg: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:
         if not k.startswith("search.")
     }
     params.update(
-        {"data.rows": dataset.n_samples, "data.features": dataset.n_features, "data.name": dataset.name}
+        {"data.rows": dataset.n_samples, "data.features": dataset.n_features, "data.name": dataset.name,
+         # Whether the fit ran on the data centred on its float64 mean (toolkit.data.precision_shift).
+         "data.centred": getattr(dataset, "shift", None) is not None}
     )
     return params
 

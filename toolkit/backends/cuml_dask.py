@@ -133,7 +133,12 @@ class CumlDaskBackend(KMeansBackend):
                 ddf = dask_cudf.read_parquet(dataset.files, columns=cols)
             else:
                 ddf = dask_cudf.read_csv(dataset.files, usecols=cols)
-            ddf = ddf[cols].astype(np.float32)
+            if dataset.shift is None:
+                ddf = ddf[cols].astype(np.float32)
+            else:  # centred in float64 before the cast, as toolkit.data centres dataset.X
+                ddf = ddf[cols].astype(np.float64)
+                ddf = ddf.assign(**{c: ddf[c] - s for c, s in zip(cols, dataset.shift.tolist(), strict=True)})
+                ddf = ddf[cols].astype(np.float32)
         else:
             import dask.dataframe as dd
             import pandas as pd

@@ -74,7 +74,14 @@ def _read_files(dataset: Dataset) -> Any:
         df = cudf.read_parquet(dataset.files, columns=cols)
     else:
         df = cudf.concat([cudf.read_csv(f, usecols=cols) for f in dataset.files], ignore_index=True)
-    return df[cols].to_cupy(dtype=np.float32)
+    if dataset.shift is None:
+        return df[cols].to_cupy(dtype=np.float32)
+    # Centred in float64 before the cast, as toolkit.data centres dataset.X.
+    import cupy as cp
+
+    X = df[cols].to_cupy(dtype=np.float64)
+    X -= cp.asarray(dataset.shift)
+    return X.astype(np.float32)
 
 
 class CumlBackend(KMeansBackend):

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 
-from toolkit.convert import input_dtype, predict_labels, to_numpy
+from toolkit.convert import centers_of, input_dtype, predict_labels, raw_dtype, to_numpy
 from toolkit.errors import DataError, ModelError
 from toolkit.evaluation.scores import ClusteringScores, distance_quantiles, score_clustering
 
@@ -128,11 +128,11 @@ def _features(dataset: Any, model: Any) -> np.ndarray:
             raise DataError(f"the evaluation data has non-numeric column(s): {', '.join(bad)}",
                             "pass numeric feature columns only (feature_names=...)")
         data = data.to_numpy()
-    X = np.asarray(data, dtype=np.float32)
+    X = np.asarray(data, dtype=raw_dtype(model))  # float64 for a model of centred data (toolkit.data)
     if X.ndim != 2 or X.shape[0] == 0:
         raise DataError(f"the evaluation data must be non-empty rows x features, got shape {X.shape}",
                         "pass a 2-D array or a DataFrame")
-    d = np.asarray(to_numpy(model.cluster_centers_)).shape[1]
+    d = np.asarray(centers_of(model)).shape[1]
     if X.shape[1] != d:
         raise DataError(f"the evaluation data has {X.shape[1]} feature column(s) but the model expects {d}",
                         "select the model's feature columns (feature_names=...)")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.convert import input_dtype, predict_labels
+from toolkit.convert import centers_of, input_dtype, predict_labels
 from toolkit.metrics import cluster_metrics
 
 __all__ = ["DISTANCE_QUANTILES", "ClusteringScores", "distance_quantiles", "score_clustering"]
@@ -78,7 +78,7 @@ def score_clustering(
     X = np.asarray(X)
     X = X.astype(input_dtype(model, X.dtype), copy=False)
     labels = predict_labels(model, X)  # a twin that knows its columns' names gets them
-    centers = np.asarray(model.cluster_centers_, dtype=np.float64)
+    centers = np.asarray(centers_of(model), dtype=np.float64)  # in the rows' coordinates
     # Kept as one array so inertia is summed exactly as promotion always summed it.
     squared = (X - centers[labels]) ** 2
     inertia = float(squared.sum())

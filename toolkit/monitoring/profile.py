@@ -73,7 +73,8 @@ def distances(X: Any, labels: Any, centers: np.ndarray) -> np.ndarray:
     return _column_distances([X[:, j] for j in range(X.shape[1])], labels, centers)
 
 
-def _column_distances(columns: Sequence[np.ndarray], labels: Any, centers: np.ndarray) -> np.ndarray:
+def _column_distances(columns: Sequence[np.ndarray], labels: Any, centers: np.ndarray,
+                      shift: np.ndarray | None = None) -> np.ndarray:
     """Distances accumulated one feature column at a time, in float32.
 
     This runs on every scored partition, next to a predict that costs about as much: column by
@@ -81,11 +82,16 @@ def _column_distances(columns: Sequence[np.ndarray], labels: Any, centers: np.nd
     and temporaries of one column only.  float32 is the precision the data and the predict
     have anyway, and training profiles and scoring use this same arithmetic, so a row on a bin
     edge falls on the same side of it in both.
+
+    ``shift``: raw columns of a model of centred data (see :mod:`toolkit.data`) are centred
+    column by column in float64 first, and ``centers`` are its centred centres: the values the
+    training profile was computed on.
     """
     labels = np.asarray(labels, dtype=np.intp).ravel()
     c32 = np.asarray(centers, dtype=np.float32)
     acc = np.zeros(len(labels), dtype=np.float32)
     for j, col in enumerate(columns):
+        col = col if shift is None else np.asarray(col, dtype=np.float64) - shift[j]
         diff = np.asarray(col, dtype=np.float32) - np.take(c32[:, j], labels)
         diff *= diff
         acc += diff
@@ -257,19 +263,20 @@ def frame_stats_meta() -> Any:
 
 
 def frame_stats(frame: Any, features: Sequence[str], label: str, centers: np.ndarray,
-                edges: np.ndarray) -> Any:
+                edges: np.ndarray, shift: np.ndarray | None = None) -> Any:
     """One partition's :func:`partial_stats`, as a one-element object Series (``map_partitions``).
 
     One object, not a ``k x bins`` frame: it travels (and, under memory pressure, spills) as
     one small pickled array instead of hundreds of columns.  Distances are read column by
-    column straight from the frame (:func:`_column_distances`).
+    column straight from the frame (:func:`_column_distances`; ``shift`` and centred ``centers``
+    for a model of centred data).
     """
     import pandas as pd
 
     labels = frame[label].to_numpy().astype(np.int64, copy=False)
     k = len(centers)
     if len(labels):
-        d = _column_distances([frame[name].to_numpy() for name in features], labels, centers)
+        d = _column_distances([frame[name].to_numpy() for name in features], labels, centers, shift)
         st = _stats_of(d, labels, k, edges)
     else:
         st = ClusterStats(np.asarray(edges, dtype=np.float64), np.zeros((k, len(edges) + 1), np.int64), np.zeros(k))

@@ -45,6 +45,10 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
                                                           bins=cfg.monitoring.histogram_bins)
     native = backend.native_model(fit)
     twin = backend.to_sklearn(native)
+    shift = getattr(dataset, "shift", None)
+    if shift is not None:  # fitted on centred data (toolkit.data): registered to predict raw rows
+        native, twin = _centred_pair(native, twin, shift, fit.inertia / max(len(hX), 1))
+        sample = dataset.raw(sample)
     return log_and_register(
         native, twin, run_id=run_id, backend=backend.name,
         native_name=cfg.native_model_name, sklearn_name=cfg.sklearn_model_name,
@@ -52,3 +56,32 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
         search_parent_run_id=search_parent_run_id, register=cfg.registry.register_best,
         metrics=metrics, stable_labels=cfg.registry.stable_labels, profile=profile,
     )
+
+
+#: A twin of centred data stays a plain ``KMeans`` (float64 centres in the raw coordinates) while
+#: ``|shift| <= TWIN_RATIO * rms within-cluster distance``: scikit-learn predicts with
+#: ``|c|^2 - 2 x.c`` in float64, whose error ``~3 * 2**-53 * |shift|**2`` is then below 6e-9 of a
+#: squared within-cluster distance.  Farther data gets the centring step in front
+#: (:func:`toolkit.convert.centered_model`).
+TWIN_RATIO = 2.0**12
+
+
+def _centred_pair(native: Any, twin: Any, shift: Any, within2: float) -> tuple[Any, Any]:
+    """(native, twin) of models fitted on data centred on ``shift``, for raw rows.
+
+    The native model always carries the shift (a centring step before it; the flavor stores it
+    as ``shift.npy``).  The twin is a plain ``KMeans`` where float64 suffices, else centred too.
+    """
+    import numpy as np
+
+    from toolkit.convert import centered_model, sklearn_from_centers
+
+    shift = np.asarray(shift, dtype=np.float64)
+    centres = np.asarray(twin.cluster_centers_, dtype=np.float64)
+    facts = {"params": twin, "inertia": getattr(twin, "inertia_", None), "n_iter": getattr(twin, "n_iter_", None),
+             "dtype": np.float64}
+    if within2 > 0 and float(shift @ shift) <= TWIN_RATIO**2 * within2:
+        new_twin = sklearn_from_centers(centres + shift, **facts)
+    else:
+        new_twin = centered_model(sklearn_from_centers(centres, **facts), shift)
+    return centered_model(native, shift), new_twin

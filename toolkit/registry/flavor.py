@@ -10,6 +10,10 @@ a model is stored WITHOUT executable content (format ``kmeans-npy``)::
     input_example.json, serving_input_example.json   (when an example is given)
     kmeans/centers.npy           cluster_centers_ (its dtype), read with allow_pickle=False
     kmeans/origin.npy            DaskKMeans only: the float32 point its kernels centre rows on
+    kmeans/shift.npy             models of centred data only (toolkit.data.precision_shift): the
+                                 float64 point subtracted from raw rows; centers.npy then holds
+                                 the centres in the raw coordinates (float64), and the model is
+                                 rebuilt as toolkit.convert.centered_model(k-means, shift)
     kmeans/model.json            model class key, hyperparameters, n_features, inertia, n_iter,
                                  library versions
 
@@ -45,7 +49,16 @@ from typing import Any
 import numpy as np
 
 from toolkit import env
-from toolkit.convert import class_key, input_dtype, predict_labels, same_public_class, to_numpy
+from toolkit.convert import (
+    centered_model,
+    centers_of,
+    class_key,
+    input_dtype,
+    predict_labels,
+    same_public_class,
+    split_centered,
+    to_numpy,
+)
 from toolkit.errors import ModelError, first_line
 from toolkit.registry import integrity
 from toolkit.registry.integrity import CLASS_TAG, FORMAT_TAG, SHAPE_TAG, LoggedRef, VerifiedModel
@@ -80,12 +93,16 @@ _DATA_DIR = "kmeans"
 _STATE_FILE = "model.json"
 _CENTERS_FILE = "centers.npy"
 _ORIGIN_FILE = "origin.npy"
+_SHIFT_FILE = "shift.npy"
 _PICKLE_FILE = "model.pkl"
 #: The file ``mlflow.sklearn.save_model(serialization_format="skops")`` writes.
 SKOPS_FILE = "model.skops"
 #: Types the twin's skops file may hold beyond skops' own defaults: the project's list, not the
-#: one an MLmodel file carries.
-TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.cluster._kmeans.KMeans",)
+#: one an MLmodel file carries.  A twin of centred data is a Pipeline of a StandardScaler (the
+#: centring step) and the KMeans (:func:`toolkit.convert.centered_model`); its structure is
+#: checked after loading (:func:`toolkit.convert.split_centered`).
+TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.cluster._kmeans.KMeans", "sklearn.pipeline.Pipeline",
+                                        "sklearn.preprocessing._data.StandardScaler")
 
 # Distribution names whose versions are recorded when installed.
 _LIBRARIES = ("numpy", "scikit-learn", "dask", "dask-ml")
@@ -116,6 +133,7 @@ def _current_key(key: str | None) -> str | None:
 
 def model_device(model: Any) -> str:
     """``"gpu"`` for cuML models (by class module, without importing cuML), else ``"cpu"``."""
+    model = split_centered(model)[0]  # a centred model is the device of its k-means
     return "gpu" if type(model).__module__.split(".")[0] == "cuml" else "cpu"
 
 
@@ -136,7 +154,9 @@ def _requirements(device: str, serialization: str) -> list[str]:
 
 
 def _kind(model: Any) -> str:
-    """The class key a model is stored (and rebuilt) as; moved private modules are matched."""
+    """The class key a model is stored (and rebuilt) as; moved private modules are matched.
+    A centred model is stored as its k-means (plus ``shift.npy``)."""
+    model = split_centered(model)[0]
     for cls in type(model).__mro__:
         key = class_key(cls)
         if key in KMEANS_CLASSES:
@@ -177,6 +197,7 @@ _SKIP = object()
 def _state(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(JSON state, arrays) of a fitted k-means: what predict needs and the hyperparameters."""
     key = _kind(model)
+    model, shift = split_centered(model)
     centers = np.ascontiguousarray(to_numpy(model.cluster_centers_))
     if centers.ndim != 2 or centers.dtype.kind != "f":
         raise ModelError(f"{class_key(model)} has cluster_centers_ of shape {centers.shape} and dtype "
@@ -200,6 +221,11 @@ def _state(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         value = _json_scalar(getattr(model, attr, None))
         state[out] = None if value is _SKIP else value
     arrays = {_CENTERS_FILE: centers}
+    if shift is not None:
+        # The centres as a reader expects them, in the data's coordinates; the rebuild takes the
+        # shift off again (in float64) and casts to "dtype", the width the k-means predicts in.
+        arrays[_CENTERS_FILE] = centers.astype(np.float64) + shift
+        arrays[_SHIFT_FILE] = np.ascontiguousarray(shift)
     if key == _DASK_KMEANS and getattr(model, "_origin", None) is not None:
         # DaskKMeans predicts on x - origin in float32: the same origin gives the same labels.
         arrays[_ORIGIN_FILE] = np.ascontiguousarray(np.asarray(model._origin))
@@ -244,7 +270,7 @@ def save_model(
         raise ModelError(f"unknown serialization {serialization!r} for a {FLAVOR_NAME} model",
                          f"use {KMEANS_NPY!r} (default) or {PICKLE!r}")
     device = model_device(model)
-    centers = to_numpy(model.cluster_centers_)
+    centers = centers_of(model)
     os.makedirs(os.path.join(path, _DATA_DIR), exist_ok=False)
     if serialization == PICKLE:
         import cloudpickle
@@ -410,7 +436,7 @@ def _read_state(data: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     with open(os.path.join(data, _STATE_FILE)) as fh:
         state = json.load(fh)
     arrays = {}
-    for name in (_CENTERS_FILE, _ORIGIN_FILE):
+    for name in (_CENTERS_FILE, _ORIGIN_FILE, _SHIFT_FILE):
         file = os.path.join(data, name)
         if os.path.exists(file):
             arrays[name] = np.load(file, allow_pickle=False)
@@ -421,7 +447,14 @@ def _read_state(data: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def _check_kmeans(model: Any, integrity_tags: Mapping[str, str], label: str) -> Any:
-    """Refuse anything but a k-means estimator of the recorded class and centres shape."""
+    """Refuse anything but a k-means estimator of the recorded class and centres shape (alone, or
+    behind the centring step of a model of centred data: :func:`toolkit.convert.split_centered`)."""
+    outer = model
+    model, shift = split_centered(model)
+    width = np.shape(to_numpy(getattr(model, "cluster_centers_", np.empty((0, 0)))))[-1:]
+    if shift is not None and shift.shape != width:
+        raise ModelError(f"{label} centres rows on {shift.shape[0]} features, not the {width} of its k-means",
+                         "re-register the model")
     key = _canonical(model)
     recorded = integrity_tags.get(CLASS_TAG)
     expected = _current_key(recorded)
@@ -433,7 +466,7 @@ def _check_kmeans(model: Any, integrity_tags: Mapping[str, str], label: str) -> 
     if shape != integrity_tags.get(SHAPE_TAG):
         raise ModelError(f"{label} has cluster_centers_ of shape {shape}, not the recorded "
                          f"{integrity_tags.get(SHAPE_TAG)}", "re-register the model")
-    return model
+    return outer
 
 
 def _gpu_refusal(conf: Mapping[str, Any], twin_hint: str | None) -> ModelError:
@@ -467,7 +500,12 @@ def _read_native(path: str, integrity_tags: Mapping[str, str], twin_hint: str | 
     if key != integrity_tags.get(CLASS_TAG) or _current_key(key) not in _REBUILD:
         raise ModelError(f"{path} stores a {key} model, not the recorded {integrity_tags.get(CLASS_TAG)}",
                          "re-register the model")
-    return _REBUILD[_current_key(key)](state, arrays)
+    shift = arrays.pop(_SHIFT_FILE, None)
+    if shift is None:
+        return _REBUILD[_current_key(key)](state, arrays)
+    shift = np.asarray(shift, dtype=np.float64)
+    arrays[_CENTERS_FILE] = (np.asarray(arrays[_CENTERS_FILE], dtype=np.float64) - shift).astype(state["dtype"])
+    return centered_model(_REBUILD[_current_key(key)](state, arrays), shift)
 
 
 def _read_twin(path: str) -> Any:
@@ -627,7 +665,7 @@ class _PyFuncWrapper:
         return self.model
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        n_features = int(np.asarray(to_numpy(self.model.cluster_centers_)).shape[1])
+        n_features = int(np.asarray(centers_of(self.model)).shape[1])
         X = pyfunc_rows(data, self.feature_names, n_features, input_dtype(self.model))
         return predict_labels(self.model, X).astype(np.int32)
 

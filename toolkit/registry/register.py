@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from toolkit import env
-from toolkit.convert import check_equivalent, class_key, input_dtype, with_feature_names, without_training_labels
+from toolkit.convert import (
+    centers_of,
+    check_equivalent,
+    class_key,
+    input_dtype,
+    split_centered,
+    with_feature_names,
+    without_training_labels,
+)
 from toolkit.errors import ModelError
 from toolkit.monitoring.profile import TrainingProfile, build_profile, save_profile
 from toolkit.registry import flavor, integrity, stable
@@ -102,7 +110,7 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
     # In the dtype of the twin's centers: `mlflow models serve` casts requests to the
     # signature's types, and scikit-learn predicts only rows of the centers' float width.
     signature, example = _signature(sample, feature_names, input_dtype(twin))
-    centers = np.asarray(twin.cluster_centers_)
+    centers = np.asarray(centers_of(twin))
     # The training columns' names ride with the twin: it predicts DataFrames without warning
     # and refuses other columns, like a model fitted on a frame (a copy: the caller's model,
     # perhaps the native one itself, keeps predicting unnamed arrays).
@@ -122,7 +130,7 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
         stable.save_reference(local, sample)  # before the manifest is taken: it covers the file
         if profile is not None:
             save_profile(local, profile)
-        return {integrity.FORMAT_TAG: flavor.SKOPS, integrity.CLASS_TAG: class_key(twin),
+        return {integrity.FORMAT_TAG: flavor.SKOPS, integrity.CLASS_TAG: class_key(split_centered(twin)[0]),
                 integrity.SHAPE_TAG: f"{centers.shape[0]}x{centers.shape[1]}"}
 
     params = {k: v for k, v in twin.get_params(deep=False).items() if isinstance(v, (str, int, float, bool))}
@@ -227,7 +235,10 @@ def log_and_register(
             registered; the native model is still logged and registered, tagged as such).
     """
 
-    sample = np.asarray(sample, dtype=np.float32)
+    # float64 rows stay float64: a model of centred data predicts raw rows far from 0 (see
+    # toolkit.data), which float32 would collapse.  Other rows are float32, as always.
+    sample = np.asarray(sample)
+    sample = sample if sample.dtype == np.float64 else sample.astype(np.float32)
     names = _names_for(feature_names, sample.shape[1])
     stable_tags: dict[str, str] = {}
     champion = champion_of(native_name) if register else None
@@ -248,10 +259,10 @@ def log_and_register(
     agreement = float(check_equivalent(native_model, twin, sample))
     log_metrics(run_id, {"twin_agreement": agreement})
     model_metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "twin_agreement": agreement}
-    signature, example = _signature(sample, names)
+    signature, example = _signature(sample, names, sample.dtype)
     lm_tags = {"backend": backend}
     if profile is None:
-        profile = build_profile(sample, None, native_model.cluster_centers_,
+        profile = build_profile(sample, None, centers_of(native_model),
                                 source=f"registration sample ({len(sample)} rows)")
 
     def extras(local: str) -> None:

@@ -37,7 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.convert import check_equivalent, to_numpy, without_training_labels
+from toolkit.convert import (
+    centers_of,
+    check_equivalent,
+    split_centered,
+    to_numpy,
+    without_training_labels,
+)
 from toolkit.errors import ModelError
 from toolkit.registry import flavor, integrity
 
@@ -135,6 +141,11 @@ def reorder(model: Any, order: np.ndarray) -> Any:
     order = np.asarray(order, dtype=np.int64)
     if np.array_equal(order, np.arange(len(order))):
         return model
+    inner, shift = split_centered(model)
+    if shift is not None:  # a model of centred data: its k-means is reordered, its centring step kept
+        out = copy.copy(model)
+        out.steps = [model.steps[0], (model.steps[1][0], reorder(inner, order))]
+        return out
     if flavor.model_device(model) == "gpu":  # pragma: no cover - GPU
         from toolkit.convert import to_cuml, to_sklearn
 
@@ -162,7 +173,9 @@ def save_reference(local_dir: str, sample: Any) -> None:
     Called inside the save step, before the manifest is computed, so it is checked like every
     other file of the model.
     """
-    arr = np.ascontiguousarray(np.asarray(to_numpy(sample), dtype=np.float32)[:MAX_REFERENCE_ROWS])
+    arr = np.asarray(to_numpy(sample))
+    # float64 rows (raw rows of centred data, see toolkit.data) are kept: float32 would collapse them.
+    arr = np.ascontiguousarray(arr[:MAX_REFERENCE_ROWS], dtype=np.float64 if arr.dtype == np.float64 else np.float32)
     path = os.path.join(local_dir, *REFERENCE_FILE.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.save(path, arr, allow_pickle=False)
@@ -243,7 +256,7 @@ def stabilize(native: Any, twin: Any, champion: Any | None, sample: np.ndarray) 
     if champion is None:
         return Stabilized(native, twin, {f"{TAG_PREFIX}status": "first registration: IDs as fitted"})
     old_model, reference = load_with_reference(_comparable_uri(champion))
-    match = match_centers(native.cluster_centers_, old_model.cluster_centers_)
+    match = match_centers(centers_of(native), centers_of(old_model))
     new_native = reorder(native, match.order)
     new_twin = reorder(twin, match.order) if twin is not None else None
     ref_label = f"champion v{champion.version}"

@@ -133,7 +133,9 @@ class TrialLoop:
 
         fut = self._writer.submit(
             record.log_trial_run, self.parent, self.study_name, number, _trial_params(res.params),
-            metrics, tags, status, res.started, res.finished, res.centers, self.dataset.feature_names,
+            metrics, tags, status, res.started, res.finished,
+            # in the data's own coordinates (trials fit the data as loaded: centred if need be)
+            None if res.centers is None else self.dataset.raw(res.centers), self.dataset.feature_names,
             error=res.error, history=history,
         )
         fut.add_done_callback(written)

@@ -54,11 +54,14 @@ class ScoringPlan:
     n_clusters: int = 0
 
 
-def _centers_of(predictor: Any) -> np.ndarray | None:
-    from toolkit.convert import to_numpy
+def _centers_of(predictor: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(centres, shift) the drift distances use: a model of centred data gives its centred
+    centres and its shift (the training profile's coordinates), others their centres and None."""
+    from toolkit.convert import split_centered, to_numpy
 
-    centers = getattr(getattr(predictor, "model", None), "cluster_centers_", None)
-    return None if centers is None else np.asarray(to_numpy(centers), dtype=np.float64)
+    model, shift = split_centered(getattr(predictor, "model", None))
+    centers = getattr(model, "cluster_centers_", None)
+    return (None if centers is None else np.asarray(to_numpy(centers), dtype=np.float64)), shift
 
 
 def _fallback_edges(centers: np.ndarray, bins: int) -> np.ndarray:
@@ -86,7 +89,7 @@ def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift:
         scored = scored.rename_axis("index")
     plan = ScoringPlan(write=scored.to_parquet(tmp, write_index=True, compute=False),
                        npartitions=scored.npartitions)
-    centers = _centers_of(predictor)
+    centers, shift = _centers_of(predictor)
     if not drift:
         plan.note = "drift statistics off"
     elif centers is None:
@@ -99,7 +102,7 @@ def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift:
         plan.profile = prof.read_profile(getattr(source, "verified", None))
         plan.edges = plan.profile.stats.edges if plan.profile is not None else _fallback_edges(
             centers, bins or prof.DEFAULT_BINS)
-        plan.stats_parts = scored.map_partitions(prof.frame_stats, features, LABEL, centers, plan.edges,
+        plan.stats_parts = scored.map_partitions(prof.frame_stats, features, LABEL, centers, plan.edges, shift,
                                                  meta=prof.frame_stats_meta(), enforce_metadata=False)
     return scored, plan
 

@@ -24,7 +24,7 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from toolkit.cluster import block_rows, n_workers
-from toolkit.convert import predict_labels
+from toolkit.convert import predict_labels, raw_dtype, split_centered
 from toolkit.errors import DataError, ModelError, option_hint
 from toolkit.registry.integrity import VerifiedModel
 
@@ -136,7 +136,9 @@ class LocalPredictor:
         if hasattr(data, "dtypes"):
             _numeric_frame(data, "input")
             data = data.to_numpy()
-        X = np.asarray(data, dtype=np.float32)  # the values every predictor sees, whatever the model
+        # The values every predictor sees, whatever the model: float32, or float64 for a model of
+        # centred data (raw rows far from 0, which float32 would collapse; see toolkit.data).
+        X = np.asarray(data, dtype=raw_dtype(self.model))
         if X.ndim != 2:
             raise DataError(f"input must be 2-D (rows x features), got shape {X.shape}", "reshape it")
         _check_features(self.model, X.shape[1], "input")
@@ -174,7 +176,7 @@ def _worker_model(plugin_name: str) -> Any:
 
 def _predict_block(block: np.ndarray, plugin_name: str) -> np.ndarray:
     model = _worker_model(plugin_name)
-    X = np.asarray(block, dtype=np.float32)
+    X = np.asarray(block, dtype=raw_dtype(model))
     return predict_labels(model, X).astype(np.int32)
 
 
@@ -183,7 +185,7 @@ def _predict_frame(frame: Any, plugin_name: str) -> Any:
 
     if len(frame):
         model = _worker_model(plugin_name)
-        labels = predict_labels(model, frame.to_numpy(dtype=np.float32))
+        labels = predict_labels(model, frame.to_numpy(dtype=raw_dtype(model)))
     else:
         labels = np.empty(0, np.int32)
     return pd.Series(np.asarray(labels, dtype=np.int32), index=frame.index, name="label")
@@ -333,8 +335,10 @@ def load_predictor(uri: str | ModelSource, client: Any = None, scheduler_address
         check_workers(client, gpu=src.device == "gpu")
     if client is None:
         return LocalPredictor(model, src)
-    if src.device == "gpu":  # pragma: no cover - needs a GPU
+    if src.device == "gpu" and split_centered(model)[1] is None:  # pragma: no cover - needs a GPU
         return CumlDistributedPredictor(model, client, src)
+    # A model of centred data (a GPU one too) centres each partition's float64 rows first, on the
+    # workers, through predict_labels.
     return DistributedPredictor(model, client, src)
 
 
