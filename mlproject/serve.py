@@ -180,7 +180,7 @@ def _forwarding(proc: subprocess.Popen) -> Iterator[dict[str, Any]]:
             return
         state["signal"] = signum
         state["deadline"] = time.monotonic() + STOP_GRACE_S
-        _signal_server(proc, signum)
+        _signal_server(proc)
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     before = {s: signal.signal(s, forward) for s in handled}
@@ -191,9 +191,14 @@ def _forwarding(proc: subprocess.Popen) -> Iterator[dict[str, Any]]:
             signal.signal(s, handler)
 
 
-def _signal_server(proc: subprocess.Popen, signum: int) -> None:
-    """Signal uvicorn (the child of ``mlflow models serve``) so that it stops gracefully and the
-    command returns its status; before uvicorn exists, the command itself (SIGTERM)."""
+def _signal_server(proc: subprocess.Popen) -> None:
+    """Stop uvicorn (the child of ``mlflow models serve``) gracefully, so that the command returns
+    its status; before uvicorn exists, stop the command itself (SIGTERM).
+
+    uvicorn is sent SIGINT whatever this process received: after its graceful shutdown it raises
+    the signal it caught again (uvicorn >= 0.29), and a SIGTERM then kills it (status -15, which
+    ``mlflow models serve`` reports with a traceback), while SIGINT ends it with status 0.
+    """
     import psutil
 
     try:
@@ -206,7 +211,7 @@ def _signal_server(proc: subprocess.Popen, signum: int) -> None:
         return
     for child in children:
         with contextlib.suppress(psutil.Error):
-            child.send_signal(signum)
+            child.send_signal(signal.SIGINT)
 
 
 def _kill_group(proc: subprocess.Popen, signum: int) -> None:
