@@ -140,8 +140,8 @@ def test_search_logs_each_model_as_a_logged_model_of_the_run(searched, mlc):
             assert mv.tags[key] == lm.tags[key]
     assert native.tags["integrity.format"] == "kmeans-npy" and twin.tags["integrity.format"] == "skops"
     assert sorted(json.loads(native.tags["integrity.sha256"])) == [
-        "MLmodel", "input_example.json", "kmeans/centers.npy", "kmeans/model.json", "monitoring/profile.json",
-        "reference/sample.npy",
+        "MLmodel", "input_example.json", "kmeans/centers.npy", "kmeans/model.json", "model.sig",
+        "monitoring/profile.json", "reference/sample.npy",
         "requirements.txt", "serving_input_example.json",
     ]
     assert "model.skops" in json.loads(twin.tags["integrity.sha256"])

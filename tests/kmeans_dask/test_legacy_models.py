@@ -50,8 +50,9 @@ def test_the_old_module_path_still_names_the_class():
 
 
 @pytest.mark.parametrize("fmt", [flavor.KMEANS_NPY, flavor.PICKLE])
-def test_model_saved_before_the_move_loads_and_predicts_the_recorded_labels(store, expected, fmt):
+def test_model_saved_before_the_move_loads_and_predicts_the_recorded_labels(store, expected, fmt, monkeypatch):
     assert expected["class_key"] == OLD_KEY and expected[fmt][integrity.CLASS_TAG] == OLD_KEY
+    monkeypatch.setenv("KMEANS_LIFECYCLE_ALLOW_PICKLE", "1")  # the user's opt-in to (signed) pickles
     ref = _log_fixture(fmt, expected[fmt])
     assert ref.tags[integrity.CLASS_TAG] == OLD_KEY  # the record is not rewritten
     rows = np.asarray(expected["rows"], dtype=np.float32)
