@@ -103,16 +103,19 @@ def check_store() -> None:
     fix = ("set MLFLOW_TRACKING_URI to a store this user can write (e.g. sqlite:///mlflow.db in a writable "
            "folder) or fix the store's permissions")
     try:
-        client().inner.search_experiments(max_results=1)  # creates (and migrates) a new sqlite store
         db = sqlite_file(uri)
         if db is not None:
+            # Before MLflow opens it: MLflow retries creating the engine of a sqlite file it cannot
+            # open for ~50 s, once for the tracking and once for the registry store (110 s).
             # sqlite writes a journal (or WAL) file beside the database: the folder must take files.
+            os.makedirs(os.path.dirname(db), exist_ok=True)  # as MLflow would
             probe = os.path.join(os.path.dirname(db), f".kmeans-write-probe-{uuid.uuid4().hex}")
             with open(probe, "w"):
                 pass
             os.remove(probe)
-            if not os.access(db, os.W_OK):
+            if os.path.exists(db) and not os.access(db, os.W_OK):
                 raise PermissionError(f"{db} is read-only")
+        client().inner.search_experiments(max_results=1)  # creates (and migrates) a new sqlite store
     except ToolkitError:
         raise
     except Exception as exc:
