@@ -180,8 +180,10 @@ def write_key_pair(out: str | os.PathLike[str], algorithm: str = "ecdsa-p256",
     private, public = folder / _PRIVATE_NAME, folder / _PUBLIC_NAME
     existing = [str(p) for p in (private, public) if p.exists()]
     if existing and not overwrite:
+        from toolkit.errors import option_hint
+
         raise ConfigError(f"{', '.join(existing)} already exist(s)",
-                          "choose another folder, or pass overwrite=true to replace the key pair")
+                          f"choose another folder, or pass {option_hint('overwrite', 'true')} to replace the key pair")
     for p in (private, public):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
