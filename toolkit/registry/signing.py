@@ -544,6 +544,10 @@ def _parse_statement(payload: bytes, label: str) -> tuple[dict[str, str], dict[s
     missing = [k for k in _REQUIRED if not section.get(k)]
     if missing or not manifest:
         raise _bad(label, f"verifies but lacks {', '.join(missing) or 'files'}")
+    if section["format_version"] != str(FORMAT_VERSION):
+        raise ModelError(f"{label} was signed by kmeans-lifecycle {section['toolkit_version']} in signature format "
+                         f"{section['format_version']}, which this version does not read",
+                         "load it with that kmeans-lifecycle or a newer one")
     return manifest, section
 
 
