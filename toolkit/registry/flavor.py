@@ -20,10 +20,11 @@ a model is stored WITHOUT executable content (format ``kmeans-npy``)::
 and the estimator is rebuilt from these files (scikit-learn ``KMeans``, the project's
 ``DaskKMeans``, ``dask_ml.cluster.KMeans``, ``cuml.cluster.KMeans``).  Pickle
 (``kmeans/model.pkl``, cloudpickle) is written only when the caller asks
-(``serialization="pickle"``).  Whatever the format, :func:`load_model` first checks every file
-against the sha256 manifest the tracking store holds (:mod:`toolkit.registry.integrity`), takes
-the format from the store, not from the MLmodel file, and checks that the result is a k-means
-estimator whose centres have the recorded shape.  The scikit-learn twin (``mlflow.sklearn``
+(``serialization="pickle"``), and read back only when a trusted signature covers it and the
+user opted in (``KMEANS_LIFECYCLE_ALLOW_PICKLE``).  Whatever the format, :func:`load_model` first
+verifies the model's signature and every file (:mod:`toolkit.registry.integrity`), takes the
+format and class from the signed statement, not from tags or the MLmodel file, and checks that
+the result is a k-means estimator whose centres have the signed shape.  The scikit-learn twin (``mlflow.sklearn``
 with skops) goes through the same checks and is read with ``skops.io.load`` and the project's
 own trusted-type list, never by the ``serialization_format`` its MLmodel file claims.
 

@@ -1,12 +1,17 @@
-"""Integrity of logged models: checksums held by the tracking store, checked before any read.
+"""Integrity of logged models: a signature over every file, verified before any read.
 
 Every model the toolkit logs is an MLflow 3 ``LoggedModel`` of its own (own ``model_id``, own
-storage), linked to the run that made it.  When it is logged, the sha256 of every file is
-recorded as a JSON manifest ``{relative_path: sha256}`` in the ``integrity.sha256`` tag of the
-LoggedModel (and copied to each registered version).  Loading downloads the files into a private
-temporary folder and compares them with the manifest held by the store -- never with anything
-inside the model folder -- before a single model file is read: a changed, missing or extra file
-is refused with a one-line :class:`~toolkit.errors.ModelError` naming it.
+storage), linked to the run that made it.  When it is logged, the folder is signed
+(:mod:`toolkit.registry.signing`: ``model.sig`` lists every file's sha256 and the format, class
+and centres' shape loaders decide on), and the sha256 of every file is also recorded as a JSON
+manifest ``{relative_path: sha256}`` in the ``integrity.sha256`` tag of the LoggedModel (and
+copied to each registered version) -- for people: someone who can write the store can rewrite
+tags, so loads trust the signature.  Loading downloads the files into a private temporary
+folder, verifies ``model.sig`` with the trusted keys and compares the files with the signed
+list before a single model file is read: an untrusted signature, or a changed, missing or extra
+file, is refused with a one-line :class:`~toolkit.errors.ModelError` naming it.  Unsigned models
+(logged by the previous release) load only with ``KMEANS_LIFECYCLE_ALLOW_UNSIGNED=1``, checked
+against the store's manifest as before.
 
 URIs understood: ``models:/name@alias``, ``models:/name/version`` (or ``/latest``),
 ``models:/<model_id>``, ``runs:/<run_id>/<logged model name>`` and a local copy of a logged
