@@ -4,7 +4,7 @@ PostgreSQL (a throwaway cluster in a temp dir, a role with a password), an ``mlf
 storing runs in PostgreSQL and proxying artifacts (``mlflow-artifacts:/``), a ``dask scheduler``
 and two ``dask worker`` processes.  Through them, the README's commands as real ``mlflow run``
 subprocesses: a registered weaker model, a search (Optuna study in PostgreSQL, trials on the
-external workers), ``promote``, ``predict`` on the external cluster, and ``mlflow models serve``
+external workers), ``promote``, ``predict`` on the external cluster, and ``serve`` (``mlflow models serve``)
 of the champion answering a real POST.  The PostgreSQL password must appear nowhere in the
 record or in any command's output.
 
@@ -358,18 +358,19 @@ def test_search_promote_predict_serve_on_the_stack(stack: Stack, tmp_path: Path)
     assert len(scored) == len(X) and np.allclose(scored[["x0", "x1"]].to_numpy(), X)
     assert scored["label"].nunique() == best_k
 
-    # 5. mlflow models serve of the champion: a real POST answers as predict did.
+    # 5. The README's serve of the champion (a verified copy under mlflow models serve): a real
+    # POST answers as predict did.
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{TWIN}@champion",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "mlproject.serve", "--model-uri", f"models:/{TWIN}@champion",
+             "--port", str(port)],
+            cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_ready(serve, f"{base}/ping", log, "mlflow models serve", limit_s=180)
+        wait_ready(serve, f"{base}/ping", log, "python -m mlproject.serve", limit_s=180)
         served = _post(base, X)
     finally:
         stop(serve)
