@@ -81,6 +81,23 @@ class DaskMLBackend(KMeansBackend):
     def warm_up(self, X: Any) -> None:
         warm_workers(self.client, X, _warm_daskml_worker)
 
+    def _tolerance(self, X: Any, tol: float) -> float:
+        """scikit-learn's tolerance for ``X``: ``tol`` times the mean feature variance.
+
+        dask-ml compares the squared centre shift with ``tol`` itself, so the same ``tol`` meant
+        another thing at every scale (on data scaled by 1e-9 every fit stopped after one
+        iteration); the toolkit's ``tol`` is scikit-learn's, relative.  One pass over ``X``,
+        once per prepared array (keyed by its Dask name).
+        """
+        if tol == 0:
+            return 0.0
+        cache = self.__dict__.setdefault("_mean_var", {})
+        key = getattr(X, "name", None) or id(X)
+        if key not in cache:
+            cache[key] = float(np.asarray(X.var(axis=0).mean().compute() if hasattr(X, "compute")
+                                          else np.var(X, axis=0).mean()))
+        return tol * cache[key]
+
     def _fit_once(self, X: Any, params: ModelConfig, seed: int, init_centers: np.ndarray | None = None) -> Any:
         from dask_ml.cluster import KMeans
 
@@ -94,7 +111,7 @@ class DaskMLBackend(KMeansBackend):
             init=init,
             oversampling_factor=params.oversampling_factor,
             max_iter=params.max_iter,
-            tol=params.tol,
+            tol=self._tolerance(X, params.tol),
             random_state=seed,
         )
         return km.fit(X)
