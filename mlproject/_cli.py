@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from toolkit.config import ExperimentConfig, load_experiment, parse_overrides
-from toolkit.errors import ConfigError, ToolkitError, first_line, launched_entry_point, option_hint
+from toolkit.errors import ConfigError, ToolkitError, disk_full, first_line, launched_entry_point, option_hint
 from toolkit.redact import redact
 
 #: The default of every option backed by a config key, in ``MLproject`` as on the command line:
@@ -330,6 +330,11 @@ def run_main(main: Callable[[], int | None], *, uses_store: bool = True) -> None
         print("error: interrupted", file=sys.stderr)
         _exit(130, as_program)
     except Exception as exc:
+        full = disk_full(exc)  # a full disk is the user's to fix: one line, not a traceback
+        if full is not None:
+            _fail_active_run(full)
+            print(redact(f"error: {full}"), file=sys.stderr)
+            _exit(2, as_program)
         _fail_active_run(exc)
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
         print(redact(f"error: {type(exc).__name__}: {first_line(exc)}"), file=sys.stderr)

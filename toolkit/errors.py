@@ -9,6 +9,8 @@ command-line option names it through :func:`option_hint`, the way the user gives
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def first_line(error: BaseException | str, limit: int | None = None) -> str:
     """The first line of an error's message, cut to ``limit`` characters ("" when it has none:
@@ -74,3 +76,71 @@ def option_hint(name: str, value: object = None) -> str:
         return f"-P {name}" if shown is None else f"-P {name}={shown}"
     flag = "--" + _FLAG_OF.get(name, name).replace("_", "-")
     return flag if shown is None else f"{flag} {shown}"
+
+
+# -- a full disk -----------------------------------------------------------------------------
+
+def disk_full(error: BaseException, candidates: Sequence[str] = ()) -> ToolkitError | None:
+    """The one-line error for ``error`` when a full disk caused it, else None.
+
+    A full disk (``ENOSPC``, a quota: ``EDQUOT``, a file-size limit: ``EFBIG``) surfaces as an
+    ``OSError`` deep in MLflow's artifact copy or SQLAlchemy's commit, often wrapped in another
+    exception; its chain is searched.  The line names the path being written, the mount that is
+    full and what to do.  An error written through an open file names no path: then the first of
+    ``candidates`` (local folders the failed work wrote to: the run's artifact folder, the
+    store's) whose file system has (almost) no room left is named.
+    """
+    import errno
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        exc = stack.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            # shutil.copy names (source, destination): the destination is on the full disk.
+            path = exc.filename2 or exc.filename or _fullest(candidates)
+            return _full(str(path) if path else None, exc.errno == errno.EFBIG, exc.strerror or str(exc))
+        if "database or disk is full" in str(exc):  # sqlite's own word for ENOSPC
+            return _full(None, False, "database or disk is full", "the tracking store's database")
+        stack += [exc.__cause__, exc.__context__]
+    return None
+
+
+def _fullest(folders: Sequence[str]) -> str | None:
+    """The first of ``folders`` on a file system with less than 1 MiB left (even for root)."""
+    import os
+
+    for folder in folders:
+        while folder and not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)  # not made yet: its file system is its parent's
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        if st.f_bfree * st.f_frsize < 2**20:
+            return folder
+    return None
+
+
+def _full(path: str | None, too_large: bool, why: str,
+          what: str = "an artifact or the tracking store") -> ToolkitError:
+    import os
+
+    rerun = f"then rerun (a search continues where it stopped with {option_hint('resume', 'true')})"
+    if path is None:  # written through an open file: the path is not in the error
+        return ToolkitError(f"the disk is full ({why}) while writing {what}",
+                            f"free space on the disks of the artifact store and the tracking store (df -h), {rerun}")
+    mount = os.path.dirname(os.path.abspath(path))
+    while not os.path.ismount(mount) and os.path.dirname(mount) != mount:
+        mount = os.path.dirname(mount)
+    if too_large:
+        return ToolkitError(f"file size limit reached writing {path} ({why})",
+                            f"raise this process's file size limit (ulimit -f), {rerun}")
+    return ToolkitError(
+        f"no space left on {mount} (full while writing {path})",
+        f"free space on {mount} (df -h {mount}) or point the artifact store at a disk with room "
+        f"(the experiment's artifact location, or the server's --artifacts-destination), {rerun}",
+    )

@@ -160,7 +160,7 @@ def _params_key(params: dict[str, Any]) -> tuple:
 
 def _write_error(exc: BaseException) -> BaseException:
     """A child-run write failure as the one-line error that stops the search."""
-    from toolkit.errors import ToolkitError
+    from toolkit.errors import ToolkitError, disk_full
     from toolkit.tracking.retry import TrackingUnavailableError, is_transient, mark_down, unavailable
 
     if isinstance(exc, TrackingUnavailableError) or is_transient(exc):
@@ -169,6 +169,9 @@ def _write_error(exc: BaseException) -> BaseException:
         return exc if isinstance(exc, TrackingUnavailableError) else unavailable(tracking_uri(), why)
     if isinstance(exc, ToolkitError):
         return exc
+    full = disk_full(exc)
+    if full is not None:
+        return full
     line = first_line(exc)
     return ToolkitError(
         redact(f"cannot write a trial's run to the tracking store {tracking_uri()}: {type(exc).__name__}: {line}"),

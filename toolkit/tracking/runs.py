@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from toolkit.errors import first_line
+from toolkit.errors import disk_full, first_line
 from toolkit.redact import redact
 from toolkit.tracking.retry import configure_mlflow_http
 
@@ -184,6 +184,8 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
 def mark_failed(run_id: str, error: BaseException | str) -> None:
     """End ``run_id`` as FAILED and record the one-line reason as the ``error`` tag."""
     c = client()
+    if isinstance(error, BaseException):
+        error = disk_full(error) or error  # the run says which disk is full, as the console does
     line = redact(first_line(error) or type(error).__name__)
     if isinstance(error, BaseException):
         c.set_tag(run_id, "error.type", type(error).__name__)
@@ -225,13 +227,31 @@ def tracked_run(
             yield run_id
     except BaseException as exc:
         status_error = exc if not isinstance(exc, KeyboardInterrupt) else "interrupted (KeyboardInterrupt)"
+        full = disk_full(exc, _local_folders(run_id)) if isinstance(exc, Exception) else None
         # Best effort: when the store itself is what failed (down, read-only), the error that
         # stopped the run is the one to report, not a second one from marking it.
         with contextlib.suppress(Exception):
-            mark_failed(run_id, status_error)
+            mark_failed(run_id, full or status_error)
+        if full is not None:
+            raise full from exc  # one line naming the full disk, for every caller
         raise
     else:
         end_run(run_id, "FINISHED")
+
+
+def _local_folders(run_id: str) -> list[str]:
+    """Local folders a run writes to: its artifact folder, the sqlite store's, the temp dir."""
+    import tempfile
+
+    from toolkit.tracking._sqlite import sqlite_file
+
+    folders = []
+    with contextlib.suppress(Exception):
+        art = client().get_run(run_id).info.artifact_uri
+        if art.startswith("file:") or "://" not in art:
+            folders.append(art.removeprefix("file://").removeprefix("file:"))
+    db = sqlite_file(tracking_uri())
+    return [*folders, *([os.path.dirname(db)] if db else []), tempfile.gettempdir()]
 
 
 def scrub_credentials(run_id: str) -> list[str]:

@@ -1,0 +1,91 @@
+"""The tracking store under strain: a full disk, several searches started together on one store.
+
+Real entry points in real subprocesses (``python -m mlproject.search``, not ``mlflow run``: these
+are about the store, not the launcher), a real sqlite store, a real full file system (a small
+tmpfs, which needs root: skipped where ``mount`` is refused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _mlflow_run import REPO, run_env
+from mlflow import MlflowClient
+
+TINY = ["--set", "data.n_samples=300 search.n_trials=2 tracking.log_plot=false registry.register_best=false"]
+
+
+def _search(uri: str, *extra: str, cwd: Path = REPO) -> subprocess.Popen:
+    env = {**run_env(uri), "KMEANS_QUIET": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mlproject.search", *TINY, *extra], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _runs(uri: str) -> list:
+    c = MlflowClient(uri)
+    return c.search_runs([e.experiment_id for e in c.search_experiments()])
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fill(folder: Path, leave_kib: int) -> None:
+    """Fill ``folder``'s file system up to ``leave_kib`` KiB free."""
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize // 1024
+    with open(folder / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave_kib) * 1024)
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_search_is_one_line_and_leaves_no_run_running(tmp_path):
+    """Finding 6: the artifact root fills up after the trials' runs (8 KiB each here) and before the
+    best model (~100 KiB): one line naming the full mount and the fix, exit 2, the record clean."""
+    from _mlflow_store import init_store
+
+    uri = init_store(tmp_path / "mlflow.db")
+    with _tmpfs(tmp_path / "art", "1m") as art:
+        MlflowClient(uri).create_experiment("blobs", artifact_location=str(art))
+        _fill(art, leave_kib=40)
+        proc = _search(uri)
+        out, _ = proc.communicate(timeout=180)
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    assert len(errors) == 1 and f"no space left on {art}" in errors[0] and "-- fix: free space on" in errors[0]
+    runs = _runs(uri)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FAILED" and "no space left on" in parent.data.tags["error"]
+
+
+def test_disk_full_is_found_in_an_error_chain():
+    import errno
+
+    from toolkit.errors import disk_full
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/tmp/a", None, "/srv/art/x/model.pkl")
+        except OSError as inner:
+            raise RuntimeError("could not log the model") from inner
+    except RuntimeError as outer:
+        line = str(disk_full(outer))
+    assert line.startswith("no space left on /") and "writing /srv/art/x/model.pkl" in line and "-- fix:" in line
+    assert "tracking store's database" in str(disk_full(RuntimeError("(sqlite3.OperationalError) database or disk "
+                                                                     "is full")))
+    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
