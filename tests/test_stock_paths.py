@@ -325,7 +325,7 @@ def test_verify_checks_every_version_for_a_ci_gate(tampered, monkeypatch, capsys
     assert code == 2 and err.startswith("error: registered model 'no-such-model' does not exist"), err
 
 
-def test_serve_refuses_bad_options_and_models_it_would_not_serve(monkeypatch, capsys, tmp_path):
+def test_serve_refuses_bad_options_and_models_it_would_not_serve(store, monkeypatch, capsys, tmp_path):
     from mlproject import serve
     from toolkit.errors import ModelError
 
