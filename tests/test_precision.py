@@ -125,7 +125,7 @@ def test_every_cpu_backend_finds_the_same_clusters_whatever_the_offset_or_scale(
 @pytest.mark.parametrize("name", CPU)
 def test_registered_pair_predicts_raw_rows_alike_after_a_round_trip(fits, files, name, tmp_path):
     from toolkit.registry import _centred_pair, flavor
-    from toolkit.registry.integrity import CLASS_TAG, FORMAT_TAG, SHAPE_TAG
+    from toolkit.registry.integrity import CLASS_TAG, SHAPE_TAG
 
     got = fits[name]["shift"]
     fit, ds, backend = got["fit"], got["dataset"], got["backend"]
@@ -167,6 +167,11 @@ def test_a_registered_model_of_offset_data_serves_raw_rows(store, files, blobs, 
         np.testing.assert_array_equal(load_predictor(uri).predict(Z), labels)
     stock = mlflow.sklearn.load_model("models:/precision-sklearn@champion")
     np.testing.assert_array_equal(stock.predict(pd.DataFrame(Z, columns=["a", "b"])), labels)
+    # A retrain (another seed) is matched to the champion in raw coordinates and keeps its IDs.
+    again = train(cfg.model_copy(update={"model": cfg.model.model_copy(update={"random_state": 7})}), register=True)
+    assert again.registered.native_version == "2"
+    for uri in ("models:/precision/2", "models:/precision-sklearn/2"):
+        np.testing.assert_array_equal(load_predictor(uri).predict(Z), labels)
     # Batch scoring (what -e predict runs): labels and drift statistics on the raw rows.
     from distributed import Client
 
