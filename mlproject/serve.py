@@ -77,6 +77,34 @@ def _host(value: str) -> str:
     return host
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse, before anything starts, a port that is taken or a host that is not this machine's
+    (the server would otherwise fail with a traceback after loading the model)."""
+    import errno
+    import socket
+
+    from toolkit.errors import ConfigError, option_hint
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"host={host!r} cannot be resolved ({exc.strerror})",
+                          f"pass an address of this machine, e.g. {option_hint('host', '127.0.0.1')}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use",
+                                  f"pass another, e.g. {option_hint('port', port + 1)}") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"host={host!r} is not an address of this machine",
+                                  f"pass one that is, e.g. {option_hint('host', '127.0.0.1')}") from None
+            # Anything else (e.g. a privileged port) is the server's to report.
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -264,6 +292,7 @@ def main() -> int:
     port = _whole(args.port, "port", 1, 65535, 5000)
     workers = _whole(args.workers, "workers", 1, 64, 1)
     timeout = _whole(args.timeout, "timeout", 1, 86400, 60)
+    _check_port(host, port)
 
     from mlproject._cli import say_made
     from toolkit.console import say

@@ -29,6 +29,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -334,6 +335,13 @@ def test_serve_refuses_bad_options_and_models_it_would_not_serve(store, monkeypa
                        (["--workers", "0"], "workers='0'"), (["--host", " "], "host=' '")):
         code, _, err = _entry("serve", monkeypatch, capsys, "--model-uri", "models:/x/1", *argv)
         assert code == 2 and err.count("\n") == 1 and said in err, err
+    with socket.socket() as taken:  # checked before the model is: nothing starts to fail later
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = _entry("serve", monkeypatch, capsys, "--model-uri", "models:/x/1", "--port", str(port))
+    assert code == 2 and err == f"error: port {port} on 127.0.0.1 is in use -- fix: pass another, e.g. " \
+                                f"--port {port + 1}\n", err
     # A model that names another loader (a twin logged by an older release) is not served.
     (tmp_path / "MLmodel").write_text(yaml.safe_dump(
         {"flavors": {"python_function": {"loader_module": "mlflow.sklearn", "model_path": "model.skops"}}}))
