@@ -89,3 +89,57 @@ def test_disk_full_is_found_in_an_error_chain():
     assert "tracking store's database" in str(disk_full(RuntimeError("(sqlite3.OperationalError) database or disk "
                                                                      "is full")))
     assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+
+
+# -- several searches started together on one store (finding 7) ---------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("store", "n"), [("new", 4), ("initialised", 2)])
+def test_searches_started_together_on_one_store_all_run(tmp_path, store, n):
+    """Searches started at once on a store nobody opened yet (MLflow creates its tables in
+    whichever process comes first: 2 of 4 failed) and on one with tables but no experiment (the
+    experiment's creation races): all finish, each with its own parent run and its two trials.
+    (The experiment race itself is pinned by the threaded test below; four processes on two
+    cores cost ~100 s.)"""
+    from _mlflow_store import init_store
+
+    db = tmp_path / "mlflow.db"
+    uri = init_store(db) if store == "initialised" else f"sqlite:///{db}"
+    procs = [_search(uri) for _ in range(n)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(o[-1500:] for o in outs)
+    runs = _runs(uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == n and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["search.study_name"] for r in parents}) == n
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 2
+
+
+def test_experiment_creation_tolerates_a_race(tracking_uri):
+    """Eight threads get-or-create the same experiments at once: one experiment per name, no
+    "UNIQUE constraint failed: experiments.name"."""
+    import threading
+
+    from toolkit.tracking.runs import client, get_or_create_experiment
+
+    client()  # the store's tables first, as every entry point does (check_store)
+    barrier, ids, errors = threading.Barrier(8), [], []
+
+    def create() -> None:
+        barrier.wait()
+        for i in range(10):
+            try:
+                ids.append((i, get_or_create_experiment(f"race-{i}")))
+            except Exception as exc:  # the race's loser, before the fix
+                errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(set(ids)) == 10 and len(ids) == 80

@@ -56,6 +56,27 @@ def sqlite_file(uri: str | None) -> str | None:
     return os.path.realpath(part[0]) if part else None
 
 
+@contextlib.contextmanager
+def first_use_lock(db: str) -> Any:
+    """Hold an exclusive lock on the folder of sqlite file ``db`` (one process at a time).
+
+    MLflow creates and migrates a new store's tables, and its ``Default`` experiment, in whichever
+    process opens it first, without a lock of its own (its tracking store): two processes opening
+    a new store together both migrate it and one fails (``duplicate column name``,
+    ``AttributeError: dimension_attributes``).  An ``flock`` of the folder leaves no file behind.
+    """
+    import fcntl
+
+    folder = os.path.dirname(db)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def use_wal(*uris: str | None) -> None:
     """Put the sqlite stores among ``uris`` in WAL mode as the process connects to them."""
     global _LISTENING

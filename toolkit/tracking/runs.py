@@ -85,7 +85,32 @@ def client() -> Any:
 
     tracking, registry = tracking_uri(), registry_uri()
     use_wal(tracking, registry)
+    if (tracking, registry) not in _OPENED:
+        _open_first(tracking, registry)
     return RetryingClient(MlflowClient(tracking_uri=tracking, registry_uri=registry), tracking)
+
+
+#: ``(tracking, registry)`` pairs this process has opened (their tables and Default exist).
+_OPENED: set[tuple[str, str]] = set()
+
+
+def _open_first(tracking: str, registry: str) -> None:
+    """Open a local sqlite store for the first time in this process under a lock of its folder,
+    so that searches started together on a new store do not all create its tables at once."""
+    from mlflow import MlflowClient
+
+    from toolkit.tracking._sqlite import first_use_lock, sqlite_file
+
+    # One file per folder: the lock is the folder's (two locks of one folder would deadlock).
+    files = sorted({os.path.dirname(f): f for f in (sqlite_file(tracking), sqlite_file(registry)) if f}.values())
+    if files:
+        with contextlib.ExitStack() as stack:
+            for db in files:
+                stack.enter_context(first_use_lock(db))
+            inner = MlflowClient(tracking_uri=tracking, registry_uri=registry)  # opens the tracking store
+            inner.search_experiments(max_results=1)  # the tracking tables and experiment Default
+            inner.search_registered_models(max_results=1)  # the registry's
+    _OPENED.add((tracking, registry))
 
 
 def check_store() -> None:
@@ -129,7 +154,14 @@ def get_or_create_experiment(name: str) -> str:
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is None:
-        return c.create_experiment(name)
+        try:
+            return c.create_experiment(name)
+        except Exception:
+            # Another process created it between the two calls (two searches started together:
+            # "UNIQUE constraint failed: experiments.name"): use theirs.
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
     if exp.lifecycle_stage == "deleted":
         c.restore_experiment(exp.experiment_id)
     return exp.experiment_id
