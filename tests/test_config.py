@@ -505,3 +505,23 @@ def test_yes_no_flags_are_read_one_way_and_refuse_other_words():
     assert parse_flag("", "register", default=True) is True and parse_flag(None, "force") is False
     with pytest.raises(ConfigError, match=r"register='maybe' is not a yes/no value -- fix: pass --register true or"):
         parse_flag("maybe", "register")
+
+
+def test_overrides_take_quoted_values_with_spaces(tmp_path, monkeypatch):
+    """-P overrides="data.path='a b/c.csv' model.max_iter=5": quoted as a shell quotes them (the
+    words were split on every space: "override 'b/c.csv'' is not of the form key=value")."""
+    import sys
+
+    from mlproject._cli import load_config
+    from mlproject.train import build_parser
+
+    folder = tmp_path / "a b"
+    folder.mkdir()
+    (folder / "c.csv").write_text("x,y\n0,1\n1,0\n2,2\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train", "--config", "", "--set", "data.path='a b/c.csv' model.max_iter=5"])
+    args = build_parser().parse_args()
+    cfg = load_config(args, {})
+    assert str(cfg.data.path) == "a b/c.csv" and cfg.model.max_iter == 5
+    with pytest.raises(ConfigError, match="close every quote"):
+        parse_overrides("data.path='a b/c.csv")

@@ -602,12 +602,13 @@ def parse_overrides(items: Sequence[str] | str | None) -> dict[str, Any]:
     """Parse ``key=value`` overrides (a list, or one whitespace/comma separated string).
 
     Values are parsed as YAML scalars, so ``5`` is an int, ``1e-3`` a float, ``true`` a bool,
-    ``null`` is None and ``[a, b]`` a list.
+    ``null`` is None and ``[a, b]`` a list.  A string is split the way a shell splits words, so a
+    value with a space is quoted: ``data.path='a b/c.csv'``.
     """
     if items is None:
         return {}
     if isinstance(items, str):
-        items = items.split()
+        items = _split_words(items)
     out: dict[str, Any] = {}
     for item in items:
         item = item.strip().strip(",")
@@ -634,6 +635,17 @@ def parse_overrides(items: Sequence[str] | str | None) -> dict[str, Any]:
                 value = number if math.isfinite(number) else value
         out[key.strip()] = value
     return out
+
+
+def _split_words(text: str) -> list[str]:
+    """``text`` split into ``key=value`` words as a shell would (quotes group, and are removed)."""
+    import shlex
+
+    try:
+        return shlex.split(text)
+    except ValueError as exc:  # "No closing quotation"
+        raise ConfigError(f"overrides {text!r} cannot be read: {exc}",
+                          "close every quote, e.g. data.path='a b/c.csv'") from None
 
 
 # Short names accepted on the command line for the most used keys.
