@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures.process import BrokenProcessPool
+import signal
+import time
 
 import pytest
 from _mlflow_store import init_store
@@ -11,7 +12,7 @@ from mlflow import MlflowClient
 
 from toolkit.search.record import log_trial_run
 from toolkit.tracking import get_or_create_experiment, tracked_run
-from toolkit.tracking.writer import ChildWriter
+from toolkit.tracking.writer import MAX_DEATHS_PER_JOB, ChildWriter, WriterError
 
 
 def _boom(message: str) -> None:
@@ -67,16 +68,71 @@ def test_process_writer_runs_elsewhere_and_errors_come_back(writer):
     assert writer.submit(_pid).result(timeout=60)[0] == pid  # still the same writer after an error
 
 
-def test_a_dead_writer_process_falls_back_to_a_thread():
+def _sleep(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@pytest.mark.slow
+def test_a_dead_writer_is_replaced_and_every_run_written_once(tracking_uri, monkeypatch):
+    """kill -9 of the writer process while it writes: a new one takes every unfinished job, in
+    order, and each trial has exactly one FINISHED child run.  A job that kills its writer each
+    time it runs fails after MAX_DEATHS_PER_JOB deaths with an error naming the writer."""
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", "0")  # a loaded test machine: not starved
+    get_or_create_experiment("w")
+    with tracked_run("w", "parent", {}) as parent:
+        pass
     w = ChildWriter(process=True)
     try:
         pid, *_ = w.submit(_pid).result(timeout=120)
-        assert pid != os.getpid()
-        with pytest.raises(BrokenProcessPool):  # the writer died under this job
-            w.submit(os._exit, 1).result(timeout=60)
-        assert w.submit(_pid).result(timeout=60)[0] == os.getpid() and w.kind == "thread"
+        first = w.submit(log_trial_run, parent, "study", 0, {"n_clusters": 2}, {"objective": 0.5}, {},
+                         "FINISHED", 1.0e9, 1.0e9 + 2)
+        busy = w.submit(_sleep, 30.0)
+        trials = [w.submit(log_trial_run, parent, "study", n, {"n_clusters": n + 2}, {"objective": 0.5 + n}, {},
+                           "FINISHED", 1.0e9, 1.0e9 + 2) for n in range(1, 5)]
+        first.result(timeout=60)
+        time.sleep(0.5)  # in the sleeping job now
+        os.kill(pid, signal.SIGKILL)
+        second = busy.result(timeout=120)[0]  # replayed in the new writer
+        ids = [first.result()[0]] + [f.result(timeout=60)[0] for f in trials]
+        assert second not in (pid, os.getpid()) and w.deaths == 1 and w.kind == "process"
+
+        with pytest.raises(WriterError, match="writer process died 2 times while running _exit"):
+            w.submit(os._exit, 1).result(timeout=120)
+        third, *_ = w.submit(_pid).result(timeout=120)
+        assert third not in (pid, second, os.getpid()) and w.deaths == 1 + MAX_DEATHS_PER_JOB
     finally:
         w.shutdown()
+    kids = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("w").experiment_id],
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in kids) == [0, 1, 2, 3, 4]
+    assert {r.info.status for r in kids} == {"FINISHED"} and {r.info.run_id for r in kids} == set(ids)
+
+
+def test_a_replayed_trial_run_is_written_once(tracking_uri):
+    """A writer that died after writing a run, or half of one: the replay finds the whole run,
+    or discards the half-written one and writes it again; never a second run for the trial."""
+    from toolkit.tracking import writer
+
+    get_or_create_experiment("w")
+    with tracked_run("w", "parent", {}) as parent:
+        pass
+    args = (parent, "study", 0, {"n_clusters": 2}, {"objective": 0.5}, {}, "FINISHED", 1.0e9, 1.0e9 + 2)
+    whole = log_trial_run(*args)
+    mlc = MlflowClient()
+    exp = mlc.get_experiment_by_name("w").experiment_id
+    half = mlc.create_run(exp, tags={"mlflow.parentRunId": parent, "optuna.trial_number": "1"}).info.run_id
+    token = writer._REPLAY.set(True)
+    try:
+        assert log_trial_run(*args) == whole
+        rewritten = log_trial_run(parent, "study", 1, *args[3:])
+    finally:
+        writer._REPLAY.reset(token)
+    kids = mlc.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted((r.data.tags["optuna.trial_number"], r.info.status) for r in kids) == [
+        ("0", "FINISHED"), ("1", "FINISHED")]
+    assert {r.info.run_id for r in kids} == {whole, rewritten} and rewritten != half
+    assert mlc.get_run(half).info.lifecycle_stage == "deleted"
 
 
 def _niceness() -> int:

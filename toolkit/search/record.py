@@ -75,8 +75,15 @@ def log_trial_run(
     """
     from mlflow.entities import Metric, Param
 
+    from toolkit.tracking.writer import replaying
+
     c = client()
     exp_id = _experiment_of(parent_run_id)
+    if replaying():
+        # A writer process died under (or before) this job: the run may be written already.
+        done = _written_before(c, exp_id, parent_run_id, number)
+        if done is not None:
+            return done
     # Three tracking-store calls per child: every tag goes in with create_run (tags in
     # log_batch cost ~10 ms more on sqlite), params and metrics in one log_batch, then the end.
     all_tags = {
@@ -113,6 +120,21 @@ def log_trial_run(
             discard_run(run_id, f"could not be written whole: {type(exc).__name__}: {line}")
         raise
     return run_id
+
+
+def _written_before(c: Any, exp_id: str, parent_run_id: str, number: int) -> str | None:
+    """The run a dead writer wrote whole for trial ``number`` of the search, else None.
+
+    A trial has one child run per parent (its key: the parent and ``optuna.trial_number``).
+    One left RUNNING was half-written when the writer died: it is discarded, to be written again.
+    """
+    runs = c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                                 f"tags.`optuna.trial_number` = '{number}'")
+    for run in runs:
+        if run.info.status == "RUNNING":
+            discard_run(run.info.run_id, "half-written (the writer process died); rewritten")
+    whole = [r for r in runs if r.info.status != "RUNNING"]
+    return whole[0].info.run_id if whole else None
 
 
 def _create_once(c: Any, exp_id: str, started: float, tags: dict[str, str], name: str) -> Any:

@@ -11,6 +11,17 @@ the tracking and registry URIs of the moment it was submitted (pinned for the jo
 :func:`toolkit.tracking.runs.using_store`), so a driver that switches stores (tests do) writes
 each run where it belongs.  If no process can be started, writes fall back
 to one thread of this process; ``KMEANS_LIFECYCLE_WRITER=thread`` asks for the thread.
+
+The writer is not a single point of failure.  If its process dies (killed, out of memory), a
+new one is started and every job it had not finished is sent again, in order, flagged as a
+replay (:func:`replaying`) so that a job which had half-written, or wholly written, its run
+before the death does not write it twice (:func:`toolkit.search.record.log_trial_run` looks its
+run up first).  A job that was running at each of :data:`MAX_DEATHS_PER_JOB` deaths fails with
+a :class:`WriterError`; after :data:`MAX_RESTARTS` deaths the writes go to a thread instead.
+
+Nor does it outlive its driver: the process asks Linux for a parent-death signal (SIGKILL) and
+a thread of it watches its parent's pid (elsewhere, the only guard), so a driver killed with
+``kill -9`` leaves no writer holding the tracking store's files open.
 """
 
 from __future__ import annotations
@@ -18,15 +29,40 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import contextvars
+import functools
 import multiprocessing
 import os
+import queue
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-__all__ = ["ChildWriter", "shared_writer"]
+from toolkit.errors import ToolkitError
+
+__all__ = ["MAX_DEATHS_PER_JOB", "MAX_RESTARTS", "ChildWriter", "WriterError", "replaying", "shared_writer"]
+
+#: A job running when the writer process died this many times fails (it may be what kills it).
+MAX_DEATHS_PER_JOB = 2
+#: After this many deaths of writer processes, writes go to a thread of the driver.
+MAX_RESTARTS = 4
+
+
+class WriterError(ToolkitError):
+    """The child-run writer could not run a job (its process died under it, or none can start)."""
+
+
+_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("writer_replay", default=False)
+
+
+def replaying() -> bool:
+    """In a writer job: whether this job is sent again after a writer process died under it or
+    before it (its work may be done in part or in whole: look before writing again)."""
+    return _REPLAY.get()
 
 
 def _absolute(uri: str) -> str:
@@ -38,14 +74,47 @@ def _absolute(uri: str) -> str:
 
 
 def _run_job(stores: tuple[str, str | None], fn: Callable[..., Any], args: tuple,
-             kwargs: dict) -> tuple[Any, float, float]:
+             kwargs: dict, replay: bool = False) -> tuple[Any, float, float]:
     """In the writer: run ``fn`` against the submitter's stores; (result, wall s, CPU s)."""
     from toolkit.tracking.runs import using_store
 
     wall, cpu = time.perf_counter(), time.thread_time()
-    with using_store(*stores):
-        out = fn(*args, **kwargs)
+    token = _REPLAY.set(replay)
+    try:
+        with using_store(*stores):
+            out = fn(*args, **kwargs)
+    finally:
+        _REPLAY.reset(token)
     return out, time.perf_counter() - wall, time.thread_time() - cpu
+
+
+#: How often the writer checks that its driver is alive where no parent-death signal exists.
+_PARENT_POLL_S = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """In a new writer process: end it when ``parent`` (the driver) dies, however it dies.
+
+    Linux sends the parent-death signal when the thread that started this process ends, so
+    the driver starts writers only from one thread that lives as long as it does
+    (:class:`_Keeper`).  The watching thread covers other systems (and a parent that died
+    before the signal was asked for): an orphan is re-parented, so its parent's pid changes.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc prctl here: the watcher will do
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="driver-watch", daemon=True).start()
 
 
 #: Niceness of the writer process (``KMEANS_LIFECYCLE_WRITER_NICE``): 0 keeps the driver's.
@@ -79,14 +148,17 @@ def _leave() -> None:
     os._exit(0)
 
 
-def _warm() -> None:
+def _warm(figures: bool = True) -> None:
     """In a new writer process: lower its priority, import what writing runs needs before the
-    first real job arrives, and arrange a quick exit."""
+    first real job arrives, and arrange a quick exit.  ``figures=False`` (a dead writer's
+    successor, whose backlog is waiting) leaves the figures' imports to the jobs that draw."""
     atexit.register(_leave)
     _lower_priority()
     import mlflow
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
+    if not figures:
+        return
     # A search's last jobs draw its figures: matplotlib and Optuna's importance evaluator are
     # imported now, at this process's low priority, not while the driver waits on them.
     with contextlib.suppress(ImportError):
@@ -97,6 +169,78 @@ def _warm() -> None:
         import optuna.importance  # noqa: F401
 
 
+class _Keeper:
+    """One daemon thread, as long-lived as this process, that starts every writer process and
+    sends a dead writer's jobs to its successor.
+
+    Linux's parent-death signal reaches a child when the *thread* that started it ends, not
+    only its process: a writer started from a short-lived thread (a pool's callback thread, a
+    caller's worker) would be killed with that thread.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="mlflow-writer-keeper", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._calls.get()
+            try:
+                out = fn()
+            except BaseException as exc:  # handed to the caller, if one waits
+                if done is not None:
+                    done.set_exception(exc)
+            else:
+                if done is not None:
+                    done.set_result(out)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the keeper's thread and return its result."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((fn, done))
+        return done.result()
+
+    def post(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the keeper's thread later."""
+        self._calls.put((fn, None))
+
+
+_KEEPER: _Keeper | None = None
+_KEEPER_LOCK = threading.Lock()
+
+
+def _keeper() -> _Keeper:
+    global _KEEPER
+    with _KEEPER_LOCK:
+        if _KEEPER is None:
+            _KEEPER = _Keeper()
+        return _KEEPER
+
+
+class _Job:
+    """One submitted job: what to run, where it was last sent, and its caller's future."""
+
+    __slots__ = ("args", "deaths", "fn", "future", "kwargs", "pool", "replay", "stores")
+
+    def __init__(self, stores: tuple[str, str], fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        self.stores, self.fn, self.args, self.kwargs = stores, fn, args, kwargs
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.pool: concurrent.futures.Executor | None = None
+        self.replay = False
+        self.deaths = 0
+
+    def name(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+
+def _broken(pool: concurrent.futures.Executor | None) -> bool:
+    # concurrent.futures marks a pool whose process died (or whose initializer failed) here.
+    return bool(getattr(pool, "_broken", False))
+
+
 class ChildWriter:
     """Run MLflow writes one at a time off the driver's thread.
 
@@ -105,57 +249,149 @@ class ChildWriter:
     """
 
     def __init__(self, process: bool = True) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a job that is done already runs its callback (_landed) inside add_done_callback.
+        self._lock = threading.RLock()
         self._process = process
         self._pool: concurrent.futures.Executor | None = None
+        self._jobs: list[_Job] = []  # not finished yet, in submission order
+        self._deaths = 0
+        self._warmed: concurrent.futures.Future | None = None  # the writer process's first job
 
     @property
     def kind(self) -> str:
         return "process" if isinstance(self._pool, concurrent.futures.ProcessPoolExecutor) else "thread"
 
-    def _executor(self) -> concurrent.futures.Executor:
-        with self._lock:
-            if getattr(self._pool, "_broken", False):
-                # The writer process died (killed, out of memory, or it could not start here):
-                # a thread writes from now on rather than failing every later run.
-                self._process = False
-                self._pool = None
-            if self._pool is None:
-                self._pool = self._start()
-            return self._pool
+    @property
+    def deaths(self) -> int:
+        """Writer processes that died under this writer (each was replaced)."""
+        return self._deaths
 
     def _start(self) -> concurrent.futures.Executor:
+        # Only on the keeper's thread: see _Keeper.
         if self._process:
             try:
                 pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_die_with, initargs=(os.getpid(),),
                 )
-                pool.submit(_warm)  # starts the process now; imports overlap the caller's work
+                # Starts the process now; imports overlap the caller's work.
+                self._warmed = pool.submit(_warm, self._deaths == 0)
                 return pool
             except (OSError, RuntimeError, ValueError):  # no processes here: one thread will do
                 pass
         return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
 
+    def _repair(self) -> None:
+        """On the keeper's thread: a live pool, and a dead one's unfinished jobs sent to it again."""
+        with self._lock:
+            if self._pool is not None and not _broken(self._pool):
+                return
+            dead, self._pool = self._pool, None
+            oldest = None
+            if dead is not None:
+                self._deaths += 1
+                warmed = self._warmed
+                started = warmed is not None and warmed.done() and warmed.exception() is None
+                if self._deaths >= MAX_RESTARTS or not started:
+                    # Processes keep dying, or this one died starting (a `python -` main cannot be
+                    # re-imported, say): one thread writes from now on.
+                    self._process = False
+                else:
+                    # One process runs one job at a time, in order: the oldest job sent to the
+                    # dead one was running when it died (or none was).
+                    oldest = next((j for j in self._jobs if j.pool is dead and not j.future.done()), None)
+                dead.shutdown(wait=False)
+            self._pool = self._start()
+            # Every unfinished job not on the new writer, in submission order: the dead one's,
+            # and any whose submission met a dead writer.
+            orphans = [j for j in self._jobs if not j.future.done() and j.pool is not self._pool]
+            for job in orphans:
+                job.deaths += job is oldest
+                job.replay = job.replay or job.pool is not None
+                if job.deaths >= MAX_DEATHS_PER_JOB:
+                    self._fail(job, WriterError(
+                        f"the child-run writer process died {job.deaths} times while running {job.name()}",
+                        "see the system log for what killed it (out of memory?); a resume writes the runs "
+                        "of the trials already computed",
+                    ))
+                elif not self._send_locked(job):
+                    _keeper().post(self._repair)  # the new writer died already: the next one takes the rest
+                    return
+
+    def _send_locked(self, job: _Job) -> bool:
+        pool = self._pool
+        if pool is None or _broken(pool):
+            return False
+        try:
+            inner = pool.submit(_run_job, job.stores, job.fn, job.args, job.kwargs, job.replay)
+        except BrokenProcessPool:  # it died just now
+            return False
+        except RuntimeError as exc:  # the interpreter is shutting down: nothing takes new jobs
+            self._fail(job, WriterError(f"the child-run writer cannot take {job.name()}: {exc}",
+                                        "a resume writes the runs of the trials already computed"))
+            return True
+        job.pool = pool
+        inner.add_done_callback(functools.partial(self._landed, job, pool))
+        return True
+
+    def _landed(self, job: _Job, pool: concurrent.futures.Executor, inner: concurrent.futures.Future) -> None:
+        exc = None if inner.cancelled() else inner.exception()
+        if isinstance(exc, BrokenProcessPool) or inner.cancelled():
+            # Not this job's fault: the keeper starts another writer and sends it again.
+            _keeper().post(self._repair)
+            return
+        with self._lock:
+            if job.pool is not pool or job.future.done():
+                return  # already sent to the next writer (which answers for it)
+            self._jobs.remove(job)
+        if exc is not None:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(inner.result())
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        # Under self._lock.
+        if job in self._jobs:
+            self._jobs.remove(job)
+        if not job.future.done():
+            job.future.set_exception(exc)
+
     def start(self) -> None:
         """Start the writer now (its imports take ~2 s), so the first write does not wait."""
-        self._executor()
+        _keeper().call(self._repair)
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Queue ``fn(*args, **kwargs)``; the future's result is ``(fn's result, wall seconds,
         CPU seconds)`` of the job in the writer.
 
-        ``fn`` and its arguments must pickle (a module-level function, plain data).
+        ``fn`` and its arguments must pickle (a module-level function, plain data).  Should the
+        writer process die before it answers, ``fn`` runs again in the next one with
+        :func:`replaying` true: a job must then tell whether its work was done already.
         """
         from toolkit.tracking.runs import registry_uri, tracking_uri
 
-        stores = (_absolute(tracking_uri()), _absolute(registry_uri()))
-        return self._executor().submit(_run_job, stores, fn, args, kwargs)
+        job = _Job((_absolute(tracking_uri()), _absolute(registry_uri())), fn, args, kwargs)
+        with self._lock:
+            self._jobs.append(job)
+        for _ in range(MAX_RESTARTS + 2):
+            with self._lock:
+                if job.pool is not None or self._send_locked(job):
+                    return job.future
+            _keeper().call(self._repair)  # no writer yet, or a dead one: start one
+        with self._lock:
+            self._fail(job, WriterError(f"no child-run writer could be started for {job.name()}",
+                                        "set KMEANS_LIFECYCLE_WRITER=thread"))
+        return job.future
 
     def shutdown(self) -> None:
+        """Wait for every job (replays included), then stop the writer."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=False)
-                self._pool = None
+            pending = [j.future for j in self._jobs]
+        concurrent.futures.wait(pending)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=False)
 
 
 _SHARED: ChildWriter | None = None
