@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tcp://host:8786 of a running Dask scheduler "
                              f"(default: {AUTO_SCHEDULER}: DASK_SCHEDULER_ADDRESS if set, else a local cluster)")
     add_flag(parser, "overwrite", "replace an existing output")
+    parser.add_argument("--on-nan", default="error",
+                        help="rows with a missing feature value: error (refuse the input, naming the rows) or drop "
+                             "(score the others; the output leaves them out) (default: error)")
     return parser
 
 
@@ -73,7 +76,7 @@ def _record_params(source: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"predict.model_uri": args.model_uri, "predict.model_name": source.name or "",
             "predict.model_version": source.version or "", "predict.model_id": source.model_id or "",
             "predict.input": args.input, "predict.output": args.output,
-            "predict.columns": args.columns or ALL_COLUMNS}
+            "predict.columns": args.columns or ALL_COLUMNS, "predict.on_nan": args.on_nan}
 
 
 def _log_drift(source: Any, info: dict[str, Any], run_id: str) -> str:
@@ -117,15 +120,18 @@ def main() -> int:
         with dask_client(cfg, gpu=source.device == "gpu") as client:
             predictor = load_predictor(source, client=client)
             try:
-                info = score_files(predictor, args.input, args.output, columns, overwrite=overwrite)
+                info = score_files(predictor, args.input, args.output, columns, overwrite=overwrite,
+                                   on_nan=args.on_nan.strip().lower())
             finally:  # on a shared cluster (--scheduler-address), take the model off its workers
                 if hasattr(predictor, "close"):
                     predictor.close()
         rows = _rows_written(info["output"])
         log_params(run_id, {"predict.files": info["files"], "predict.partitions": info["partitions"],
-                            "predict.rows": rows})
+                            "predict.rows": rows, "predict.rows_dropped": info["rows_dropped"]})
         drift = _log_drift(source, info, run_id)
     say(f"scored {info['files']} file(s) in {info['partitions']} partition(s) -> {info['output']}")
+    if info["rows_dropped"]:
+        say(f"left out {info['rows_dropped']:,} row(s) with a missing value (NaN), as asked (on_nan=drop)")
     made = [*describe_record(run_id),
             f"output {info['output']}: {rows} row(s) in Parquet, the input's columns and a label column"]
     if drift:

@@ -339,6 +339,18 @@ def test_score_files_failures_write_nothing(distributed, registered, tmp_path):
     assert list((tmp_path / "taken").iterdir()) == []
 
 
+def test_score_files_drops_nan_rows_when_asked(distributed, local, registered, tmp_path):
+    _, X, _ = registered
+    frame = _parquet_inputs(tmp_path / "in", X)
+    frame.iloc[[0, len(X) - 1], 0] = np.nan  # the first row of the first file, the last of the last
+    frame.to_parquet(tmp_path / "holes.parquet")
+    out = tmp_path / "scored"
+    info = score_files(distributed, str(tmp_path / "holes.parquet"), str(out), on_nan="drop")
+    got = _read_output(str(out))
+    assert info["rows_dropped"] == 2 and len(got) == len(X) - 2
+    assert np.array_equal(got["label"].to_numpy(), local.predict(X[1:-1]))
+
+
 # -- bad model URIs -------------------------------------------------------------------------
 
 
@@ -443,6 +455,9 @@ def bad_inputs(tmp_path, registered):
     three.to_csv(tmp_path / "three.csv", index=False)
     pd.DataFrame({"x0": [1.0, 2.0], "x1": ["a", "b"]}).to_csv(tmp_path / "text.csv", index=False)
     pd.DataFrame(X[:100], columns=["x0", "x1"]).to_csv(tmp_path / "good.csv", index=False)
+    holes = pd.DataFrame(X[:100], columns=["x0", "x1"])
+    holes.iloc[[2, 6], 1] = np.nan  # data rows 3 and 7
+    holes.to_csv(tmp_path / "nan.csv", index=False)
     return tmp_path
 
 
@@ -455,6 +470,7 @@ def bad_inputs(tmp_path, registered):
         ("models:/gpu-kmeans@champion", "good.csv", f"scikit-learn twin models:/{TWIN}/1"),
         (f"models:/{TWIN}@champion", "three.csv", "3 feature column(s) but the model expects 2"),
         (f"models:/{TWIN}@champion", "text.csv", "non-numeric column(s): x1"),
+        (f"models:/{TWIN}@champion", "nan.csv", "2 row(s) of"),
     ],
 )
 def test_predict_entry_point_bad_input(
@@ -481,6 +497,8 @@ def test_predict_entry_point_bad_input(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert message in lines[0]
+    if data == "nan.csv":  # how many, where, and the way out
+        assert "row(s) 3, 7 " in lines[0] and "--on-nan drop" in lines[0]
     assert not out.exists() and not list(bad_inputs.glob(".scoring-*"))
     # The session client still works and the shared workers hold no leftover model.
     assert client.run(models_on_workers) == before

@@ -28,6 +28,31 @@ __all__ = ["ScoringPlan", "score_files", "scoring_plan"]
 
 #: The column batch scoring adds.
 LABEL = "label"
+#: What scoring does with a row that has a missing feature value.
+ON_NAN = ("error", "drop")
+_SHOWN_ROWS = 5
+
+
+def _nan_rows(ddf: Any, features: list[str]) -> tuple[int, list[int]]:
+    """Rows with a NaN feature: how many, and the first few row numbers (from 1, in order).
+
+    One pass over the features before scoring (the model would fail on the first NaN, with a
+    traceback and no row number); each partition sends back its length, count and first rows.
+    """
+    import dask
+    import pandas as pd
+
+    def part(frame: pd.DataFrame) -> tuple[int, int, list[int]]:
+        bad = np.flatnonzero(frame[features].isna().to_numpy().any(axis=1))
+        return len(frame), int(bad.size), bad[:_SHOWN_ROWS].tolist()
+
+    parts = dask.compute(*[dask.delayed(part)(p) for p in ddf.to_delayed()])
+    n, offset, first = 0, 0, []
+    for length, count, rows in parts:
+        n += count
+        first += [offset + r + 1 for r in rows]
+        offset += length
+    return n, first[:_SHOWN_ROWS]
 
 
 @dataclass
@@ -116,6 +141,7 @@ def score_files(
     overwrite: bool = False,
     drift: bool = True,
     bins: int | None = None,
+    on_nan: str = "error",
 ) -> dict[str, Any]:
     """Score every row of ``path`` (file, directory or glob) and write ``output`` (Parquet dir).
 
@@ -129,7 +155,14 @@ def score_files(
     :class:`~toolkit.monitoring.profile.ClusterStats`, or None with the reason in
     ``drift_note``) with the model's ``profile`` (None when it was registered without one),
     for :func:`toolkit.monitoring.drift_report`.
+
+    Rows with a missing feature value (NaN) cannot be assigned a cluster: ``on_nan="error"``
+    (default) refuses the input in one line naming how many rows and the first ones, before
+    anything is written; ``"drop"`` leaves them out of the output (``rows_dropped`` says how many).
     """
+    if on_nan not in ON_NAN:
+        raise DataError(f"on_nan={on_nan!r} is not one of {', '.join(ON_NAN)}",
+                        f"pass {option_hint('on_nan', 'error')} or {option_hint('on_nan', 'drop')}")
     if os.path.exists(output) and not overwrite:
         raise DataError(f"output {output!r} already exists",
                         f"choose another path or pass {option_hint('overwrite', 'true')}")
@@ -143,6 +176,17 @@ def score_files(
             raise DataError(f"{files[0]!r} has no column(s) {', '.join(missing)}; it has "
                             f"{', '.join(map(str, ddf.columns))}", f"fix {option_hint('columns')}")
     features = list(columns) if columns else list(ddf.columns)
+    n_nan, first = _nan_rows(ddf, features)
+    if n_nan and on_nan == "error":
+        shown = ", ".join(map(str, first)) + (", ..." if n_nan > len(first) else "")
+        raise DataError(
+            f"{n_nan:,} row(s) of {path} have a missing value (NaN) in the features: row(s) {shown} "
+            "(data rows counted from 1, files in order)",
+            f"fill or remove them, or pass {option_hint('on_nan', 'drop')} to score the other rows "
+            "and leave these out of the output",
+        )
+    if n_nan:
+        ddf = ddf.dropna(subset=features)
     parent = os.path.dirname(os.path.abspath(output)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".scoring-", dir=parent)
@@ -164,5 +208,5 @@ def score_files(
 
         stats = stats_from_frame(parts, plan.edges, plan.n_clusters)
     return {"files": len(files), "partitions": plan.npartitions, "output": output, "drift_stats": stats,
-            "profile": plan.profile, "drift_note": plan.note}
+            "profile": plan.profile, "drift_note": plan.note, "rows_dropped": n_nan}
 
