@@ -7,7 +7,9 @@ in any file of the store (database, WAL, artifacts, Optuna journal) or on the co
 
 Cases here: the driver killed and resumed; a real ``mlflow server`` stopped (SIGSTOP, the search
 rides it out) and killed (the search fails within its retry budget, a resume after the restart
-writes every computed trial); the artifact store made read-only mid-search.  Lost Dask workers
+writes every computed trial); the artifact store made read-only mid-search; the driver killed
+alone, after which no process it started may outlive it (the writer process killed mid-search is
+in ``tests/test_writer.py``).  Lost Dask workers
 are in ``tests/test_worker_loss.py`` (one per CPU backend), with the same checks.
 """
 
@@ -319,3 +321,49 @@ def test_artifact_store_read_only_mid_search(tmp_path, monkeypatch, client):
     out = search(again, client=client, register=True)
     assert out.resumed
     assert_record_trusted(uri, out.parent_run_id, n, before, [tmp_path])
+
+
+# -- the driver killed alone: nothing it started outlives it ------------------------------------
+
+
+def _alive(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_driver_killed_leaves_no_process_behind(tmp_path):
+    """kill -9 of the driver alone (not its process group): 5 s later no process it started is
+    alive (the child-run writer, multiprocessing's resource tracker, Dask worker processes) and
+    none holds the store's files open."""
+    import psutil
+    from _mlflow_store import init_store
+
+    db = tmp_path / "mlflow.db"
+    env = env_for(init_store(db), tmp_path)
+    cmd = search_cmd(40)
+    cmd[cmd.index("--set") + 1] += " cluster.processes=true"  # worker processes and nannies too
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                              start_new_session=True)
+    try:
+        wait_for(lambda: finished_children(db) >= 2, driver, log)
+        started = psutil.Process(driver.pid).children(recursive=True)
+        lines = [" ".join(p.cmdline()) for p in started]
+        assert sum("resource_tracker" in c for c in lines) == 1, lines
+        assert sum("spawn_main" in c for c in lines) >= 3, lines  # the writer and two Dask workers
+        os.kill(driver.pid, signal.SIGKILL)  # the driver only
+        driver.wait(timeout=30)
+        time.sleep(5)
+        left = [(p.pid, " ".join(p.cmdline())[:120]) for p in started if _alive(p)]
+        assert not left, left
+        holders = []
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                holders += [(p.pid, f.path) for f in p.open_files() if f.path.startswith(str(tmp_path))]
+        assert not holders, holders
+    finally:
+        kill_group(driver)
