@@ -367,3 +367,53 @@ def test_driver_killed_leaves_no_process_behind(tmp_path):
         assert not holders, holders
     finally:
         kill_group(driver)
+
+
+# -- the child-run writer process killed mid-search ------------------------------------------------
+
+
+def test_writer_killed_mid_search(tmp_path, monkeypatch, client):
+    """kill -9 of the writer process after two child runs: a new writer takes the unfinished
+    jobs, the search goes on and its record is whole (was: the search stopped, blaming the store)."""
+    from _mlflow_store import init_store
+
+    from toolkit.config import load_experiment
+    from toolkit.search import search
+    from toolkit.tracking.writer import shared_writer
+
+    uri = init_store(tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("KMEANS_QUIET", "1")
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", "0")  # its successor is not starved on a busy machine
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    writer = shared_writer()
+    pid = writer.submit(os.getpid).result(timeout=120)[0]
+    if pid == os.getpid():
+        pytest.skip("the child-run writer runs on a thread here (KMEANS_LIFECYCLE_WRITER=thread)")
+    deaths = writer.deaths
+    n = 10
+
+    def kill_after_two() -> None:
+        wait_for(lambda: finished_children(tmp_path / "mlflow.db") >= 2, None, None, limit_s=120)
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_two, daemon=True)
+    killer.start()
+    cfg = load_experiment(REPO / "experiments" / "blobs.yaml", [
+        "data.n_samples=8000", "metrics.silhouette_sample=1000", "tracking.log_plot=false",
+        "search.sampler=random", f"search.n_trials={n}", PLANTED])
+    out = search(cfg, client=client, register=False)
+    killer.join(timeout=5)
+    assert writer.deaths == deaths + 1 and not psutil_alive(pid)
+    assert_record_trusted(uri, out.parent_run_id, n, {}, [tmp_path])
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return _alive(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return False
