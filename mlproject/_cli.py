@@ -113,6 +113,8 @@ def allowed_values(key: str) -> tuple[str, ...]:
     for arg in (annotation, *typing.get_args(annotation)):
         if typing.get_origin(arg) is typing.Literal:
             literals += [str(v) for v in typing.get_args(arg)]
+        elif arg is bool and annotation is not bool:  # bool | Literal["auto"]: search.resume
+            literals += ["true", "false"]
     return tuple(literals)
 
 

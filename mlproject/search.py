@@ -40,10 +40,10 @@ def main() -> int:
 
     from mlproject._cli import describe_registered, describe_run, say_made
     from toolkit.console import say
-    from toolkit.errors import option_hint
     from toolkit.redact import redact
     from toolkit.search import search
-    from toolkit.search.study import default_storage
+    from toolkit.search.study import STORAGE_TAG, default_storage
+    from toolkit.tracking.runs import client
 
     out = search(cfg, register=cfg.registry.register_best)
     say(
@@ -62,10 +62,42 @@ def main() -> int:
         made.append(describe_registered(out.registered))
     # Optuna runs every search but scikit-learn's own grid/random ones (runner.search's rule).
     if cfg.search.strategy == "optuna" or cfg.backend != "sklearn":
-        made.append(f"study {out.study_name} in {redact(cfg.search.storage or default_storage())} "
-                    f"(continue it with {option_hint('resume', 'true')})")
+        storage = client().get_run(out.parent_run_id).data.tags.get(STORAGE_TAG) or redact(default_storage())
+        made.append(f"study {out.study_name} in {storage}; continue it with: "
+                    f"{_resume_command(args, storage, out.study_name, out.experiment)}")
     say_made(made, out.parent_run_id)
     return 0
+
+
+def _resume_command(args: argparse.Namespace, storage: str, study_name: str, experiment: str) -> str:
+    """The command that continues this search: the options given, the study and its storage,
+    ``resume=true``; as typed under ``mlflow run`` (``-P``, in the parent's experiment) or run
+    directly (``--``)."""
+    import os
+    import shlex
+
+    from mlproject._cli import NO_OVERRIDES, is_unset
+    from toolkit.redact import redact
+
+    replaced = ("resume", "search.resume", "storage", "search.storage", "search.study_name")
+    words = [w for chunk in args.overrides if chunk.strip() not in ("", NO_OVERRIDES) for w in shlex.split(chunk)
+             if w.partition("=")[0] not in replaced]
+    options = {name: getattr(args, name) for name in OPTIONS
+               if name not in ("resume", "storage") and not is_unset(getattr(args, name))}
+    options.update(resume="true", storage=storage)
+    overrides = shlex.join([*words, f"search.study_name={study_name}"])
+    launched = launched_entry_point()
+    if launched:
+        parts = ["mlflow run . -e", launched, f"-P config={shlex.quote(args.config)}",
+                 *(f"-P {k}={shlex.quote(str(v))}" for k, v in options.items()),
+                 f"-P overrides={shlex.quote(overrides)}", f"--experiment-name {shlex.quote(experiment)}",
+                 "--env-manager local"]
+    else:
+        parts = ["python -m mlproject.search", f"--config {shlex.quote(args.config)}",
+                 *(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in options.items()),
+                 f"--set {shlex.quote(overrides)}"]
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return (f"MLFLOW_TRACKING_URI={shlex.quote(redact(uri))} " if uri else "") + " ".join(parts)
 
 
 def _short(params: dict) -> str:

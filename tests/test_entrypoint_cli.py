@@ -107,7 +107,7 @@ def test_help_names_the_command_and_the_allowed_values(monkeypatch):
     for word in (*BACKEND_NAMES, *OBJECTIVES, *typing.get_args(SearchConfig.model_fields["strategy"].annotation),
                  *typing.get_args(SearchConfig.model_fields["parallelism"].annotation)):
         assert word in text.replace("- ", "-"), word  # (argparse may wrap a word at its dash)
-    assert "--resume RESUME (search.resume): true or false" in text
+    assert "--resume RESUME (search.resume): one of true, false, auto" in text
     assert "--register REGISTER register the native model" in " ".join(train.build_parser().format_help().split())
     assert "--overwrite OVERWRITE replace an existing output: true or false (default: false)" in " ".join(
         predict.build_parser().format_help().split())

@@ -97,8 +97,13 @@ def test_mlflow_run_search_parent_children_plots(store, tracking_uri, subprocess
                        "5 trial(s) as its child runs"), made
     assert made[2] == ("  registered blobs-kmeans v1 (native) and blobs-kmeans-sklearn v1 (twin); "
                        "aliases: challenger, champion"), made
-    assert made[3].startswith(f"  study {parent.data.tags['search.study_name']} in ") and made[3].endswith(
-        "(continue it with -P resume=true)"), made
+    # The exact command that resumes it: the storage it needs, the study, the experiment.
+    study = parent.data.tags["search.study_name"]
+    assert made[3] == (f"  study {study} in sqlite:///{tmp_path / 'optuna.db'}; continue it with: "
+                       f"MLFLOW_TRACKING_URI={tracking_uri} mlflow run . -e search -P config=experiments/blobs.yaml "
+                       f"-P n_trials=5 -P resume=true -P storage=sqlite:///{tmp_path / 'optuna.db'} "
+                       f"-P overrides='data.n_samples=3000 search.study_name={study}' --experiment-name t "
+                       "--env-manager local"), made
     look = f"look: mlflow ui --backend-store-uri {tracking_uri}  (experiment {exp_id}, run {parent.info.run_id})"
     assert made[4] == look, made
     # The config's own experiment ("blobs") got nothing: every run is in the one mlflow run chose.

@@ -137,6 +137,8 @@ def test_default_storage_sits_beside_its_tracking_store(tmp_path):
     assert one == default_storage("http://other:pw2@mlflow.internal:5000")  # the store, not the login
     assert one != default_storage("http://mlflow.internal:5001")
     assert "pw" not in os.path.basename(one) and os.path.basename(one).startswith("optuna-mlflow.internal")
+    # A server's studies live in this user's data folder, not wherever the search was started.
+    assert one.startswith(os.path.join(os.environ["XDG_DATA_HOME"], "kmeans-lifecycle", "studies") + os.sep)
 
 
 def _cfg(experiment: str, *overrides: str):

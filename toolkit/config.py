@@ -352,7 +352,11 @@ class SearchConfig(_Strict):
         "URL such as sqlite:///optuna.db",
     )
     study_name: str | None = None
-    resume: bool = False
+    resume: bool | Literal["auto"] = Field(
+        False,
+        description="true: continue the study this search's parent run recorded (an error when there is "
+        "none); auto: continue it when there is one, else start a new search; false: a new search",
+    )
     cv: int = Field(3, ge=2, description="folds for grid/random search")
     refit: bool = True
     baseline_sample: int = Field(

@@ -48,7 +48,7 @@ from toolkit.search.objectives import (
     search_metrics,
 )
 from toolkit.search.space import check_space, model_for, trial_model
-from toolkit.search.study import PARENT_ATTR, STORE_ATTR, open_study
+from toolkit.search.study import PARENT_ATTR, STORAGE_TAG, STORE_ATTR, journal_path, locate_study, open_study
 from toolkit.search.summary import baseline_ari, best_trial, log_loop_timing, summarise
 from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, TrialRunner
 from toolkit.tracking import log_dataset, log_metrics, log_params, log_tags, tags_for, tracked_run
@@ -124,9 +124,10 @@ def search(
     direction = dirs[0]
     use_optuna = cfg.search.strategy == "optuna" or cfg.backend != "sklearn"
 
-    study, resumed, lease, parent_to_resume = None, False, None, None
+    study, resumed, lease, parent_to_resume, where = None, False, None, None, None
     if use_optuna:
-        study, resumed, lease = open_study(cfg, dirs if is_multi(cfg.search) else direction)
+        where = locate_study(cfg)
+        study, resumed, lease = open_study(cfg, dirs if is_multi(cfg.search) else direction, where)
         study_name = study.study_name
     else:
         study_name = f"{cfg.name}-{cfg.backend}-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -138,7 +139,9 @@ def search(
                 "search.objective": objective_names(cfg.search)[0], "search.direction": direction,
                 **({"search.objectives": ",".join(objective_names(cfg.search)), "search.directions": ",".join(dirs)}
                    if is_multi(cfg.search) else {}),
-                "search.parallelism": mode, "config": str(cfg.source_path)}
+                "search.parallelism": mode, "config": str(cfg.source_path),
+                # Where the study lives, for a resume from any directory (a password masked).
+                **({STORAGE_TAG: redact(journal_path(where.storage))} if where is not None else {})}
         with tracked_run(cfg.experiment_name, study_name, tags, resume_run_id=parent_to_resume,
                          system_metrics=cfg.tracking.system_metrics) as parent:
             if study is not None:

@@ -6,8 +6,10 @@ study of that base name.  The study remembers its MLflow parent run in a user at
 
 Storage: by default an append-only journal file (Optuna's ``JournalStorage``) *beside the
 tracking store it belongs to*: ``mlflow.optuna.log`` next to ``sqlite:///mlflow.db``, or
-``optuna-<host>-<hash>.log`` in the working directory for a server or database store.  Two
-tracking stores never share studies, so a resume can only pick up a study of its own store.
+``optuna-<host>-<hash>.log`` in this user's data folder (``${XDG_DATA_HOME:-~/.local/share}/
+kmeans-lifecycle/studies``) for a server or database store.  Two tracking stores never share
+studies, so a resume can only pick up a study of its own store.  The parent run records its
+study's storage and name; a resume reads them there (:func:`locate_study`).
 The driver keeps the whole study in memory, so ``ask`` and ``tell`` cost a fraction of what
 an RDB storage costs (an order of magnitude less than ``sqlite:///optuna.db``, which would be
 most of a tiny trial's overhead).  Killing the driver loses nothing: each operation is one
@@ -24,11 +26,13 @@ A study is run by one driver at a time (:mod:`toolkit.search.lease`); creating o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from toolkit.config import ExperimentConfig, env_flag
@@ -38,9 +42,15 @@ from toolkit.search.fidelity import make_pruner
 from toolkit.search.lease import DriverLease
 
 __all__ = [
+    "LEGACY_STORAGE",
     "PARENT_ATTR",
+    "STORAGE_TAG",
+    "StudyLocation",
+    "data_dir",
     "default_storage",
     "is_journal",
+    "journal_path",
+    "locate_study",
     "open_study",
     "stale_trials",
     "study_storage",
@@ -70,7 +80,100 @@ def default_storage(tracking_uri: str | None = None) -> str:
         return folder.rstrip(os.sep) + ".optuna.log"
     bare = re.sub(r"//[^/@]*@", "//", uri)  # the same store whoever logs in
     host = re.sub(r"[^A-Za-z0-9.-]+", "-", bare.split("://", 1)[1].split("/", 1)[0]).strip("-") or "store"
-    return os.path.abspath(f"optuna-{host}-{hashlib.sha1(bare.encode()).hexdigest()[:8]}.log")
+    # Not the working directory: a resume started from another one would not find it.
+    return os.path.join(data_dir(), "studies", f"optuna-{host}-{hashlib.sha1(bare.encode()).hexdigest()[:8]}.log")
+
+
+def data_dir() -> str:
+    """This user's data folder of the toolkit: ``${XDG_DATA_HOME:-~/.local/share}/kmeans-lifecycle``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "kmeans-lifecycle")
+
+
+#: Where earlier releases kept every study: ``optuna.log`` in the working directory.
+LEGACY_STORAGE = "optuna.log"
+#: Parent-run tag: the Optuna storage of the search's study (credentials masked, ``${VAR}`` kept).
+STORAGE_TAG = "search.study_storage"
+#: Parent-run tag: the study's name.
+STUDY_TAG = "search.study_name"
+
+
+@dataclass
+class StudyLocation:
+    """Where the study of a search is: its storage, its name when already known (a resume), and
+    how it was found (said to the user)."""
+
+    storage: str
+    name: str | None = None
+    found: str = ""
+
+
+def locate_study(cfg: ExperimentConfig) -> StudyLocation:
+    """The storage (and, for a resume, the study) of this search.
+
+    ``search.storage`` when given.  A resume (``search.resume`` true or auto) otherwise reads the
+    newest parent run of this search in the tracking store: the storage and study it recorded
+    (:data:`STORAGE_TAG`), from whatever directory it runs; a parent made by an earlier release
+    recorded no storage, so its study is looked for in the default storage, then in
+    ``./optuna.log`` (the earlier releases' default), and named.
+    """
+    if cfg.search.storage:
+        return StudyLocation(cfg.search.storage)
+    default = default_storage()
+    if not cfg.search.resume:
+        return StudyLocation(default)
+    base = cfg.search.study_name or f"{cfg.name}-{cfg.backend}"
+    parent = _recorded_parent(cfg, base)
+    if parent is not None and parent.data.tags.get(STORAGE_TAG):
+        from toolkit.redact import MASK
+
+        storage = parent.data.tags[STORAGE_TAG]
+        if MASK in storage:
+            raise ConfigError(
+                f"the storage of study {parent.data.tags[STUDY_TAG]!r} was recorded with its password masked "
+                f"({storage})",
+                f"pass it with the password as a ${{VAR}} reference, e.g. "
+                f"{option_hint('storage', storage.replace(MASK, '${PGPASSWORD}'))}",
+            )
+        return StudyLocation(storage, parent.data.tags[STUDY_TAG],
+                             f"recorded on its parent run {parent.info.run_id}")
+    wanted = parent.data.tags[STUDY_TAG] if parent is not None else None
+    legacy = os.path.abspath(LEGACY_STORAGE)
+    for storage, how in ((default, "in the default storage"),
+                         (legacy, f"in {legacy}, where releases before this one kept their studies")):
+        if is_journal(storage) and not os.path.exists(storage):
+            continue
+        names = [n for _, n in _names(study_storage(storage), base)]
+        if wanted in names or (wanted is None and names):
+            return StudyLocation(storage, wanted or names[-1], how)
+    return StudyLocation(default)
+
+
+def _recorded_parent(cfg: ExperimentConfig, base: str) -> Any:
+    """The newest parent run of a search of study ``base`` (or ``base-N``) in the tracking store."""
+    from toolkit.tracking.runs import client
+
+    c = client()
+    ids = []
+    exp = c.get_experiment_by_name(cfg.experiment_name)
+    if exp is not None:
+        ids.append(exp.experiment_id)
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if launcher:  # under mlflow run --experiment-name, the parent is in mlflow run's experiment
+        with contextlib.suppress(Exception):
+            ids.append(c.get_run(launcher).info.experiment_id)
+    if not ids:
+        return None
+    pattern = re.compile(rf"^{re.escape(base)}(?:-\d+)?$")
+    runs = c.search_runs(sorted(set(ids)), filter_string="tags.entry_point = 'search'",
+                         order_by=["attributes.start_time DESC"], max_results=200)
+    return next((r for r in runs if pattern.match(r.data.tags.get(STUDY_TAG, ""))
+                 and "mlflow.parentRunId" not in r.data.tags), None)
+
+
+def journal_path(url: str) -> str:
+    """``url`` as it is recorded: a journal file's absolute path, a database URL as written."""
+    return os.path.abspath(url) if is_journal(url) else url
 
 
 def is_journal(url: str) -> bool:
@@ -89,6 +192,8 @@ def study_storage(url: str | None) -> Any:
             from optuna.storages.journal import JournalFileBackend
 
             folder = os.path.dirname(os.path.abspath(url))
+            if folder.startswith(data_dir()):  # the per-user default of a server store
+                os.makedirs(folder, exist_ok=True)
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"folder {folder} does not exist")
             backend = JournalFileBackend(url) if env_flag(_FSYNC_ENV, default=False) else _unsynced_journal()(url)
@@ -183,25 +288,45 @@ def _names(storage: Any, base: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def open_study(cfg: ExperimentConfig, direction: str | list[str]) -> tuple[Any, bool, DriverLease]:
-    """Create a new study, or with ``search.resume`` load the newest one.
+def open_study(cfg: ExperimentConfig, direction: str | list[str],
+               where: StudyLocation | None = None) -> tuple[Any, bool, DriverLease]:
+    """Create a new study, or with ``search.resume`` load the one to resume.
 
-    Returns ``(study, resumed, lease)``: the caller holds ``lease`` (one driver per study) until
-    the search ends and must :meth:`~toolkit.search.lease.DriverLease.release` it.
+    ``where`` is :func:`locate_study`'s answer (found here when not given).  Returns ``(study,
+    resumed, lease)``: the caller holds ``lease`` (one driver per study) until the search ends and
+    must :meth:`~toolkit.search.lease.DriverLease.release` it.
 
     Raises:
-        ConfigError: the study to resume is run by another live driver, or was made for
-            another objective direction.
+        ConfigError: ``resume=true`` found no study to resume; the study to resume is run by
+            another live driver, or was made for another objective direction.
     """
     import optuna
     from optuna.exceptions import DuplicatedStudyError
 
+    from toolkit.console import say
+    from toolkit.redact import redact
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = study_storage(cfg.search.storage)
+    where = where or locate_study(cfg)
+    storage = study_storage(where.storage)
     base = cfg.search.study_name or f"{cfg.name}-{cfg.backend}"
     existing = _names(storage, base)
-    if cfg.search.resume and existing:
-        name = existing[-1][1]
+    name = where.name or (existing[-1][1] if existing else None)
+    if cfg.search.resume and name is not None and name not in {n for _, n in existing}:
+        raise ConfigError(f"study {name!r} is not in {redact(where.storage)} ({where.found})",
+                          f"pass the storage that holds it ({option_hint('storage')}), or start a new "
+                          f"search ({option_hint('resume', 'false')})")
+    if cfg.search.resume is True and name is None:
+        raise ConfigError(
+            f"there is no study {base!r} to resume: none in {redact(where.storage)} nor on a parent run of "
+            f"experiment {cfg.experiment_name!r}",
+            f"start a new search ({option_hint('resume', 'false')}, or {option_hint('resume', 'auto')} to resume "
+            f"when there is one), or pass the storage that holds it ({option_hint('storage')})",
+        )
+    if cfg.search.resume == "auto" and name is None:
+        say(f"resume=auto: no study {base!r} to resume in {redact(where.storage)}; starting a new one")
+    if cfg.search.resume and name is not None:
+        say(f"resuming study {name} from {redact(where.storage)}" + (f" ({where.found})" if where.found else ""))
         lease = DriverLease(storage, name).acquire()
         try:
             n_done = len(optuna.load_study(study_name=name, storage=storage).trials)
