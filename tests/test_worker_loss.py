@@ -237,6 +237,51 @@ def test_data_parallel_runner_without_source_reports_infrastructure_failure(full
     assert not res.ok and res.infra and res.attempts == 1
 
 
+def _never_runs(block: Any) -> Any:
+    return block
+
+
+class _StallingDaskBackend(get_backend("dask")):
+    """The real ``dask`` backend, except that its first fit first waits on a task that no worker
+    may run (restricted to an address with no worker), over a block of the data that a worker
+    which stays holds: a fit waiting for good after another worker was lost."""
+
+    def _fit(self, X: Any, params: ModelConfig, init_centers: Any = None) -> Any:
+        if not self.__dict__.get("stalled"):
+            self.stalled = True
+            held = self.client.who_has(futures_of(X))
+            block = next(f for f in futures_of(X) if self.keeper in held.get(f.key, ()))
+            self.waiting.set()
+            self.client.submit(_never_runs, block, workers=["tcp://127.0.0.1:9"], allow_other_workers=False,
+                               pure=False).result()
+        return super()._fit(X, params, init_centers)
+
+
+def test_data_parallel_fit_stalled_after_a_lost_worker_is_given_up_and_run_again(full_client, monkeypatch):
+    """A fit still running STALL_AFTER_LOSS_S after its cluster lost a worker is given up (its
+    data cancelled) and run again on the data placed again, within the search's bounds."""
+    import toolkit.search.trials as trials
+
+    monkeypatch.setattr(trials, "STALL_AFTER_LOSS_S", 2.0)
+    dataset = _blobs(4000)
+    be = _StallingDaskBackend(client=full_client)
+    keeper, victim = sorted(full_client.nthreads())
+    be.keeper, be.waiting = keeper, threading.Event()
+    runner = DataParallelRunner(be, be.prepare(dataset), None, MetricsConfig(silhouette_sample=500), dataset)
+    runner.submit(0, ModelConfig(n_clusters=4, random_state=0))
+    got: list = []
+    fitting = threading.Thread(target=lambda: got.extend(runner.results()), daemon=True)
+    start = time.monotonic()
+    fitting.start()
+    assert be.waiting.wait(60)
+    os.kill(full_client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+    fitting.join(timeout=90)
+    assert not fitting.is_alive(), "the stalled fit was never given up"
+    (res,) = got
+    assert res.ok and res.attempts == 2 and not res.infra, res.error
+    assert time.monotonic() - start < 60
+
+
 def test_trial_parallel_runner_scatters_lost_data_again(full_client):
     dataset = _blobs(2000)
     runner = TrialParallelRunner(full_client, "sklearn", dataset.X, None, MetricsConfig(silhouette_sample=500))

@@ -62,6 +62,12 @@ REPLACE_WAIT_S = 15.0
 NO_WORKERS_S = 60.0
 #: How often a trial-parallel runner waiting for results checks that the cluster has workers.
 _WATCH_S = 1.0
+#: A data-parallel fit still running this long after the cluster lost one of the workers it
+#: started with is given up as lost with the worker: the data it runs on is cancelled, so the
+#: fit fails as an infrastructure failure and is run again on the data placed again.  A fit
+#: waiting on data that no worker will ever deliver would otherwise wait for good (a dask-ml
+#: search once stood still for minutes after a lost worker).
+STALL_AFTER_LOSS_S = 60.0
 #: Optuna user attribute of a trial failed by the cluster (after its last attempt): like an
 #: interrupted trial, it does not count as done when a search is resumed.
 INFRASTRUCTURE_ATTR = "infrastructure_failure"
@@ -534,7 +540,57 @@ class DataParallelRunner:
             from toolkit.search.fidelity import rung_metrics
 
             metrics_cfg = rung_metrics(metrics_cfg, subset[0], self.dataset.n_samples)
-        return run_trial(key, self.backend, X, params, metrics_cfg, y)
+        if not self._replaceable:
+            return run_trial(key, self.backend, X, params, metrics_cfg, y)
+        with self._watch_for_stall() as stalled:
+            res = run_trial(key, self.backend, X, params, metrics_cfg, y)
+        if stalled and not res.ok:
+            res.infra = True
+            res.error = (f"gave up {STALL_AFTER_LOSS_S:.0f} s after the cluster lost a worker during the fit: "
+                         f"{res.error}")
+        elif stalled:  # it ended just as its data was cancelled: the next fit places the data again
+            self._X = None
+            self._subsets.clear()
+        return res
+
+    @contextlib.contextmanager
+    def _watch_for_stall(self) -> Any:
+        """Around one fit on the driver: a thread that, should a worker the fit started with be
+        lost and the fit still run :data:`STALL_AFTER_LOSS_S` later, cancels the placed data
+        (the fit then fails, lost, and is run again).  Yields a list, non-empty if it did."""
+        from distributed import futures_of
+
+        try:
+            before = set(self.client.nthreads())
+        except OSError:
+            before = set()
+        done = threading.Event()
+        stalled: list[float] = []
+
+        def watch() -> None:
+            lost_at = None
+            while not done.wait(_WATCH_S):
+                if lost_at is None:
+                    try:
+                        now = set(self.client.nthreads())
+                    except OSError:
+                        now = set()
+                    if not before <= now:
+                        lost_at = time.monotonic()
+                elif time.monotonic() - lost_at >= STALL_AFTER_LOSS_S:
+                    placed = [self._X, *self._subsets.values()]
+                    with contextlib.suppress(Exception):  # the cluster is going away: nothing to cancel
+                        self.client.cancel([f for x in placed if x is not None for f in futures_of(x)])
+                    stalled.append(time.monotonic() - lost_at)
+                    return
+
+        watcher = threading.Thread(target=watch, name="fit-stall-watch", daemon=True)
+        watcher.start()
+        try:
+            yield stalled
+        finally:
+            done.set()
+            watcher.join()
 
     def results(self) -> list[TrialResult]:
         """Run the oldest queued trial now, on the driver; after a lost worker, again on the
