@@ -77,6 +77,14 @@ _REREGISTER = ("re-register the model with this kmeans-lifecycle (rerun the sear
                "`mlflow run . -e train -P register=true`) and promote the new version")
 
 
+def _migrate_fix(name: str | None, trust: str = "unsigned") -> str:
+    """The fix for a model an earlier release wrote: the ``migrate`` entry point rewrites it as a
+    new, signed version (toolkit/registry/migrate.py), under the trust the user states."""
+    return (f"migrate it to a new signed version: `mlflow run . -e migrate -P model_name={name or 'NAME'} "
+            f"-P trust={trust}` (trust=pickle also reads pickled models; it runs their code), or "
+            + _REREGISTER)
+
+
 def sha256_file(path: str) -> str:
     """Hex sha256 of the file at ``path``."""
     h = hashlib.sha256()
@@ -236,7 +244,7 @@ def model_id_of_version(mv: Any) -> str:
         raise ModelError(
             f"{mv.name} v{mv.version} was registered by an older kmeans-lifecycle from run artifacts "
             f"({mv.source}) with no recorded checksums, so it cannot be verified and is not loaded",
-            _REREGISTER,
+            _migrate_fix(mv.name, "pickle" if (mv.tags or {}).get("kind") != "sklearn_twin" else "unsigned"),
         )
     return str(model_id)
 
@@ -529,7 +537,7 @@ def _check_unsigned(local: str, loc: _Located, tags: Mapping[str, str], manifest
         raise ModelError(
             f"{loc.label} is not signed (logged by an older kmeans-lifecycle, or its {signing.SIGNATURE_FILE} "
             "was removed), so it is not loaded",
-            f"{_REREGISTER}; or, to trust the tracking store's checksums for unsigned models, set "
+            f"{_migrate_fix(loc.name)}; or, to trust the tracking store's checksums for unsigned models, set "
             f"{signing.ALLOW_UNSIGNED_ENV}=1")
     check_files(local, manifest, loc.label)
     from toolkit.console import say

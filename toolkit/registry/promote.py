@@ -205,7 +205,8 @@ def _load_champion(name: str, champion: Any, force: bool) -> tuple[Any, np.ndarr
         raise ModelError(f"champion v{champion.version} of {name!r} cannot be loaded to compare with: "
                          f"{exc.problem}",
                          f"promote with {option_hint('force', 'true')} to move the champion alias "
-                         "without loading it") from None
+                         f"without loading it, or migrate it first (`mlflow run . -e migrate -P model_name={name} "
+                         "-P trust=pickle`: a new signed version takes its aliases)") from None
 
 
 def champion_of(name: str) -> Any | None:
