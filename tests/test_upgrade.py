@@ -1,0 +1,248 @@
+"""The upgrade suite: a store written by the earlier release 9634933 (0.1.0) itself, used by this one.
+
+The fixture (``tests/fixtures/upgrade-9634933``, built by ``tests/fixtures/build_upgrade_fixtures.py``
+from that commit in a temporary venv) holds ``blobs-kmeans`` / ``blobs-kmeans-sklearn`` v1
+(champion, from a search) and v2 (challenger, from a training run): pickled native models and
+skops twins saved as run artifacts, registered without checksums or signatures, and the search's
+study in ``./optuna.log``.  Each test unpacks it into its own folder (the absolute artifact paths
+MLflow recorded are rewritten to that folder) and acts as an upgraded user would: list, load,
+predict, promote with and without force, migrate, resume, search into the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from toolkit.config import load_experiment
+from toolkit.errors import ModelError
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "upgrade-9634933"
+NATIVE, TWIN = "blobs-kmeans", "blobs-kmeans-sklearn"
+
+
+def unpack_store(dst: Path) -> str:
+    """Unpack the fixture into ``dst`` and point its recorded artifact paths there; its sqlite URI."""
+    record = json.loads((FIXTURE / "fixture.json").read_text())
+    with tarfile.open(FIXTURE / "store.tar.gz") as tar:
+        tar.extractall(dst, filter="data")
+    old, new = record["root"], str(dst)
+    with sqlite3.connect(dst / "mlflow.db") as db:
+        # Every text column that names the old folder (experiments' artifact_location, runs'
+        # artifact_uri, model versions' source and storage_location, tags): MLflow keeps absolute paths.
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for _, col, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if any(word in kind.upper() for word in ("CHAR", "TEXT")):
+                    db.execute(f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE instr("{col}", ?) > 0',
+                               (old, new, old))
+    return f"sqlite:///{dst / 'mlflow.db'}"
+
+
+@pytest.fixture()
+def upgraded(tmp_path, monkeypatch):
+    """The earlier release's store, unpacked into ``tmp_path/store``, as tracking and registry
+    URI; the working directory is that folder (where the release kept ``optuna.log``)."""
+    from _mlflow_store import mlflow_pointed_at
+
+    from toolkit.registry import signing
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    uri = unpack_store(folder)
+    for var in (signing.ALLOW_UNSIGNED_ENV, signing.ALLOW_PICKLE_ENV, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(folder)
+    with mlflow_pointed_at(uri, monkeypatch):
+        yield folder
+
+
+def _cfg(*overrides: str):
+    """The quick start's experiment on the fixture's tiny settings (the release's own were these)."""
+    return load_experiment(REPO / "experiments" / "blobs.yaml", [
+        "data.n_samples=1500", "metrics.silhouette_sample=500", "search.n_trials=2", "search.sampler=random",
+        "tracking.log_plot=false", "search.baseline_sample=0", *overrides])
+
+
+def _one_line(err: pytest.ExceptionInfo, *wanted: str) -> str:
+    line = str(err.value)
+    assert "\n" not in line, line
+    for w in wanted:
+        assert w in line, line
+    return line
+
+
+def _aliases(name: str) -> dict[str, str]:
+    c = MlflowClient()
+    return {a: str(c.get_model_version_by_alias(name, a).version) for a in ("champion", "challenger")}
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder``."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def _old_pickle(folder: Path, version: str):
+    """The release's own native model of ``version``, read straight from its files (the reference)."""
+    import cloudpickle
+
+    source = MlflowClient().get_model_version(NATIVE, version).source
+    with open(Path(source) / "model.pkl", "rb") as fh:
+        return cloudpickle.load(fh)
+
+
+def test_the_old_store_lists_and_refuses_its_models_in_one_line_naming_migrate(upgraded):
+    from toolkit.registry.flavor import load_model
+    from toolkit.serving import load_predictor
+
+    c = MlflowClient()
+    assert sorted(m.name for m in c.search_registered_models()) == [NATIVE, TWIN]
+    for name in (NATIVE, TWIN):
+        assert sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'")) == [1, 2]
+        assert _aliases(name) == {"champion": "1", "challenger": "2"}
+    for uri in (f"models:/{NATIVE}@champion", f"models:/{TWIN}/2"):
+        with pytest.raises(ModelError) as err:
+            load_model(uri)
+        _one_line(err, "registered by an older kmeans-lifecycle", "-e migrate -P model_name=blobs-kmeans")
+    with pytest.raises(ModelError) as err:
+        load_predictor(f"models:/{NATIVE}@champion")
+    _one_line(err, "-e migrate -P model_name=blobs-kmeans -P trust=pickle")
+
+
+def test_a_new_search_registers_into_the_old_name_and_force_moves_the_champion(upgraded, client):
+    """The unloadable v1 champion: promote refuses in one line naming migrate and force; with
+    force the alias moves without loading it."""
+    from toolkit.data import load_dataset
+    from toolkit.registry import promote
+    from toolkit.search import search
+
+    cfg = _cfg()
+    out = search(cfg, client=client, register=True)
+    new = out.registered.native_version
+    assert new == "3" and _aliases(NATIVE) == {"champion": "1", "challenger": "3"}
+    data = load_dataset(cfg.data)
+    with pytest.raises(ModelError) as err:
+        promote(NATIVE, data.X, data.y, metric="silhouette")
+    _one_line(err, "champion v1 of 'blobs-kmeans' cannot be loaded", "force", "-e migrate -P model_name=blobs-kmeans")
+    res = promote(NATIVE, data.X, data.y, metric="silhouette", force=True)
+    assert res.promoted and "cannot be loaded, not compared; forced" in res.reason
+    assert _aliases(NATIVE)["champion"] == "3" and _aliases(TWIN)["champion"] == out.registered.sklearn_version
+
+
+def test_migrate_rewrites_old_versions_as_new_signed_ones_then_promote_works(upgraded, capsys):
+    from toolkit import __version__
+    from toolkit.convert import predict_labels
+    from toolkit.data import load_dataset
+    from toolkit.registry import promote
+    from toolkit.registry.flavor import load_model
+    from toolkit.registry.migrate import migrate
+
+    c = MlflowClient()
+    old_files = _digests(upgraded / "mlruns")
+    run = c.create_run(c.get_experiment_by_name("blobs").experiment_id, run_name="migrate").info.run_id
+    # Too little trust for a pickle: refused before anything is written.
+    with pytest.raises(ModelError) as err:
+        migrate(NATIVE, "unsigned", run_id=run)
+    _one_line(err, "needs trust 'pickle'", "nothing was migrated")
+    assert len(c.search_model_versions(f"name='{NATIVE}'")) == 2
+
+    results = migrate(NATIVE, "pickle", run_id=run)
+    assert {(r.name, r.version, r.new_version) for r in results} == {
+        (NATIVE, "1", "3"), (TWIN, "1", "3"), (NATIVE, "2", "4"), (TWIN, "2", "4")}
+    for name in (NATIVE, TWIN):
+        assert _aliases(name) == {"champion": "3", "challenger": "4"}
+    now = _digests(upgraded / "mlruns")  # the old files are untouched (the new versions' are added)
+    assert {k: now.get(k) for k in old_files} == old_files
+
+    # The UI-facing record: where it came from, under which trust, by which toolkit; the old
+    # version's tags carried over; the pair linked again; the old version points at the new one.
+    new = c.get_model_version(NATIVE, "3").tags
+    old = c.get_model_version(NATIVE, "1").tags
+    assert new["migrated_from"] == f"models:/{NATIVE}/1"
+    assert (new["migration.trust"], new["migration.toolkit_version"]) == ("pickle", __version__)
+    assert new["migration.source_format"] == "run-artifacts" and new["migration.run_id"] == run
+    assert new["integrity.format"] == "kmeans-npy" and new["integrity.signer"]
+    for key in ("source_run_id", "search_parent_run_id", "backend", "kind", "promotion.reason"):
+        assert new[key] == old[key], key
+    assert (new["twin.name"], new["twin.version"]) == (TWIN, "3")
+    assert c.get_model_version(TWIN, "3").tags["twin.version"] == "3"
+    assert old["migration.migrated_to"] == "3"
+
+    # The migrated models load, signed, and predict exactly what the release's pickles predicted.
+    data = load_dataset(_cfg().data)
+    X = np.asarray(data.X, dtype=np.float32)
+    for ver in ("1", "2"):
+        expected = _old_pickle(upgraded, ver).predict(X)
+        new_ver = str(int(ver) + 2)
+        for name in (NATIVE, TWIN):
+            assert (np.asarray(predict_labels(load_model(f"models:/{name}/{new_ver}"), X)) == expected).all(), name
+
+    capsys.readouterr()
+    again = migrate(NATIVE, "pickle", run_id=run, say=print)
+    assert not any(r.new_version for r in again)
+    said = capsys.readouterr().out
+    assert "blobs-kmeans v1: skipped, already migrated to v3" in said
+    assert "blobs-kmeans v3: skipped, it is signed and loads as it is" in said
+    assert len(c.search_model_versions(f"name='{NATIVE}'")) == 4
+
+    res = promote(NATIVE, data.X, data.y, metric="silhouette")  # no force needed any more
+    assert res.champion_version == "3" and res.challenger_version == "4"
+
+
+def test_the_old_study_in_optuna_log_is_found_and_resumed(upgraded, client, capsys):
+    from toolkit.search import search
+    from toolkit.search.study import locate_study
+
+    where = locate_study(_cfg("search.resume=true"))
+    assert (where.storage, where.name) == (str(upgraded / "optuna.log"), "blobs-sklearn")
+    assert "where releases before this one kept their studies" in where.found
+    before = (upgraded / "optuna.log").stat().st_size
+    out = search(_cfg("search.resume=true", "search.n_trials=4", "registry.register_best=false"), client=client)
+    assert out.resumed and out.parent_run_id == "83ae4c0f08d54caca4409a345e5f2471"
+    assert (upgraded / "optuna.log").stat().st_size > before  # the trial went into the old journal
+    c = MlflowClient()
+    children = [r for r in c.search_runs([c.get_experiment_by_name("blobs").experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == out.parent_run_id]
+    assert len(children) == 4  # the release's 3 trials and 1 more
+
+
+def test_the_entry_point_migrates_and_says_what_it_made(upgraded, capsys):
+    import mlproject.migrate as entry
+
+    def run(*argv: str) -> int:
+        import sys
+
+        saved = sys.argv
+        sys.argv = ["migrate", *argv]
+        try:
+            from mlproject._cli import run_main
+
+            with pytest.raises(SystemExit) as done:
+                run_main(entry.main)
+            return int(done.value.code)
+        finally:
+            sys.argv = saved
+
+    assert run("--model-name", NATIVE, "--trust", "maybe") == 2
+    assert "error: trust must be unsigned or pickle, got 'maybe'" in capsys.readouterr().err
+    assert run("--model-name", TWIN, "--trust", "pickle", "--version", "2") == 0
+    out = capsys.readouterr().out
+    assert "made:" in out and "look:" in out
+    assert f"{NATIVE} v3: migrated from v2, run-artifacts (aliases challenger moved to it)" in out
+    assert _aliases(NATIVE) == {"champion": "1", "challenger": "3"}
+    c = MlflowClient()
+    record = [r for r in c.search_runs([c.get_experiment_by_name("blobs").experiment_id])
+              if r.info.run_name == f"migrate {TWIN}"]
+    assert len(record) == 1 and record[0].info.status == "FINISHED"
+    assert record[0].data.params["migrate.trust"] == "pickle"
+    assert os.environ.get("KMEANS_LIFECYCLE_ALLOW_UNSIGNED") is None  # the decision did not leak
