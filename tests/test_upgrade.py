@@ -177,6 +177,14 @@ def test_migrate_rewrites_old_versions_as_new_signed_ones_then_promote_works(upg
     assert (new["twin.name"], new["twin.version"]) == (TWIN, "3")
     assert c.get_model_version(TWIN, "3").tags["twin.version"] == "3"
     assert old["migration.migrated_to"] == "3"
+    # What wrote them is signed into both: the signature's format version and the toolkit's.
+    from toolkit.registry import signing
+    from toolkit.registry.integrity import fetch_verified
+
+    for name in (NATIVE, TWIN):
+        with fetch_verified(f"models:/{name}/3") as verified:
+            info = verified.signature.info
+        assert (info["format_version"], info["toolkit_version"]) == (str(signing.FORMAT_VERSION), __version__)
 
     # The migrated models load, signed, and predict exactly what the release's pickles predicted.
     data = load_dataset(_cfg().data)
@@ -246,3 +254,22 @@ def test_the_entry_point_migrates_and_says_what_it_made(upgraded, capsys):
     assert len(record) == 1 and record[0].info.status == "FINISHED"
     assert record[0].data.params["migrate.trust"] == "pickle"
     assert os.environ.get("KMEANS_LIFECYCLE_ALLOW_UNSIGNED") is None  # the decision did not leak
+
+
+def test_the_version_comes_from_the_package_metadata_and_heads_the_changelog(tmp_path):
+    """``toolkit.__version__``: the source tree's pyproject (this checkout), else the installed
+    distribution's metadata; semantic, and the newest release of CHANGELOG.md."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+
+    import toolkit
+    from toolkit._version import package_version
+
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        declared = tomllib.load(fh)["project"]["version"]
+    assert toolkit.__version__ == declared and re.fullmatch(r"\d+\.\d+\.\d+", declared)
+    (tmp_path / "toolkit").mkdir()  # a package folder with no pyproject beside it: the metadata's
+    assert package_version(str(tmp_path / "toolkit")) == version("kmeans-lifecycle")
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (REPO / "CHANGELOG.md").read_text(), re.M)
+    assert releases[0] == declared and "0.1.0" in releases

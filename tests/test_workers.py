@@ -130,6 +130,8 @@ def test_toolkit_version_is_the_version_and_a_hash_of_the_sources(tmp_path, monk
     # one changed line is another version.
     copy = tmp_path / "toolkit_copy"
     shutil.copytree(Path(local_facts()["toolkit_path"]), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    # A source tree: the version is its pyproject's (toolkit/_version.py), as for the original.
+    shutil.copyfile(Path(local_facts()["toolkit_path"]).parent / "pyproject.toml", tmp_path / "pyproject.toml")
     monkeypatch.syspath_prepend(str(tmp_path))
     probe = _make_probe()
     assert probe("toolkit_copy", (), ())["toolkit"] == ours

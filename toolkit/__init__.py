@@ -9,6 +9,7 @@ on top.
 
 from __future__ import annotations
 
+from toolkit._version import __version__ as __version__  # package metadata, or the source tree's pyproject
 from toolkit.backends import BACKENDS, FitResult, KMeansBackend, get_backend, make_backend
 from toolkit.config import ExperimentConfig, load_experiment
 from toolkit.data import Dataset, load_dataset
@@ -21,8 +22,6 @@ from toolkit.errors import (
 )
 from toolkit.metrics import cluster_metrics
 from toolkit.train import TrainOutcome, fit_and_score, train
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",

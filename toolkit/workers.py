@@ -75,6 +75,24 @@ def _make_probe() -> Callable[..., Facts]:
     imports what it needs itself.
     """
 
+    def _release(root: str) -> str:
+        """The version ``toolkit._version`` gives the package at ``root``: its source tree's
+        pyproject.toml, else the installed distribution's metadata."""
+        import contextlib
+        import os
+        import tomllib
+        from importlib.metadata import PackageNotFoundError, version
+
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(os.path.dirname(root), "pyproject.toml"), "rb") as fh:
+                project = tomllib.load(fh).get("project") or {}
+            if project.get("name") == "kmeans-lifecycle" and isinstance(project.get("version"), str):
+                return str(project["version"])
+        try:
+            return version("kmeans-lifecycle")
+        except PackageNotFoundError:
+            return "unknown"
+
     def probe(package: str, distributions: tuple[str, ...], modules: tuple[str, ...]) -> Facts:
         import ast
         import hashlib
@@ -111,6 +129,8 @@ def _make_probe() -> Callable[..., Facts]:
                             and any(getattr(t, "id", None) == "__version__" for t in node.targets)
                         ):
                             tag = str(node.value.value)
+            if tag == "unknown":  # __version__ comes from the metadata (toolkit/_version.py), as there
+                tag = _release(root)
             facts["toolkit"] = f"{tag}+{digest.hexdigest()[:12]}"
             facts["toolkit_path"] = root
         found: dict[str, str | None] = {}

@@ -354,7 +354,7 @@ def _copied_tags(mv: Any) -> dict[str, str]:
 
 
 def _record(source: Migration, trust: str, run_id: str) -> dict[str, str]:
-    from toolkit import __version__
+    from toolkit._version import __version__
 
     return {MIGRATED_FROM_TAG: source.uri, _TRUST_TAG: trust, _TOOLKIT_TAG: __version__,
             _SOURCE_FORMAT_TAG: source.source_format, _RUN_TAG: run_id,

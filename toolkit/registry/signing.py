@@ -418,12 +418,9 @@ def _root_digest(resources: Iterable[Mapping[str, str]]) -> str:
 
 
 def _toolkit_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from toolkit._version import __version__  # the package metadata's (or the source tree's)
 
-    try:
-        return version("kmeans-lifecycle")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def sign_dir(local_dir: str, manifest: Mapping[str, str], info: Mapping[str, str], key: Any = None) -> str:
