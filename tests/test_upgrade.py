@@ -27,13 +27,15 @@ from toolkit.errors import ModelError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "upgrade-9634933"
+#: The last release before signatures (b5a04b5): LoggedModels with the store's checksums, no model.sig.
+CHECKSUM_ERA = REPO / "tests" / "fixtures" / "upgrade-b5a04b5"
 NATIVE, TWIN = "blobs-kmeans", "blobs-kmeans-sklearn"
 
 
-def unpack_store(dst: Path) -> str:
-    """Unpack the fixture into ``dst`` and point its recorded artifact paths there; its sqlite URI."""
-    record = json.loads((FIXTURE / "fixture.json").read_text())
-    with tarfile.open(FIXTURE / "store.tar.gz") as tar:
+def unpack_store(dst: Path, fixture: Path = FIXTURE) -> str:
+    """Unpack a fixture into ``dst`` and point its recorded artifact paths there; its sqlite URI."""
+    record = json.loads((fixture / "fixture.json").read_text())
+    with tarfile.open(fixture / "store.tar.gz") as tar:
         tar.extractall(dst, filter="data")
     old, new = record["root"], str(dst)
     with sqlite3.connect(dst / "mlflow.db") as db:
@@ -52,13 +54,23 @@ def unpack_store(dst: Path) -> str:
 def upgraded(tmp_path, monkeypatch):
     """The earlier release's store, unpacked into ``tmp_path/store``, as tracking and registry
     URI; the working directory is that folder (where the release kept ``optuna.log``)."""
+    yield from _opened(tmp_path, monkeypatch, FIXTURE)
+
+
+@pytest.fixture()
+def checksum_era(tmp_path, monkeypatch):
+    """The same for the store release b5a04b5 wrote (unsigned LoggedModels, journal beside the store)."""
+    yield from _opened(tmp_path, monkeypatch, CHECKSUM_ERA)
+
+
+def _opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixture: Path):
     from _mlflow_store import mlflow_pointed_at
 
     from toolkit.registry import signing
 
     folder = tmp_path / "store"
     folder.mkdir()
-    uri = unpack_store(folder)
+    uri = unpack_store(folder, fixture)
     for var in (signing.ALLOW_UNSIGNED_ENV, signing.ALLOW_PICKLE_ENV, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(folder)
@@ -273,3 +285,38 @@ def test_the_version_comes_from_the_package_metadata_and_heads_the_changelog(tmp
     assert package_version(str(tmp_path / "toolkit")) == version("kmeans-lifecycle")
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (REPO / "CHANGELOG.md").read_text(), re.M)
     assert releases[0] == declared and "0.1.0" in releases
+
+
+def test_the_checksum_era_store_is_refused_then_migrated_with_trust_unsigned(checksum_era, client, monkeypatch):
+    """Release b5a04b5 logged unsigned LoggedModels (kmeans-npy + skops, checksums in the store):
+    refused naming migrate with trust=unsigned, which suffices (no pickle is read); the labels
+    stay those the store's checksummed files give; promote then works; its study is found."""
+    from toolkit.convert import predict_labels
+    from toolkit.data import load_dataset
+    from toolkit.registry import promote, signing
+    from toolkit.registry.flavor import load_model
+    from toolkit.registry.migrate import migrate
+    from toolkit.search.study import locate_study
+
+    with pytest.raises(ModelError) as err:
+        load_model(f"models:/{NATIVE}@champion")
+    _one_line(err, "is not signed", "-e migrate -P model_name=blobs-kmeans -P trust=unsigned")
+    data = load_dataset(_cfg().data)
+    X = np.asarray(data.X, dtype=np.float32)
+    with monkeypatch.context() as mp:  # the reference: the old files, on the store's checksums
+        mp.setenv(signing.ALLOW_UNSIGNED_ENV, "1")
+        expected = {v: predict_labels(load_model(f"models:/{NATIVE}/{v}"), X) for v in ("1", "2")}
+    c = MlflowClient()
+    run = c.create_run(c.get_experiment_by_name("blobs").experiment_id, run_name="migrate").info.run_id
+    results = migrate(NATIVE, "unsigned", run_id=run)
+    assert {(r.name, r.version, r.new_version, r.source_format) for r in results} == {
+        (n, v, str(int(v) + 2), "unsigned") for n in (NATIVE, TWIN) for v in ("1", "2")}
+    assert _aliases(NATIVE) == _aliases(TWIN) == {"champion": "3", "challenger": "4"}
+    for v, labels in expected.items():
+        for name in (NATIVE, TWIN):
+            assert (predict_labels(load_model(f"models:/{name}/{int(v) + 2}"), X) == labels).all(), (name, v)
+    assert c.get_model_version(NATIVE, "3").tags["migration.trust"] == "unsigned"
+    res = promote(NATIVE, data.X, data.y, metric="silhouette")
+    assert res.champion_version == "3" and res.challenger_version == "4"
+    where = locate_study(_cfg("search.resume=true"))
+    assert (where.storage, where.name) == (str(checksum_era / "mlflow.optuna.log"), "blobs-sklearn")
