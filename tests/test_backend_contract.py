@@ -35,7 +35,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from toolkit.backends import BACKENDS, get_backend, make_backend
 from toolkit.config import ClusterConfig, ExperimentConfig, ModelConfig
-from toolkit.convert import input_dtype
+from toolkit.convert import input_dtype, split_centered
 from toolkit.data import Dataset
 from toolkit.errors import ConfigError
 from toolkit.names import BACKEND_FACTS, HYPERPARAMETERS, INIT_SPECIFIC, INITS
@@ -176,6 +176,42 @@ class TestBackendContract:
         # Rows in the twin's float width: scikit-learn's predict refuses another one.
         sample = contract.Xh[idx].astype(input_dtype(twin))
         np.testing.assert_array_equal(twin.predict(sample), contract.labels(result)[idx])
+
+    def test_registered_twin_predicts_float32_and_float64_alike_under_stock_mlflow(self, contract, name, store,
+                                                                                   monkeypatch):
+        """The twin as registered, loaded by stock MLflow (``mlflow.sklearn`` and ``mlflow.pyfunc``),
+        keeps the fitted centres' dtype and gives the fit's labels to float32 and float64 rows,
+        NumPy and pandas alike (scikit-learn's own predict refused the other float width)."""
+        import warnings
+
+        import mlflow
+        import pandas as pd
+
+        from toolkit.registry import log_and_register
+        from toolkit.tracking import tracked_run
+
+        monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # stock mlflow.sklearn's opt-in
+        result = contract.baseline
+        native = contract.backend.native_model(result)
+        twin = contract.backend.to_sklearn(native)
+        fitted = input_dtype(twin)
+        model_name = f"contract-{name}"
+        with tracked_run("contract-twins", name) as run_id:
+            reg = log_and_register(native, twin, run_id=run_id, backend=name, native_name=model_name,
+                                   sklearn_name=f"{model_name}-sklearn", sample=contract.Xh[:500],
+                                   feature_names=["x0", "x1"])
+        uri = f"models:/{model_name}-sklearn/{reg.sklearn_version}"
+        plain, pyfunc = mlflow.sklearn.load_model(uri), mlflow.pyfunc.load_model(uri)
+        assert split_centered(plain)[0].cluster_centers_.dtype == fitted  # the fitted width is kept
+        expected = contract.labels(result)
+        for dtype in (np.float32, np.float64):
+            X = contract.Xh.astype(dtype)
+            for rows in (X, pd.DataFrame(X, columns=["x0", "x1"])):
+                for loaded in (plain, pyfunc):
+                    with warnings.catch_warnings():  # an array has no column names: scikit-learn says so
+                        warnings.simplefilter("ignore", UserWarning)
+                        labels = np.asarray(loaded.predict(rows)).ravel()
+                    np.testing.assert_array_equal(labels, expected, err_msg=f"{type(loaded).__name__} {dtype}")
 
     # -- every honoured hyperparameter does what it says -------------------------------------
     def test_n_clusters_sets_the_number_of_centres(self, contract):

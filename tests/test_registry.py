@@ -182,7 +182,8 @@ def test_search_twin_is_skops_with_signature_and_example(searched, mlc, tmp_path
     assert list(twin.feature_names_in_) == list(plain.feature_names_in_) == ["x0", "x1"]
     frame = pd.DataFrame(X, columns=["x0", "x1"])
     assert np.array_equal(plain.predict(frame), twin.predict(frame))
-    assert twin.n_clusters == native.n_clusters == outcome.best_params["n_clusters"]
+    # A Pipeline: the cast step (rows in the centres' float width), then the KMeans.
+    assert twin[-1].n_clusters == native.n_clusters == outcome.best_params["n_clusters"]
     assert np.array_equal(twin.predict(frame), native.predict(X))
     ex = example.to_numpy(np.float32)
     assert np.array_equal(twin.predict(example.astype(np.float32)), native.predict(ex))  # JSON: float64
@@ -250,11 +251,11 @@ def test_dask_backends_register_native_and_equal_twin(
     native_labels = to_numpy(native.predict(X)).ravel()
     # Rebuilt from centres and JSON, the native model predicts exactly the fitted one's labels.
     assert np.array_equal(native_labels, to_numpy(out.result.model.predict(X)).ravel())
-    # scikit-learn predicts rows of its centers' float width only (float64 for the dask twin).
+    # The twin's cast step gives rows its centres' float width (float64 for the dask twin): any works.
     import pandas as pd
 
-    dtype = twin.cluster_centers_.dtype
-    assert np.array_equal(native_labels, twin.predict(pd.DataFrame(X.astype(dtype), columns=["x0", "x1"])))
+    for dtype in (np.float32, np.float64):
+        assert np.array_equal(native_labels, twin.predict(pd.DataFrame(X.astype(dtype), columns=["x0", "x1"])))
     # ...so its pyfunc face (what `mlflow models serve` runs) casts requests to that width.
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}-sklearn/1")
     assert np.array_equal(pyfunc.predict(pd.DataFrame(X, columns=["x0", "x1"])), native_labels)

@@ -40,6 +40,7 @@ __all__ = [
     "CONVERSIONS",
     "Converter",
     "assert_equivalent",
+    "cast_dtype",
     "centered_model",
     "centers_of",
     "check_equivalent",
@@ -56,6 +57,7 @@ __all__ = [
     "to_cuml",
     "to_numpy",
     "to_sklearn",
+    "with_cast",
     "with_feature_names",
     "without_training_labels",
 ]
@@ -71,8 +73,9 @@ _CUML_MG = "cuml.cluster.kmeans_mg.KMeansMG"
 _CUML_DASK = "cuml.dask.cluster.kmeans.KMeans"
 _PIPELINE = "sklearn.pipeline.Pipeline"
 _SCALER = "sklearn.preprocessing._data.StandardScaler"
-#: The step names of a centred model (:func:`centered_model`).
-CENTRE_STEP, KMEANS_STEP = "centre", "kmeans"
+_FUNCTION_TRANSFORMER = "sklearn.preprocessing._function_transformer.FunctionTransformer"
+#: The step names of a centred model (:func:`centered_model`) and of a twin's cast (:func:`with_cast`).
+CENTRE_STEP, KMEANS_STEP, CAST_STEP = "centre", "kmeans", "cast"
 
 # Hyperparameters shared by scikit-learn and cuML KMeans (oversampling_factor is cuML/dask-ml only).
 _COMMON_PARAMS = ("n_clusters", "init", "n_init", "max_iter", "tol", "random_state")
@@ -123,12 +126,61 @@ def centered_model(model: Any, shift: Any) -> Any:
     return Pipeline([(CENTRE_STEP, centre), (KMEANS_STEP, model)])
 
 
+def _split_cast(model: Any) -> tuple[Any, np.dtype | None]:
+    """``(the rest, cast dtype)`` of a twin behind its cast step (:func:`with_cast`): the rest is
+    the k-means alone or a :func:`centered_model`; ``(model, None)`` when there is no cast step.
+
+    The step is checked exactly (``np.positive`` with a float32/float64 ``dtype`` and nothing
+    else): skops lets any numpy ufunc through a FunctionTransformer, this lets one identity.
+
+    Raises:
+        ModelError: the first step is named ``cast`` but is not that cast.
+    """
+    steps = list(getattr(model, "steps", [])) if class_key(model) == _PIPELINE else []
+    if not steps or steps[0][0] != CAST_STEP:
+        return model, None
+    cast = steps[0][1]
+    kw = getattr(cast, "kw_args", None)
+    ok = (
+        class_key(cast) == _FUNCTION_TRANSFORMER
+        and len(steps) in (2, 3)
+        and getattr(cast, "func", None) is np.positive
+        and isinstance(kw, dict) and list(kw) == ["dtype"] and kw["dtype"] in ("float32", "float64")
+        and all(getattr(cast, a, None) is None for a in ("inverse_func", "inv_kw_args", "feature_names_out"))
+        and getattr(cast, "validate", None) is True
+        and getattr(cast, "accept_sparse", None) is False
+    )
+    if not ok:
+        raise ModelError("a Pipeline whose cast step is not the twin's float cast",
+                         "register models through the toolkit")
+    rest = steps[1][1] if len(steps) == 2 else model[1:]
+    return rest, np.dtype(kw["dtype"])
+
+
+def cast_dtype(model: Any) -> np.dtype | None:
+    """The float width a twin's cast step (:func:`with_cast`) gives its rows, or None without one."""
+    return _split_cast(model)[1]
+
+
 def split_centered(model: Any) -> tuple[Any, np.ndarray | None]:
     """``(k-means, float64 shift)`` of a :func:`centered_model`; ``(model, None)`` for any other.
 
+    A twin's cast step (:func:`with_cast`) is looked through: ``(its k-means, shift or None)``.
+
     Raises:
-        ModelError: ``model`` is a Pipeline but not one :func:`centered_model` makes.
+        ModelError: ``model`` is a Pipeline but not one :func:`centered_model` or
+            :func:`with_cast` makes, or its cast is not to the float width its k-means predicts.
     """
+    rest, cast = _split_cast(model)
+    if cast is not None:
+        inner, shift = split_centered(rest)
+        if class_key(inner) == _PIPELINE:  # a cast in front of a cast
+            raise ModelError("a Pipeline of two cast steps", "register models through the toolkit")
+        want = np.dtype(np.float64) if shift is not None else _centres_dtype(inner)
+        if cast != want:
+            raise ModelError(f"a twin that casts rows to {cast} for a k-means that predicts {want}",
+                             "register models through the toolkit")
+        return inner, shift
     if class_key(model) != _PIPELINE:
         return model, None
     steps = list(getattr(model, "steps", []))
@@ -146,6 +198,52 @@ def split_centered(model: Any) -> tuple[Any, np.ndarray | None]:
         raise ModelError("a Pipeline that is not a centring step followed by a k-means",
                          "register models through the toolkit")
     return steps[1][1], shift
+
+
+def _centres_dtype(model: Any) -> np.dtype | None:
+    dtype = getattr(getattr(model, "cluster_centers_", None), "dtype", None)
+    return np.dtype(dtype) if dtype is not None and np.dtype(dtype) in (np.float32, np.float64) else None
+
+
+def with_cast(model: Any) -> Any:
+    """``Pipeline([("cast", FunctionTransformer(np.positive, kw_args={"dtype": ...})), *steps])``:
+    a scikit-learn twin that predicts float32 and float64 rows alike, loaded by stock MLflow.
+
+    scikit-learn's ``KMeans.predict`` keeps the rows' float width (it validates with
+    ``dtype=[np.float64, np.float32]``) and its Cython kernel then needs the centres' width:
+    rows of the other width fail with ``Buffer dtype mismatch``.  The cast step gives every row
+    the width the k-means predicts in (float64 for a :func:`centered_model`: its raw rows are
+    centred in float64), so the fitted centres keep their dtype.  Only types skops trusts by
+    default: a FunctionTransformer whose function is the numpy ufunc ``positive`` (the identity)
+    with a ``dtype`` given as text; :func:`split_centered` checks exactly that when it reads one.
+    The input columns' names move to the cast step (the first one sees the caller's frame).
+    ``model`` is a k-means or a :func:`centered_model` (with or without a cast already).
+    """
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    inner, shift = split_centered(model)
+    rest = _split_cast(model)[0]
+    names = getattr(rest, "feature_names_in_", None)
+    dtype = np.dtype(np.float64) if shift is not None else (_centres_dtype(inner) or np.dtype(np.float32))
+    if shift is None:
+        steps = [(KMEANS_STEP, _without_names(inner))]
+    else:
+        steps = [(CENTRE_STEP, _without_names(rest.steps[0][1])), (KMEANS_STEP, _without_names(inner))]
+    cast = FunctionTransformer(np.positive, kw_args={"dtype": dtype.name}, validate=True)
+    cast.n_features_in_ = int(np.asarray(centers_of(model)).shape[1])
+    if names is not None:
+        cast.feature_names_in_ = np.asarray(names, dtype=object)
+    return Pipeline([(CAST_STEP, cast), *steps])
+
+
+def _without_names(estimator: Any) -> Any:
+    """A shallow copy of ``estimator`` without ``feature_names_in_`` (it sees the cast's arrays)."""
+    if "feature_names_in_" not in vars(estimator):
+        return estimator
+    out = copy.copy(estimator)
+    del out.feature_names_in_
+    return out
 
 
 def centers_of(model: Any) -> np.ndarray:
@@ -293,6 +391,8 @@ def with_feature_names(model: Any, feature_names: Any) -> Any:
     width = int(np.asarray(centers_of(model)).shape[1])
     if names.ndim != 1 or len(names) != width:
         raise ValueError(f"{len(names)} feature names for a model of {width} features")
+    if cast_dtype(model) is not None:  # the names go to the cast step, the first one
+        return with_cast(with_feature_names(_split_cast(model)[0], names))
     inner, shift = split_centered(model)
     if shift is not None:  # the centring step checks the names; the k-means sees its output
         out = centered_model(inner, shift)
@@ -416,6 +516,10 @@ def without_training_labels(model: Any) -> Any:
     are not part of it (a scikit-learn twin carried 4 bytes per training row, 4 MB at 1M
     rows, and a multi-GPU model's combined copy held worker 0's rows only).
     """
+    if cast_dtype(model) is not None:
+        rest = _split_cast(model)[0]
+        stripped = without_training_labels(rest)
+        return model if stripped is rest else with_cast(stripped)
     inner, shift = split_centered(model)
     if shift is not None:
         stripped = without_training_labels(inner)
@@ -576,7 +680,8 @@ def input_dtype(model: Any, default: Any = np.float32) -> np.dtype:
     scikit-learn's ``predict`` refuses rows of another float width than ``cluster_centers_``
     (the ``dask`` backend's twin has float64 centers, models fitted on our data float32).
     """
-    if split_centered(model)[1] is not None:
+    model, shift = split_centered(model)  # a twin's cast step predicts what its k-means does
+    if shift is not None:
         return np.dtype(np.float64)  # raw rows, subtracted in float64 (see centered_model)
     dtype = getattr(getattr(model, "cluster_centers_", None), "dtype", None)
     if dtype is not None and np.dtype(dtype) in (np.float32, np.float64):

@@ -100,10 +100,13 @@ _PICKLE_FILE = "model.pkl"
 SKOPS_FILE = "model.skops"
 #: Types the twin's skops file may hold beyond skops' own defaults: the project's list, not the
 #: one an MLmodel file carries.  A twin of centred data is a Pipeline of a StandardScaler (the
-#: centring step) and the KMeans (:func:`toolkit.convert.centered_model`); its structure is
-#: checked after loading (:func:`toolkit.convert.split_centered`).
+#: centring step) and the KMeans (:func:`toolkit.convert.centered_model`); a twin registered now
+#: has a cast step in front, a FunctionTransformer of the ufunc ``numpy.positive`` (which skops
+#: trusts by default) that gives rows the centres' float width (:func:`toolkit.convert.with_cast`);
+#: its structure is checked after loading (:func:`toolkit.convert.split_centered`).
 TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.cluster._kmeans.KMeans", "sklearn.pipeline.Pipeline",
-                                        "sklearn.preprocessing._data.StandardScaler")
+                                        "sklearn.preprocessing._data.StandardScaler",
+                                        "sklearn.preprocessing._function_transformer.FunctionTransformer")
 
 # Distribution names whose versions are recorded when installed.
 _LIBRARIES = ("numpy", "scikit-learn", "dask", "dask-ml")
