@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from toolkit.convert import to_numpy, to_sklearn
+from toolkit.convert import predict_labels, to_numpy, to_sklearn
 from toolkit.kmeans_dask import DaskKMeans
 from toolkit.registry import CHAMPION, flavor, integrity, log_and_register, promote, stable
 from toolkit.tracking import tracked_run
@@ -56,8 +56,7 @@ def _register(name: str, backend: str, fitted, sample: np.ndarray, **kwargs):
 
 
 def _labels(model, X: np.ndarray) -> np.ndarray:
-    X = X.astype(to_numpy(model.cluster_centers_).dtype)
-    return np.asarray(to_numpy(model.predict(X))).ravel()
+    return predict_labels(model, X)  # in the model's float width (a twin casts anyway)
 
 
 def _file_hashes(mlc: MlflowClient, model_id: str, tmp_path) -> dict[str, str]:
@@ -97,7 +96,12 @@ def test_retrain_keeps_champion_ids(store, mlc, data, backend, seed):
     tags = mlc.get_model_version(name, "2").tags
     assert tags["stable.status"] == "matched to champion"
     assert tags["stable.champion_version"] == "1"
-    assert json.loads(tags["stable.mapping"]) == {str(i): i for i in range(5)}
+    assert json.loads(tags["stable.champion_ids"]) == {str(i): i for i in range(5)}
+    # stable.mapping is the renumbering applied: the raw fit's labels through it are the registered ones.
+    applied = json.loads(tags["stable.mapping"])
+    assert sorted(applied) == [str(i) for i in range(5)] and applied != {str(i): i for i in range(5)}
+    relabelled = np.array([applied[str(i)] for i in _labels(raw[0], reference)])
+    assert np.array_equal(relabelled, _labels(flavor.load_model(f"models:/{name}/2"), reference))
     assert float(tags["stable.churn"]) == 0.0
     assert json.loads(tags["stable.new_ids"]) == [] and json.loads(tags["stable.vanished_ids"]) == []
     distances = json.loads(tags["stable.matched_distance"])
@@ -105,6 +109,7 @@ def test_retrain_keeps_champion_ids(store, mlc, data, backend, seed):
     assert tags["stable.reference"] == "champion v1 (2000 rows)"
     twin_tags = mlc.get_model_version(f"{name}-sklearn", "2").tags
     assert twin_tags["stable.mapping"] == tags["stable.mapping"]
+    assert twin_tags["stable.champion_ids"] == tags["stable.champion_ids"]
     # The fitted model handed in is not changed: the copy was reordered.
     assert not np.array_equal(to_numpy(raw[0].cluster_centers_),
                               to_numpy(flavor.load_model(f"models:/{name}/2").cluster_centers_))
@@ -123,7 +128,8 @@ def test_retrain_with_one_more_cluster_adds_one_new_id(store, mlc, data, backend
     tags = mlc.get_model_version(name, "2").tags
     assert json.loads(tags["stable.new_ids"]) == [5]
     assert json.loads(tags["stable.vanished_ids"]) == []
-    assert json.loads(tags["stable.mapping"]) == {**{str(i): i for i in range(5)}, "5": None}
+    assert json.loads(tags["stable.champion_ids"]) == {**{str(i): i for i in range(5)}, "5": None}
+    assert sorted(json.loads(tags["stable.mapping"]).values()) == list(range(6))  # a renumbering of 6
     old, new = _labels(champion, reference), _labels(flavor.load_model(f"models:/{name}/2"), reference)
     kept = new != 5
     assert kept.any() and (~kept).any()

@@ -132,7 +132,14 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
     from toolkit.data import load_dataset
     from toolkit.errors import ConfigError
     from toolkit.tracking import log_dataset, log_params, log_tags, tags_for, tracked_run
-    from toolkit.train import backend_session, fit_and_score, log_fit, register_best, run_params
+    from toolkit.train import (
+        backend_session,
+        fit_and_score,
+        log_fit,
+        log_registered_centroids,
+        register_best,
+        run_params,
+    )
 
     champion, native_name, twin_name = _native_and_twin(model_name)
     start = champion_centers(champion)
@@ -163,6 +170,7 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
             metrics.update({f"refresh.center_shift.cluster_{i}": float(v) for i, v in enumerate(shifts)})
             log_fit(run_id, cfg, dataset, result, metrics, X, backend)
             registered = register_best(cfg, backend, result, X, dataset, run_id, metrics)
+            log_registered_centroids(run_id, cfg, dataset, result, X, backend, registered)
         _tag_versions(registered, champion.version)
     return RefreshOutcome(run_id, native_name, str(champion.version), result, metrics, shifts, registered)
 

@@ -31,8 +31,8 @@ from toolkit.tracking import (
     tracked_run,
 )
 
-__all__ = ["WARMUP_METRIC", "TrainOutcome", "backend_session", "fit_and_score", "log_fit", "register_best", "train",
-           "with_host_labels"]
+__all__ = ["WARMUP_METRIC", "TrainOutcome", "backend_session", "fit_and_score", "log_fit", "log_registered_centroids",
+           "register_best", "train", "with_host_labels"]
 
 
 @dataclass
@@ -175,19 +175,52 @@ def log_fit(
     log_metrics(run_id, metrics)
     if result.extra.get("init_fitted"):  # e.g. k-means++ fitted as k-means|| on multi-GPU cuML
         log_tags(run_id, {"model.init_fitted": result.extra["init_fitted"]})
+    return _log_fit_centroids(run_id, cfg, dataset, result, X, backend, artifact_path, writer)
+
+
+def _log_fit_centroids(run_id: str, cfg: ExperimentConfig, dataset: Dataset, result: FitResult, X: Any,
+                       backend: KMeansBackend | None, artifact_path: str, writer: Any,
+                       registered: Any = None) -> concurrent.futures.Future | None:
+    """The centroids (CSV + .npy) and their plot, in the fit's numbering or, given the
+    ``registered`` record, in the registered models' (:meth:`toolkit.registry.Registered.relabel`)."""
+    relabel = registered.relabel if registered is not None else (lambda a: a)
     plot_data = None
     if cfg.tracking.log_plot and X is not None and backend is not None:
         hX, hlabels = backend.host_view(X, result.labels)
         plot_data = sample_rows(hX, hlabels, cfg.tracking.plot_sample, cfg.metrics.seed)
-        plot_data = (dataset.raw(plot_data[0]), plot_data[1])
+        plot_data = (dataset.raw(plot_data[0]), None if plot_data[1] is None else relabel(plot_data[1]))
     # Fits run on the data as loaded (centred when toolkit.data had to): the record is in the
     # data's own coordinates.
-    args = (run_id, np.asarray(dataset.raw(result.centers)), dataset.feature_names, plot_data)
+    args = (run_id, relabel(np.asarray(dataset.raw(result.centers))), dataset.feature_names, plot_data)
     options = {"artifact_path": artifact_path, "title": f"{cfg.name}: {cfg.backend}, k={len(result.centers)}"}
     if writer is not None:
         return writer.submit(log_centroids, *args, **options)
     log_centroids(*args, **options)
     return None
+
+
+def log_registered_centroids(run_id: str, cfg: ExperimentConfig, dataset: Dataset, result: FitResult, X: Any,
+                             backend: KMeansBackend | None, registered: Any, artifact_path: str = "centroids",
+                             writer: Any = None) -> concurrent.futures.Future | None:
+    """Log ``result``'s centroids (and plot) again, in the numbering of the models registered
+    from it, when registration renumbered the clusters to keep the champion's IDs
+    (:mod:`toolkit.registry.stable`): the run's centroids, the registered model, its twin and
+    the plot then name each cluster alike.  Nothing is logged when the numbering is the fit's.
+
+    The run's ``stable.mapping`` tag records the renumbering (``{fitted id: registered id}``),
+    as the registered versions' tag of that name does.  Call it after the first write of the
+    same ``artifact_path`` has finished (the files are replaced).
+    """
+    if registered is None or getattr(registered, "order", None) is None:
+        return None
+    import json
+
+    applied = {str(int(raw)): new_id for new_id, raw in enumerate(registered.order)}
+    log_tags(run_id, {"stable.mapping": json.dumps(dict(sorted(applied.items(), key=lambda kv: int(kv[0])))),
+                      f"{artifact_path}.numbering": f"renumbered to the cluster IDs of {registered.native_name} "
+                                                    f"v{registered.native_version} (stable.mapping: fitted -> "
+                                                    "registered)"})
+    return _log_fit_centroids(run_id, cfg, dataset, result, X, backend, artifact_path, writer, registered)
 
 
 def run_params(cfg: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:
@@ -243,6 +276,8 @@ def train(
             if "warmup_seconds" in result.extra:  # its own metric: fit_seconds is the fit alone
                 log_metrics(run_id, {WARMUP_METRIC: float(result.extra["warmup_seconds"])})
             registered = register_best(cfg, backend, result, X, dataset, run_id, metrics) if register else None
+            # Renumbered to the champion's IDs on registration: the run's centroids follow.
+            log_registered_centroids(run_id, cfg, dataset, result, X, backend, registered)
             if client is None and dclient is not None:
                 # The cluster started here closes with this block: lazy labels would point at it.
                 result = with_host_labels(result)

@@ -34,6 +34,7 @@ from toolkit.convert import (
     class_key,
     input_dtype,
     split_centered,
+    with_cast,
     with_feature_names,
     without_training_labels,
 )
@@ -64,6 +65,22 @@ class Registered:
     sklearn_uri: str | None
     native_model_id: str | None = None
     sklearn_model_id: str | None = None
+    #: The renumbering applied to match the champion's IDs: ``order[registered id]`` is the fit's
+    #: own id of that cluster; None when the models keep the fitted numbering.
+    order: list[int] | None = None
+
+    def relabel(self, fitted: Any) -> Any:
+        """``fitted`` per-cluster rows (centres, ...) or labels in the registered numbering."""
+        if self.order is None:
+            return fitted
+        return np.asarray(fitted)[self.order] if np.ndim(fitted) == 2 else _inverse(self.order)[np.asarray(fitted)]
+
+
+def _inverse(order: list[int]) -> np.ndarray:
+    """``inverse[fitted id] = registered id`` of a renumbering ``order``."""
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    return inverse
 
 
 def sklearn_requirements() -> list[str]:
@@ -115,6 +132,8 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
     # and refuses other columns, like a model fitted on a frame (a copy: the caller's model,
     # perhaps the native one itself, keeps predicting unnamed arrays).
     twin = with_feature_names(without_training_labels(twin), feature_names)
+    # A cast step in front: stock mlflow.sklearn predicts float32 and float64 rows alike.
+    twin = with_cast(twin)
 
     def save(local: str, mlmodel: Any) -> dict[str, str]:
         mlflow.sklearn.save_model(
@@ -133,7 +152,8 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
         return {integrity.FORMAT_TAG: flavor.SKOPS, integrity.CLASS_TAG: class_key(split_centered(twin)[0]),
                 integrity.SHAPE_TAG: f"{centers.shape[0]}x{centers.shape[1]}"}
 
-    params = {k: v for k, v in twin.get_params(deep=False).items() if isinstance(v, (str, int, float, bool))}
+    kmeans = split_centered(twin)[0]  # the k-means' hyperparameters, not its Pipeline's
+    params = {k: v for k, v in kmeans.get_params(deep=False).items() if isinstance(v, (str, int, float, bool))}
     return integrity.log_model_dir(run_id, SKLEARN_PATH, save, model_type="sklearn_twin", params=params,
                                    tags={"kind": "sklearn_twin", **tags}, metrics=metrics)
 
@@ -241,12 +261,15 @@ def log_and_register(
     sample = sample if sample.dtype == np.float64 else sample.astype(np.float32)
     names = _names_for(feature_names, sample.shape[1])
     stable_tags: dict[str, str] = {}
+    order: list[int] | None = None
     champion = champion_of(native_name) if register else None
     if register and stable_labels:
         try:
             # Reordered copies, before anything is logged: the registered files are never rewritten.
             st = stable.stabilize(native_model, twin, champion, sample)
             native_model, twin, stable_tags = st.native, st.twin, st.tags
+            if st.matching is not None and not st.matching.is_identity:
+                order = [int(i) for i in st.matching.order]
             if profile is not None and st.matching is not None:  # the profile follows the IDs
                 profile = profile.reorder(st.matching.order)
         except ModelError as exc:
@@ -323,7 +346,7 @@ def log_and_register(
             "check the conversion for this backend (toolkit/convert.py)",
         )
     return Registered(native_name, native_ver, sklearn_name, sk_ver, agreement, native.uri, sk_uri,
-                      native.model_id, sk_id)
+                      native.model_id, sk_id, order)
 
 
 def model_experiment(name: str | None, version: str | None, model_id: str | None = None) -> str | None:

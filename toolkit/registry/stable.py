@@ -15,8 +15,12 @@ An estimator's labels are the rows of its ``cluster_centers_``, so its IDs are a
   (``stable.new_ids``);
 * fewer: the champion clusters left without a match are recorded as vanished
   (``stable.vanished_ids``); a matched cluster whose champion ID is ``>= k`` cannot keep it and
-  takes the lowest free ID (``stable.mapping`` then says ``{new_id: old_id}`` with the two
-  different).
+  takes the lowest free ID (``stable.champion_ids`` then says ``{id: champion's id}`` with the
+  two different).
+
+``stable.mapping`` is the renumbering applied: ``{fitted id: registered id}`` (the fit's own
+numbering, as its labels came out, to the IDs the registered models predict).  The run that
+made the model logs its centroids in the registered numbering too (:mod:`toolkit.train`).
 
 The **churn** is the share of a reference sample whose label changes between the champion and
 the (reordered) challenger.  The reference sample is the registration sample, stored with every
@@ -86,6 +90,11 @@ class Matching:
     def is_identity(self) -> bool:
         return bool(np.array_equal(self.order, np.arange(len(self.order))))
 
+    @property
+    def applied(self) -> dict[int, int]:
+        """The renumbering: ``{fitted id: registered id}`` (``stable.mapping``)."""
+        return dict(sorted((int(raw), new_id) for new_id, raw in enumerate(self.order.tolist())))
+
 
 def match_centers(new: Any, old: Any) -> Matching:
     """Match the centres ``new`` (k_new x d) to the champion's ``old`` (k_old x d).
@@ -141,10 +150,10 @@ def reorder(model: Any, order: np.ndarray) -> Any:
     order = np.asarray(order, dtype=np.int64)
     if np.array_equal(order, np.arange(len(order))):
         return model
-    inner, shift = split_centered(model)
-    if shift is not None:  # a model of centred data: its k-means is reordered, its centring step kept
+    inner = split_centered(model)[0]
+    if inner is not model:  # centred, or a twin with its cast: its k-means (the last step) is reordered
         out = copy.copy(model)
-        out.steps = [model.steps[0], (model.steps[1][0], reorder(inner, order))]
+        out.steps = [*model.steps[:-1], (model.steps[-1][0], reorder(inner, order))]
         return out
     if flavor.model_device(model) == "gpu":  # pragma: no cover - GPU
         from toolkit.convert import to_cuml, to_sklearn
@@ -266,7 +275,9 @@ def stabilize(native: Any, twin: Any, champion: Any | None, sample: np.ndarray) 
     tags = {
         f"{TAG_PREFIX}status": "matched to champion",
         f"{TAG_PREFIX}champion_version": str(champion.version),
-        f"{TAG_PREFIX}mapping": _tag_json({str(k): v for k, v in match.mapping.items()}),
+        # The renumbering applied (fitted id -> registered id); and each registered id's champion id.
+        f"{TAG_PREFIX}mapping": _tag_json({str(k): v for k, v in match.applied.items()}),
+        f"{TAG_PREFIX}champion_ids": _tag_json({str(k): v for k, v in match.mapping.items()}),
         f"{TAG_PREFIX}matched_distance": _tag_json({str(k): round(v, 6) for k, v in match.distances.items()}),
         f"{TAG_PREFIX}new_ids": _ids_json(match.new_ids),
         f"{TAG_PREFIX}vanished_ids": _ids_json(match.vanished_ids),

@@ -61,6 +61,13 @@ class TrialLoop:
         # instead of refitted (k x d centres each, so keeping them all costs little).
         self._fits: dict[tuple, TrialResult] = {}
 
+    def start_from_best(self, value: float | None) -> None:
+        """Start the best so far at ``value``: a resumed study's best before this run's trials, so
+        the progress line shows the study's best, not the best of the trials run since."""
+        if value is not None and self.better(value, self.best):
+            self.best = value
+            self.bar.set_postfix(best=f"{self.best:.4g}", refresh=False)
+
     def full_fit(self, params: dict[str, Any]) -> TrialResult | None:
         """The finished trial that fitted exactly ``params`` on all the data, if one did."""
         return self._fits.get(_params_key(params))

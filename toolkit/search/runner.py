@@ -54,7 +54,7 @@ from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, Trial
 from toolkit.tracking import log_dataset, log_metrics, log_params, log_tags, tags_for, tracked_run
 from toolkit.tracking.runs import client, tracking_uri
 from toolkit.tracking.writer import shared_writer
-from toolkit.train import backend_session, fit_and_score, log_fit, register_best, run_params
+from toolkit.train import backend_session, fit_and_score, log_fit, log_registered_centroids, register_best, run_params
 
 __all__ = ["BEST_FROM_TAG", "BEST_MODEL_TAG", "SearchOutcome", "search"]
 
@@ -178,6 +178,8 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
         n_to_run = cfg.search.n_trials
     loop = TrialLoop(cfg, parent, study_name, dataset, direction, n_to_run,
                      {"backend": cfg.backend, "search.parallelism": mode})
+    if resumed and study is not None:
+        loop.start_from_best(_study_best(study))
     cv = None
     t_loop = time.perf_counter()
     runner: TrialRunner | None = None
@@ -200,6 +202,7 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
     baseline = _start_baseline(dataset, cfg.model.random_state, cfg.search.baseline_sample)
     counts, figures = summarise(cfg, loop, parent, study, cv)
     jobs = [figures]
+    best_job = None  # the writer's job logging best_model/
     with _joined(jobs):
         if study is not None and cfg.search.fidelity.enabled:
             log_budget(cfg, study, parent, dataset.n_samples)
@@ -235,8 +238,9 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
                 fit, metrics = fit_and_score(backend, X, best_model, search_metrics(cfg), dataset.y)
                 log_tags(parent, {BEST_FROM_TAG: "refit of the best parameters on all rows"})
             # The centroids' CSV and plot are drawn by the writer process, like the figures.
-            jobs.append(log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model",
-                                writer=shared_writer()))
+            best_job = log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model",
+                               writer=shared_writer())
+            jobs.append(best_job)
             outcome.best_fit, outcome.best_metrics = fit, metrics
         if outcome.best_fit is not None and register:
             # Registration's one-time imports now, while the baseline's thread and the writer's
@@ -255,10 +259,29 @@ def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: s
             if register:
                 outcome.registered = register_best(cfg, backend, outcome.best_fit, X, dataset, parent,
                                                    outcome.best_metrics, search_parent_run_id=parent)
+                if outcome.registered.order is not None:
+                    # Renumbered to the champion's IDs: best_model/ is written again in those IDs,
+                    # after its first write (the same files) is done.
+                    if best_job is not None:
+                        best_job.result()
+                    jobs.append(log_registered_centroids(parent, cfg, dataset, outcome.best_fit, X, backend,
+                                                         outcome.registered, artifact_path="best_model",
+                                                         writer=shared_writer()))
             if on_best is not None:
                 on_best(outcome, backend, X, dataset)
             log_tags(parent, {BEST_MODEL_TAG: repr(best_value)})
         return outcome
+
+
+def _study_best(study: Any) -> float | None:
+    """The best value of a single-objective study's completed trials (None: none, or several
+    objectives, which have no one best)."""
+    from optuna.trial import TrialState
+
+    if len(study.directions) != 1:
+        return None
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return float(study.best_value) if done else None
 
 
 def _start_baseline(dataset: Dataset, seed: int, sample: int) -> concurrent.futures.Future | None:
