@@ -23,6 +23,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from toolkit.config import MonitoringConfig, load_experiment
+from toolkit.convert import centers_of
 from toolkit.monitoring import PROFILE_FILE, compare, drift_report, log_drift_report
 from toolkit.monitoring.profile import (
     build_profile,
@@ -233,7 +234,7 @@ def test_scoring_reads_the_input_once(predictor, tmp_path):
     # And the statistics equal a single pass over the same rows with the same labels.
     _, parts = dask.compute(plan.write, plan.stats_parts)
     labels = predictor.model.predict(X)
-    single = partial_stats(X, labels, np.asarray(predictor.model.cluster_centers_), plan.edges)
+    single = partial_stats(X, labels, np.asarray(centers_of(predictor.model)), plan.edges)
     assert np.array_equal(stats_from_frame(parts, plan.edges, 4).counts, single.counts)
 
 

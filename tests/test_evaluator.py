@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from toolkit.convert import input_dtype, to_numpy, to_sklearn
+from toolkit.convert import centers_of, input_dtype, to_numpy, to_sklearn
 from toolkit.errors import ModelError
 from toolkit.evaluation import verified_pyfunc
 from toolkit.evaluation.scores import DISTANCE_QUANTILES
@@ -72,7 +72,7 @@ def _expected(uri: str, X: np.ndarray, y: np.ndarray | None) -> dict[str, float]
     model = flavor.load_model(uri)  # verified
     Xm = X.astype(input_dtype(model))
     labels = np.asarray(to_numpy(model.predict(Xm))).ravel()
-    centers = np.asarray(to_numpy(model.cluster_centers_), dtype=np.float64)
+    centers = np.asarray(centers_of(model), dtype=np.float64)
     inertia = float(((Xm - centers[labels]) ** 2).sum())
     out = cluster_metrics(Xm, labels, len(centers), inertia=inertia, y_true=y, seed=0)
     sizes = np.bincount(labels, minlength=len(centers))
@@ -183,7 +183,7 @@ def _labels(uri: str, X: np.ndarray) -> np.ndarray:
 def _distances(uri: str, X: np.ndarray) -> np.ndarray:
     model = flavor.load_model(uri)
     Xm = X.astype(input_dtype(model))
-    centers = np.asarray(to_numpy(model.cluster_centers_), dtype=np.float64)
+    centers = np.asarray(centers_of(model), dtype=np.float64)
     return np.sqrt(((Xm - centers[_labels(uri, X)]) ** 2).sum(axis=1))
 
 

@@ -163,3 +163,30 @@ def test_resumed_search_progress_shows_the_study_best(tracking_uri, client, tmp_
     lines = [ln for ln in out.splitlines() if ln.startswith(f"search {first.study_name}:") and "best=" in ln]
     assert lines, out
     assert f"best={max(values):.4g}" in lines[-1], lines
+
+
+def test_search_best_model_centroids_follow_the_registered_ids(tracking_uri, client, tmp_path):
+    """A search registering into a name with a champion: its parent's ``best_model/`` centroids
+    are written again in the registered IDs (after the writer's first write of them)."""
+    mlc = MlflowClient(tracking_uri)
+    name = "one-record-search"
+    train(_train_cfg("sklearn", name, SEEDS[1]), register=True)  # the search fits with seed 0
+    cfg = load_experiment(BLOBS, [
+        "data.n_samples=2000", "metrics.silhouette_sample=500", "search.n_trials=2", "search.sampler=random",
+        "search.space.n_clusters.low=6", "search.space.n_clusters.high=6", "search.space.init=[random]",
+        "search.baseline_sample=0", f"registry.native_name={name}", f"registry.sklearn_name={name}-sklearn",
+        f"search.storage={tmp_path / 'studies.log'}"])
+    out = search(cfg, client=client, register=True)
+    assert out.registered.native_version == "2"
+    local = Path(mlc.download_artifacts(out.parent_run_id, "best_model", str(tmp_path / "best")))
+    logged = np.load(local / "centroids.npy", allow_pickle=False)
+    from toolkit.data import load_dataset
+
+    X = load_dataset(cfg.data).X
+    by_centroids = _nearest(logged, X)
+    for uri in (f"models:/{name}/2", f"models:/{name}-sklearn/2"):
+        np.testing.assert_array_equal(predict_labels(flavor.load_model(uri), X), by_centroids)
+    applied = json.loads(mlc.get_model_version(name, "2").tags["stable.mapping"])
+    assert applied != {str(i): i for i in range(6)}, "pick a search whose best fit numbers the blobs differently"
+    assert json.loads(mlc.get_run(out.parent_run_id).data.tags["stable.mapping"]) == applied
+    assert "best_model.numbering" in mlc.get_run(out.parent_run_id).data.tags

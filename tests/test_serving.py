@@ -159,12 +159,13 @@ def test_twin_logged_before_column_names_still_loads_and_predicts(registered, lo
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    from toolkit.convert import sklearn_from_centers
+    from toolkit.convert import centers_of, sklearn_from_centers, split_centered
     from toolkit.registry import integrity
     from toolkit.tracking import tracked_run
 
     _, X, twin = registered
-    old = sklearn_from_centers(twin.cluster_centers_, params=twin)  # no names, as twins were
+    # no names and no cast step, as twins were
+    old = sklearn_from_centers(centers_of(twin), params=split_centered(twin)[0])
     frame = pd.DataFrame(X[:50], columns=["x0", "x1"])
     shape = "x".join(map(str, old.cluster_centers_.shape))
 
