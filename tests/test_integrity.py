@@ -163,8 +163,9 @@ def test_stores_never_share_studies(two_stores, client, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", a)
     first = search(_cfg("shared", "registry.register_best=false"), client=client)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", b)
-    # resume=true in a fresh store: nothing of store a's study is visible here
-    second = search(_cfg("shared", "registry.register_best=false", "search.resume=true"), client=client)
+    # resume in a fresh store: nothing of store a's study is visible here (resume=true would be
+    # the one-line "no study to resume" error; auto starts fresh)
+    second = search(_cfg("shared", "registry.register_best=false", "search.resume=auto"), client=client)
     assert not second.resumed and second.parent_run_id != first.parent_run_id
     assert Path(default_storage(a)).exists() and Path(default_storage(b)).exists()
     assert not (Path.cwd() / "optuna.log").exists()
