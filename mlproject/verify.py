@@ -72,7 +72,16 @@ def check(uri: str) -> str | None:
     from toolkit.registry.integrity import fetch_verified
 
     try:
-        fetch_verified(uri).cleanup()
+        verified = fetch_verified(uri)
+        try:
+            if not verified.signed:
+                # A gate fails closed: KMEANS_LIFECYCLE_ALLOW_UNSIGNED lets a load through on the
+                # store's checksums, which anyone who can write the store can rewrite.
+                return (f"{verified.label} is not signed (only the tracking store's checksums vouch for it) -- fix: "
+                        f"migrate it to a new signed version (mlflow run . -e migrate -P model_name=NAME "
+                        "-P trust=unsigned)")
+        finally:
+            verified.cleanup()
     except ToolkitError as exc:
         return str(exc)
     except Exception as exc:  # a gate fails closed: an error checking is a failure too
@@ -106,7 +115,8 @@ def main() -> int:
         raise ModelError(f"{failed} of {len(uris)} model(s) failed verification ({what}); see the FAILED lines",
                          "do not deploy them: restore their files from a trusted copy, or re-register the model "
                          "and promote the new version")
-    say(f"verified {what}: {len(uris)} passed, 0 failed; every file matches the tracking store's record")
+    say(f"verified {what}: {len(uris)} passed, 0 failed; each is signed by a trusted key and its files are "
+        "exactly the signed ones")
     return 0
 
 

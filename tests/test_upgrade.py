@@ -306,6 +306,11 @@ def test_the_checksum_era_store_is_refused_then_migrated_with_trust_unsigned(che
     with monkeypatch.context() as mp:  # the reference: the old files, on the store's checksums
         mp.setenv(signing.ALLOW_UNSIGNED_ENV, "1")
         expected = {v: predict_labels(load_model(f"models:/{NATIVE}/{v}"), X) for v in ("1", "2")}
+        # ... but the CI/CD gate fails closed: the store's checksums are not a signature.
+        from mlproject.verify import check
+
+        reason = check(f"models:/{NATIVE}/1")
+        assert reason is not None and "is not signed" in reason and "-e migrate" in reason, reason
     c = MlflowClient()
     run = c.create_run(c.get_experiment_by_name("blobs").experiment_id, run_name="migrate").info.run_id
     results = migrate(NATIVE, "unsigned", run_id=run)
