@@ -45,25 +45,12 @@ def version_uris(name: str) -> list[str]:
         ModelError: no such registered model, or it has no version.
     """
     from toolkit.errors import ModelError
-    from toolkit.tracking.runs import client
+    from toolkit.registry.integrity import registered_versions
 
-    c = client()
-    try:
-        c.get_registered_model(name)
-    except Exception:
-        raise ModelError(f"registered model {name!r} does not exist",
-                         "check the name (mlflow ui, Models tab)") from None
-    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
-    versions, token = [], None
-    while True:
-        page = c.search_model_versions(f"name='{quoted}'", page_token=token)
-        versions += [v for v in page if v.name == name]
-        token = getattr(page, "token", None)
-        if not token:
-            break
+    versions = registered_versions(name)
     if not versions:
         raise ModelError(f"registered model {name!r} has no versions", "register one with a search")
-    return [f"models:/{name}/{v}" for v in sorted({int(v.version) for v in versions})]
+    return [f"models:/{name}/{v.version}" for v in versions]
 
 
 def check(uri: str) -> str | None:

@@ -50,6 +50,7 @@ __all__ = [
     "log_model_dir",
     "manifest_of",
     "model_id_of_version",
+    "registered_versions",
     "sha256_file",
     "verify",
 ]
@@ -247,6 +248,28 @@ def model_id_of_version(mv: Any) -> str:
             _migrate_fix(mv.name, "pickle" if (mv.tags or {}).get("kind") != "sklearn_twin" else "unsigned"),
         )
     return str(model_id)
+
+
+def registered_versions(name: str, missing_fix: str = "check the name (mlflow ui, Models tab)") -> list[Any]:
+    """Every version of registered model ``name`` (all pages), oldest first.
+
+    Raises:
+        ModelError: no registered model of that name (``missing_fix`` is the fix it names).
+    """
+    c = _client()
+    try:
+        c.get_registered_model(name)
+    except Exception:
+        raise ModelError(f"registered model {name!r} does not exist", missing_fix) from None
+    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+    versions, token = [], None
+    while True:
+        page = c.search_model_versions(f"name='{quoted}'", page_token=token)
+        versions += [v for v in page if v.name == name]  # the filter is a pattern for some stores
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    return sorted({int(v.version): v for v in versions}.values(), key=lambda v: int(v.version))
 
 
 def get_version(name: str, alias: str) -> Any:

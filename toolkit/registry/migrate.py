@@ -394,21 +394,14 @@ def _migrated_to(mv: Any) -> str | None:
 
 
 def _versions(name: str, version: str | None) -> list[Any]:
-    c = client()
+    if version is None:
+        return integrity.registered_versions(name)
+    integrity.registered_versions(name)  # the model's own one-line error first
     try:
-        c.get_registered_model(name)
+        return [client().get_model_version(name, version)]
     except Exception:
-        raise ModelError(f"registered model {name!r} does not exist",
-                         "check the name (mlflow ui, Models tab)") from None
-    if version is not None:
-        try:
-            return [c.get_model_version(name, version)]
-        except Exception:
-            raise ModelError(f"version {version!r} of registered model {name!r} does not exist",
-                             f"leave the version out to migrate every version of {name!r}") from None
-    quoted = name.replace("\\", "\\\\").replace("'", "\\'")
-    found = [v for v in c.search_model_versions(f"name='{quoted}'", max_results=10_000) if v.name == name]
-    return sorted(found, key=lambda v: int(v.version))
+        raise ModelError(f"version {version!r} of registered model {name!r} does not exist",
+                         f"leave the version out to migrate every version of {name!r}") from None
 
 
 def _twin_of(mv: Any) -> tuple[str, str] | None:
