@@ -10,7 +10,6 @@ pickles would create a marker file; each test asserts the marker was never creat
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import shutil
 import sys
@@ -20,6 +19,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from _payloads import Boom as _Boom
 from mlflow import MlflowClient
 from sklearn.cluster import KMeans
 
@@ -36,15 +36,6 @@ FEATURES = ["x0", "x1"]
 def mlc(store):
     return MlflowClient(tracking_uri=store, registry_uri=store)
 
-
-class _Boom:
-    """Unpickling this runs ``touch <marker>``: the attack the checks must stop."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 class _Untrusted:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _payloads import Boom as _Boom
 from mlflow import MlflowClient
 from sklearn.cluster import KMeans
 
@@ -37,15 +38,6 @@ FEATURES = ["x0", "x1"]
 def mlc(store):
     return MlflowClient(tracking_uri=store, registry_uri=store)
 
-
-class _Boom:
-    """Unpickling this runs ``touch <marker>``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _keys(tmp_path: Path, name: str, algorithm: str = "ecdsa-p256") -> tuple[Path, Path]:

@@ -44,6 +44,7 @@ import numpy as np
 import pytest
 import yaml
 from _mlflow_run import REPO, run_env
+from _payloads import Boom as _Boom
 from _servers import free_port, stop, wait_ready
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -60,15 +61,6 @@ FEATURES = ["x0", "x1"]
 PICKLE_FLAG = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 TAMPERINGS = ("a", "b", "c", "d", "e")
 
-
-class _Boom:
-    """Unpickling this runs ``touch <marker>``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @dataclass
