@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from _records import children, running
-from _servers import free_port, kill_group, stop, wait_ready
+from _servers import free_port, kill_group, server_env, stop, wait_ready
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.slow]
@@ -185,7 +185,7 @@ class _Server:
              "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
             cwd=self.root, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
-            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
+            env=server_env())
         wait_ready(self.proc, f"http://127.0.0.1:{self.port}/health", log, "mlflow server", limit_s=120)
 
     def signal(self, sig: int) -> None:
