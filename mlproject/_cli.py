@@ -324,9 +324,7 @@ def run_main(main: Callable[[], int | None], *, uses_store: bool = True) -> None
         _scrub_launcher_params()
         code = main() or 0
     except ToolkitError as exc:
-        _fail_active_run(exc)
-        print(redact(f"error: {exc}"), file=sys.stderr)
-        _exit(2, as_program)
+        _refuse(exc, as_program)
     except KeyboardInterrupt as exc:
         _fail_active_run(exc)
         print("error: interrupted", file=sys.stderr)
@@ -334,14 +332,19 @@ def run_main(main: Callable[[], int | None], *, uses_store: bool = True) -> None
     except Exception as exc:
         full = disk_full(exc)  # a full disk is the user's to fix: one line, not a traceback
         if full is not None:
-            _fail_active_run(full)
-            print(redact(f"error: {full}"), file=sys.stderr)
-            _exit(2, as_program)
+            _refuse(full, as_program)
         _fail_active_run(exc)
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
         print(redact(f"error: {type(exc).__name__}: {first_line(exc)}"), file=sys.stderr)
         _exit(1, as_program)
     _exit(int(code), as_program)
+
+
+def _refuse(error: ToolkitError, as_program: bool) -> typing.NoReturn:
+    """A problem the user can fix: the run FAILED with it, its one line on stderr, exit 2."""
+    _fail_active_run(error)
+    print(redact(f"error: {error}"), file=sys.stderr)
+    _exit(2, as_program)
 
 
 def _exit(code: int, as_program: bool) -> typing.NoReturn:

@@ -52,6 +52,7 @@ __all__ = [
     "model_id_of_version",
     "registered_versions",
     "sha256_file",
+    "twin_of",
     "verify",
 ]
 
@@ -248,6 +249,14 @@ def model_id_of_version(mv: Any) -> str:
             _migrate_fix(mv.name, "pickle" if (mv.tags or {}).get("kind") != "sklearn_twin" else "unsigned"),
         )
     return str(model_id)
+
+
+def twin_of(mv: Any) -> tuple[str, str] | None:
+    """(name, version) of the registered twin linked to version ``mv`` by its ``twin.*`` tags, or None."""
+    tags = mv.tags or {}
+    if tags.get("twin.name") and tags.get("twin.version"):
+        return tags["twin.name"], tags["twin.version"]
+    return None
 
 
 def registered_versions(name: str, missing_fix: str = "check the name (mlflow ui, Models tab)") -> list[Any]:

@@ -404,17 +404,11 @@ def _versions(name: str, version: str | None) -> list[Any]:
                          f"leave the version out to migrate every version of {name!r}") from None
 
 
-def _twin_of(mv: Any) -> tuple[str, str] | None:
-    tags = mv.tags or {}
-    if tags.get("twin.name") and tags.get("twin.version"):
-        return tags["twin.name"], tags["twin.version"]
-    return None
-
 
 def _pair(mv: Any) -> tuple[Any, Any | None]:
     """(native version, twin version or None) of the pair ``mv`` belongs to."""
     c = client()
-    other = _twin_of(mv)
+    other = integrity.twin_of(mv)
     if other is None:
         return mv, None
     with contextlib.suppress(Exception):

@@ -25,7 +25,7 @@ from toolkit.errors import ModelError, option_hint
 from toolkit.evaluation.scores import score_clustering
 from toolkit.metrics import METRIC_DIRECTIONS
 from toolkit.registry import stable
-from toolkit.registry.integrity import get_version  # re-exported: part of this module's API
+from toolkit.registry.integrity import get_version, twin_of  # get_version re-exported: part of this API
 from toolkit.tracking.runs import client
 
 __all__ = ["PromotionResult", "champion_of", "evaluate_version", "get_version", "promote"]
@@ -65,7 +65,7 @@ def _load_scoring(mv: Any) -> tuple[Any, np.ndarray | None]:
 
     tags = mv.tags or {}
     own = f"models:/{mv.name}/{mv.version}"
-    twin = _twin_of(mv)
+    twin = twin_of(mv)
     if tags.get("kind") == "sklearn_twin" or twin is None:
         loaded = stable.load_with_reference(own)
         if twin is not None:
@@ -94,12 +94,6 @@ def _better(a: float, b: float, direction: str) -> bool:
         return not math.isnan(a)
     return a > b if direction == "maximize" else a < b
 
-
-def _twin_of(mv: Any) -> tuple[str, str] | None:
-    tags = mv.tags or {}
-    if tags.get("twin.name") and tags.get("twin.version"):
-        return tags["twin.name"], tags["twin.version"]
-    return None
 
 
 def _churn_figure(value: float, limit: float) -> tuple[str, str]:
@@ -220,7 +214,7 @@ def champion_of(name: str) -> Any | None:
 def _move_champion(name: str, challenger: Any, champion: Any, tags: dict[str, str], reason: str) -> None:
     c = client()
     pairs = [(name, challenger, champion)]
-    twin = _twin_of(challenger)
+    twin = twin_of(challenger)
     if twin is not None:
         pairs.append((twin[0], c.get_model_version(twin[0], twin[1]), champion_of(twin[0])))
     for model_name, new, old in pairs:
