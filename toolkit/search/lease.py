@@ -27,6 +27,7 @@ import time
 import uuid
 from typing import Any
 
+from toolkit._compat import optuna_study_id
 from toolkit.errors import ConfigError, option_hint
 
 __all__ = ["LEASE_INTERVAL_S", "DriverLease", "lease_name"]
@@ -49,7 +50,7 @@ def _epochs(storage: Any, study_name: str) -> list[tuple[int, int]]:
     out = []
     for s in storage.get_all_studies():
         if s.study_name.startswith(prefix) and s.study_name[len(prefix):].isdigit():
-            out.append((int(s.study_name[len(prefix):]), s._study_id))
+            out.append((int(s.study_name[len(prefix):]), optuna_study_id(s)))
     return sorted(out)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit._compat import optuna_trial_id
 from toolkit.config import ExperimentConfig, ModelConfig
 from toolkit.console import progress
 from toolkit.data import Dataset
@@ -333,7 +334,7 @@ def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: Tr
         for res, value, trial, pruned, rung in told:
             retried = {"trial.attempts": str(res.attempts)} if res.attempts > 1 else {}
             lost = {"trial.infrastructure_failure": "true"} if res.infra else {}
-            tags = {"optuna.trial_id": str(trial._trial_id), **retried, **lost}
+            tags = {"optuna.trial_id": str(optuna_trial_id(trial)), **retried, **lost}
             rungs = None
             if fid.enabled:
                 tags.update({RUNG_TAG: str(rung), "search.rungs": str(last + 1)})

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit._compat import optuna_set_trial_user_attr
 from toolkit.config import ExperimentConfig
 from toolkit.errors import ConfigError, option_hint
 from toolkit.redact import redact
@@ -96,7 +97,7 @@ def settle(cfg: ExperimentConfig, study: Any, parent_run_id: str, feature_names:
     stale = stale_trials(study)
     for t in stale:
         # Remembered so that a resume re-runs it (an interrupted trial is not a finished one).
-        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+        optuna_set_trial_user_attr(study, t, INTERRUPTED_ATTR, True)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         if t.number in numbered:
             continue
