@@ -118,22 +118,23 @@ def test_several_empty_clusters_deterministic(client):
     assert np.bincount(a.labels_.compute(), minlength=6).min() > 0
 
 
-def test_engines_agree(client, monkeypatch):
+def test_engines_agree(client):
     """Actors on the event loop, actors in their thread, pinned tasks: the same fit."""
-    import toolkit.kmeans_dask.engines as engines
-
     X = _data(3000, 3, 10)
     C0 = _init(X, 4, 10)
     Xd = _persisted(client, X)
-    inline = DaskKMeans(4, init=C0).fit(Xd, client=client, engine="actors")
-    monkeypatch.setattr(engines, "_INLINE_VALUES", 0)
-    threaded = DaskKMeans(4, init=C0).fit(Xd, client=client, engine="actors")
+    inline = DaskKMeans(4, init=C0, actor_kernels="event_loop").fit(Xd, client=client, engine="actors")
+    threaded = DaskKMeans(4, init=C0, actor_kernels="thread").fit(Xd, client=client, engine="actors")
     tasks = DaskKMeans(4, init=C0).fit(Xd, client=client, engine="futures")
     for other in (threaded, tasks):
         np.testing.assert_array_equal(inline.cluster_centers_, other.cluster_centers_)
         assert inline.inertia_ == other.inertia_ and inline.n_iter_ == other.n_iter_
     with pytest.raises(ValueError, match="engine"):
         DaskKMeans(4, init=C0).fit(Xd, client=client, engine="nope")
+    with pytest.raises(ValueError, match="lloyd_loop"):
+        DaskKMeans(4, init=C0, lloyd_loop="nope").fit(Xd, client=client)
+    with pytest.raises(ValueError, match="actor_kernels"):
+        DaskKMeans(4, init=C0, actor_kernels="nope").fit(Xd, client=client)
 
 
 def test_ties_go_to_lowest_index_center():

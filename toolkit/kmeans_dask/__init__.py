@@ -34,7 +34,8 @@ How kernels reach the blocks (an "engine"):
   taking the same M-step from all of them in block order, so no driver or scheduler round
   trip is paid per iteration (:meth:`~toolkit.kmeans_dask.engines.Engine.iterate`).  Small
   data (at most ``_GATHER_VALUES`` values) is gathered on one worker for the fit: there a
-  single core's pass costs no more than an exchange between workers.
+  single core's pass costs no more than an exchange between workers.  ``DaskKMeans``'s
+  ``lloyd_loop`` and ``actor_kernels`` parameters choose these paths explicitly (same fit).
 * lazy Dask array -> one delayed task per block per pass, computed on the client's cluster;
   blocks stream from their source.
 * NumPy array -> the same kernels in-process (handy for tests and small data).

@@ -30,16 +30,21 @@ from toolkit.kmeans_dask.kernels import (
     run_blocks,
 )
 
-__all__ = ["ENGINES", "Engine", "make_engine"]
+__all__ = ["ACTOR_KERNELS", "ENGINES", "LLOYD_LOOPS", "Engine", "make_engine"]
 
+#: Where an actor engine runs the Lloyd iterations (``lloyd_loop``): ``"gathered"``, one worker
+#: holding copies of every block; ``"peers"``, each worker on its own blocks, exchanging partial
+#: sums; ``"driver"``, one driver round trip per iteration (as the other engines always do);
+#: ``"auto"``, gathered for data of at most :data:`_GATHER_VALUES` values, else peers.
+LLOYD_LOOPS = ("auto", "gathered", "peers", "driver")
+#: Where an actor runs a kernel (``actor_kernels``): on the worker's event loop, in the actor's
+#: thread, or ``"auto"``: on the event loop while a worker holds at most :data:`_INLINE_VALUES`.
+ACTOR_KERNELS = ("auto", "event_loop", "thread")
 #: Actors run kernels on the worker's event loop (not a thread) while a worker holds at most
 #: this many values: a Lloyd pass is then short enough not to hold up the worker's loop.
 _INLINE_VALUES = 1 << 24
 #: Rows per in-process block when the input is a NumPy array.
 _LOCAL_BLOCK = 262_144
-#: Run the Lloyd iterations on the workers (actors exchange their partial sums directly), not
-#: one driver round trip per iteration.  Off: the driver's loop, as with the other engines.
-WORKER_LOOP = True
 #: Data of at most this many values (262,144 rows x 16) is iterated on one worker (copies of
 #: every block, one thread per worker holding blocks): a pass over it takes a few ms, no more
 #: than exchanging partial sums between workers costs per iteration on a busy machine (see
@@ -364,9 +369,16 @@ class _ActorEngine(_GroupedEngine):
     kind = "actors"
 
     def __init__(
-        self, futures: list[Any], sizes: Sequence[int], n_features: int, client: Any
+        self,
+        futures: list[Any],
+        sizes: Sequence[int],
+        n_features: int,
+        client: Any,
+        lloyd_loop: str = "auto",
+        actor_kernels: str = "auto",
     ) -> None:
         super().__init__(futures, sizes, n_features, client)
+        self._worker_loop = lloyd_loop != "driver"
         starts = self.starts[:-1].tolist()
         pending = []
         for worker, idx in self.groups.items():
@@ -389,7 +401,9 @@ class _ActorEngine(_GroupedEngine):
         # keeps no replica: a lost worker still loses its blocks for the next fit, as before.
         self._home: Any = None
         self._threads = 1
-        if len(self._actors) > 1 and self.n_rows * self.n_features <= _GATHER_VALUES:
+        small = self.n_rows * self.n_features <= _GATHER_VALUES
+        gather = lloyd_loop == "gathered" or (lloyd_loop == "auto" and small)
+        if len(self._actors) > 1 and gather:
             rows = [sum(int(self.sizes[i]) for i in idx) for idx in self.groups.values()]
             h = max(range(len(rows)), key=lambda j: rows[j])
             others = [(a._address, a.key) for j, a in enumerate(self._actors) if j != h]
@@ -397,7 +411,9 @@ class _ActorEngine(_GroupedEngine):
             self._home, self._threads = self._actors[h], len(self._actors)
         # Small enough per worker that a pass blocks its event loop only briefly (tens of ms).
         most = max(sum(int(self.sizes[i]) for i in idx) for idx in self.groups.values())
-        self._inline = most * n_features <= _INLINE_VALUES
+        self._inline = actor_kernels == "event_loop" or (
+            actor_kernels == "auto" and most * n_features <= _INLINE_VALUES
+        )
 
     def _run(self, kernel: Callable[..., Any], args: tuple, subset: frozenset[int] | None) -> list:
         method = "run_inline" if self._inline else "run"
@@ -410,7 +426,7 @@ class _ActorEngine(_GroupedEngine):
         """The loop on the workers (:meth:`_BlockHolder.lloyd_loop`): one call per worker for
         all the iterations, partial sums exchanged between the workers directly.  Every worker
         returns the same result; the first is kept."""
-        if not WORKER_LOOP:
+        if not self._worker_loop:
             return super().iterate(o, centers, max_iter, tol_abs)
         token = uuid.uuid4().hex
         if self._home is not None:  # every block on one worker: no peers
@@ -553,10 +569,27 @@ def _prepare_dask(X: Any, client: Any) -> tuple[Any, list[Any] | None, Any]:
 ENGINES = ("auto", "actors", "futures", "graph")
 
 
-def make_engine(X: Any, client: Any = None, engine: str = "auto") -> tuple[Engine, Any]:
-    """An engine for ``X`` (NumPy or Dask array) and the Dask array it iterates (or None)."""
+def make_engine(
+    X: Any,
+    client: Any = None,
+    engine: str = "auto",
+    *,
+    lloyd_loop: str = "auto",
+    actor_kernels: str = "auto",
+) -> tuple[Engine, Any]:
+    """An engine for ``X`` (NumPy or Dask array) and the Dask array it iterates (or None).
+
+    ``lloyd_loop`` (:data:`LLOYD_LOOPS`) and ``actor_kernels`` (:data:`ACTOR_KERNELS`) choose
+    how an actor engine runs; the other engines ignore them.
+    """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if lloyd_loop not in LLOYD_LOOPS:
+        raise ValueError(f"lloyd_loop must be one of {', '.join(LLOYD_LOOPS)}, got {lloyd_loop!r}")
+    if actor_kernels not in ACTOR_KERNELS:
+        raise ValueError(
+            f"actor_kernels must be one of {', '.join(ACTOR_KERNELS)}, got {actor_kernels!r}"
+        )
     if not hasattr(X, "dask"):
         X = np.asarray(X)
         if X.ndim != 2:
@@ -566,7 +599,9 @@ def make_engine(X: Any, client: Any = None, engine: str = "auto") -> tuple[Engin
     if futures is not None and client is not None and engine in ("auto", "actors", "futures"):
         if engine in ("auto", "actors"):
             try:
-                return _ActorEngine(futures, X.chunks[0], X.shape[1], client), X
+                return _ActorEngine(
+                    futures, X.chunks[0], X.shape[1], client, lloyd_loop, actor_kernels
+                ), X
             except Exception as exc:
                 # Pinned tasks are the fallback where actors cannot be made, not a way round
                 # lost blocks or a dead worker: those fail every engine, so they are raised

@@ -57,6 +57,16 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
         k-means|| expects ``oversampling_factor * k`` candidates per round.
     random_state : int or None, default=None
         Seed of every random choice (None: fresh entropy).
+    lloyd_loop : {"auto", "gathered", "peers", "driver"}, default="auto"
+        Where the Lloyd iterations run when the data is persisted on actors: on one worker
+        given copies of every block, on every worker exchanging partial sums with its peers,
+        or from the driver (one round trip per iteration).  ``"auto"`` gathers small data
+        (at most 2**22 values) and uses peers otherwise.  The fit is the same bit for bit;
+        only the speed differs.  Ignored by the other engines (they iterate from the driver).
+    actor_kernels : {"auto", "event_loop", "thread"}, default="auto"
+        Where an actor runs a pass: on the worker's event loop (one thread hand-off less) or
+        in its thread; ``"auto"``: the event loop while a worker holds at most 2**24 values.
+        Same results either way.
 
     Attributes
     ----------
@@ -101,6 +111,8 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
         n_init: int = 1,
         oversampling_factor: float = 2.0,
         random_state: int | None = None,
+        lloyd_loop: str = "auto",
+        actor_kernels: str = "auto",
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -109,6 +121,8 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
         self.n_init = n_init
         self.oversampling_factor = oversampling_factor
         self.random_state = random_state
+        self.lloyd_loop = lloyd_loop
+        self.actor_kernels = actor_kernels
 
     # -- fitting ------------------------------------------------------------------------------
     def _seeds(self, n: int) -> list[int]:
@@ -165,7 +179,9 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
                 stacklevel=2,
             )
             n_init = 1
-        eng, Xd = make_engine(X, client, engine)
+        eng, Xd = make_engine(
+            X, client, engine, lloyd_loop=self.lloyd_loop, actor_kernels=self.actor_kernels
+        )
         with eng:
             if k > eng.n_rows:
                 raise ValueError(f"n_samples={eng.n_rows} should be >= n_clusters={k}")
@@ -265,3 +281,7 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
             state = dict(state)
             del state["labels_"]  # a Dask graph over blocks on a cluster: not portable
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Models saved before these parameters existed take their defaults.
+        super().__setstate__({"lloyd_loop": "auto", "actor_kernels": "auto", **state})
