@@ -24,7 +24,7 @@ against the true classes says how well it chose.  Criteria:
 k = 8..14, init and n_init, fixed seed) once per objective listed, on a temporary MLflow store
 and a 2-worker local cluster, and reports the configuration it refits and its ARI.
 
-Figures are recorded in benchmarks/RESULTS.md ("Choosing k without labels (digits)").
+Figures are recorded in docs/benchmarks.md ("Choosing k without labels (digits)").
 """
 
 from __future__ import annotations

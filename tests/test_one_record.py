@@ -90,7 +90,7 @@ def test_logged_centroids_registered_model_and_twin_use_the_same_ids(tracking_ur
 
 
 def _readme_section(title: str) -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "records.md").read_text()  # the README's user guide moved to docs/
     start = text.index(f"## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
