@@ -24,8 +24,12 @@ from sklearn.datasets import make_blobs
 
 from toolkit.config import MonitoringConfig, load_experiment
 from toolkit.convert import centers_of
-from toolkit.monitoring import PROFILE_FILE, compare, drift_report, log_drift_report
-from toolkit.monitoring.profile import (
+from toolkit.monitoring import compare, drift_report, log_drift_report
+from toolkit.registry import flavor, integrity, log_and_register, stable
+from toolkit.serving import load_predictor, resolve, score_files
+from toolkit.serving.batch import scoring_plan
+from toolkit.stats.profile import (
+    PROFILE_FILE,
     build_profile,
     cluster_stats,
     combine,
@@ -35,9 +39,6 @@ from toolkit.monitoring.profile import (
     partial_stats,
     stats_from_frame,
 )
-from toolkit.registry import flavor, integrity, log_and_register, stable
-from toolkit.serving import load_predictor, resolve, score_files
-from toolkit.serving.batch import scoring_plan
 from toolkit.tracking import tracked_run
 from toolkit.train import train
 
@@ -121,7 +122,7 @@ def test_profile_is_stored_with_both_models_and_covers_the_training_data(registe
         manifest = json.loads(mlc.get_model_version(name, version).tags[integrity.MANIFEST_TAG])
         assert PROFILE_FILE in manifest and stable.REFERENCE_FILE in manifest  # checksummed with the model
     src = resolve(f"models:/{NAME}-sklearn@champion")
-    from toolkit.monitoring import read_profile
+    from toolkit.stats.profile import read_profile
 
     profile = read_profile(src.verified)
     assert profile.source == f"training data ({len(X)} rows)"
@@ -154,7 +155,7 @@ def test_profile_follows_the_stable_ids(store, mlc):
     register(raw, uneven)
     tags = mlc.get_model_version(name, "2").tags
     assert tags["stable.status"] == "matched to champion" and float(tags["stable.churn"]) == 0.0
-    from toolkit.monitoring import read_profile
+    from toolkit.stats.profile import read_profile
 
     with integrity.fetch_verified(f"models:/{name}/2") as verified:
         profile = read_profile(verified)

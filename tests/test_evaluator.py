@@ -25,10 +25,10 @@ from sklearn.datasets import make_blobs
 from toolkit.convert import centers_of, input_dtype, to_numpy, to_sklearn
 from toolkit.errors import ModelError
 from toolkit.evaluation import verified_pyfunc
-from toolkit.evaluation.scores import DISTANCE_QUANTILES
 from toolkit.kmeans_dask import DaskKMeans
 from toolkit.metrics import adjusted_rand, cluster_metrics
 from toolkit.registry import flavor, log_and_register, promote, stable
+from toolkit.stats.scores import DISTANCE_QUANTILES
 from toolkit.tracking import tracked_run
 
 # The twins remember their training columns' names; the checks here predict plain arrays.
@@ -249,19 +249,23 @@ def test_bad_settings_are_one_line_errors(store, registered, data):
 
 
 def test_promotion_imports_only_the_pure_score_function():
-    """registry -> evaluation.scores -> metrics; scores knows nothing of MLflow or the registry."""
+    """registry -> stats.scores -> metrics; the stats package knows nothing of MLflow or the registry."""
+    import ast
     from pathlib import Path
 
     from test_import_graph import import_graph
 
-    graph = import_graph(Path(__file__).resolve().parents[1])
-    assert "toolkit.evaluation.scores" in graph["toolkit.registry.promote"]
-    assert graph["toolkit.evaluation.scores"] <= {"toolkit.metrics", "toolkit.convert"}
+    root = Path(__file__).resolve().parents[1]
+    graph = import_graph(root)
+    assert "toolkit.stats.scores" in graph["toolkit.registry.promote"]
+    assert graph["toolkit.stats.scores"] <= {"toolkit.metrics", "toolkit.convert"}
     registry = {m for m in graph if m.startswith("toolkit.registry")}
-    assert not any(d.startswith("toolkit.evaluation") and d != "toolkit.evaluation.scores"
-                   for m in registry for d in graph[m])
-    src = (Path(__file__).resolve().parents[1] / "toolkit" / "evaluation" / "scores.py").read_text()
-    assert "mlflow" not in src.split('"""', 2)[2]  # the code, not the docstring
+    assert not any(d.startswith("toolkit.evaluation") for m in registry for d in graph[m])
+    for path in (root / "toolkit" / "stats").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n.split(".")[0] == "mlflow" for n in names), (path.name, node.lineno)
 
 
 # -- through a real tracking server -------------------------------------------------------------

@@ -1,10 +1,11 @@
 """kmeans-lifecycle: k-means experiments from one CPU to multi-node multi-GPU, tracked in MLflow.
 
-Imports run one way, layer by layer (``tests/test_import_graph.py`` fails on a cycle):
-``errors``/``names`` <- ``config``/``redact``/``env``/``faults``/``convert``/``metrics`` <-
-``console``/``data``/``cluster``/``tracking``/``kmeans_dask`` <- ``monitoring`` <-
-``backends``/``registry`` <- ``train``/``serving`` <- ``search``/``refresh``; ``mlproject/`` sits
-on top.
+Imports run one way, layer by layer, as the README's layer table ("Layout") states and
+``tests/test_import_graph.py`` enforces: ``errors``/``names``/``_metric_kernels``/``_version``/``_compat``
+<- ``config``/``redact``/``env``/``faults``/``convert``/``metrics``/``workers``
+<- ``console``/``data``/``cluster``/``tracking``/``kmeans_dask``/``stats``
+<- ``backends``/``registry`` <- ``train``/``serving``/``monitoring`` <- ``search``/``evaluation``/``refresh``;
+this package face (the public API below), ``mlproject/`` and ``benchmarks/`` sit on top.
 """
 
 from __future__ import annotations

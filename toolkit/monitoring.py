@@ -1,10 +1,14 @@
 """The monitoring run of a scoring job: drift figures, a plot and a verdict tag, in MLflow.
 
 :func:`drift_report` turns the statistics batch scoring gathered into a
-:class:`~toolkit.monitoring.drift.DriftReport` against the profile stored with the model;
+:class:`~toolkit.stats.drift.DriftReport` against the profile stored with the model;
 :func:`log_drift_report` writes it into a run linked to the model (tags ``model.name``,
 ``model.version``, ``model.uri``, ``model.id`` and the LoggedModel as the run's input): the
 ``drift.*`` metrics, ``drift/drift.png``, ``drift/report.json`` and the one-line ``drift`` tag.
+
+The statistics themselves are :mod:`toolkit.stats` (no MLflow); :func:`compare` and
+:class:`DriftReport` are handed on from there so that ``toolkit.monitoring`` is the one import a
+scoring job needs.
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.monitoring.drift import DriftReport, compare
-from toolkit.monitoring.profile import ClusterStats, TrainingProfile, read_profile
+from toolkit.registry import model_experiment
+from toolkit.stats.drift import DriftReport, compare
+from toolkit.stats.profile import ClusterStats, TrainingProfile, read_profile
+from toolkit.tracking import log_metrics, log_tags, mark_failed
+from toolkit.tracking.plots import _plt
+from toolkit.tracking.record import log_artifacts_dir
+from toolkit.tracking.runs import client, end_run, get_or_create_experiment
 
-__all__ = ["DRIFT_TAG", "drift_plot", "drift_report", "log_drift_report", "model_tags"]
+__all__ = ["DRIFT_TAG", "DriftReport", "compare", "drift_plot", "drift_report", "log_drift_report", "model_tags"]
 
 DRIFT_TAG = "drift"
 
@@ -50,8 +59,6 @@ def model_tags(source: Any) -> dict[str, str]:
 
 def drift_plot(report: DriftReport) -> Any:
     """Two panels: cluster shares (training vs scoring) and the distance-to-centre CDFs."""
-    from toolkit.tracking.plots import _plt
-
     plt = _plt()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     k = report.scoring.n_clusters
@@ -101,10 +108,6 @@ def log_drift_report(report: DriftReport, source: Any, run_id: str | None = None
     Returns the run's id.  The run carries the model's tags (:func:`model_tags`), the
     ``drift`` tag (the one-line verdict), the ``drift.*`` metrics, the plot and the report.
     """
-    from toolkit.tracking import log_metrics, log_tags
-    from toolkit.tracking.record import log_artifacts_dir
-    from toolkit.tracking.runs import client, end_run, get_or_create_experiment
-
     tags = {**model_tags(source), "monitoring.kind": "drift", DRIFT_TAG: report.tag,
             "drift.verdict": report.verdict}
     own = run_id is None
@@ -112,8 +115,6 @@ def log_drift_report(report: DriftReport, source: Any, run_id: str | None = None
         # Created here rather than through tracked_run: under `mlflow run` that would resume the
         # launcher's run, which may sit in another experiment than the model's.
         model = f"{getattr(source, 'name', None) or 'model'}-v{getattr(source, 'version', None) or '?'}"
-        from toolkit.registry import model_experiment
-
         # The model's experiment (its version's source run, else its LoggedModel's); a copy
         # logged elsewhere still gets a home in Default.
         exp_id = model_experiment(getattr(source, "name", None), getattr(source, "version", None),
@@ -143,8 +144,6 @@ def log_drift_report(report: DriftReport, source: Any, run_id: str | None = None
             log_artifacts_dir(run_id, tmp, "drift")
     except BaseException:
         if own:
-            from toolkit.tracking import mark_failed
-
             mark_failed(run_id, "the drift report could not be logged")
         raise
     if own:

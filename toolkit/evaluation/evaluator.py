@@ -25,7 +25,7 @@ Whatever MLflow loaded, the evaluator scores the model **it** loads through the 
 verified loader (:func:`toolkit.serving.load_predictor`: every file checked against the
 store's sha256 manifest before one is read), found by the ``model_id`` of the LoggedModel; a
 sample of rows must get the same labels from both, or the evaluation is refused.  The scores
-are :func:`toolkit.evaluation.scores.score_clustering`'s, the computation promotion gates on.
+are :func:`toolkit.stats.scores.score_clustering`'s, the computation promotion gates on.
 
 Configuration (``evaluator_config``; all optional):
 
@@ -48,11 +48,22 @@ import warnings
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.models import Model
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
+from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, ImageEvaluationArtifact, JsonEvaluationArtifact
+from mlflow.pyfunc import PyFuncModel
+from mlflow.tracking.artifact_utils import get_artifact_uri
 
+from toolkit._compat import mlflow_load_artifact_content, mlflow_pyfunc_impl
 from toolkit.convert import centers_of, input_dtype, predict_labels, raw_dtype, to_numpy
 from toolkit.errors import DataError, ModelError
-from toolkit.evaluation.scores import ClusteringScores, distance_quantiles, score_clustering
+from toolkit.evaluation import figures as figs
+from toolkit.registry import stable
+from toolkit.serving import load_predictor, resolve
+from toolkit.stats.scores import ClusteringScores, distance_quantiles, score_clustering
 
 __all__ = ["EVALUATOR_NAME", "MODEL_TYPE", "ClusteringEvaluator", "verified_pyfunc"]
 
@@ -92,11 +103,6 @@ def verified_pyfunc(uri: str) -> Any:
         ModelError: the URI resolves to nothing, its files fail their integrity check, or it
             is a GPU model and this machine has no usable GPU.
     """
-    from mlflow.models import Model
-    from mlflow.pyfunc import PyFuncModel
-
-    from toolkit.serving import load_predictor, resolve
-
     src = resolve(uri)
     predictor = load_predictor(src)
     meta = Model.load(os.path.join(src.local_path, "MLmodel"))  # the checked copy's
@@ -119,8 +125,6 @@ def _model_id(model: Any, given: str | None) -> str:
 
 def _features(dataset: Any, model: Any) -> np.ndarray:
     """The evaluation rows as the predictors see them: float32 values, in the model's float width."""
-    import pandas as pd
-
     data = dataset.features_data
     if isinstance(data, pd.DataFrame):
         bad = [str(c) for c, t in data.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
@@ -141,7 +145,7 @@ def _features(dataset: Any, model: Any) -> np.ndarray:
 
 def _cross_check(pyfunc: Any, dataset: Any, labels: np.ndarray, label: str) -> None:
     """Refuse when the model MLflow loaded labels a sample differently from the verified one."""
-    if isinstance(getattr(pyfunc, "_model_impl", None), _VerifiedPyFunc):
+    if isinstance(mlflow_pyfunc_impl(pyfunc), _VerifiedPyFunc):
         return  # verified_pyfunc: it is the verified model
     n = min(_CROSS_CHECK_ROWS, len(labels))
     data = dataset.features_data
@@ -149,8 +153,6 @@ def _cross_check(pyfunc: Any, dataset: Any, labels: np.ndarray, label: str) -> N
     schema = getattr(pyfunc, "metadata", None) and pyfunc.metadata.get_input_schema()
     names = schema.input_names() if schema is not None and schema.has_input_names() else None
     if isinstance(sample, np.ndarray) and names and len(names) == sample.shape[1]:
-        import pandas as pd
-
         # An array has no column names; the model's signature (x0, x1, ...) names them.
         sample = pd.DataFrame(sample, columns=names)
     with warnings.catch_warnings():
@@ -164,8 +166,6 @@ def _cross_check(pyfunc: Any, dataset: Any, labels: np.ndarray, label: str) -> N
 
 def _churn(uri: str, model: Any, X: np.ndarray, labels: np.ndarray, on: str) -> tuple[float, int]:
     """(churn, rows it was measured on) of ``model`` against the baseline model at ``uri``."""
-    from toolkit.registry import stable
-
     baseline, reference = stable.load_with_reference(uri)  # verified before any file is read
     if on == "reference":
         if reference is None:
@@ -212,8 +212,6 @@ class ClusteringEvaluator(ModelEvaluator):
                  evaluator_config: dict[str, Any] | None, model: Any = None, extra_metrics: Any = None,
                  custom_artifacts: Any = None, predictions: Any = None, **kwargs: Any) -> EvaluationResult:
         """Score the verified model behind ``model`` on ``dataset`` and log it all to ``run_id``."""
-        from toolkit.serving import load_predictor
-
         cfg = _config(evaluator_config)
         if model is None:
             raise ModelError("the clustering evaluator needs the model, not only its predictions",
@@ -245,8 +243,6 @@ class ClusteringEvaluator(ModelEvaluator):
         metrics = {f"{prefix}{k}": float(v) for k, v in metrics.items()}
         artifacts = self._log_artifacts(run_id, scores, X, labels, seed, bool(cfg.get("log_figures", True)))
         self._log_metrics(run_id, metrics, model_id, dataset, attached_by_mlflow=kwargs.get("model_id") is not None)
-        from mlflow import MlflowClient
-
         MlflowClient().set_tag(run_id, "evaluation.clustering.model_id", model_id)
         if cfg.get("baseline_model"):
             MlflowClient().set_tag(run_id, "evaluation.clustering.baseline_model", str(cfg["baseline_model"]))
@@ -264,9 +260,6 @@ class ClusteringEvaluator(ModelEvaluator):
         """
         if attached_by_mlflow:
             return
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         MlflowClient().log_batch(run_id, metrics=[
             Metric(key, value, now, 0, model_id=model_id, dataset_name=dataset.name,
@@ -277,17 +270,6 @@ class ClusteringEvaluator(ModelEvaluator):
     @staticmethod
     def _log_artifacts(run_id: str, scores: ClusteringScores, X: np.ndarray, labels: np.ndarray, seed: int,
                        figures: bool) -> dict[str, Any]:
-        import pandas as pd
-        from mlflow import MlflowClient
-        from mlflow.models.evaluation.artifacts import (
-            CsvEvaluationArtifact,
-            ImageEvaluationArtifact,
-            JsonEvaluationArtifact,
-        )
-        from mlflow.tracking.artifact_utils import get_artifact_uri
-
-        from toolkit.evaluation import figures as figs
-
         client = MlflowClient()
         out: dict[str, Any] = {}
         table = distance_quantiles(labels, scores.distances, len(scores.centers))
@@ -298,7 +280,7 @@ class ClusteringEvaluator(ModelEvaluator):
                 client.log_artifact(run_id, path, _ARTIFACT_DIR)
                 uri = get_artifact_uri(run_id, f"{_ARTIFACT_DIR}/{filename}")
                 artifact = cls(uri=uri)
-                artifact._load(path)  # the content is read now: the temp folder goes away
+                mlflow_load_artifact_content(artifact, path)  # read now: the temp folder goes away
                 out[key] = artifact
 
             log("distance_quantiles", "distance_quantiles.csv", CsvEvaluationArtifact,

@@ -36,7 +36,7 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
     reports) is computed here, where the training data is, and stored with both models.
     """
     from toolkit.metrics import sample_rows
-    from toolkit.monitoring.profile import build_profile
+    from toolkit.stats.profile import build_profile
 
     hX, hlabels = backend.host_view(X, fit.labels)
     sample, _ = sample_rows(hX, hlabels, 2_000, cfg.metrics.seed)

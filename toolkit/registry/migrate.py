@@ -277,7 +277,7 @@ def _facts_of(model: Any) -> dict[str, str]:
 
 def _load_logged(mv: Any) -> _Loaded:
     """An unsigned LoggedModel (checked against the store's checksums) or a signed pickle."""
-    from toolkit.monitoring.profile import read_profile
+    from toolkit.stats.profile import read_profile
 
     with _allow_unsigned(), integrity.fetch_verified(f"models:/{mv.name}/{mv.version}") as verified:
         fmt = verified.integrity.get(integrity.FORMAT_TAG)
@@ -320,8 +320,8 @@ def _relog(loaded: _Loaded, twin: bool, run_id: str, source: Migration) -> integ
     import pandas as pd
 
     from toolkit.convert import centers_of, check_equivalent
-    from toolkit.monitoring.profile import build_profile, save_profile
     from toolkit.registry import register
+    from toolkit.stats.profile import build_profile, save_profile
 
     sample = _sample(loaded)
     names = _names(loaded, sample.shape[1])

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelError, option_hint
-from toolkit.evaluation.scores import score_clustering
 from toolkit.metrics import METRIC_DIRECTIONS
 from toolkit.registry import stable
 from toolkit.registry.integrity import get_version, twin_of  # get_version re-exported: part of this API
+from toolkit.stats.scores import score_clustering
 from toolkit.tracking.runs import client
 
 __all__ = ["PromotionResult", "champion_of", "evaluate_version", "get_version", "promote"]

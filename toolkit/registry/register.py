@@ -39,10 +39,10 @@ from toolkit.convert import (
     without_training_labels,
 )
 from toolkit.errors import ModelError
-from toolkit.monitoring.profile import TrainingProfile, build_profile, save_profile
 from toolkit.registry import flavor, integrity, stable
 from toolkit.registry.integrity import MODEL_ID_TAG, LoggedRef
 from toolkit.registry.promote import CHALLENGER, CHAMPION, champion_of
+from toolkit.stats.profile import TrainingProfile, build_profile, save_profile
 from toolkit.tracking import log_metrics, log_tags
 from toolkit.tracking.runs import client, tracking_uri
 

@@ -5,7 +5,7 @@ written to a temporary directory that is renamed into place only when every part
 succeeded, so a failure leaves nothing behind.
 
 While the labels are written, the same pass gathers the drift statistics (cluster shares and
-distance-to-centre histograms, :mod:`toolkit.monitoring.profile`): one small ``k x bins``
+distance-to-centre histograms, :mod:`toolkit.stats.profile`): one small ``k x bins``
 result per partition, computed on the worker that holds it and added up on the driver.  The
 write and the statistics are computed together, from one graph, so the files are read (and
 predicted) once: :func:`scoring_plan` builds both.
@@ -61,7 +61,7 @@ class ScoringPlan:
 
     Attributes:
         write: the lazy ``to_parquet`` of the scored frame into ``tmp``.
-        stats_parts: one :func:`toolkit.monitoring.profile.frame_stats` result per partition
+        stats_parts: one :func:`toolkit.stats.profile.frame_stats` result per partition
             (a lazy object Series of ``ClusterStats``), or None when drift statistics are off or cannot be computed.
         edges: the histogram's fixed edges (the profile's when the model has one).
         profile: the model's training profile, or None.
@@ -92,7 +92,7 @@ def _centers_of(predictor: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 def _fallback_edges(centers: np.ndarray, bins: int) -> np.ndarray:
     """Fixed edges for a model without a profile: scaled by a quarter of the median distance
     between neighbouring centres (the order of a cluster's radius)."""
-    from toolkit.monitoring.profile import distance_edges
+    from toolkit.stats.profile import distance_edges
 
     if len(centers) < 2:
         return distance_edges(1.0, bins)
@@ -106,7 +106,7 @@ def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift:
     """The scored frame of ``ddf`` (labels from ``predictor`` on the ``features`` columns) and
     the lazy write into ``tmp`` and drift statistics, sharing one read of the input.
     """
-    from toolkit.monitoring import profile as prof
+    from toolkit.stats import profile as prof
 
     labels = predictor.predict(ddf[features] if list(ddf.columns) != features else ddf)
     scored = ddf.assign(**{LABEL: labels})
@@ -152,7 +152,7 @@ def score_files(
     With ``drift`` (default) the same pass gathers the cluster shares and distance histograms
     (on the fixed edges of the model's training profile, or of ``bins`` log-spaced bins when it
     has none); they are returned as ``drift_stats`` (a
-    :class:`~toolkit.monitoring.profile.ClusterStats`, or None with the reason in
+    :class:`~toolkit.stats.profile.ClusterStats`, or None with the reason in
     ``drift_note``) with the model's ``profile`` (None when it was registered without one),
     for :func:`toolkit.monitoring.drift_report`.
 
@@ -204,7 +204,7 @@ def score_files(
         raise
     stats = None
     if plan.stats_parts is not None:
-        from toolkit.monitoring.profile import stats_from_frame
+        from toolkit.stats.profile import stats_from_frame
 
         stats = stats_from_frame(parts, plan.edges, plan.n_clusters)
     return {"files": len(files), "partitions": plan.npartitions, "output": output, "drift_stats": stats,

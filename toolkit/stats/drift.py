@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.monitoring.profile import ClusterStats, TrainingProfile
+from toolkit.config import MonitoringConfig
+from toolkit.stats.profile import ClusterStats, TrainingProfile
 
 __all__ = ["LEVELS", "SHARE_FLOOR", "DriftReport", "compare", "psi"]
 
@@ -97,8 +98,6 @@ def compare(scoring: ClusterStats, profile: TrainingProfile | None, thresholds: 
     ``thresholds`` is a :class:`~toolkit.config.MonitoringConfig` (default: its defaults).
     """
     if thresholds is None:
-        from toolkit.config import MonitoringConfig
-
         thresholds = MonitoringConfig()
     quantiles = {k: scoring.quantile(q) for k, q in _QUANTILES.items()}
     if profile is None:

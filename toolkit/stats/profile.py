@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.convert import to_numpy
+from toolkit.errors import ModelError
+
 __all__ = [
     "DEFAULT_BINS",
     "PROFILE_FILE",
@@ -337,8 +340,6 @@ def build_profile(X: Any, labels: Any, centers: Any, sample: Any | None = None,
     The edges are fixed from ``sample`` (rows of ``X`` with the labels the centres give them;
     default: ``X`` itself when it is NumPy) so that the data is read once more, not twice.
     """
-    from toolkit.convert import to_numpy
-
     centers = np.asarray(to_numpy(centers), dtype=np.float64)
     if labels is None:  # NumPy rows without labels (a registration sample): the centres decide
         X = np.asarray(to_numpy(X), dtype=np.float64)
@@ -372,8 +373,6 @@ def read_profile(verified: Any) -> TrainingProfile | None:
     Raises:
         ModelError: the file is there but unreadable.
     """
-    from toolkit.errors import ModelError
-
     if verified is None or PROFILE_FILE not in verified.manifest:
         return None
     verified.recheck()  # the bytes read are the bytes the store recorded
