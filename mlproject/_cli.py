@@ -57,7 +57,9 @@ class EntryParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> typing.NoReturn:
-        known = ", ".join(option_hint(a.dest) for a in self._actions if a.option_strings and a.dest != "help")
+        from toolkit._compat import argparse_actions
+
+        known = ", ".join(option_hint(a.dest) for a in argparse_actions(self) if a.option_strings and a.dest != "help")
         raise ConfigError(_as_given(message), f"the options of {self.prog} are {known}")
 
 

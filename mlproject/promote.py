@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from mlproject._cli import add_config_options, add_flag, config_help, entry_parser, load_config, run_main
+from toolkit._compat import argparse_actions
 from toolkit.config import parse_flag
 
 #: Options that set a config key: option name -> dotted key.
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="registered model name (its scikit-learn twin is promoted with it)")
     add_config_options(parser, OPTIONS)
     # The help of the config-backed options says what they mean here, not only their key.
-    for action in parser._actions:
+    for action in argparse_actions(parser):
         if action.dest == "metric":
             action.help = config_help(OPTIONS["metric"], "the metric the two models are compared on")
         elif action.dest == "max_churn":

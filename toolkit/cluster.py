@@ -253,7 +253,9 @@ def dask_client(cfg: ClusterConfig, gpu: bool = False, threads_suit: bool = Fals
 def _bound_host(client: Any) -> str | None:
     """The address the dashboard of a scheduler in this process listens on, else None."""
     server = getattr(getattr(getattr(client, "cluster", None), "scheduler", None), "http_server", None)
-    sockets = getattr(server, "_sockets", None)  # tornado keeps its listening sockets here
+    from toolkit._compat import tornado_listening_sockets
+
+    sockets = tornado_listening_sockets(server)
     if not isinstance(sockets, dict):
         return None
     hosts = {str(sock.getsockname()[0]) for sock in sockets.values()}

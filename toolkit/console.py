@@ -8,19 +8,39 @@ no credential reaches the console.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from toolkit.redact import redact
 
-__all__ = ["LineProgress", "progress", "say"]
+__all__ = ["LineProgress", "progress", "quiet", "say"]
+
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("kmeans_quiet", default=False)
+
+
+def _is_quiet() -> bool:
+    return _QUIET.get() or os.environ.get("KMEANS_QUIET") == "1"
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Within the block, in this thread (context) only, print nothing -- as ``KMEANS_QUIET=1`` does
+    for the whole process, without changing the environment other threads read."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
 
 
 def say(message: str) -> None:
     """Print one status line for the user (to stdout)."""
-    if os.environ.get("KMEANS_QUIET") != "1":
+    if not _is_quiet():
         print(redact(message), flush=True)
 
 
@@ -28,10 +48,10 @@ def progress(total: int, desc: str) -> Any:
     """A tqdm progress bar on a terminal; progress lines (:class:`LineProgress`) elsewhere."""
     from tqdm.auto import tqdm
 
-    quiet = os.environ.get("KMEANS_QUIET") == "1"
-    if not quiet and not sys.stderr.isatty():
+    silent = _is_quiet()
+    if not silent and not sys.stderr.isatty():
         return LineProgress(total, desc)
-    return tqdm(total=total, desc=desc, disable=quiet, leave=True, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, disable=silent, leave=True, dynamic_ncols=True)
 
 
 class LineProgress:

@@ -64,7 +64,9 @@ def distributed_from_single(local_model: Any, client: Any, datatype: str = "cudf
     # Private cuML API, all of it here (checked on cuML 26.10; cuML's own Dask UMAP does the
     # same): the wrapper predicts with whatever _set_internal_model holds, and needs `datatype`
     # (normally set by fit) to build its output collection.
-    wrapper._set_internal_model(local_model)
+    from toolkit._compat import cuml_set_internal_model
+
+    cuml_set_internal_model(wrapper, local_model)
     wrapper.datatype = datatype
     local_model.output_type = datatype
     return wrapper

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from toolkit._compat import distributed_actor_call
 from toolkit.faults import is_infrastructure_error
 from toolkit.kmeans_dask.kernels import (
     aligned_f32,
@@ -98,7 +99,7 @@ class _BlockHolder:
         worker = get_worker()
         replies = await asyncio.gather(
             *[
-                worker.rpc(addr).actor_execute(actor=key, function="export", args=[], kwargs={})
+                distributed_actor_call(worker, addr, key, "export", [])
                 for addr, key in peers
             ]
         )
@@ -223,11 +224,9 @@ class _BlockHolder:
                     )
                 inflight += [
                     asyncio.ensure_future(
-                        worker.rpc(addr).actor_execute(
-                            actor=key,
-                            function="put_stats",
-                            args=[to_serialize(token), to_serialize(n), to_serialize(mine)],
-                            kwargs={},
+                        distributed_actor_call(
+                            worker, addr, key, "put_stats",
+                            [to_serialize(token), to_serialize(n), to_serialize(mine)],
                         )
                     )
                     for addr, key in peers

@@ -294,9 +294,9 @@ def save_model(
     mlmodel.signature = signature
     mlmodel.metadata = metadata
     if input_example is not None:
-        from mlflow.models.utils import _save_example
+        from toolkit._compat import mlflow_save_example
 
-        _save_example(mlmodel, input_example, path)
+        mlflow_save_example(mlmodel, input_example, path)
     add_to_model(mlmodel, loader_module="toolkit.registry.flavor", data=_DATA_DIR, python_env=None)
     mlmodel.add_flavor(
         FLAVOR_NAME,

@@ -514,19 +514,12 @@ def _copy_in(loc: _Located, lm: Any, tmp: str) -> str:
     return got
 
 
-@contextlib.contextmanager
 def _no_progress_bar() -> Any:
     # MLflow draws a progress bar on stderr for every copy; entry points print one error line.
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+    # Off for this thread's context only: MLflow's own switch is process-wide (os.environ).
+    from toolkit._compat import mlflow_artifact_progress_bar_off
+
+    return mlflow_artifact_progress_bar_off()
 
 
 def _download(loc: _Located, lm: Any, dst: str) -> str:

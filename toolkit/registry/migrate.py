@@ -120,19 +120,10 @@ class Migrated:
     source_format: str = ""
 
 
-@contextlib.contextmanager
-def _allow_unsigned() -> Iterator[None]:
-    # The unsigned policy is read from the environment by fetch_verified; this migration's own
-    # trust decision stands in for it, for this process only, while the old files are read.
-    before = os.environ.get(signing.ALLOW_UNSIGNED_ENV)
-    os.environ[signing.ALLOW_UNSIGNED_ENV] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(signing.ALLOW_UNSIGNED_ENV, None)
-        else:
-            os.environ[signing.ALLOW_UNSIGNED_ENV] = before
+def _allow_unsigned() -> contextlib.AbstractContextManager[None]:
+    # This migration's own trust decision stands in for the user's unsigned policy while the
+    # old files are read: in this thread's context only, not the process environment.
+    return signing.trusting_unsigned()
 
 
 def _is_run_artifacts(mv: Any) -> bool:
@@ -163,18 +154,11 @@ def classify(mv: Any) -> Migration:
     return Migration(name, ver, CURRENT, None)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> contextlib.AbstractContextManager[None]:
     # The unsigned-load warning is for loads; a classification reads nothing but checksums.
-    before = os.environ.get("KMEANS_QUIET")
-    os.environ["KMEANS_QUIET"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("KMEANS_QUIET", None)
-        else:
-            os.environ["KMEANS_QUIET"] = before
+    from toolkit.console import quiet
+
+    return quiet()
 
 
 def _flavors(local: str) -> dict[str, Any]:

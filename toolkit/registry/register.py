@@ -21,7 +21,7 @@ the reference on which later versions' churn is measured.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,12 +109,10 @@ def warm_up() -> None:
     costs that otherwise fall between the search's last trial and its registered model.
     """
     import skops.io  # noqa: F401
-    from mlflow.utils import requirements_utils
 
-    # Private to MLflow: a missing or renamed helper only means no warm-up.
-    index = getattr(requirements_utils, "_init_modules_to_packages_map", None)
-    if callable(index):
-        index()
+    from toolkit._compat import mlflow_index_installed_packages
+
+    mlflow_index_installed_packages()  # private to MLflow: a renamed helper only means no warm-up
 
 
 def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str],
@@ -175,24 +173,9 @@ def _set_aliases(name: str, ver: str) -> None:
         c.set_model_version_tag(name, ver, "promotion.reason", "first registration: no champion existed")
 
 
-@contextlib.contextmanager
-def _process_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI set to ``uri`` for the block.
-
-    Only the module global is swapped: ``mlflow.set_tracking_uri`` would also rewrite the
-    ``MLFLOW_TRACKING_URI`` environment variable on the way out, redirecting every later call.
-    """
-    from mlflow.tracking._tracking_service import utils
-
-    saved = utils._tracking_uri
-    utils._tracking_uri = uri
-    try:
-        yield
-    finally:
-        utils._tracking_uri = saved
-
-
 def _register(ref: LoggedRef, name: str, run_id: str, tags: dict[str, str]) -> str:
+    from toolkit._compat import mlflow_process_tracking_uri
+
     c = client()
     try:
         c.get_registered_model(name)
@@ -200,8 +183,9 @@ def _register(ref: LoggedRef, name: str, run_id: str, tags: dict[str, str]) -> s
         c.create_registered_model(name, description="k-means models registered by kmeans-lifecycle")
     # The registry keeps its own copy of the checksums: loads compare both records.  A local
     # (sqlite) registry resolves the "models:/<id>" source through MLflow's process-wide
-    # tracking URI, not this client's: point it at this store for the call.
-    with _process_tracking_uri(tracking_uri()):
+    # tracking URI, not this client's: point it at this store for the call (MLflow has no
+    # public way that leaves os.environ alone: toolkit._compat.mlflow_process_tracking_uri).
+    with mlflow_process_tracking_uri(tracking_uri()):
         mv = c.create_model_version(name, source=ref.uri, run_id=run_id, model_id=ref.model_id,
                                     tags={**tags, **ref.tags, MODEL_ID_TAG: ref.model_id})
     return str(mv.version)

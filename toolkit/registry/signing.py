@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,12 +368,27 @@ def allow_pickle(explicit: bool | None = None) -> bool:
     return env_flag(ALLOW_PICKLE_ENV, default=False)
 
 
+_TRUST_UNSIGNED: contextvars.ContextVar[bool] = contextvars.ContextVar("kmeans_trust_unsigned", default=False)
+
+
+@contextlib.contextmanager
+def trusting_unsigned() -> Iterator[None]:
+    """Within the block, in this thread (context) only, unsigned models are trusted on the store's
+    checksums as with ``KMEANS_LIFECYCLE_ALLOW_UNSIGNED=1``: a caller's own trust decision (a
+    migration reading the old files), without changing the environment other threads read."""
+    token = _TRUST_UNSIGNED.set(True)
+    try:
+        yield
+    finally:
+        _TRUST_UNSIGNED.reset(token)
+
+
 def allow_unsigned() -> bool:
     """Whether the user chose to trust unsigned models on the store's checksums
-    (``KMEANS_LIFECYCLE_ALLOW_UNSIGNED``)."""
+    (``KMEANS_LIFECYCLE_ALLOW_UNSIGNED``, or :func:`trusting_unsigned` in this context)."""
     from toolkit.config import env_flag
 
-    return env_flag(ALLOW_UNSIGNED_ENV, default=False)
+    return _TRUST_UNSIGNED.get() or env_flag(ALLOW_UNSIGNED_ENV, default=False)
 
 
 # -- signing ------------------------------------------------------------------------------------

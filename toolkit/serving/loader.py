@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from toolkit._compat import dask_meta
 from toolkit.cluster import block_rows, n_workers
 from toolkit.convert import predict_labels, raw_dtype, split_centered
 from toolkit.errors import DataError, ModelError, option_hint
@@ -223,7 +224,7 @@ class DistributedPredictor:
         if self.plugin_name is None:
             raise ModelError("this DistributedPredictor is closed", "load a new one with load_predictor")
         if isinstance(data, dd.DataFrame):
-            _numeric_frame(data._meta, "input")
+            _numeric_frame(dask_meta(data), "input")
             _check_features(self.model, len(data.columns), "input")
             import pandas as pd
 
@@ -266,7 +267,7 @@ def aligned_labels(frame: Any, labels: Any) -> Any:
     if frame.npartitions != labels.npartitions:
         raise DataError(f"{labels.npartitions} partitions of labels for {frame.npartitions} of data",
                         "predict on the frame as it is partitioned")
-    meta = pd.Series(np.empty(0, np.int32), name="label", index=frame._meta.index)
+    meta = pd.Series(np.empty(0, np.int32), name="label", index=dask_meta(frame).index)
     return dd.map_partitions(_labels_on, frame, labels, meta=meta, align_dataframes=False)
 
 
@@ -304,9 +305,9 @@ class CumlDistributedPredictor:
             raise DataError("a GPU model predicts Dask DataFrames (pandas- or cuDF-backed)",
                             "wrap arrays with dask.dataframe.from_dask_array or dask_cudf")
         _check_features(self.model, len(data.columns), "input")
-        if _is_cudf(data._meta):
+        if _is_cudf(dask_meta(data)):
             return self.dist.predict(data)
-        _numeric_frame(data._meta, "input")
+        _numeric_frame(dask_meta(data), "input")
         on_gpu = data.astype(np.float32).to_backend("cudf")  # pragma: no cover - needs a GPU
         return aligned_labels(data, self.dist.predict(on_gpu).to_backend("pandas"))  # pragma: no cover
 

@@ -147,6 +147,7 @@ def log_dataset(run_id: str, dataset: Any, context: str = "training") -> None:
     """Record the dataset as a run input (metadata only: source, digest, schema)."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset as DatasetEntity
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.types import ColSpec, DataType, Schema
 
@@ -157,9 +158,11 @@ def log_dataset(run_id: str, dataset: Any, context: str = "training") -> None:
     else:
         source = CodeDatasetSource(tags={"generator": dataset.source})
     schema = Schema([ColSpec(DataType.float, str(n)) for n in dataset.feature_names])
-    meta = MetaDataset(source=source, name=dataset.name, digest=dataset.digest(), schema=schema)
+    meta = MetaDataset(source=source, name=dataset.name, digest=dataset.digest(), schema=schema).to_dict()
     entity = DatasetInput(
-        dataset=meta._to_mlflow_entity(),
+        # The public entity, from the public dict (Dataset.to_dict), as MLflow builds it itself.
+        dataset=DatasetEntity(name=meta["name"], digest=meta["digest"], source_type=meta["source_type"],
+                              source=meta["source"], schema=meta.get("schema"), profile=meta.get("profile")),
         tags=[InputTag(key="mlflow.data.context", value=context)],
     )
     client().log_inputs(run_id, datasets=[entity])

@@ -291,11 +291,11 @@ def scrub_credentials(run_id: str) -> list[str]:
 
     ``mlflow run`` records every ``-P`` value as a param before the entry point starts, so a
     ``-P storage=postgresql://u:secret@host/db`` would stay in the record.  MLflow's API cannot
-    change a param, so on a local sqlite store the row is rewritten in place (masked); on any
-    other store that is not possible and the keys are returned for a warning.
+    change a param, so on a local sqlite store whose schema was checked the row is rewritten in
+    place (masked: :func:`toolkit._compat.mlflow_sqlite_rewrite_params`); on any other store
+    that is not possible and the keys are returned for a warning.
     """
-    import sqlite3
-
+    from toolkit._compat import mlflow_sqlite_rewrite_params
     from toolkit.redact import has_credentials
     from toolkit.tracking._sqlite import sqlite_file
 
@@ -304,18 +304,12 @@ def scrub_credentials(run_id: str) -> list[str]:
     db = sqlite_file(tracking_uri())
     if not leaked or db is None:
         return sorted(leaked)
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
-        # The masked value must replace the secret's bytes in the file, not only in what a
-        # query returns: secure_delete zeroes the space the old value leaves, and a checkpoint
-        # copies the rewritten pages from the write-ahead log into the database file now (the
-        # store's other connections may stay open to the end of the process, and the
-        # entry points end without closing them: mlproject/_exit.py).
-        con.execute("PRAGMA secure_delete = ON")
-        with con:
-            con.executemany("UPDATE params SET value = ? WHERE run_uuid = ? AND key = ?",
-                            [(redact(v), run_id, k) for k, v in leaked.items()])
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return []
+    # The secret's bytes leave the file now, not only what a query returns: the store's other
+    # connections may stay open to the end of the process, and the entry points end without
+    # closing them (mlproject/_exit.py).
+    if mlflow_sqlite_rewrite_params(db, run_id, {k: redact(v) for k, v in leaked.items()}):
+        return []
+    return sorted(leaked)
 
 
 def run_url(run_id: str) -> str:

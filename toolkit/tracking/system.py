@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from toolkit._compat import mlflow_monitor_step
 from toolkit.redact import redact_logs
 
 __all__ = ["SAMPLING_INTERVAL_S", "SystemMetrics", "monitored"]
@@ -60,7 +61,7 @@ class SystemMetrics:
         self._monitor: Any = SystemMetricsMonitor(
             run_id, sampling_interval=SAMPLING_INTERVAL_S, resume_logging=resume, tracking_uri=self._uri,
         )
-        self._first_step = self._monitor._logging_step
+        self._first_step = mlflow_monitor_step(self._monitor)
         self._started = False
 
     def start(self) -> None:
@@ -78,7 +79,7 @@ class SystemMetrics:
         self._started = False
         try:
             self._monitor.finish()  # sets the stop event, joins the thread, flushes its batch
-            if self._monitor._logging_step == self._first_step:
+            if mlflow_monitor_step(self._monitor) == self._first_step:
                 self._last_sample()
         except Exception as exc:  # bookkeeping: the run's own outcome must not depend on it
             _log.warning("system metrics of run %s not written: %s: %s", self.run_id, type(exc).__name__, exc)

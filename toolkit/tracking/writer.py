@@ -42,6 +42,7 @@ from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from toolkit._compat import executor_is_broken
 from toolkit.errors import ToolkitError
 
 __all__ = ["MAX_DEATHS_PER_JOB", "MAX_RESTARTS", "ChildWriter", "WriterError", "replaying", "shared_writer"]
@@ -236,11 +237,6 @@ class _Job:
         return getattr(self.fn, "__qualname__", repr(self.fn))
 
 
-def _broken(pool: concurrent.futures.Executor | None) -> bool:
-    # concurrent.futures marks a pool whose process died (or whose initializer failed) here.
-    return bool(getattr(pool, "_broken", False))
-
-
 class ChildWriter:
     """Run MLflow writes one at a time off the driver's thread.
 
@@ -284,7 +280,7 @@ class ChildWriter:
     def _repair(self) -> None:
         """On the keeper's thread: a live pool, and a dead one's unfinished jobs sent to it again."""
         with self._lock:
-            if self._pool is not None and not _broken(self._pool):
+            if self._pool is not None and not executor_is_broken(self._pool):
                 return
             dead, self._pool = self._pool, None
             oldest = None
@@ -320,7 +316,7 @@ class ChildWriter:
 
     def _send_locked(self, job: _Job) -> bool:
         pool = self._pool
-        if pool is None or _broken(pool):
+        if pool is None or executor_is_broken(pool):
             return False
         try:
             inner = pool.submit(_run_job, job.stores, job.fn, job.args, job.kwargs, job.replay)
