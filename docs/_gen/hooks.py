@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import types
 import typing
@@ -152,9 +153,15 @@ def configuration_page() -> str:
 # -- the benchmark history ---------------------------------------------------------------------
 
 
+#: The notebook's commands are records of benchmark runs, not examples (tests/test_docs.py).
+_RECORDED = ("<!-- not-run: a recorded benchmark run (minutes on the benchmark VM); "
+             "tests/test_benchmarks.py runs each section on tiny data -->")
+
+
 def history_page() -> str:
     text = (REPO / "benchmarks/RESULTS.md").read_text()
-    return text.replace("](../docs/", "](")  # links to the site from the notebook's own folder
+    text = text.replace("](../docs/", "](")  # links to the site from the notebook's own folder
+    return re.sub(r"^(?=```(?:bash|sh|shell|console|python)\b)", _RECORDED + "\n", text, flags=re.M)
 
 
 # -- mkdocs hooks --------------------------------------------------------------------------------
