@@ -165,3 +165,29 @@ def test_shell_example_runs(example, registered, tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == example.exit_code, (
         f"{example.id} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's (and MkDocs' toc) anchor of a Markdown heading."""
+    text = re.sub(r"[`*_]|\[|\]\([^)]*\)", "", heading.strip().lower())
+    return re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", text))
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {_slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def test_readme_links_reach_a_file_and_heading():
+    """The README is read on GitHub, outside the site's link check: each of its links must land."""
+    text = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert any(link.startswith("docs/") for link in links), "the README links no docs page"
+    for link in links:
+        if re.match(r"\w+:", link):
+            continue
+        target, _, anchor = link.partition("#")
+        path = REPO / target if target else REPO / "README.md"
+        assert path.exists(), f"README links {link}: no such file"
+        if anchor and path.suffix == ".md":
+            assert anchor in _anchors(path), f"README links {link}: {target or 'README.md'} has no such heading"

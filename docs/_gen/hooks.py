@@ -122,6 +122,14 @@ def _rows(model: type, prefix: str, cfg: types.ModuleType, notes: dict, used: se
     return rows
 
 
+def _doc_intro(model: type) -> str:
+    """The first paragraph of a settings model's own docstring, as Markdown."""
+    doc = (model.__doc__ or "").strip()
+    if not doc or model.__doc__ == getattr(model.__mro__[1], "__doc__", None):
+        return ""
+    return " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+
+
 def configuration_page() -> str:
     """The configuration reference, as Markdown."""
     cfg = _config_module()
@@ -134,7 +142,7 @@ def configuration_page() -> str:
         nested: list[tuple[str, type]] = []
         rows = _rows(model, f"{key}." if key else "", cfg, notes, used, nested)
         out += [f"## {'Top level' if not key else f'`{key}`'}", ""]
-        intro = notes.get(f"_{key or 'top'}")
+        intro = notes.get(f"_{key or 'top'}") or _doc_intro(model)
         used.add(f"_{key or 'top'}")
         if intro:
             out += [intro.rstrip(), ""]
