@@ -29,6 +29,7 @@ last line of output is ``PEER-RESULT {json}``.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import functools
 import json
@@ -42,7 +43,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BENCH_INSTALL", "PEERS", "bench_peers", "optuna_integration_missing", "workload_config"]
+from benchmarks._common import Section, paired
+
+__all__ = ["BENCH_INSTALL", "PEERS", "SECTION", "bench_peers", "optuna_integration_missing", "workload_config"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: The commands of one round, in the order they run.
@@ -306,8 +309,6 @@ def bench_peers(tmp: str, rows: int, features: int, centers: int, trials: int, r
     unknown = set(only) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peer(s) {sorted(unknown)}; choose from {', '.join(PEERS)}")
-    from benchmarks.run import _paired
-
     overrides = project_overrides(rows, features, centers, trials, jobs)
     cfg = workload_config(overrides)
     trial_list = project_trials(cfg)
@@ -344,20 +345,20 @@ def bench_peers(tmp: str, rows: int, features: int, centers: int, trials: int, r
     for variant, label in (("project", "python -m mlproject.search"), ("mlflow-run", "mlflow run -e search")):
         if variant not in runs:
             continue
-        ratios[f"{variant}_loop_over_floor_loop"] = _paired(series(variant, "loop_s"), series("floor", "loop_s"))
-        ratios[f"{variant}_wall_over_floor_wall"] = _paired(series(variant, "wall_s"), series("floor", "wall_s"))
+        ratios[f"{variant}_loop_over_floor_loop"] = paired(series(variant, "loop_s"), series("floor", "loop_s"))
+        ratios[f"{variant}_wall_over_floor_wall"] = paired(series(variant, "wall_s"), series("floor", "wall_s"))
         targets[f"peers: {label} loop <= 1.1x no-tracking floor loop"] = (
             ratios[f"{variant}_loop_over_floor_loop"] <= 1.1)
         if "optuna" in runs:
-            ratios[f"{variant}_wall_over_optuna_wall"] = _paired(series(variant, "wall_s"), series("optuna", "wall_s"))
+            ratios[f"{variant}_wall_over_optuna_wall"] = paired(series(variant, "wall_s"), series("optuna", "wall_s"))
             targets[f"peers: {label} wall <= 1.0x Optuna + MLflowCallback wall"] = (
                 ratios[f"{variant}_wall_over_optuna_wall"] <= 1.0)
     for peer in ("optuna", "autolog"):
         if peer in runs:
-            ratios[f"{peer}_loop_over_floor_loop"] = _paired(series(peer, "loop_s"), series("floor", "loop_s"))
-            ratios[f"{peer}_wall_over_floor_wall"] = _paired(series(peer, "wall_s"), series("floor", "wall_s"))
+            ratios[f"{peer}_loop_over_floor_loop"] = paired(series(peer, "loop_s"), series("floor", "loop_s"))
+            ratios[f"{peer}_wall_over_floor_wall"] = paired(series(peer, "wall_s"), series("floor", "wall_s"))
     if "autolog" in runs and "project" in runs:
-        ratios["project_wall_over_autolog_wall"] = _paired(series("project", "wall_s"), series("autolog", "wall_s"))
+        ratios["project_wall_over_autolog_wall"] = paired(series("project", "wall_s"), series("autolog", "wall_s"))
     return {
         "rows": rows, "features": features, "centers": centers, "trials": trials, "rounds": rounds, "jobs": jobs,
         "cluster_std": cfg.data.cluster_std, "silhouette_sample": cfg.metrics.silhouette_sample,
@@ -367,6 +368,39 @@ def bench_peers(tmp: str, rows: int, features: int, centers: int, trials: int, r
         "peers": table, "ratios": ratios, "same_trials_as_floor": same,
         "targets": targets,
     }
+
+
+def _print_peers(pe: dict[str, Any]) -> None:
+    print(f"\n-- peers: {pe['trials']} trials on {pe['rows']:,} x {pe['features']} blobs ({pe['centers']} centres), "
+          f"n_clusters 4-12 x init, silhouette on a {pe['silhouette_sample']:,}-row sample, {pe['jobs']} at a time; "
+          f"{pe['rounds']} alternating round(s), medians; wall = the whole command, loop = its search loop")
+    for why in pe["skipped"].values():
+        print(f"   skipped Optuna + MLflowCallback: {why}")
+    names = {"floor": "no tracking (joblib)", "optuna": "Optuna + MLflowCallback", "autolog":
+             "autolog + GridSearchCV", "project": "python -m mlproject.search", "mlflow-run": "mlflow run -e search"}
+    print(f"{'':<28} {'wall s':>8} {'loop s':>8}  child runs  best (k, init)")
+    for peer, r in pe["peers"].items():
+        runs = ",".join(str(n) for n in r.get("child_runs", [])) or "-"
+        best = r["best_trial"][0] if r["best_trial"] else None
+        print(f"{names[peer]:<28} {r['wall_s']:>8.2f} {r['loop_s']:>8.2f}  {runs:>10}  {best}")
+    for k, v in pe["ratios"].items():
+        print(f"  {k:<36} {v:8.2f}x")
+    print(f"  the project ran the same trials as the peers: {pe['same_trials_as_floor']}")
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--peer-rows", type=int, default=200_000, help="peers: rows (x --features, --k centres)")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help="peers: the commands to run (the floor always runs), comma list of " + ", ".join(PEERS))
+
+
+def _run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    only = tuple(x.strip() for x in args.peers.split(",") if x.strip())
+    return bench_peers(tmp, args.peer_rows, args.features, args.k, args.trials, args.repeats, args.workers, only)
+
+
+#: The section as ``python -m benchmarks.run --sections peers`` runs it.
+SECTION = Section(_run, _print_peers, _add_arguments)
 
 
 if __name__ == "__main__":

@@ -39,12 +39,25 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from benchmarks.peers import PEERS, bench_peers
+from benchmarks import peers
+from benchmarks._common import (
+    Section,
+    blobs,
+    cluster,
+    environ,
+    gpu_available,
+    initial_centers,
+    median,
+    paired,
+    peak_cluster_memory,
+    per_iteration,
+    persist,
+)
 
 #: The multi-fidelity searches the ``fidelity`` section runs against full fidelity, as config
 #: overrides: rungs of 1/81, 1/27, 1/9, 1/3 and all rows, with Optuna's asynchronous successive
@@ -56,117 +69,6 @@ _FIDELITY_MODES = {
 }
 
 
-# -- helpers ------------------------------------------------------------------------------------
-def _blobs(rows: int, features: int, k: int, seed: int = 0) -> np.ndarray:
-    from sklearn.datasets import make_blobs
-
-    X, _ = make_blobs(n_samples=rows, n_features=features, centers=k, cluster_std=1.0, random_state=seed)
-    return X.astype(np.float32)
-
-
-def _initial_centers(X: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """k distinct random rows: a start far enough from the optimum that Lloyd runs every iteration."""
-    rng = np.random.default_rng(seed)
-    return X[rng.choice(len(X), size=k, replace=False)].astype(np.float64)
-
-
-def _per_iteration(fits: dict[str, Callable[[int], int]], n1: int, n2: int,
-                   repeats: int) -> dict[str, list[float]]:
-    """Seconds per Lloyd iteration of each fit in each repeat, as (t(n2) - t(n1)) / (n2 - n1).
-
-    Fixed costs (validation, centring, set-up, the final labelling pass) cancel out; repeats are
-    interleaved across implementations so a noisy neighbour hurts them all alike, and the
-    fits of one repeat, run back to back, can be compared pairwise (:func:`_paired`).
-    ``fit(n)`` runs ``n`` iterations from the shared start and returns the iterations run.
-    """
-    times: dict[str, list[float]] = {name: [] for name in fits}
-    for _ in range(repeats):
-        for name, fit in fits.items():
-            t = time.perf_counter()
-            it1 = fit(n1)
-            t1 = time.perf_counter() - t
-            t = time.perf_counter()
-            it2 = fit(n2)
-            t2 = time.perf_counter() - t
-            if it2 <= it1:
-                raise RuntimeError(f"{name} converged before {n2} iterations; use harder data or fewer iterations")
-            times[name].append((t2 - t1) / (it2 - it1))
-    return times
-
-
-def _median(times: list[float]) -> float:
-    """The median; a non-positive one means fixed-cost noise swamped the iterations: no figure."""
-    m = statistics.median(times)
-    return m if m > 0 else float("nan")
-
-
-def _paired(slow: list[float], fast: list[float]) -> float:
-    """Median of the ratios ``slow[i] / fast[i]`` of measurements taken back to back (one
-    repeat, one round); pairs with a non-positive figure are left out.
-
-    This VM's speed drifts by up to 1.7x over minutes; two fits run back to back see the same
-    machine, so their ratio is steadier than the ratio of medians taken minutes apart.
-    """
-    ratios = [a / b for a, b in zip(slow, fast, strict=True) if a > 0 and b > 0]
-    return statistics.median(ratios) if ratios else float("nan")
-
-
-@contextlib.contextmanager
-def _cluster(workers: int, memory_limit: str = "4GiB") -> Iterator[Any]:
-    """A local cluster as the toolkit starts one (its diagnostics settings included)."""
-    from toolkit.cluster import dask_client
-    from toolkit.config import ClusterConfig
-
-    cfg = ClusterConfig(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit,
-                        scheduler_address=None)
-    with _environ(DASK_SCHEDULER_ADDRESS=None), dask_client(cfg) as client:
-        yield client
-
-
-def _persist(X: np.ndarray, client: Any, chunk_rows: int) -> Any:
-    """``X`` persisted with its blocks spread evenly over the workers (as the backends do)."""
-    from toolkit.cluster import scatter_rows
-
-    return scatter_rows(X, client, chunk_rows)
-
-
-def _peak_cluster_memory(client: Any, fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Run ``fn``; return its result and the peak summed worker memory (bytes)."""
-    from distributed.diagnostics import MemorySampler
-
-    ms = MemorySampler()
-    with ms.sample("run", client=client, measure="process", interval=0.05):
-        out = fn()
-    frame = ms.to_pandas()
-    return out, float(frame.max().iloc[0]) if len(frame) else float("nan")
-
-
-def _put_environ(values: dict[str, str | None]) -> None:
-    """Set environment variables; a None value removes the variable."""
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _environ(**values: str | None) -> Iterator[None]:
-    """Set (or, for None, remove) environment variables within the block, then restore them."""
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        _put_environ(values)
-        yield
-    finally:
-        _put_environ(saved)
-
-
-def _gpu_available() -> bool:
-    from toolkit.env import gpu_available
-
-    return gpu_available(("cuml", "cupy"))
-
-
 # -- section: per-iteration ----------------------------------------------------------------------
 def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, workers: int) -> dict[str, Any]:
     from dask_ml.cluster import KMeans as DaskMLKMeans
@@ -174,8 +76,8 @@ def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, 
 
     from toolkit.backends.dask_lloyd import DaskKMeans, lloyd_fit
 
-    X = _blobs(rows, features, k)
-    C0 = _initial_centers(X, k)
+    X = blobs(rows, features, k)
+    C0 = initial_centers(X, k)
     n1, n2 = max(1, iters // 4), iters
     out: dict[str, Any] = {"rows": rows, "features": features, "k": k, "iterations": f"{n1} vs {n2}",
                            "workers": workers,
@@ -184,8 +86,8 @@ def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, 
     def sk_fit(n: int) -> int:
         return KMeans(n_clusters=k, init=C0, n_init=1, max_iter=n, tol=0.0, algorithm="lloyd").fit(X).n_iter_
 
-    with _cluster(workers) as client:
-        dX = _persist(X, client, max(1, rows // (4 * workers)))
+    with cluster(workers) as client:
+        dX = persist(X, client, max(1, rows // (4 * workers)))
 
         def dask_fit(n: int) -> int:
             return lloyd_fit(dX, C0, max_iter=n, tol=0.0, client=client)[2]
@@ -194,12 +96,12 @@ def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, 
             return DaskMLKMeans(n_clusters=k, init=C0, max_iter=n, tol=0.0).fit(dX).n_iter_
 
         dask_fit(2)  # warm-up: worker imports and the per-worker actors
-        main = _per_iteration({"sklearn": sk_fit, "dask": dask_fit}, n1, n2, repeats)
+        main = per_iteration({"sklearn": sk_fit, "dask": dask_fit}, n1, n2, repeats)
         # dask-ml is an order of magnitude slower: fewer iterations, three repeats, same method,
         # each paired with a dask fit of the same iterations.
-        vs_ml = _per_iteration({"dask": dask_fit, "dask-ml": dask_ml_fit}, 2, 10, min(3, repeats))
-        per_iter = {"sklearn": _median(main["sklearn"]), "dask": _median(main["dask"]),
-                    "dask-ml": _median(vs_ml["dask-ml"])}
+        vs_ml = per_iteration({"dask": dask_fit, "dask-ml": dask_ml_fit}, 2, 10, min(3, repeats))
+        per_iter = {"sklearn": median(main["sklearn"]), "dask": median(main["dask"]),
+                    "dask-ml": median(vs_ml["dask-ml"])}
 
         sk = KMeans(n_clusters=k, init=C0, n_init=1, max_iter=n2, tol=0.0, algorithm="lloyd").fit(X)
         _, dk_inertia, _ = lloyd_fit(dX, C0, max_iter=n2, tol=0.0, client=client)
@@ -207,7 +109,7 @@ def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, 
         sk_fit(n2)
         sk_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        _, dk_peak = _peak_cluster_memory(client, lambda: dask_fit(n2))
+        _, dk_peak = peak_cluster_memory(client, lambda: dask_fit(n2))
         # End to end: each library's own default initialisation, to convergence.
         t = time.perf_counter()
         KMeans(n_clusters=k, n_init=1, random_state=0).fit(X)
@@ -227,7 +129,7 @@ def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, 
                  "inertia_rel_diff_vs_sklearn": abs(dk_inertia - sk.inertia_) / sk.inertia_},
         "dask-ml": {"per_iter_ms": 1e3 * per_iter["dask-ml"], "fit_s": dml_e2e},
     }
-    if _gpu_available():  # pragma: no cover - needs a GPU
+    if gpu_available():  # pragma: no cover - needs a GPU
         res.update(_bench_gpu(X, C0, k, iters, repeats))
 
     sk_ms = res["sklearn"]["per_iter_ms"]
@@ -235,8 +137,8 @@ def bench_iteration(rows: int, features: int, k: int, iters: int, repeats: int, 
     # Ratios of fits run back to back in the same repeat (their medians); the last one pairs
     # nothing, so it is the ratio of the medians.
     out["ratios"] = {
-        "dask_per_iter_vs_sklearn": _paired(main["dask"], main["sklearn"]),
-        "dask_ml_per_iter_vs_dask": _paired(vs_ml["dask-ml"], vs_ml["dask"]),
+        "dask_per_iter_vs_sklearn": paired(main["dask"], main["sklearn"]),
+        "dask_ml_per_iter_vs_dask": paired(vs_ml["dask-ml"], vs_ml["dask"]),
         "dask_ml_per_iter_vs_sklearn": res["dask-ml"]["per_iter_ms"] / sk_ms,
     }
     out["repeats_ms"] = {"sklearn": [1e3 * t for t in main["sklearn"]], "dask": [1e3 * t for t in main["dask"]],
@@ -275,24 +177,24 @@ def bench_scaling(row_sizes: list[int], worker_counts: list[int], features: int,
     table = []
     n1, n2 = max(1, iters // 4), iters
     for rows in row_sizes:
-        X = _blobs(rows, features, k)
-        C0 = _initial_centers(X, k)
+        X = blobs(rows, features, k)
+        C0 = initial_centers(X, k)
 
         def sk_fit(n: int, X: np.ndarray = X, C0: np.ndarray = C0) -> int:
             return KMeans(n_clusters=k, init=C0, n_init=1, max_iter=n, tol=0.0).fit(X).n_iter_
 
         for workers in worker_counts:
-            with _cluster(workers) as client:
-                dX = _persist(X, client, max(1, rows // (4 * workers)))
+            with cluster(workers) as client:
+                dX = persist(X, client, max(1, rows // (4 * workers)))
 
                 def dask_fit(n: int, dX: Any = dX, C0: np.ndarray = C0, client: Any = client) -> int:
                     return lloyd_fit(dX, C0, max_iter=n, tol=0.0, client=client)[2]
 
                 dask_fit(2)
-                per = _per_iteration({"sklearn": sk_fit, "dask": dask_fit}, n1, n2, repeats)
-            table.append({"rows": rows, "workers": workers, "sklearn_ms": 1e3 * _median(per["sklearn"]),
-                          "dask_ms": 1e3 * _median(per["dask"]),
-                          "dask_vs_sklearn": _paired(per["dask"], per["sklearn"])})
+                per = per_iteration({"sklearn": sk_fit, "dask": dask_fit}, n1, n2, repeats)
+            table.append({"rows": rows, "workers": workers, "sklearn_ms": 1e3 * median(per["sklearn"]),
+                          "dask_ms": 1e3 * median(per["dask"]),
+                          "dask_vs_sklearn": paired(per["dask"], per["sklearn"])})
     return {"features": features, "k": k, "iterations": f"{n1} vs {n2}", "table": table}
 
 
@@ -348,7 +250,7 @@ def _overhead_medians(rows: list[dict[str, Any]]) -> dict[str, float]:
 def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int,
                  speed_features: int = 16, speed_rounds: int = 5, tiny_searches: int = 3) -> dict[str, Any]:
     """Search figures on a throwaway MLflow store; the caller's store and run are left alone."""
-    with _environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-mlflow.db", MLFLOW_RUN_ID=None):
+    with environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-mlflow.db", MLFLOW_RUN_ID=None):
         return _bench_search(tmp, tiny_rows, tiny_trials, speed_rows, speed_trials, speed_features, speed_rounds,
                              tiny_searches)
 
@@ -360,7 +262,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     storage = os.path.join(tmp, "bench-optuna.log")  # the default kind: an Optuna journal file
     out: dict[str, Any] = {}
     probe_before = _write_probe(tmp)
-    with _cluster(2) as client:
+    with cluster(2) as client:
         # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state.
         search(_search_cfg("warmup", tiny_rows, 4, 2, storage), client=client)
         # Several short searches, their trials pooled (one 2-second search samples one moment of
@@ -399,7 +301,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     walls: dict[int, list[float]] = {1: [], 2: []}
     for rnd in range(speed_rounds):
         for workers in ((1, 2) if rnd % 2 == 0 else (2, 1)):
-            with _cluster(workers) as client:
+            with cluster(workers) as client:
                 search(_search_cfg(f"warm{workers}-{rnd}", speed_rows, 2, workers, storage,
                                    features=speed_features), client=client)
                 res = search(_search_cfg(f"speed{workers}-{rnd}", speed_rows, speed_trials, workers, storage,
@@ -408,7 +310,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     w1, w2 = statistics.median(walls[1]), statistics.median(walls[2])
     out["speedup"] = {"rows": speed_rows, "features": speed_features, "trials": speed_trials, "rounds": speed_rounds,
                       "wall_1_worker_s": w1, "wall_2_workers_s": w2,
-                      "speedup_2_over_1": _paired(walls[1], walls[2]),
+                      "speedup_2_over_1": paired(walls[1], walls[2]),
                       "round_speedups": [a / b for a, b in zip(walls[1], walls[2], strict=True)],
                       "ratio_of_median_walls": w1 / w2,
                       "walls_1_worker_s": walls[1], "walls_2_workers_s": walls[2]}
@@ -429,7 +331,7 @@ def _throwaway_store(tmp: str) -> Iterator[str]:
 
     uri = f"sqlite:///{tmp}/bench-evaluate.db"
     saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    with _environ(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri, MLFLOW_RUN_ID=None):
+    with environ(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri, MLFLOW_RUN_ID=None):
         try:
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
@@ -452,7 +354,7 @@ def bench_evaluate(tmp: str, rows: int, features: int, k: int, repeats: int) -> 
     from toolkit.registry import log_and_register
     from toolkit.tracking import tracked_run
 
-    X = _blobs(rows, features, k)
+    X = blobs(rows, features, k)
     model = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(X[:50_000])
     with _throwaway_store(tmp):
         with tracked_run("bench-evaluate", "fit") as run_id:
@@ -477,7 +379,7 @@ def bench_evaluate(tmp: str, rows: int, features: int, k: int, repeats: int) -> 
                 t = time.perf_counter()
                 fn()
                 walls[name].append(time.perf_counter() - t)
-    ratio = _paired(walls["evaluate"], walls["by_hand"])
+    ratio = paired(walls["evaluate"], walls["by_hand"])
     return {
         "rows": rows, "features": features, "k": k, "repeats": repeats,
         "evaluate_s": statistics.median(walls["evaluate"]), "by_hand_s": statistics.median(walls["by_hand"]),
@@ -508,7 +410,7 @@ def bench_outofcore(tmp: str, rows: int, features: int, k: int, iters: int, memo
     limit = memory_limit_mb * 2**20
     # Arrow's default pool (jemalloc/mimalloc) keeps freed buffers: ~190 MiB more RSS per worker.
     pool = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")
-    with _environ(ARROW_DEFAULT_MEMORY_POOL=pool), _cluster(workers, memory_limit=f"{memory_limit_mb}MiB") as client:
+    with environ(ARROW_DEFAULT_MEMORY_POOL=pool), cluster(workers, memory_limit=f"{memory_limit_mb}MiB") as client:
         # One partition per file (no aggregation), so one block is what a worker holds at a time.
         X = dd.read_parquet(os.path.join(folder, "*.parquet"), blocksize=None).to_dask_array(lengths=True)
         C0 = centers.astype(np.float64) + 0.5
@@ -550,7 +452,7 @@ def bench_drift(tmp: str, rows: int, features: int, k: int, repeats: int, worker
     from toolkit.serving import load_predictor, score_files
     from toolkit.tracking import tracked_run
 
-    X = _blobs(rows, features, k)
+    X = blobs(rows, features, k)
     folder = os.path.join(tmp, "drift-in")
     os.makedirs(folder, exist_ok=True)
     cols = [f"x{i}" for i in range(features)]
@@ -558,7 +460,7 @@ def bench_drift(tmp: str, rows: int, features: int, k: int, repeats: int, worker
         pd.DataFrame(X[part], columns=cols).to_parquet(os.path.join(folder, f"part-{i:03d}.parquet"))
     model = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(X[:50_000])
     walls: dict[str, list[float]] = {"plain": [], "drift": []}
-    with _throwaway_store(tmp), _cluster(workers) as client:
+    with _throwaway_store(tmp), cluster(workers) as client:
         with tracked_run("bench-drift", "fit") as run_id:
             log_and_register(model, model, run_id=run_id, backend="sklearn", native_name="bench-drift",
                              sklearn_name="bench-drift-sklearn", sample=X[:2_000], feature_names=cols)
@@ -578,7 +480,7 @@ def bench_drift(tmp: str, rows: int, features: int, k: int, repeats: int, worker
         finally:
             predictor.close()
     shutil.rmtree(folder, ignore_errors=True)
-    ratio = _paired(walls["drift"], walls["plain"])
+    ratio = paired(walls["drift"], walls["plain"])
     return {
         "rows": rows, "features": features, "k": k, "repeats": repeats, "workers": workers, "files": files,
         "plain_s": statistics.median(walls["plain"]), "drift_s": statistics.median(walls["drift"]),
@@ -631,8 +533,8 @@ def bench_fidelity(tmp: str, rows: int, features: int, k: int, trials: int, repe
     order = ["full", *modes]
     figures: dict[str, dict[str, list[Any]]] = {m: {"wall_s": [], "to_best_s": [], "best_k": [], "best": [],
                                                     "full_fits": []} for m in order}
-    with _environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-fidelity.db", MLFLOW_RUN_ID=None), \
-            _cluster(workers) as client:
+    with environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-fidelity.db", MLFLOW_RUN_ID=None), \
+            cluster(workers) as client:
         # Warm-up (imports on the workers, the sqlite schema): the first search must not pay for both.
         search(workload_config([*base, "search.n_trials=2", "name=fidelity-warmup"]), client=client)
         for rnd in range(repeats):
@@ -660,9 +562,9 @@ def bench_fidelity(tmp: str, rows: int, features: int, k: int, trials: int, repe
     out["ratios"] = {}
     out["targets"] = {}
     for mode in modes:
-        wall = _paired(figures[mode]["wall_s"], figures["full"]["wall_s"])
+        wall = paired(figures[mode]["wall_s"], figures["full"]["wall_s"])
         out["ratios"][f"{mode}: wall over full wall"] = wall
-        out["ratios"][f"{mode}: time to best over full"] = _paired(figures[mode]["to_best_s"],
+        out["ratios"][f"{mode}: time to best over full"] = paired(figures[mode]["to_best_s"],
                                                                   figures["full"]["to_best_s"])
         same_k = figures[mode]["best_k"] == figures["full"]["best_k"]
         out["targets"][f"fidelity: {mode} wall <= 0.3x full-fidelity wall"] = wall <= 0.3
@@ -679,98 +581,70 @@ def _full_fit_equivalents(parent: str, trials: int) -> float:
 
 
 # -- report --------------------------------------------------------------------------------------
-def _print_report(report: dict[str, Any]) -> None:
-    print(f"\n== kmeans-lifecycle benchmarks  ({report['machine']})")
-    it = report.get("iteration")
-    if it:
-        print(f"\n-- per iteration: {it['rows']:,} x {it['features']} float32, k={it['k']}, "
-              f"{it['iterations']} iterations from the same centroids, {it['workers']} workers; {it['method']}")
-        print(f"{'backend':<10} {'ms/iter':>10} {'fit s':>8} {'peak MiB':>9} {'inertia':>16}")
-        for name, r in it["backends"].items():
-            print(f"{name:<10} {r['per_iter_ms']:>10.1f} {r.get('fit_s', float('nan')):>8.2f} "
-                  f"{r.get('peak_mem_mb', float('nan')):>9.1f} {r.get('inertia', float('nan')):>16.6g}")
-        print("  (peak MiB: scikit-learn = allocations during fit, tracemalloc; dask = summed worker process memory)")
-        for k, v in it["ratios"].items():
-            print(f"  {k:<32} {v:8.2f}")
-        for name, ms in it.get("repeats_ms", {}).items():
-            print(f"  {name} ms/iter by repeat: {', '.join(f'{m:.1f}' for m in ms)}")
-        print(f"  dask inertia rel. diff vs sklearn: {it['backends']['dask']['inertia_rel_diff_vs_sklearn']:.2e}")
-    sc = report.get("scaling")
-    if sc:
-        print(f"\n-- scaling: {sc['features']} features, k={sc['k']}, ms per iteration")
-        print(f"{'rows':>10} {'workers':>8} {'sklearn':>9} {'dask':>9} {'ratio':>7}")
-        for r in sc["table"]:
-            print(f"{r['rows']:>10,} {r['workers']:>8} {r['sklearn_ms']:>9.1f} {r['dask_ms']:>9.1f} "
-                  f"{r['dask_vs_sklearn']:>7.2f}")
-    se = report.get("search")
-    if se:
-        o, s = se["overhead"], se["speedup"]
-        print(f"\n-- search: median per-trial overhead {o['median_overhead_ms']:.1f} ms "
-              f"(scheduling {o['median_schedule_ms']:.1f} + MLflow writes {o['median_mlflow_write_ms']:.1f}; "
-              f"{o['trials']} tiny trials in {o['searches']} searches, compute {o['median_trial_compute_ms']:.1f} ms "
-              f"each; the searches' own medians {', '.join(f'{m:.1f}' for m in o['search_median_overhead_ms'])})")
-        rs = o["random_sampler"]
-        print(f"   with the random sampler instead of TPE (searches run in turn with those): "
-              f"{rs['median_overhead_ms']:.1f} ms (scheduling {rs['median_schedule_ms']:.1f} + "
-              f"MLflow writes {rs['median_mlflow_write_ms']:.1f})")
-        print(f"   the writes' CPU: {o['median_mlflow_write_cpu_ms']:.1f} ms per child run (the writer runs at low "
-              f"priority, so its wall time includes waiting for a core)")
-        if "idle_write_cpu_ms" in o:
-            p = o["idle_write_cpu_ms"]
-            print(f"   machine probe: one child-run write on an idle store took {p['before']:.1f} ms of CPU before "
-                  f"these searches and {p['after']:.1f} ms after (same code; the VM's speed drifts)")
-        print(f"   amortized: {o['amortized_overhead_ms']:.1f} ms of search wall time per trial beyond compute "
-              f"({o['loop_s']:.2f} s for {o['trials']} trials on 2 workers; child runs written while trials run)")
-        print(f"   trial-parallel: {s['trials']} trials on {s['rows']:,} x {s['features']} (random sampler, "
-              f"{s['rounds']} paired rounds): speed-up {s['speedup_2_over_1']:.2f}x, the median of the rounds' "
-              f"{', '.join(f'{r:.2f}' for r in s['round_speedups'])}")
-        print(f"   median walls: 1 worker {s['wall_1_worker_s']:.2f} s, 2 workers {s['wall_2_workers_s']:.2f} s "
-              f"(ratio {s['ratio_of_median_walls']:.2f}x)")
-    oc = report.get("outofcore")
-    if oc:
-        print(f"\n-- out of core: {oc['data_gib']:.2f} GiB on disk = {oc['data_over_summed_limit']:.1f}x the "
-              f"summed worker limit ({oc['workers']} x {oc['worker_limit_mib']} MiB); {oc['per_iter_s']:.2f} s/iter; "
-              f"peak worker memory {oc['peak_worker_mib']:.0f} MiB")
-    ev = report.get("evaluate")
-    if ev:
-        print(f"\n-- evaluate: mlflow.models.evaluate(model_type='clustering') on {ev['rows']:,} x {ev['features']}, "
-              f"k={ev['k']}: {ev['evaluate_s']:.2f} s against {ev['by_hand_s']:.2f} s for one prediction pass "
-              f"+ the metric passes ({ev['evaluate_over_by_hand']:.2f}x, paired over {ev['repeats']} repeats)")
-    dr = report.get("drift")
-    if dr:
-        print(f"\n-- drift: score_files on {dr['rows']:,} x {dr['features']} Parquet rows, k={dr['k']}, "
-              f"{dr['workers']} workers: {dr['drift_s']:.2f} s with the drift statistics against "
-              f"{dr['plain_s']:.2f} s without ({dr['drift_over_plain']:.3f}x, paired over {dr['repeats']} repeats)")
-    pe = report.get("peers")
-    if pe:
-        _print_peers(pe)
-    fi = report.get("fidelity")
-    if fi:
-        _print_fidelity(fi)
-    targets = {k: v for sec in ("iteration", "search", "outofcore", "evaluate", "drift", "peers", "fidelity")
-               for k, v in report.get(sec, {}).get("targets", {}).items()}
-    if targets:
-        print("\n-- targets")
-        for k, v in targets.items():
-            print(f"  [{'met' if v else 'MISSED'}] {k}")
+def _print_iteration(it: dict[str, Any]) -> None:
+    print(f"\n-- per iteration: {it['rows']:,} x {it['features']} float32, k={it['k']}, "
+          f"{it['iterations']} iterations from the same centroids, {it['workers']} workers; {it['method']}")
+    print(f"{'backend':<10} {'ms/iter':>10} {'fit s':>8} {'peak MiB':>9} {'inertia':>16}")
+    for name, r in it["backends"].items():
+        print(f"{name:<10} {r['per_iter_ms']:>10.1f} {r.get('fit_s', float('nan')):>8.2f} "
+              f"{r.get('peak_mem_mb', float('nan')):>9.1f} {r.get('inertia', float('nan')):>16.6g}")
+    print("  (peak MiB: scikit-learn = allocations during fit, tracemalloc; dask = summed worker process memory)")
+    for k, v in it["ratios"].items():
+        print(f"  {k:<32} {v:8.2f}")
+    for name, ms in it.get("repeats_ms", {}).items():
+        print(f"  {name} ms/iter by repeat: {', '.join(f'{m:.1f}' for m in ms)}")
+    print(f"  dask inertia rel. diff vs sklearn: {it['backends']['dask']['inertia_rel_diff_vs_sklearn']:.2e}")
 
 
-def _print_peers(pe: dict[str, Any]) -> None:
-    print(f"\n-- peers: {pe['trials']} trials on {pe['rows']:,} x {pe['features']} blobs ({pe['centers']} centres), "
-          f"n_clusters 4-12 x init, silhouette on a {pe['silhouette_sample']:,}-row sample, {pe['jobs']} at a time; "
-          f"{pe['rounds']} alternating round(s), medians; wall = the whole command, loop = its search loop")
-    for why in pe["skipped"].values():
-        print(f"   skipped Optuna + MLflowCallback: {why}")
-    names = {"floor": "no tracking (joblib)", "optuna": "Optuna + MLflowCallback", "autolog":
-             "autolog + GridSearchCV", "project": "python -m mlproject.search", "mlflow-run": "mlflow run -e search"}
-    print(f"{'':<28} {'wall s':>8} {'loop s':>8}  child runs  best (k, init)")
-    for peer, r in pe["peers"].items():
-        runs = ",".join(str(n) for n in r.get("child_runs", [])) or "-"
-        best = r["best_trial"][0] if r["best_trial"] else None
-        print(f"{names[peer]:<28} {r['wall_s']:>8.2f} {r['loop_s']:>8.2f}  {runs:>10}  {best}")
-    for k, v in pe["ratios"].items():
-        print(f"  {k:<36} {v:8.2f}x")
-    print(f"  the project ran the same trials as the peers: {pe['same_trials_as_floor']}")
+def _print_scaling(sc: dict[str, Any]) -> None:
+    print(f"\n-- scaling: {sc['features']} features, k={sc['k']}, ms per iteration")
+    print(f"{'rows':>10} {'workers':>8} {'sklearn':>9} {'dask':>9} {'ratio':>7}")
+    for r in sc["table"]:
+        print(f"{r['rows']:>10,} {r['workers']:>8} {r['sklearn_ms']:>9.1f} {r['dask_ms']:>9.1f} "
+              f"{r['dask_vs_sklearn']:>7.2f}")
+
+
+def _print_search(se: dict[str, Any]) -> None:
+    o, s = se["overhead"], se["speedup"]
+    print(f"\n-- search: median per-trial overhead {o['median_overhead_ms']:.1f} ms "
+          f"(scheduling {o['median_schedule_ms']:.1f} + MLflow writes {o['median_mlflow_write_ms']:.1f}; "
+          f"{o['trials']} tiny trials in {o['searches']} searches, compute {o['median_trial_compute_ms']:.1f} ms "
+          f"each; the searches' own medians {', '.join(f'{m:.1f}' for m in o['search_median_overhead_ms'])})")
+    rs = o["random_sampler"]
+    print(f"   with the random sampler instead of TPE (searches run in turn with those): "
+          f"{rs['median_overhead_ms']:.1f} ms (scheduling {rs['median_schedule_ms']:.1f} + "
+          f"MLflow writes {rs['median_mlflow_write_ms']:.1f})")
+    print(f"   the writes' CPU: {o['median_mlflow_write_cpu_ms']:.1f} ms per child run (the writer runs at low "
+          f"priority, so its wall time includes waiting for a core)")
+    if "idle_write_cpu_ms" in o:
+        p = o["idle_write_cpu_ms"]
+        print(f"   machine probe: one child-run write on an idle store took {p['before']:.1f} ms of CPU before "
+              f"these searches and {p['after']:.1f} ms after (same code; the VM's speed drifts)")
+    print(f"   amortized: {o['amortized_overhead_ms']:.1f} ms of search wall time per trial beyond compute "
+          f"({o['loop_s']:.2f} s for {o['trials']} trials on 2 workers; child runs written while trials run)")
+    print(f"   trial-parallel: {s['trials']} trials on {s['rows']:,} x {s['features']} (random sampler, "
+          f"{s['rounds']} paired rounds): speed-up {s['speedup_2_over_1']:.2f}x, the median of the rounds' "
+          f"{', '.join(f'{r:.2f}' for r in s['round_speedups'])}")
+    print(f"   median walls: 1 worker {s['wall_1_worker_s']:.2f} s, 2 workers {s['wall_2_workers_s']:.2f} s "
+          f"(ratio {s['ratio_of_median_walls']:.2f}x)")
+
+
+def _print_outofcore(oc: dict[str, Any]) -> None:
+    print(f"\n-- out of core: {oc['data_gib']:.2f} GiB on disk = {oc['data_over_summed_limit']:.1f}x the "
+          f"summed worker limit ({oc['workers']} x {oc['worker_limit_mib']} MiB); {oc['per_iter_s']:.2f} s/iter; "
+          f"peak worker memory {oc['peak_worker_mib']:.0f} MiB")
+
+
+def _print_evaluate(ev: dict[str, Any]) -> None:
+    print(f"\n-- evaluate: mlflow.models.evaluate(model_type='clustering') on {ev['rows']:,} x {ev['features']}, "
+          f"k={ev['k']}: {ev['evaluate_s']:.2f} s against {ev['by_hand_s']:.2f} s for one prediction pass "
+          f"+ the metric passes ({ev['evaluate_over_by_hand']:.2f}x, paired over {ev['repeats']} repeats)")
+
+
+def _print_drift(dr: dict[str, Any]) -> None:
+    print(f"\n-- drift: score_files on {dr['rows']:,} x {dr['features']} Parquet rows, k={dr['k']}, "
+          f"{dr['workers']} workers: {dr['drift_s']:.2f} s with the drift statistics against "
+          f"{dr['plain_s']:.2f} s without ({dr['drift_over_plain']:.3f}x, paired over {dr['repeats']} repeats)")
 
 
 def _print_fidelity(fi: dict[str, Any]) -> None:
@@ -787,6 +661,44 @@ def _print_fidelity(fi: dict[str, Any]) -> None:
         print(f"  {mode}: {overrides}")
     for k, v in fi["ratios"].items():
         print(f"  {k:<48} {v:8.2f}x")
+
+
+# -- the sections, in the order they run and print -------------------------------------------------
+#: Every section by name.  A new section: a module ``benchmarks/<name>.py`` defining
+#: ``SECTION = Section(run, show, add_arguments)`` (:class:`benchmarks._common.Section`; import
+#: helpers from ``benchmarks._common``, never from this module), imported above and added here as
+#: one line ``"<name>": <module>.SECTION,``.
+SECTIONS: dict[str, Section] = {
+    "iteration": Section(lambda a, tmp: bench_iteration(a.rows, a.features, a.k, a.iters, a.repeats, a.workers),
+                         _print_iteration, default=True),
+    "scaling": Section(lambda a, tmp: bench_scaling([int(r) for r in a.scaling_rows.split(",")],
+                                                    [int(w) for w in a.scaling_workers.split(",")],
+                                                    a.features, a.k, a.iters, a.repeats),
+                       _print_scaling, default=True),
+    "search": Section(lambda a, tmp: bench_search(tmp, 300, a.tiny_trials, a.speed_rows, a.speed_trials, a.features,
+                                                  a.speed_rounds, a.tiny_searches),
+                      _print_search, default=True),
+    "evaluate": Section(lambda a, tmp: bench_evaluate(tmp, a.rows, a.features, a.k, a.repeats), _print_evaluate),
+    "drift": Section(lambda a, tmp: bench_drift(tmp, a.rows, a.features, a.k, a.repeats, a.workers), _print_drift),
+    "peers": peers.SECTION,
+    "fidelity": Section(lambda a, tmp: bench_fidelity(tmp, a.rows, a.features, a.k, a.trials, a.repeats, a.workers),
+                        _print_fidelity),
+    "outofcore": Section(lambda a, tmp: bench_outofcore(tmp, a.ooc_rows, a.features, a.k, 3, a.ooc_limit_mib,
+                                                        workers=a.ooc_workers),
+                         _print_outofcore),
+}
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    print(f"\n== kmeans-lifecycle benchmarks  ({report['machine']})")
+    for name, section in SECTIONS.items():
+        if report.get(name) and section.show is not None:
+            section.show(report[name])
+    targets = {k: v for name in SECTIONS for k, v in report.get(name, {}).get("targets", {}).items()}
+    if targets:
+        print("\n-- targets")
+        for k, v in targets.items():
+            print(f"  [{'met' if v else 'MISSED'}] {k}")
 
 
 def _log_mlflow(report: dict[str, Any], path: str) -> str:
@@ -815,8 +727,8 @@ def _log_mlflow(report: dict[str, Any], path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="iteration,scaling,search",
-                   help="comma list of iteration, scaling, search, evaluate, outofcore, drift, peers, fidelity")
+    p.add_argument("--sections", default=",".join(n for n, s in SECTIONS.items() if s.default),
+                   help="comma list of " + ", ".join(SECTIONS))
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--k", type=int, default=8)
@@ -832,42 +744,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed-rounds", type=int, default=5,
                    help="trial-parallel speed-up: rounds of 1 then 2 workers back to back (median ratio)")
     p.add_argument("--trials", type=int, default=40, help="peers and fidelity: trials per search")
-    p.add_argument("--peer-rows", type=int, default=200_000, help="peers: rows (x --features, --k centres)")
-    p.add_argument("--peers", default=",".join(PEERS),
-                   help="peers: the commands to run (the floor always runs), comma list of " + ", ".join(PEERS))
     p.add_argument("--ooc-rows", type=int, default=40_000_000)
     p.add_argument("--ooc-limit-mib", type=int, default=600)
     p.add_argument("--ooc-workers", type=int, default=1)
+    for section in SECTIONS.values():
+        if section.add_arguments is not None:
+            section.add_arguments(p)
     p.add_argument("--json", default="benchmarks/results/latest.json")
     p.add_argument("--mlflow", action="store_true", help="log the figures to an MLflow run")
     args = p.parse_args(argv)
-    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     report: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
                               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     with tempfile.TemporaryDirectory() as tmp:
-        if "iteration" in sections:
-            report["iteration"] = bench_iteration(args.rows, args.features, args.k, args.iters, args.repeats,
-                                                  args.workers)
-        if "scaling" in sections:
-            report["scaling"] = bench_scaling([int(r) for r in args.scaling_rows.split(",")],
-                                              [int(w) for w in args.scaling_workers.split(",")],
-                                              args.features, args.k, args.iters, args.repeats)
-        if "search" in sections:
-            report["search"] = bench_search(tmp, 300, args.tiny_trials, args.speed_rows, args.speed_trials,
-                                            args.features, args.speed_rounds, args.tiny_searches)
-        if "evaluate" in sections:
-            report["evaluate"] = bench_evaluate(tmp, args.rows, args.features, args.k, args.repeats)
-        if "drift" in sections:
-            report["drift"] = bench_drift(tmp, args.rows, args.features, args.k, args.repeats, args.workers)
-        if "peers" in sections:
-            report["peers"] = bench_peers(tmp, args.peer_rows, args.features, args.k, args.trials, args.repeats,
-                                          args.workers, tuple(x.strip() for x in args.peers.split(",") if x.strip()))
-        if "fidelity" in sections:
-            report["fidelity"] = bench_fidelity(tmp, args.rows, args.features, args.k, args.trials, args.repeats,
-                                                args.workers)
-        if "outofcore" in sections:
-            report["outofcore"] = bench_outofcore(tmp, args.ooc_rows, args.features, args.k, 3, args.ooc_limit_mib,
-                                                  workers=args.ooc_workers)
+        for name, section in SECTIONS.items():
+            if name in sections:
+                report[name] = section.run(args, tmp)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(report, fh, indent=2, default=float)

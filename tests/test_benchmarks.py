@@ -14,12 +14,11 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from benchmarks import peers
+from benchmarks import _common, peers
 from benchmarks import run as bench
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_path):
     out = tmp_path / "bench.json"
     rc = bench.main([
@@ -57,6 +56,7 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     assert [a.path for a in mlc.list_artifacts(run.info.run_id, "benchmark")] == ["benchmark/bench.json"]
 
 
+@pytest.mark.slow
 def test_benchmark_peers_section_runs_every_peer_on_the_same_trials(tmp_path):
     """The ``peers`` section at a tiny size (2k rows, 4 trials, 1 round): the floor, the Optuna +
     MLflowCallback peer and ``python -m mlproject.search`` (the other two commands are slower and
@@ -85,6 +85,7 @@ def test_benchmark_peers_section_runs_every_peer_on_the_same_trials(tmp_path):
     assert "peers: python -m mlproject.search loop <= 1.1x no-tracking floor loop" in pe["targets"]
 
 
+@pytest.mark.slow
 def test_benchmark_fidelity_section_runs_tiny(tmp_path):
     """The ``fidelity`` section on 2k rows, 4 trials, 1 round (about 15 s): full fidelity and
     every multi-fidelity mode ran, with the section's own overrides (its first rung still has
@@ -100,6 +101,7 @@ def test_benchmark_fidelity_section_runs_tiny(tmp_path):
     assert fi["synchronous_halving"]["full_fit_equivalents"] < 4
 
 
+@pytest.mark.slow
 def test_fidelity_section_skips_on_a_key_the_config_rejects(tmp_path):
     """An override the config does not know skips the section in one line, before any work."""
     fi = bench.bench_fidelity(str(tmp_path), 1000, 2, 3, 2, 1, 1, modes={"bad": "search.no_such_key=1"})
@@ -110,8 +112,27 @@ def test_fidelity_section_skips_on_a_key_the_config_rejects(tmp_path):
 def test_paired_ratios_and_medians():
     """Ratios are taken per repeat (fits run back to back) and their median reported; a
     non-positive per-iteration figure (noise swamped the iterations) is no figure."""
-    assert bench._paired([2.0, 8.0, 9.0], [1.0, 2.0, 3.0]) == 3.0  # ratios 2, 4, 3
-    assert bench._paired([2.0, -1.0], [1.0, 1.0]) == 2.0
-    assert math.isnan(bench._paired([-1.0], [1.0]))
-    assert bench._median([3.0, 1.0, 2.0]) == 2.0
-    assert math.isnan(bench._median([-1.0, 0.0, 1.0]))
+    assert _common.paired([2.0, 8.0, 9.0], [1.0, 2.0, 3.0]) == 3.0  # ratios 2, 4, 3
+    assert _common.paired([2.0, -1.0], [1.0, 1.0]) == 2.0
+    assert math.isnan(_common.paired([-1.0], [1.0]))
+    assert _common.median([3.0, 1.0, 2.0]) == 2.0
+    assert math.isnan(_common.median([-1.0, 0.0, 1.0]))
+
+
+def test_sections_are_one_registry_that_main_runs_and_parses(capsys):
+    """``SECTIONS`` is the suite: ``--help`` lists each, a section's own flags are parsed
+    (``peers``' ``--peer-rows``), an unknown name is refused naming the known ones; no section
+    module imports ``benchmarks.run`` (tests/test_import_graph.py holds the cycle check)."""
+    assert list(bench.SECTIONS) == ["iteration", "scaling", "search", "evaluate", "drift", "peers", "fidelity",
+                                    "outofcore"]
+    assert bench.SECTIONS["peers"] is peers.SECTION
+    assert [n for n, s in bench.SECTIONS.items() if s.default] == ["iteration", "scaling", "search"]
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--peer-rows" in out and all(name in out for name in bench.SECTIONS)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--sections", "iteration,nope"])
+    assert exc.value.code == 2
+    assert "unknown section(s) nope; choose from iteration, scaling" in capsys.readouterr().err
