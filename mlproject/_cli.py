@@ -310,15 +310,23 @@ def _scrub_launcher_params() -> None:
             "and change that password")
 
 
-def run_main(main: Callable[[], int | None], *, uses_store: bool = True) -> None:
+def run_main(main: Callable[[], int | None], *, uses_store: bool = True,
+             parser: Callable[[], argparse.ArgumentParser] | None = None) -> None:
     """Call ``main`` and exit with a clear status.
 
+    The command line is parsed first, with ``parser`` (default: the ``build_parser`` of
+    ``main``'s module), so that ``--help`` and a bad option answer at once and touch no store:
+    the store is checked (and a new sqlite one created) only then.  ``main`` parses it again.
     Run as the program (``python -m mlproject.<entry>``), the process then ends without the
     interpreter's teardown (:mod:`mlproject._exit`), once every exit handler has run.
     ``uses_store=False`` (``keygen``): the tracking store is neither checked nor created.
     """
     as_program = getattr(main, "__module__", None) == "__main__"
+    if parser is None:
+        parser = getattr(sys.modules.get(getattr(main, "__module__", "")), "build_parser", None)
     try:
+        if parser is not None:
+            parser().parse_args()  # --help exits here (SystemExit 0), before MLflow is imported
         from toolkit.tracking.runs import check_store
 
         if uses_store:

@@ -22,7 +22,7 @@ DEFAULT_ALGORITHM = "ecdsa-p256"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``keygen`` options (``MLproject``'s ``keygen`` parameters, one for one)."""
-    from toolkit.registry.signing import ALGORITHMS
+    from toolkit.names import SIGNING_ALGORITHMS as ALGORITHMS  # not the registry: --help stays light
 
     parser = entry_parser("keygen", "mlproject.keygen", "make a key pair that signs logged models")
     parser.add_argument("--out", required=True, help="folder for signing-key.pem and signing-key.pub.pem")

@@ -30,7 +30,7 @@ ALL_VERSIONS = "all"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``migrate`` options (``MLproject``'s ``migrate`` parameters, one for one)."""
-    from toolkit.registry.migrate import TRUST_LEVELS
+    from toolkit.names import MIGRATE_TRUST_LEVELS as TRUST_LEVELS  # not the registry: --help stays light
 
     parser = entry_parser("migrate", "mlproject.migrate",
                           "rewrite a registered model's old versions as new signed versions")

@@ -33,10 +33,12 @@ __all__ = [
     "INTERNAL_METRICS",
     "LABEL_METRICS",
     "METRIC_DIRECTIONS",
+    "MIGRATE_TRUST_LEVELS",
     "MULTI_OBJECTIVES",
     "OBJECTIVES",
     "PRUNERS",
     "RESAMPLING_METRICS",
+    "SIGNING_ALGORITHMS",
     "TRADE_OFFS",
     "BackendFacts",
     "Device",
@@ -208,3 +210,11 @@ PRUNERS: tuple[str, ...] = ("none", "successive_halving", "synchronous_halving",
 #: ``search.fidelity.resource``: what grows from rung to rung -- the share of the rows a trial
 #: fits on (a nested, seeded subsample), or its ``max_iter`` (on all rows).
 FIDELITY_RESOURCES: tuple[str, ...] = ("data_fraction", "max_iter")
+
+
+#: Key algorithms ``toolkit.registry.signing.generate_key`` makes (here, so that ``keygen --help``
+#: lists them without importing the registry, MLflow and NumPy).
+SIGNING_ALGORITHMS = ("ecdsa-p256", "ed25519")
+#: What ``migrate`` accepts to read old model versions, each level accepting what the ones before
+#: it accept (``toolkit.registry.migrate.TRUST_LEVELS``; here for ``migrate --help``).
+MIGRATE_TRUST_LEVELS = ("unsigned", "pickle")

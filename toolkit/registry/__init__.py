@@ -9,10 +9,44 @@ of the champion.
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
-from toolkit.registry.promote import PromotionResult, promote
-from toolkit.registry.register import CHALLENGER, CHAMPION, Registered, log_and_register, model_experiment
+if TYPE_CHECKING:
+    from toolkit.registry.promote import PromotionResult, promote
+    from toolkit.registry.register import CHALLENGER, CHAMPION, Registered, log_and_register, model_experiment
+
+#: Names imported from their module on first use (PEP 562): ``keygen``/``migrate --help`` read a
+#: constant of a submodule without paying for MLflow and NumPy.
+_LAZY = {"PromotionResult": "toolkit.registry.promote", "promote": "toolkit.registry.promote",
+         **dict.fromkeys(("CHALLENGER", "CHAMPION", "Registered", "log_and_register", "model_experiment"),
+                         "toolkit.registry.register")}
+
+
+def __getattr__(name: str) -> Any:
+    """A name of :data:`_LAZY`, imported from its module on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'toolkit.registry' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """This package, whose ``promote`` stays the function when the submodule is imported (as it
+    was when the names were imported eagerly): the module is not kept as the attribute."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "CHALLENGER",
@@ -36,6 +70,7 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
     reports) is computed here, where the training data is, and stored with both models.
     """
     from toolkit.metrics import sample_rows
+    from toolkit.registry.register import log_and_register
     from toolkit.stats.profile import build_profile
 
     hX, hlabels = backend.host_view(X, fit.labels)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ModelError, first_line
+from toolkit.names import MIGRATE_TRUST_LEVELS
 from toolkit.registry import flavor, integrity, signing, stable
 from toolkit.tracking.runs import client
 
@@ -53,9 +54,8 @@ __all__ = [
 ]
 
 #: Trust levels, each accepting what the ones before it accept.
-UNSIGNED = "unsigned"
-PICKLE = "pickle"
-TRUST_LEVELS = (UNSIGNED, PICKLE)
+TRUST_LEVELS = MIGRATE_TRUST_LEVELS
+UNSIGNED, PICKLE = TRUST_LEVELS
 #: On the new version: the URI of the version it was migrated from.
 MIGRATED_FROM_TAG = "migrated_from"
 #: On the old version: the number of the version that replaced it.

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ConfigError, ModelError
+from toolkit.names import SIGNING_ALGORITHMS
 
 __all__ = [
     "ALGORITHMS",
@@ -80,7 +81,7 @@ ALLOW_UNSIGNED_ENV = "KMEANS_LIFECYCLE_ALLOW_UNSIGNED"
 #: Version of the ``kmeans_lifecycle`` section of the predicate.
 FORMAT_VERSION = 1
 #: Key algorithms :func:`generate_key` makes.
-ALGORITHMS = ("ecdsa-p256", "ed25519")
+ALGORITHMS = SIGNING_ALGORITHMS
 
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 _STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
