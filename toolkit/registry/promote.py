@@ -4,7 +4,7 @@ Both versions are scored on the same evaluation data with the same metric (throu
 scikit-learn twins, so promotion runs on any machine).  The decision, the scores and who was
 replaced are written as version tags; the twin's registered model gets the same aliases so the
 two names never disagree about who is champion.  The scores are those of
-:func:`toolkit.evaluation.scores.score_clustering`, the computation behind the ``clustering``
+:func:`toolkit.stats.scores.score_clustering`, the computation behind the ``clustering``
 evaluator of ``mlflow.models.evaluate``: a decision can be checked by hand with it.
 
 A challenger that wins on the metric is still kept back when it relabels too much: its **churn**

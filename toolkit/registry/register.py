@@ -230,7 +230,7 @@ def log_and_register(
             The first ``stable.MAX_REFERENCE_ROWS`` rows of ``sample`` are stored with each
             model as its reference sample.
         profile: the fit's training profile (cluster shares and distance histogram,
-            :mod:`toolkit.monitoring.profile`) in the fit's own cluster order; reordered with the
+            :mod:`toolkit.stats.profile`) in the fit's own cluster order; reordered with the
             clusters and stored with both models as ``monitoring/profile.json``.  None: computed
             from ``sample``.
 
