@@ -62,12 +62,16 @@ def _n_workers(value: str) -> int:
 
 def _rows_written(output: str) -> int:
     """Rows in the Parquet directory ``output``, from its footers (no data is read again)."""
-    import glob
-    import os
-
+    import fsspec
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(os.path.join(output, "*.parquet")))
+    # fsspec: a local folder or an object-store URL alike (only the footers are fetched).
+    fs, path = fsspec.core.url_to_fs(output)
+    total = 0
+    for f in fs.glob(f"{path.rstrip('/')}/*.parquet"):
+        with fs.open(f, "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
 
 
 def _record_params(source: Any, args: argparse.Namespace) -> dict[str, Any]:

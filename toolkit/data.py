@@ -25,8 +25,10 @@ import numpy as np
 
 from toolkit.config import DataConfig
 from toolkit.errors import DataError
+from toolkit.redact import redact
 
-__all__ = ["CENTRE_RATIO", "MAX_RATIO", "Dataset", "check_finite", "load_dataset", "precision_shift", "read_table"]
+__all__ = ["CENTRE_RATIO", "MAX_RATIO", "Dataset", "check_finite", "is_url", "load_dataset", "precision_shift",
+           "read_table", "url_fs"]
 
 #: Data are centred (before the float32 cast) when their mean lies farther from 0 than this many
 #: times their spread ``sqrt(sum(var))``.  float32 keeps 24 bits: at ratio ``R`` the cast moves a
@@ -85,9 +87,53 @@ class Dataset:
             h.update(np.ascontiguousarray(self.X[-100:]).tobytes())
         else:
             for f in self.files:
-                st = os.stat(f)
-                h.update(f"{f}:{st.st_size}:{int(st.st_mtime)}".encode())
+                h.update(_file_fingerprint(f).encode())
         return h.hexdigest()[:12]
+
+
+def is_url(path: str | None) -> bool:
+    """Whether ``path`` names a remote fsspec location (``s3://``, ``gs://``, ``https://``, ...),
+    read by whoever computes on it (a Dask worker reads its own partitions), not a local path."""
+    return bool(path) and "://" in str(path) and not str(path).startswith("file://")
+
+
+def url_fs(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path within it.
+
+    Credentials are never taken from the URL or the config: the filesystem finds them as its SDK
+    does (for ``s3://``: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE`` naming a
+    profile in ``~/.aws``, instance roles; ``AWS_ENDPOINT_URL_S3`` for an S3-compatible store).
+
+    Raises:
+        DataError: no filesystem implementation is installed for the URL's scheme.
+    """
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        scheme = url.split("://", 1)[0]
+        hint = "pip install s3fs" if scheme in ("s3", "s3a") else f"install the fsspec implementation for {scheme}://"
+        raise DataError(f"cannot open {redact(url)!r}: {' '.join(str(exc).split())[:200]}", hint) from None
+
+
+def _remote_error(url: str, exc: BaseException) -> DataError:
+    """One line for a remote read that failed (no credentials, access denied, unreachable)."""
+    msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return DataError(f"cannot read {redact(url)!r}: {type(exc).__name__}: {redact(msg)}",
+                     "check the URL and the credentials in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                     "or AWS_PROFILE; AWS_ENDPOINT_URL_S3 for a non-AWS store)")
+
+
+def _file_fingerprint(f: str) -> str:
+    """What identifies one file's content cheaply: size and mtime, or a remote object's ETag and size."""
+    if not is_url(f):
+        st = os.stat(f)
+        return f"{f}:{st.st_size}:{int(st.st_mtime)}"
+    fs, path = url_fs(f)
+    info = fs.info(path)
+    tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("LastModified") or ""
+    return f"{f}:{info.get('size')}:{str(tag).strip(chr(34))}"
 
 
 def check_finite(X: Any, what: str = "data") -> None:
@@ -144,7 +190,33 @@ def _bundled(cfg: DataConfig) -> Dataset:
     )
 
 
+def _expand_url(url: str) -> list[str]:
+    """The files a remote URL names (a file, a "directory" prefix, or a glob), as URLs."""
+    fs, path = url_fs(url)
+    try:
+        fs.invalidate_cache()  # fsspec keeps listings per process: each load sees the store as it is now
+        if any(ch in path for ch in "*?["):
+            found = sorted(fs.glob(path))
+            if not found:
+                raise DataError(f"glob {url!r} matches no file", "check the pattern and the bucket")
+        elif fs.isdir(path):
+            found = sorted(p for p in fs.ls(path, detail=False) if p.endswith((".csv", ".parquet", ".pq")))
+            if not found:
+                raise DataError(f"{url!r} holds no .csv or .parquet file", "point at the files")
+        elif fs.exists(path):
+            return [url]
+        else:
+            raise DataError(f"data file {url!r} does not exist", "check data.path")
+    except DataError:
+        raise
+    except Exception as exc:  # the SDK's own errors: no credentials, denied, unreachable
+        raise _remote_error(url, exc) from None
+    return [fs.unstrip_protocol(p) for p in found]
+
+
 def _expand(path: str) -> list[str]:
+    if is_url(path):
+        return _expand_url(path)
     path = os.path.expanduser(path)
     if any(ch in path for ch in "*?["):
         files = sorted(_glob.glob(path, recursive=True))
@@ -188,11 +260,16 @@ def _header(path: str, fmt: str) -> list[str]:
             import pyarrow.dataset as pads
             import pyarrow.parquet as pq
 
-            schema = (
-                pads.dataset(path, format="parquet").schema  # a directory of parts
-                if os.path.isdir(path)
-                else pq.read_schema(path)
-            )
+            if is_url(path):  # the footer only, through the URL's filesystem
+                fs, inner = url_fs(path)
+                with fs.open(inner, "rb") as fh:
+                    schema = pq.read_schema(fh)
+            else:
+                schema = (
+                    pads.dataset(path, format="parquet").schema  # a directory of parts
+                    if os.path.isdir(path)
+                    else pq.read_schema(path)
+                )
             meta = schema.pandas_metadata or {}
             index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
             return [str(n) for n in schema.names if n not in index]
@@ -261,7 +338,15 @@ def read_table(
     import dask.dataframe as dd
 
     for f in files:
-        if not os.path.isdir(f) and os.path.getsize(f) == 0:
+        if is_url(f):
+            fs, inner = url_fs(f)
+            try:
+                empty = fs.size(inner) == 0
+            except Exception as exc:
+                raise _remote_error(f, exc) from None
+            if empty:
+                raise DataError(f"data file {f!r} is empty", "remove it or point at non-empty files")
+        elif not os.path.isdir(f) and os.path.getsize(f) == 0:
             raise DataError(f"data file {f!r} is empty", "remove it or point at non-empty files")
     headers = [_header(f, fmt) for f in files]
     _check_columns(files, headers, columns)
@@ -339,7 +424,7 @@ def _files(cfg: DataConfig) -> Dataset:
         X=X,
         y=y,
         feature_names=[str(c) for c in ddf.columns],
-        source=cfg.path,
+        source=redact(cfg.path),  # a URL as given, less any credentials in it
         files=files,
         file_format=fmt,
         columns=columns,

@@ -13,6 +13,7 @@ predicted) once: :func:`scoring_plan` builds both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.data import _expand, _format_of, read_table
+from toolkit.data import _expand, _format_of, is_url, read_table, url_fs
 from toolkit.errors import DataError, option_hint
 
 __all__ = ["ScoringPlan", "score_files", "scoring_plan"]
@@ -163,7 +164,9 @@ def score_files(
     if on_nan not in ON_NAN:
         raise DataError(f"on_nan={on_nan!r} is not one of {', '.join(ON_NAN)}",
                         f"pass {option_hint('on_nan', 'error')} or {option_hint('on_nan', 'drop')}")
-    if os.path.exists(output) and not overwrite:
+    remote = is_url(output)
+    out_fs, out_path = url_fs(output) if remote else (None, output)
+    if (out_fs.exists(out_path) if remote else os.path.exists(output)) and not overwrite:
         raise DataError(f"output {output!r} already exists",
                         f"choose another path or pass {option_hint('overwrite', 'true')}")
     files = _expand(path)
@@ -187,6 +190,24 @@ def score_files(
         )
     if n_nan:
         ddf = ddf.dropna(subset=features)
+    if remote:  # an object store: written beside the output, moved into place when complete
+        import secrets
+
+        tmp_path = f"{out_path.rstrip('/').rsplit('/', 1)[0]}/.scoring-{secrets.token_hex(6)}"
+        tmp = out_fs.unstrip_protocol(tmp_path)
+        try:
+            _, plan = scoring_plan(predictor, ddf, features, tmp, drift=drift, bins=bins)
+            import dask
+
+            _, parts = dask.compute(plan.write, plan.stats_parts)
+            if out_fs.exists(out_path):
+                out_fs.rm(out_path, recursive=True)
+            out_fs.mv(tmp_path, out_path, recursive=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                out_fs.rm(tmp_path, recursive=True)
+            raise
+        return _scored(plan, parts, files, output, n_nan)
     parent = os.path.dirname(os.path.abspath(output)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".scoring-", dir=parent)
@@ -202,6 +223,11 @@ def score_files(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return _scored(plan, parts, files, output, n_nan)
+
+
+def _scored(plan: ScoringPlan, parts: Any, files: list[str], output: str, n_nan: int) -> dict[str, Any]:
+    """What :func:`score_files` returns, from the computed plan."""
     stats = None
     if plan.stats_parts is not None:
         from toolkit.stats.profile import stats_from_frame
