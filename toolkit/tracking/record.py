@@ -154,7 +154,8 @@ def log_dataset(run_id: str, dataset: Any, context: str = "training") -> None:
     if dataset.files:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
 
-        source = resolve_dataset_source(os.path.abspath(dataset.files[0]))
+        first = dataset.files[0]  # a URL (s3://...) as it is; a local path made absolute
+        source = resolve_dataset_source(first if "://" in first else os.path.abspath(first))
     else:
         source = CodeDatasetSource(tags={"generator": dataset.source})
     schema = Schema([ColSpec(DataType.float, str(n)) for n in dataset.feature_names])
