@@ -102,6 +102,17 @@ def test_extractor_finds_markers_and_blocks():
         ("bash", "needs a GPU", 0, "nvidia-smi\n"), ("python", None, 2, "raise SystemExit(2)\n")]
 
 
+def test_every_fence_names_its_language():
+    """An unlabelled fence would hide a command from the check below: say ``text`` for output."""
+    for name, text in pages().items():
+        inside = False
+        for number, line in enumerate(text.splitlines(), 1):
+            m = _FENCE.match(line)
+            if m and not inside:
+                assert m.group("lang"), f"{name}:{number}: a fence without a language (bash, python, text, yaml...)"
+            inside = inside != bool(m)
+
+
 def test_every_example_runs_or_says_why_not():
     assert len(ALL) > 30 and RUN_PY and RUN_SH, "the extractor found too few examples"
     for ex in ALL:
