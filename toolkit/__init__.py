@@ -1,7 +1,8 @@
 """kmeans-lifecycle: k-means experiments from one CPU to multi-node multi-GPU, tracked in MLflow.
 
 Imports run one way, layer by layer, as the README's layer table ("Layout") states and
-``tests/test_import_graph.py`` enforces: ``errors``/``names``/``_metric_kernels``/``_version``/``_compat``
+``tests/test_import_graph.py`` enforces:
+``errors``/``names``/``_metric_kernels``/``_version``/``_compat``/``_speedups``
 <- ``config``/``redact``/``env``/``faults``/``convert``/``metrics``/``workers``
 <- ``console``/``data``/``cluster``/``tracking``/``kmeans_dask``/``stats``
 <- ``backends``/``registry`` <- ``train``/``serving``/``monitoring`` <- ``search``/``evaluation``/``refresh``;
