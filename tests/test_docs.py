@@ -202,3 +202,31 @@ def test_readme_links_reach_a_file_and_heading():
         assert path.exists(), f"README links {link}: no such file"
         if anchor and path.suffix == ".md":
             assert anchor in _anchors(path), f"README links {link}: {target or 'README.md'} has no such heading"
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``toolkit.a.b`` is a module, or a name that the longest importable module prefix has."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_toolkit_names_in_the_docs_exist():
+    """A module or function the prose names (``toolkit.monitoring.drift_report``) still exists there:
+    a package reshuffle must carry the docs with it."""
+    assert _resolves("toolkit.config.load_experiment") and not _resolves("toolkit.config.no_such_name")
+    named = {(m, page) for page, text in pages().items() for m in re.findall(r"\btoolkit(?:\.[A-Za-z_]\w*)+", text)}
+    missing = sorted(f"{page}: {name}" for name, page in named if not _resolves(name))
+    assert not missing, "the docs name what the toolkit no longer has:\n" + "\n".join(missing)
