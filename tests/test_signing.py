@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -67,24 +66,39 @@ def _refused(call, *needles: str) -> str:
     return message
 
 
-def _predict_cli(uri: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """``python -m mlproject.predict`` in a process of its own, on this store."""
+def _predict_cli(uri: str, tmp_path: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """``python -m mlproject.predict`` on this store, in-process (``run_main`` with ``sys.argv``
+    patched, as the program runs it): (exit status, stderr).  The launch itself is covered by the
+    entry-point tests."""
+    from mlproject import predict
+    from mlproject._cli import run_main
+
     (tmp_path / "in.csv").write_text("x0,x1\n0.0,0.0\n")
-    return subprocess.run(
-        [sys.executable, "-m", "mlproject.predict", "--model-uri", uri, "--input", str(tmp_path / "in.csv"),
-         "--output", str(tmp_path / "out")],
-        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300, check=False)
+    monkeypatch.setattr(sys, "argv", ["mlproject.predict", "--model-uri", uri, "--input", str(tmp_path / "in.csv"),
+                                      "--output", str(tmp_path / "out")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        run_main(predict.main)
+    return done.value.code, capsys.readouterr().err
 
 
 # -- the layout: OpenSSF model-signing ----------------------------------------------------------
 
 
-def test_signature_is_a_model_signing_bundle_over_every_file(store, mlc, blobs_small, tmp_path, monkeypatch):
-    X, _ = blobs_small
-    private, public = _keys(tmp_path, "k")
-    monkeypatch.setenv(signing.SIGNING_KEY_ENV, str(private))
-    monkeypatch.setenv(signing.TRUSTED_KEYS_ENV, str(public))
-    _register("layout", X)
+@pytest.fixture(scope="module")
+def layout(store, mlc, blobs_small, tmp_path_factory) -> tuple[Path, Path]:
+    """One model registered with an ECDSA key pair, read (never changed) by the layout and interop
+    tests: (the native model's folder, the public key)."""
+    private, public = _keys(tmp_path_factory.mktemp("layout-keys"), "k")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(signing.SIGNING_KEY_ENV, str(private))
+        mp.setenv(signing.TRUSTED_KEYS_ENV, str(public))
+        _register("layout", blobs_small[0])
+    return _storage(mlc, "layout"), public
+
+
+def test_signature_is_a_model_signing_bundle_over_every_file(layout, mlc):
+    public = layout[1]
     for reg_name, fmt in (("layout", "kmeans-npy"), ("layout-sklearn", "skops")):
         folder = _storage(mlc, reg_name)
         bundle = json.loads((folder / "model.sig").read_text())
@@ -105,16 +119,14 @@ def test_signature_is_a_model_signing_bundle_over_every_file(store, mlc, blobs_s
         assert bundle["verificationMaterial"]["publicKey"]["hint"] == hashlib.sha256(public.read_bytes()).hexdigest()
 
 
-def test_the_real_model_signing_package_verifies_our_signature(store, mlc, blobs_small, tmp_path, monkeypatch):
+def test_the_real_model_signing_package_verifies_our_signature(layout, tmp_path):
     """Interop: ``model_signing`` (the OpenSSF reference) verifies a logged model's folder with
     the public key, and refuses it once a file changes."""
+    import shutil
+
     model_signing = pytest.importorskip("model_signing")
-    X, _ = blobs_small
-    private, public = _keys(tmp_path, "k")
-    monkeypatch.setenv(signing.SIGNING_KEY_ENV, str(private))
-    monkeypatch.setenv(signing.TRUSTED_KEYS_ENV, str(public))
-    _register("interop", X)
-    folder = _storage(mlc, "interop")
+    folder, public = tmp_path / "model", layout[1]
+    shutil.copytree(layout[0], folder)  # a copy: the shared model stays as registered
     verifier = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public)
     verifier.verify(folder, folder / "model.sig")
     np.save(folder / "kmeans" / "centers.npy", np.zeros((6, 2), np.float32), allow_pickle=False)
@@ -150,7 +162,7 @@ def _forge_tags(mlc, name: str, folder: Path) -> None:
 
 
 def test_rewritten_manifest_and_format_tags_with_a_planted_pickle_are_refused(
-    store, mlc, blobs_small, tmp_path, monkeypatch
+    store, mlc, blobs_small, tmp_path, monkeypatch, capsys
 ):
     X, _ = blobs_small
     name = "finding-2"
@@ -163,10 +175,10 @@ def test_rewritten_manifest_and_format_tags_with_a_planted_pickle_are_refused(
     monkeypatch.setenv(signing.ALLOW_PICKLE_ENV, "1")
     _refused(lambda: load_predictor(uri), "integrity check")
     _refused(lambda: flavor.load_model(uri, allow_pickle=True), "integrity check")
-    done = _predict_cli(uri, tmp_path)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "integrity check" in lines[0], done.stderr
+    code, err = _predict_cli(uri, tmp_path, monkeypatch, capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "integrity check" in lines[0], err
     assert not marker.exists()
 
     # Without the signature the model is unsigned: refused, and even trusted as unsigned it
