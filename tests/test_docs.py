@@ -72,7 +72,8 @@ def examples(name: str, text: str) -> list[Example]:
             i += 1
             continue
         indent, lang = m.group("indent"), m.group("lang").lower()
-        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
+        assert end is not None, f"{name}:{i + 1}: a fence that is never closed"
         body = "\n".join(line[len(indent):] for line in lines[i + 1:end]) + "\n"
         # The marker: an HTML comment ending on the nearest non-blank line above (it may span lines).
         last = next((j for j in range(i - 1, -1, -1) if lines[j].strip()), -1)
