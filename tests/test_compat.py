@@ -42,6 +42,7 @@ def test_a_changed_private_fails_naming_the_entry(monkeypatch):
 _PRIVATE = re.compile(
     r"\b(?:_trial_id|_study_id|_storage\.|_tracking_uri|_init_modules_to_packages_map|_to_mlflow_entity"
     r"|_model_impl|_logging_step|_save_example|_broken|_actions|_meta|_sockets|_set_internal_model)\b"
+    r"|_openmp_effective_n_threads|\b_n_threads\b|\b_n_features_out\b|[\"']sklearn\.[\w.]*\._\w+"
     r"|\._load\(|\bactor_execute\b|[\"'](?:_broken|_sockets|_model_impl)[\"']|UPDATE params"
 )
 

@@ -51,6 +51,8 @@ __all__ = [
     "optuna_set_trial_user_attr",
     "optuna_study_id",
     "optuna_trial_id",
+    "sklearn_set_fit_privates",
+    "sklearn_type_path",
     "tornado_listening_sockets",
 ]
 
@@ -588,6 +590,78 @@ def _probe_actor_execute() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# scikit-learn
+# ---------------------------------------------------------------------------------------------
+
+
+def sklearn_set_fit_privates(model: Any, n_clusters: int) -> None:
+    """Give a ``KMeans`` built from centres (not fitted) the private attributes ``fit`` sets.
+
+    Library: scikit-learn.  Private: ``KMeans._n_threads`` (``predict`` reads it) and
+    ``_n_features_out`` (``get_feature_names_out`` reads it), and
+    ``sklearn.utils._openmp_helpers._openmp_effective_n_threads`` (the value ``fit`` stores).
+    Checked: scikit-learn >=1.4,<1.10 (1.9.1).  Public fallback: none (a real ``fit`` would move
+    the centres); one thread is always valid if the helper moves.
+    """
+    try:
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+    except ImportError:  # moved in a later scikit-learn: one thread is always a valid count
+        threads = 1
+    else:
+        threads = int(_openmp_effective_n_threads())
+    model._n_threads = threads
+    model._n_features_out = n_clusters
+
+
+def _probe_sklearn_fit_privates() -> None:
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [5.0, 6.0]])
+    fitted = KMeans(n_clusters=2, n_init=1, random_state=0).fit(X)
+    _require(isinstance(getattr(fitted, "_n_threads", None), int), "KMeans.fit no longer sets _n_threads")
+    _require(getattr(fitted, "_n_features_out", None) == 2, "KMeans.fit no longer sets _n_features_out")
+    _require(int(_openmp_effective_n_threads()) >= 1, "_openmp_effective_n_threads() is not a count")
+    built = KMeans(n_clusters=2)
+    built.cluster_centers_, built.n_features_in_ = fitted.cluster_centers_, 2
+    sklearn_set_fit_privates(built, 2)
+    _require((built.predict(X) == fitted.predict(X)).all(), "a KMeans given fit's privates predicts differently")
+    _require(list(built.get_feature_names_out()) == ["kmeans0", "kmeans1"], "get_feature_names_out changed")
+
+
+_SKLEARN_TYPE_PATHS = {
+    "KMeans": "sklearn.cluster._kmeans.KMeans",
+    "StandardScaler": "sklearn.preprocessing._data.StandardScaler",
+    "FunctionTransformer": "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "Pipeline": "sklearn.pipeline.Pipeline",
+}
+
+
+def sklearn_type_path(name: str) -> str:
+    """The defining-module path of scikit-learn class ``name`` (as skops and class keys name it).
+
+    Library: scikit-learn.  Private: the private modules the classes are defined in
+    (``sklearn.cluster._kmeans``, ``sklearn.preprocessing._data``,
+    ``sklearn.preprocessing._function_transformer``).  Checked: scikit-learn >=1.4,<1.10 (1.9.1).
+    Public fallback: none (skops trust lists name a type by its defining module, not by the
+    public module that re-exports it).
+    """
+    return _SKLEARN_TYPE_PATHS[name]
+
+
+def _probe_sklearn_type_paths() -> None:
+    import sklearn.cluster
+    import sklearn.pipeline
+    import sklearn.preprocessing
+
+    for name, path in _SKLEARN_TYPE_PATHS.items():
+        cls = next(getattr(m, name) for m in (sklearn.cluster, sklearn.preprocessing, sklearn.pipeline)
+                   if hasattr(m, name))
+        _require(f"{cls.__module__}.{cls.__qualname__}" == path, f"{name} is now defined in {cls.__module__}")
+
+
+# ---------------------------------------------------------------------------------------------
 # The register and the check
 # ---------------------------------------------------------------------------------------------
 
@@ -625,6 +699,13 @@ REACHES: tuple[Reach, ...] = (
           "Client.dashboard_link (a host name, not the bound address)", _probe_tornado_sockets),
     Reach("distributed_actor_call", "distributed", "Worker.actor_execute (RPC handler)", ">=2024.12,<2027",
           "Client.submit(..., actor=True) handles (through the client)", _probe_actor_execute),
+    Reach("sklearn_set_fit_privates", "scikit-learn", "KMeans._n_threads, KMeans._n_features_out, "
+          "sklearn.utils._openmp_helpers._openmp_effective_n_threads", ">=1.4,<1.10",
+          "none (a real fit would move the centres)", _probe_sklearn_fit_privates),
+    Reach("sklearn_type_path", "scikit-learn", "private module paths sklearn.cluster._kmeans.KMeans, "
+          "sklearn.preprocessing._data.StandardScaler, ..._function_transformer.FunctionTransformer (skops trust "
+          "lists and class keys name them)", ">=1.4,<1.10", "none (skops names a type by its defining module)",
+          _probe_sklearn_type_paths),
     Reach("cuml_set_internal_model", "cuml", "cuml.dask BaseEstimator._set_internal_model", ">=26.10,<26.12",
           "none", None),
 )

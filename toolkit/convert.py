@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import _compat
 from toolkit.errors import ModelError
 
 __all__ = [
@@ -65,15 +66,15 @@ __all__ = [
 Converter = Callable[[Any], Any]
 
 # Source keys: "<module>.<qualname>" of the classes as defined (not as re-exported).
-_SKLEARN = "sklearn.cluster._kmeans.KMeans"
+_SKLEARN = _compat.sklearn_type_path("KMeans")
 _DASK_ML = "dask_ml.cluster.k_means.KMeans"
 _DASK_KMEANS = "toolkit.kmeans_dask.estimator.DaskKMeans"
 _CUML = "cuml.cluster.kmeans.KMeans"
 _CUML_MG = "cuml.cluster.kmeans_mg.KMeansMG"
 _CUML_DASK = "cuml.dask.cluster.kmeans.KMeans"
 _PIPELINE = "sklearn.pipeline.Pipeline"
-_SCALER = "sklearn.preprocessing._data.StandardScaler"
-_FUNCTION_TRANSFORMER = "sklearn.preprocessing._function_transformer.FunctionTransformer"
+_SCALER = _compat.sklearn_type_path("StandardScaler")
+_FUNCTION_TRANSFORMER = _compat.sklearn_type_path("FunctionTransformer")
 #: The step names of a centred model (:func:`centered_model`) and of a twin's cast (:func:`with_cast`).
 CENTRE_STEP, KMEANS_STEP, CAST_STEP = "centre", "kmeans", "cast"
 
@@ -295,14 +296,6 @@ def _sklearn_init(init: Any, shape: tuple[int, int]) -> Any:
     return arr if arr.shape == shape else "k-means++"  # a stale array would fail set_params checks
 
 
-def _openmp_threads() -> int:
-    try:
-        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-    except ImportError:  # moved in some future scikit-learn: one thread is always valid
-        return 1
-    return int(_openmp_effective_n_threads())
-
-
 def sklearn_from_centers(
     centers: Any,
     *,
@@ -367,11 +360,8 @@ def sklearn_from_centers(
         model.n_iter_ = int(n_iter)
     if labels is not None:
         model.labels_ = to_numpy(labels)
-    # scikit-learn private attributes KMeans.fit sets: predict needs _n_threads (all the
-    # threads OpenMP would give a fitted model, as fit sets it), get_feature_names_out needs
-    # _n_features_out.
-    model._n_threads = _openmp_threads()
-    model._n_features_out = k
+    # predict and get_feature_names_out read private attributes that only fit sets.
+    _compat.sklearn_set_fit_privates(model, k)
     return with_feature_names(model, feature_names) if feature_names is not None else model
 
 

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import env
+from toolkit import _compat, env
 from toolkit.convert import (
     centered_model,
     centers_of,
@@ -104,9 +104,8 @@ SKOPS_FILE = "model.skops"
 #: has a cast step in front, a FunctionTransformer of the ufunc ``numpy.positive`` (which skops
 #: trusts by default) that gives rows the centres' float width (:func:`toolkit.convert.with_cast`);
 #: its structure is checked after loading (:func:`toolkit.convert.split_centered`).
-TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.cluster._kmeans.KMeans", "sklearn.pipeline.Pipeline",
-                                        "sklearn.preprocessing._data.StandardScaler",
-                                        "sklearn.preprocessing._function_transformer.FunctionTransformer")
+TRUSTED_SKOPS_TYPES: tuple[str, ...] = tuple(
+    _compat.sklearn_type_path(name) for name in ("KMeans", "Pipeline", "StandardScaler", "FunctionTransformer"))
 
 # Distribution names whose versions are recorded when installed.
 _LIBRARIES = ("numpy", "scikit-learn", "dask", "dask-ml")
@@ -114,7 +113,7 @@ _LIBRARIES = ("numpy", "scikit-learn", "dask", "dask-ml")
 # (cuml-cu12 / cuml-cu13, cupy-cuda12x / cupy-cuda13x), so they are found through the import name.
 _GPU_MODULES = ("cuml", "cupy", "cudf", "dask_cudf", "dask_cuda", "rmm")
 
-_SKLEARN = "sklearn.cluster._kmeans.KMeans"
+_SKLEARN = _compat.sklearn_type_path("KMeans")
 _DASK_KMEANS = "toolkit.kmeans_dask.estimator.DaskKMeans"
 _DASK_ML = "dask_ml.cluster.k_means.KMeans"
 _CUML = "cuml.cluster.kmeans.KMeans"
