@@ -8,7 +8,8 @@ run after every other ``atexit`` handler (they run last-registered first), flush
 streams and logging and leaves with ``os._exit``.  By then Python has joined the non-daemon
 threads and run every library's handler (MLflow ends its runs, the child-run writer is
 drained and shut down), so only the teardown is skipped.  Unarmed (imported by tests, or a
-crash before the status is known) it does nothing.
+crash before the status is known) it does nothing; nor with the speed tricks switched off
+(:mod:`toolkit._speedups`): the interpreter then ends as usual, with the same status.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import contextlib
 import logging
 import os
 import sys
+
+from toolkit import _speedups
 
 _status: int | None = None
 
@@ -29,7 +32,7 @@ def arm(status: int) -> None:
 
 
 def _leave() -> None:
-    if _status is None:
+    if _status is None or not _speedups.quick_exit_allowed():
         return
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -284,17 +284,15 @@ class _StallingDaskBackend(get_backend("dask")):
         return super()._fit(X, params, init_centers)
 
 
-def test_data_parallel_fit_stalled_after_a_lost_worker_is_given_up_and_run_again(full_client, monkeypatch):
-    """A fit still running STALL_AFTER_LOSS_S after its cluster lost a worker is given up (its
+def test_data_parallel_fit_stalled_after_a_lost_worker_is_given_up_and_run_again(full_client):
+    """A fit still running ``stall_after_loss_s`` after its cluster lost a worker is given up (its
     data cancelled) and run again on the data placed again, within the search's bounds."""
-    import toolkit.search.trials as trials
-
-    monkeypatch.setattr(trials, "STALL_AFTER_LOSS_S", 2.0)
     dataset = _blobs(4000)
     be = _StallingDaskBackend(client=full_client)
     keeper, victim = sorted(full_client.nthreads())
     be.keeper, be.waiting = keeper, threading.Event()
-    runner = DataParallelRunner(be, be.prepare(dataset), None, MetricsConfig(silhouette_sample=500), dataset)
+    runner = DataParallelRunner(be, be.prepare(dataset), None, MetricsConfig(silhouette_sample=500), dataset,
+                                stall_after_loss_s=2.0)
     runner.submit(0, ModelConfig(n_clusters=4, random_state=0))
     got: list = []
     fitting = threading.Thread(target=lambda: got.extend(runner.results()), daemon=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from toolkit.redact import redact
 
-__all__ = ["LineProgress", "progress", "quiet", "say"]
+__all__ = ["LineProgress", "PassLines", "progress", "quiet", "say"]
 
 _QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("kmeans_quiet", default=False)
 
@@ -88,3 +88,67 @@ class LineProgress:
     def close(self) -> None:
         if self.n != self._last_n:
             self._say(time.monotonic())
+
+
+#: :class:`PassLines`' default: at most one line per this many seconds (a pass that takes
+#: longer gets its own line).
+PASS_EVERY_S = 10.0
+
+
+class PassLines:
+    """Progress of a long fit, one plain line per pass over the data or per ``every_s`` seconds,
+    whichever is later: ``fit dask: pass 9 (lloyd), iteration 2, inertia=5.87e+04,
+    shift=0.0108, 41.3 s``.  The first pass is always reported; a pass still running after
+    ``still_s`` seconds without a line gets a ``still on pass N`` line (a daemon thread), so a
+    fit is never silent for longer than that.  Quiet (``KMEANS_QUIET=1``) prints nothing.
+
+    Call it with :meth:`toolkit.kmeans_dask.DaskKMeans.fit`'s ``on_pass`` dicts; :meth:`close`
+    ends the heartbeat.
+    """
+
+    def __init__(self, desc: str, every_s: float | None = None, still_s: float = 30.0) -> None:
+        import threading
+
+        self.desc, self.still_s = desc, still_s
+        self.every_s = PASS_EVERY_S if every_s is None else every_s
+        self._last_line = self._t0 = time.monotonic()
+        self._said = 0
+        self._pass = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # In a copy of this context: a quiet() block around the fit silences the heartbeat too.
+        ctx = contextvars.copy_context()
+        self._beat = threading.Thread(target=ctx.run, args=(self._heartbeat,), name="pass-lines", daemon=True)
+        self._beat.start()
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._pass = int(info.get("pass", self._pass + 1))
+            if self._said and now - self._last_line < self.every_s:
+                return
+            self._said += 1
+            self._last_line = now
+        parts = [f"{self.desc}: pass {self._pass} ({info.get('phase', '?')})"]
+        if info.get("iteration"):
+            parts.append(f"iteration {info['iteration']}")
+        if info.get("inertia") is not None:
+            parts.append(f"inertia={info['inertia']:.6g}")
+        if info.get("shift") is not None:
+            parts.append(f"shift={info['shift']:.3g}")
+        parts.append(f"{info.get('elapsed', now - self._t0):.1f} s")
+        say(", ".join(parts))
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(self.still_s, 5.0)):
+            now = time.monotonic()
+            with self._lock:
+                if now - self._last_line < self.still_s:
+                    continue
+                self._last_line = now
+                n = self._pass + 1
+            say(f"{self.desc}: still on pass {n}, {now - self._t0:.1f} s")
+
+    def close(self) -> None:
+        """Stop the heartbeat (idempotent)."""
+        self._stop.set()

@@ -133,6 +133,7 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
     from toolkit.errors import ConfigError
     from toolkit.tracking import log_dataset, log_params, log_tags, tags_for, tracked_run
     from toolkit.train import (
+        FittedModel,
         backend_session,
         fit_and_score,
         log_fit,
@@ -168,9 +169,10 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
             metrics["refresh.center_shift_max"] = float(finite.max()) if len(finite) else float("nan")
             metrics["refresh.center_shift_mean"] = float(finite.mean()) if len(finite) else float("nan")
             metrics.update({f"refresh.center_shift.cluster_{i}": float(v) for i, v in enumerate(shifts)})
-            log_fit(run_id, cfg, dataset, result, metrics, X, backend)
-            registered = register_best(cfg, backend, result, X, dataset, run_id, metrics)
-            log_registered_centroids(run_id, cfg, dataset, result, X, backend, registered)
+            fitted = FittedModel(backend, result, metrics, X, dataset)
+            log_fit(run_id, cfg, fitted)
+            registered = register_best(cfg, fitted, run_id)
+            log_registered_centroids(run_id, cfg, fitted, registered)
         _tag_versions(registered, champion.version)
     return RefreshOutcome(run_id, native_name, str(champion.version), result, metrics, shifts, registered)
 

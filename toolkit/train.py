@@ -31,8 +31,8 @@ from toolkit.tracking import (
     tracked_run,
 )
 
-__all__ = ["WARMUP_METRIC", "TrainOutcome", "backend_session", "fit_and_score", "log_fit", "log_registered_centroids",
-           "register_best", "train", "with_host_labels"]
+__all__ = ["WARMUP_METRIC", "FittedModel", "TrainOutcome", "backend_session", "fit_and_score", "fit_progress",
+           "log_fit", "log_registered_centroids", "register_best", "train", "with_host_labels"]
 
 
 @dataclass
@@ -68,6 +68,51 @@ def with_host_labels(result: FitResult) -> FitResult:
         model = copy.copy(model)
         model.labels_ = labels
     return dataclasses.replace(result, model=model, labels=labels)
+
+
+#: Seconds between writes of a fit's per-pass metrics to the run: a long fit shows its progress
+#: in the UI while it runs, a fast one costs one write at the end, not one per iteration.
+_PASS_FLUSH_S = 10.0
+
+
+@contextlib.contextmanager
+def fit_progress(backend: KMeansBackend, run_id: str, desc: str) -> Iterator[None]:
+    """Report every pass of the fits inside the block: console lines
+    (:class:`toolkit.console.PassLines`: every pass or 10 s, whichever is later) and, per Lloyd
+    iteration, ``fit/inertia`` and ``fit/shift`` on run ``run_id`` with ``step`` = the
+    iteration (k-means|| rounds: ``fit/init_cost`` with ``step`` = the pass).  For a train run's
+    fit and a search's refit; trials are not reported (their loop cost stays as it is).
+    """
+    import time
+
+    from toolkit.console import PassLines
+
+    lines = PassLines(desc)
+    pending: list[tuple[dict[str, float], int]] = []
+    last = [time.monotonic()]
+
+    def flush() -> None:
+        while pending:
+            values, step = pending.pop(0)
+            log_metrics(run_id, values, step=step)
+        last[0] = time.monotonic()
+
+    def on_pass(info: dict[str, Any]) -> None:
+        lines(info)
+        if info.get("phase") == "lloyd":
+            pending.append(({"fit/inertia": info["inertia"], "fit/shift": info["shift"]}, int(info["iteration"])))
+        elif str(info.get("phase", "")).startswith("init") and info.get("inertia") is not None:
+            pending.append(({"fit/init_cost": info["inertia"]}, int(info["pass"])))
+        if time.monotonic() - last[0] >= _PASS_FLUSH_S:
+            flush()
+
+    backend.on_pass = on_pass
+    try:
+        yield
+        flush()
+    finally:
+        backend.on_pass = None
+        lines.close()
 
 
 def fit_and_score(
@@ -156,37 +201,40 @@ def _small_data(cfg: ExperimentConfig) -> bool:
     return False
 
 
-def log_fit(
-    run_id: str,
-    cfg: ExperimentConfig,
-    dataset: Dataset,
-    result: FitResult,
-    metrics: dict[str, float],
-    X: Any = None,
-    backend: KMeansBackend | None = None,
-    artifact_path: str = "centroids",
-    writer: Any = None,
-) -> concurrent.futures.Future | None:
+@dataclass
+class FittedModel:
+    """One fit and what it was fitted on: what logging and registering it need."""
+
+    backend: KMeansBackend
+    fit: FitResult
+    metrics: dict[str, float]
+    #: The data as placed for the backend (its host view draws the plot; the registry samples it).
+    X: Any
+    dataset: Dataset
+
+
+def log_fit(run_id: str, cfg: ExperimentConfig, fitted: FittedModel, artifact_path: str = "centroids",
+            writer: Any = None) -> concurrent.futures.Future | None:
     """Metrics, centroids (CSV + .npy) and, if enabled, the centroid plot for one fit.
 
     ``writer`` (a :class:`toolkit.tracking.writer.ChildWriter`): the centroids and their plot
     are written by it, and the job's future is returned for the caller to join.
     """
-    log_metrics(run_id, metrics)
-    if result.extra.get("init_fitted"):  # e.g. k-means++ fitted as k-means|| on multi-GPU cuML
-        log_tags(run_id, {"model.init_fitted": result.extra["init_fitted"]})
-    return _log_fit_centroids(run_id, cfg, dataset, result, X, backend, artifact_path, writer)
+    log_metrics(run_id, fitted.metrics)
+    if fitted.fit.extra.get("init_fitted"):  # e.g. k-means++ fitted as k-means|| on multi-GPU cuML
+        log_tags(run_id, {"model.init_fitted": fitted.fit.extra["init_fitted"]})
+    return _log_fit_centroids(run_id, cfg, fitted, artifact_path, writer)
 
 
-def _log_fit_centroids(run_id: str, cfg: ExperimentConfig, dataset: Dataset, result: FitResult, X: Any,
-                       backend: KMeansBackend | None, artifact_path: str, writer: Any,
+def _log_fit_centroids(run_id: str, cfg: ExperimentConfig, fitted: FittedModel, artifact_path: str, writer: Any,
                        registered: Any = None) -> concurrent.futures.Future | None:
     """The centroids (CSV + .npy) and their plot, in the fit's numbering or, given the
     ``registered`` record, in the registered models' (:meth:`toolkit.registry.Registered.relabel`)."""
     relabel = registered.relabel if registered is not None else (lambda a: a)
+    dataset, result = fitted.dataset, fitted.fit
     plot_data = None
-    if cfg.tracking.log_plot and X is not None and backend is not None:
-        hX, hlabels = backend.host_view(X, result.labels)
+    if cfg.tracking.log_plot and fitted.X is not None:
+        hX, hlabels = fitted.backend.host_view(fitted.X, result.labels)
         plot_data = sample_rows(hX, hlabels, cfg.tracking.plot_sample, cfg.metrics.seed)
         plot_data = (dataset.raw(plot_data[0]), None if plot_data[1] is None else relabel(plot_data[1]))
     # Fits run on the data as loaded (centred when toolkit.data had to): the record is in the
@@ -199,10 +247,9 @@ def _log_fit_centroids(run_id: str, cfg: ExperimentConfig, dataset: Dataset, res
     return None
 
 
-def log_registered_centroids(run_id: str, cfg: ExperimentConfig, dataset: Dataset, result: FitResult, X: Any,
-                             backend: KMeansBackend | None, registered: Any, artifact_path: str = "centroids",
-                             writer: Any = None) -> concurrent.futures.Future | None:
-    """Log ``result``'s centroids (and plot) again, in the numbering of the models registered
+def log_registered_centroids(run_id: str, cfg: ExperimentConfig, fitted: FittedModel, registered: Any,
+                             artifact_path: str = "centroids", writer: Any = None) -> concurrent.futures.Future | None:
+    """Log the fit's centroids (and plot) again, in the numbering of the models registered
     from it, when registration renumbered the clusters to keep the champion's IDs
     (:mod:`toolkit.registry.stable`): the run's centroids, the registered model, its twin and
     the plot then name each cluster alike.  Nothing is logged when the numbering is the fit's.
@@ -220,7 +267,7 @@ def log_registered_centroids(run_id: str, cfg: ExperimentConfig, dataset: Datase
                       f"{artifact_path}.numbering": f"renumbered to the cluster IDs of {registered.native_name} "
                                                     f"v{registered.native_version} (stable.mapping: fitted -> "
                                                     "registered)"})
-    return _log_fit_centroids(run_id, cfg, dataset, result, X, backend, artifact_path, writer, registered)
+    return _log_fit_centroids(run_id, cfg, fitted, artifact_path, writer, registered)
 
 
 def run_params(cfg: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:
@@ -271,13 +318,15 @@ def train(
             log_dataset(run_id, dataset)
             backend.validate(cfg.model, dataset.n_samples)
             X = backend.prepare(dataset)
-            result, metrics = fit_and_score(backend, X, cfg.model, cfg.metrics, dataset.y)
-            log_fit(run_id, cfg, dataset, result, metrics, X, backend)
+            with fit_progress(backend, run_id, f"fit {cfg.backend}"):
+                result, metrics = fit_and_score(backend, X, cfg.model, cfg.metrics, dataset.y)
+            fitted = FittedModel(backend, result, metrics, X, dataset)
+            log_fit(run_id, cfg, fitted)
             if "warmup_seconds" in result.extra:  # its own metric: fit_seconds is the fit alone
                 log_metrics(run_id, {WARMUP_METRIC: float(result.extra["warmup_seconds"])})
-            registered = register_best(cfg, backend, result, X, dataset, run_id, metrics) if register else None
+            registered = register_best(cfg, fitted, run_id) if register else None
             # Renumbered to the champion's IDs on registration: the run's centroids follow.
-            log_registered_centroids(run_id, cfg, dataset, result, X, backend, registered)
+            log_registered_centroids(run_id, cfg, fitted, registered)
             if client is None and dclient is not None:
                 # The cluster started here closes with this block: lazy labels would point at it.
                 result = with_host_labels(result)
@@ -285,9 +334,9 @@ def train(
                             registered=registered)
 
 
-def register_best(cfg: ExperimentConfig, backend: KMeansBackend, fit: FitResult, X: Any, dataset: Dataset,
-                  run_id: str, metrics: dict[str, float], search_parent_run_id: str | None = None) -> Any:
-    """Log and register ``fit`` (native model and scikit-learn twin) under ``cfg``'s registry
+def register_best(cfg: ExperimentConfig, fitted: FittedModel, run_id: str,
+                  search_parent_run_id: str | None = None) -> Any:
+    """Log and register ``fitted`` (native model and scikit-learn twin) under ``cfg``'s registry
     names, and say what was registered: the one registration call of ``train`` and ``search``.
 
     Returns the :class:`toolkit.registry.Registered` record.
@@ -295,8 +344,8 @@ def register_best(cfg: ExperimentConfig, backend: KMeansBackend, fit: FitResult,
     from toolkit.console import say
     from toolkit.registry import register_fit
 
-    reg = register_fit(cfg, backend, fit, X, dataset, run_id, search_parent_run_id=search_parent_run_id,
-                       metrics=metrics)
+    reg = register_fit(cfg, fitted.backend, fitted.fit, fitted.X, fitted.dataset, run_id,
+                       search_parent_run_id=search_parent_run_id, metrics=fitted.metrics)
     say(f"registered {reg.native_name} v{reg.native_version}"
         + (f" and {reg.sklearn_name} v{reg.sklearn_version}" if reg.sklearn_version else "")
         + f" (twin agreement {reg.agreement:.0%})")

@@ -154,6 +154,11 @@ class KMeansBackend(abc.ABC):
         self.client = client
         self.persist = persist
         self.chunk_rows = chunk_rows
+        #: Set around a train run's fit (and a search's refit, never a trial's) by
+        #: :func:`toolkit.train.fit_progress`: called with a dict after every pass over the data of
+        #: the next fit (the ``dask`` backend's, which then clears it: the metrics' resampled fits
+        #: are not reported); other backends ignore it.
+        self.on_pass: Any = None
 
     # -- availability ---------------------------------------------------------------------
     @classmethod

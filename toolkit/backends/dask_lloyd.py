@@ -20,10 +20,70 @@ from toolkit.backends.base import FitResult, KMeansBackend
 from toolkit.backends.daskml import to_dask_array, warm_workers
 from toolkit.config import ModelConfig
 from toolkit.data import Dataset
+from toolkit.errors import ConfigError
 from toolkit.kmeans_dask import DaskKMeans, lloyd_fit
 from toolkit.kmeans_dask.kernels import aligned_f32
+from toolkit.kmeans_dask.watch import WorkerMemoryError
 
-__all__ = ["DaskBackend", "DaskKMeans", "lloyd_fit"]
+__all__ = ["READ_FACTOR", "DaskBackend", "DaskKMeans", "check_worker_memory", "lloyd_fit"]
+
+#: Peak bytes a task holds while reading one partition from files, per byte of its float32
+#: block: Arrow's table, pandas' frame, the float64 array the reader builds, the float32 copy
+#: (measured: a 1M x 16 Parquet file peaks at ~6x its 61 MiB float32 block).
+READ_FACTOR = 6.0
+#: Fraction of ``memory_limit`` at which Dask pauses a worker (``distributed.worker.memory.pause``).
+_PAUSE = 0.8
+_MiB = 1 << 20
+
+
+def _mib(n: float) -> str:
+    return f"{n / _MiB:,.0f} MiB"
+
+
+def check_worker_memory(client: Any, X: Any, persist: bool) -> dict[str, float] | None:
+    """Refuse, before any pass, data whose partitions cannot fit the workers' memory limit.
+
+    A worker reading one partition at a time per thread needs about ``baseline + threads *
+    READ_FACTOR * block`` below its pause fraction (``block``: the largest partition as float32,
+    ``baseline``: the memory the worker uses now); persisted data also needs all its blocks to
+    fit the workers' total limit.  Workers without a limit, or no client, pass.  Returns what
+    was computed (for the out-of-memory line of a fit that fails later) or None.
+
+    Raises:
+        ConfigError: one line naming the partition size, the limit it needs and the fix.
+    """
+    if client is None or not getattr(X, "chunks", None):
+        return None
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    limited = [w for w in workers.values() if w.get("memory_limit")]
+    if not limited:
+        return None
+    rows = max((int(c) for c in X.chunks[0] if c == c), default=0)  # NaN: unknown chunk
+    block = rows * int(X.shape[1]) * 4
+    limit = min(int(w["memory_limit"]) for w in limited)
+    threads = max(int(w.get("nthreads") or 1) for w in limited)
+    baseline = max(float((w.get("metrics") or {}).get("memory") or 0) for w in limited)
+    need = (baseline + threads * READ_FACTOR * block) / _PAUSE
+    needs = {"block": float(block), "limit": float(limit), "need": need, "rows": float(rows)}
+    if need > limit:
+        # Rounded up to a 256 MiB step: a value the user can type.
+        advice = -(-need // (256 * _MiB)) * 256
+        raise ConfigError(
+            f"a data partition of {rows:,} rows x {int(X.shape[1])} columns ({_mib(block)} as float32, "
+            f"~{_mib(READ_FACTOR * block)} while read) does not fit a worker memory limit of {_mib(limit)}: "
+            f"with {threads} thread(s) and {_mib(baseline)} in use a worker needs >= {_mib(need)}",
+            f"set cluster.memory_limit={advice:.0f}MiB or more, or write the data in smaller files "
+            f"(or Parquet row groups)",
+        )
+    total = sum(int(w["memory_limit"]) for w in limited)
+    data = int(X.shape[0]) * int(X.shape[1]) * 4
+    if persist and data > 0.6 * total:  # Dask starts spilling at 60% of managed memory
+        raise ConfigError(
+            f"the data ({_mib(data)} as float32) does not fit in the workers' memory ({_mib(total)} in all) "
+            f"to be persisted",
+            "set data.persist=false to read it block by block every pass (out of core), or add workers/memory",
+        )
+    return needs
 
 
 def _warm_dask_worker(n_features: int) -> None:
@@ -47,6 +107,8 @@ class DaskBackend(KMeansBackend):
     def prepare(self, dataset: Dataset) -> Any:
         """The data as a float32 Dask array, persisted on the workers unless ``persist=False``."""
         in_memory = isinstance(dataset.X, np.ndarray)
+        if not in_memory:  # before any pass: a partition that cannot fit fails now, in one line
+            self._memory_needs = check_worker_memory(self.client, dataset.X, self.persist)
         # NumPy data is persisted by to_dask_array itself: scattered evenly, already aligned.
         X = to_dask_array(dataset, self.client, self.persist and in_memory, self.chunk_rows)
         if self.persist and not in_memory:
@@ -58,6 +120,16 @@ class DaskBackend(KMeansBackend):
         elif X.dtype != np.float32:  # Dataset promises float32
             X = X.astype(np.float32)
         return X
+
+    def _out_of_memory(self, exc: BaseException) -> ConfigError:
+        """The one line for a fit that a worker's memory stopped (paused too long, or killed)."""
+        needs = getattr(self, "_memory_needs", None) or {}
+        what = "paused for memory" if isinstance(exc, MemoryError) else "killed (out of memory, most likely)"
+        size = f" (partitions of {_mib(needs['block'])} as float32, limit {_mib(needs['limit'])})" if needs else ""
+        return ConfigError(
+            f"a Dask worker was {what} during the fit{size}: {' '.join(str(exc).split())[:160]}",
+            "raise cluster.memory_limit (or use fewer threads per worker), or write the data in smaller files",
+        )
 
     def warm_up(self, X: Any) -> None:
         warm_workers(self.client, X, _warm_dask_worker, int(X.shape[1]))
@@ -79,7 +151,16 @@ class DaskBackend(KMeansBackend):
         km = self.estimator(params)
         if init_centers is not None:  # DaskKMeans takes explicit centres as its init
             km.set_params(init=init_centers, n_init=1)
-        km = km.fit(X, client=self.client)
+        # One-shot: the metrics' resampled fits that follow are not the run's progress.
+        on_pass, self.on_pass = getattr(self, "on_pass", None), None
+        try:
+            km = km.fit(X, client=self.client, on_pass=on_pass)
+        except (WorkerMemoryError, MemoryError) as exc:
+            raise self._out_of_memory(exc) from None
+        except Exception as exc:
+            if type(exc).__name__ != "KilledWorker" or self.persist:
+                raise  # persisted data: a lost worker is an infrastructure failure (placed again)
+            raise self._out_of_memory(exc) from None
         return FitResult(
             model=km,
             centers=np.asarray(km.cluster_centers_, dtype=np.float64),

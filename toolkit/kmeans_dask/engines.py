@@ -273,6 +273,9 @@ class _BlockHolder:
 
 class Engine:
     kind: ClassVar[str] = "?"
+    #: Called after every Lloyd pass the driver runs, with that pass's centred ``centers`` and
+    #: combined ``[sums | counts]`` (progress lines, per-iteration metrics); None: nothing.
+    on_pass: Callable[[np.ndarray, np.ndarray], None] | None = None
 
     def __init__(self, sizes: Sequence[int], n_features: int) -> None:
         self.sizes = np.asarray(sizes, dtype=np.int64)
@@ -309,6 +312,8 @@ class Engine:
         while n < max_iter:
             n += 1
             total = combine_stats(self.run(k_stats, o, *kernel_centers(centers)))
+            if self.on_pass is not None:
+                self.on_pass(centers, total)
             new, converged = lloyd_advance(centers, total, tol_abs)
             if new is None:
                 return centers, n, total
@@ -520,7 +525,12 @@ class _GraphEngine(Engine):
             )
             for i in wanted
         ]
-        parts = self.client.gather(self.client.compute(tasks)) if self.client is not None else dask.compute(*tasks)
+        if self.client is None:
+            parts = dask.compute(*tasks)
+        else:  # blocks re-read every pass: a worker paused for memory must not hold it for ever
+            from toolkit.kmeans_dask.watch import gather_watched
+
+            parts = gather_watched(self.client, self.client.compute(tasks))
         return [pair for part in parts for pair in part]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from toolkit.kmeans_dask.engines import Engine, make_engine
-from toolkit.kmeans_dask.kernels import as_f32, kernel_centers, labels_block, labels_of
+from toolkit.kmeans_dask.kernels import as_f32, kernel_centers, labels_block, labels_of, new_centers
 from toolkit.kmeans_dask.lloyd import (
     check_init_array,
     fit_one,
@@ -27,6 +28,45 @@ __all__ = ["DaskKMeans"]
 
 _F32 = np.float32
 _F64 = np.float64
+
+
+class _Passes:
+    """Counts a fit's passes over the data and reports each to ``on_pass`` (see :meth:`DaskKMeans.fit`).
+
+    A Lloyd pass's inertia comes from its own ``[sums | counts]``: ``sum ||x - o||^2`` (from the
+    column moments) ``- 2 sum_c c . S_c + sum_c n_c ||c||^2`` -- no extra pass, float64, exact up
+    to the cancellation of that difference (a progress figure; the final inertia is computed
+    row by row).
+    """
+
+    def __init__(self, report: Callable[[dict[str, Any]], None], t0: float) -> None:
+        self.report, self.t0 = report, t0
+        self.n = self.iteration = 0
+        self._ss = 0.0
+
+    def start(self, engine: Engine, mean: np.ndarray, var: np.ndarray, o: np.ndarray) -> None:
+        """Learn ``sum ||x - o||^2`` and watch the engine's driver-side Lloyd passes."""
+        dev = np.asarray(mean, dtype=_F64) - o.astype(_F64)
+        self._ss = float(engine.n_rows * np.sum(np.asarray(var, dtype=_F64) + dev * dev))
+        engine.on_pass = self.lloyd
+
+    def lloyd(self, centers: np.ndarray, total: np.ndarray) -> None:
+        d = centers.shape[1]
+        sums, counts = total[:, :d], total[:, d]
+        inertia = self._ss - 2.0 * float(np.sum(centers * sums)) + float(counts @ np.sum(centers * centers, axis=1))
+        shift = float(np.sum((new_centers(sums, counts) - centers) ** 2))
+        self.iteration += 1
+        self("lloyd", inertia=max(inertia, 0.0), shift=shift)
+
+    def __call__(
+        self, phase: str, inertia: float | None = None, shift: float | None = None, iterations: int | None = None
+    ) -> None:
+        if iterations is not None and iterations > self.iteration:  # a loop the workers ran
+            self.n += iterations - self.iteration
+            self.iteration = iterations
+        self.n += 1
+        self.report({"pass": self.n, "phase": phase, "iteration": self.iteration, "inertia": inertia,
+                     "shift": shift, "elapsed": time.perf_counter() - self.t0})
 
 
 class DaskKMeans(ClusterMixin, BaseEstimator):
@@ -129,12 +169,12 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
         ss = np.random.SeedSequence(self.random_state)
         return [int(s.generate_state(1)[0]) for s in ss.spawn(n)]
 
-    def _initial_centers(self, engine: Engine, seed: int, o: np.ndarray) -> np.ndarray:
+    def _initial_centers(self, engine: Engine, seed: int, o: np.ndarray, note: Any = None) -> np.ndarray:
         k = int(self.n_clusters)
         if not isinstance(self.init, str):
             return check_init_array(self.init, k, engine.n_features)
         if self.init == "k-means||":
-            return init_kmeans_parallel(engine, k, seed, o, self.oversampling_factor)
+            return init_kmeans_parallel(engine, k, seed, o, self.oversampling_factor, note=note)
         if self.init == "k-means++":
             return init_kmeanspp(engine, k, seed)
         if self.init == "random":
@@ -143,7 +183,15 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
             f"init must be 'k-means||', 'k-means++', 'random' or an array, got {self.init!r}"
         )
 
-    def fit(self, X: Any, y: Any = None, *, client: Any = None, engine: str = "auto") -> DaskKMeans:
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        client: Any = None,
+        engine: str = "auto",
+        on_pass: Callable[[dict[str, Any]], None] | None = None,
+    ) -> DaskKMeans:
         """Compute the clusters of ``X``.
 
         Parameters
@@ -159,6 +207,13 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
         engine : {"auto", "actors", "futures", "graph"}, default="auto"
             How kernels reach the blocks: ``"auto"`` takes actors, else pinned tasks, for
             persisted data; ``"graph"`` re-reads blocks each pass.  A benchmarking aid.
+        on_pass : callable, optional
+            Called after every pass over the data the driver sees (column moments, each
+            k-means|| round, each Lloyd iteration, the final inertia) with a dict: ``pass``
+            (1, 2, ...), ``phase``, ``iteration`` (Lloyd iterations so far), ``inertia`` (that
+            pass's, or None), ``shift`` (squared centre shift of a Lloyd iteration, or None) and
+            ``elapsed`` (seconds since the fit started).  A Lloyd loop run on the workers
+            (persisted data, actors) is reported once, when it returns.
 
         Returns
         -------
@@ -186,17 +241,23 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
             if k > eng.n_rows:
                 raise ValueError(f"n_samples={eng.n_rows} should be >= n_clusters={k}")
             t0 = time.perf_counter()
+            passes = None if on_pass is None else _Passes(on_pass, t0)
             mean, var = moments(eng)
             o = origin(mean, var)
+            if passes is not None:
+                passes.start(eng, mean, var, o)
+                passes("moments")
             tol_abs = tolerance(var, float(self.tol))
             best: tuple[float, np.ndarray, int, int] | None = None
             t_init = t_lloyd = 0.0
             for seed in self._seeds(max(1, n_init)):
                 t1 = time.perf_counter()
-                C0 = self._initial_centers(eng, seed, o)
+                C0 = self._initial_centers(eng, seed, o, passes)
                 t2 = time.perf_counter()
+                if passes is not None:
+                    passes.iteration = 0
                 centers, inertia, n_iter, relocated = fit_one(
-                    eng, C0, o, int(self.max_iter), tol_abs
+                    eng, C0, o, int(self.max_iter), tol_abs, passes
                 )
                 t_init += t2 - t1
                 t_lloyd += time.perf_counter() - t2

@@ -8,7 +8,7 @@ scikit-learn's ``_kmeans_single_lloyd`` (see :mod:`toolkit.kmeans_dask`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,8 +112,13 @@ def init_kmeans_parallel(
     o: np.ndarray,
     oversampling_factor: float,
     rounds: int = _PAR_ROUNDS,
+    note: Callable[..., None] | None = None,
 ) -> np.ndarray:
-    """Scalable k-means++ (k-means||): candidates on the workers, reclustered on the driver."""
+    """Scalable k-means++ (k-means||): candidates on the workers, reclustered on the driver.
+
+    ``note(phase, inertia=...)`` is called after each of its passes over the data (a sampling
+    round, with the candidates' cost, then the weighting pass), for progress reports.
+    """
     from sklearn.cluster import KMeans, kmeans_plusplus
 
     rng = np.random.default_rng(seed)
@@ -124,11 +129,15 @@ def init_kmeans_parallel(
     for rnd in range(rounds):
         outs = engine.run(k_par_sample, o, *kernel_centers(cand - o64), ell, seed, rnd)
         phi = sum(out[0] for out in outs)
+        if note is not None:
+            note("init k-means||", inertia=float(phi))
         if not phi > 0:  # every row already sits on a candidate
             break
         new = [rows[kappa > phi].astype(_F64) for _, kappa, rows in outs]
         cand = np.concatenate([cand, *new], axis=0)
     weights = np.sum(engine.run(k_par_weights, o, *kernel_centers(cand - o64)), axis=0)
+    if note is not None:
+        note("init k-means||")
     keep = weights > 0
     cand, weights = cand[keep], weights[keep]
     if cand.shape[0] < k:  # degenerate data: top up with random rows
@@ -206,12 +215,20 @@ def _inertia(engine: Engine, centred: np.ndarray, o: np.ndarray) -> float:
 
 
 def fit_one(
-    engine: Engine, init_centers: np.ndarray, o: np.ndarray, max_iter: int, tol_abs: float
+    engine: Engine,
+    init_centers: np.ndarray,
+    o: np.ndarray,
+    max_iter: int,
+    tol_abs: float,
+    note: Callable[..., None] | None = None,
 ) -> tuple[np.ndarray, float, int, int]:
-    """One run: (centers in data coordinates, inertia, n_iter, clusters re-seeded)."""
+    """One run: (centers in data coordinates, inertia, n_iter, clusters re-seeded); ``note``
+    is called after the final inertia pass (progress reports)."""
     o64 = o.astype(_F64)
     centred, n_iter, relocated = _lloyd(engine, init_centers - o64, o, max_iter, tol_abs)
     inertia = _inertia(engine, centred, o)
+    if note is not None:
+        note("final inertia", inertia=inertia, iterations=n_iter)
     return centred + o64, inertia, n_iter, relocated
 
 

@@ -2,7 +2,8 @@
 
 :class:`TrialLoop` keeps the bookkeeping both strategies share (one row per trial, the child
 runs queued to the one writer process, the progress bar, the best so far).  The Optuna loop
-keeps each worker thread busy (:func:`in_flight_target`); the CV loop turns a finished
+(:class:`OptunaLoop`, its state per trial in flight as attributes) keeps each worker thread
+busy (:func:`in_flight_target`); the CV loop turns a finished
 ``GridSearchCV``/``RandomizedSearchCV`` into the same rows and child runs.
 """
 
@@ -12,12 +13,13 @@ import concurrent.futures
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from toolkit._compat import optuna_trial_id
-from toolkit.config import ExperimentConfig, ModelConfig
+from toolkit.config import ExperimentConfig, ModelConfig, SearchConfig
 from toolkit.console import progress
 from toolkit.data import Dataset
 from toolkit.errors import first_line, option_hint
@@ -30,27 +32,45 @@ from toolkit.search.trials import INFRASTRUCTURE_ATTR, TrialResult, TrialRunner
 from toolkit.tracking.runs import tracking_uri
 from toolkit.tracking.writer import shared_writer
 
-__all__ = ["TrialLoop", "cv_loop", "in_flight_target", "optuna_loop"]
+__all__ = ["LoopTarget", "OptunaLoop", "TrialLoop", "cv_loop", "in_flight_target", "optuna_loop"]
 
 
 def _trial_params(model: ModelConfig) -> dict[str, Any]:
     return model.model_dump()
 
 
+@dataclass(frozen=True)
+class LoopTarget:
+    """Where a loop's trials are recorded, and how they are ranked."""
+
+    #: The parent MLflow run of the child runs.
+    parent: str
+    study_name: str
+    #: The data the trials fit (its ``raw`` puts centroids back in its own coordinates).
+    dataset: Dataset
+    #: ``maximize`` or ``minimize``: the first objective's.
+    direction: str
+    #: Tags every child run carries (backend, parallelism).
+    base_tags: dict[str, str]
+    #: The model settings trials start from, and how their seeds are chosen (to rebuild a trial's parameters).
+    model: ModelConfig
+    seed_policy: str = "fixed"
+
+
 class TrialLoop:
     """Shared bookkeeping for both strategies: child runs, progress, best-so-far."""
 
-    def __init__(self, cfg: ExperimentConfig, parent_run_id: str, study_name: str, dataset: Dataset,
-                 direction: str, total: int, base_tags: dict[str, str]) -> None:
-        self.cfg = cfg
-        self.parent = parent_run_id
-        self.study_name = study_name
-        self.dataset = dataset
-        self.direction = direction
-        self.base_tags = base_tags
+    def __init__(self, target: LoopTarget, total: int) -> None:
+        self.target = target
+        self.parent = target.parent
+        self.study_name = target.study_name
+        self.dataset = target.dataset
+        self.direction = target.direction
+        self.base_tags = target.base_tags
+        self.model, self.seed_policy = target.model, target.seed_policy
         self.rows: list[dict[str, Any]] = []
         self.best: float | None = None
-        self.bar = progress(total, f"search {study_name}")
+        self.bar = progress(total, f"search {target.study_name}")
         self.t0 = time.time()
         # The one MLflow writer for child runs (started early by ``search``): a separate process
         # writing one run at a time, in the order trials end, while this thread goes straight
@@ -119,17 +139,8 @@ class TrialLoop:
         # MLflow has no PRUNED status: KILLED (stopped on purpose, as a pruner does) keeps pruned
         # trials apart from completed and failed ones in the UI's status filter.
         status = "KILLED" if pruned else "FINISHED" if res.ok and value is not None else "FAILED"
-        metrics = dict(res.metrics)
-        if value is not None:
-            metrics["objective"] = value
-        tags = {**self.base_tags, "trial.worker": res.worker, **extra_tags,
-                **({"trial.state": "PRUNED"} if pruned else {})}
         sched_s = self._schedule_s(res)
-        row = {"number": number, "state": "PRUNED" if pruned else status, "run_id": None, "value": value,
-               "duration_s": res.finished - res.started, "worker": res.worker, "error": res.error,
-               "schedule_s": sched_s, "mlflow_write_s": None, "mlflow_write_cpu_s": None, "overhead_s": None,
-               **{f"params_{k}": v for k, v in res.params.model_dump().items()},
-               **{f"metric_{k}": v for k, v in res.metrics.items()}}
+        row = _row(number, res, value, "PRUNED" if pruned else status, sched_s)
         self.rows.append(row)
         if status == "FINISHED" and res.full_data and res.centers is not None:
             self._fits[_params_key(res.params.model_dump())] = res
@@ -139,13 +150,16 @@ class TrialLoop:
                 row["run_id"], row["mlflow_write_s"], row["mlflow_write_cpu_s"] = fut.result()
                 row["overhead_s"] = sched_s + row["mlflow_write_s"]
 
-        fut = self._writer.submit(
-            record.log_trial_run, self.parent, self.study_name, number, _trial_params(res.params),
-            metrics, tags, status, res.started, res.finished,
+        metrics = {**res.metrics, **({"objective": value} if value is not None else {})}
+        tags = {**self.base_tags, "trial.worker": res.worker, **extra_tags,
+                **({"trial.state": "PRUNED"} if pruned else {})}
+        fut = self._writer.submit(record.write_trial_run, record.TrialRecord(
+            self.parent, self.study_name, number, _trial_params(res.params), metrics, tags, status,
+            res.started, res.finished,
             # in the data's own coordinates (trials fit the data as loaded: centred if need be)
-            None if res.centers is None else self.dataset.raw(res.centers), self.dataset.feature_names,
-            error=res.error, history=history,
-        )
+            centers=None if res.centers is None else self.dataset.raw(res.centers),
+            feature_names=self.dataset.feature_names, error=res.error, history=history,
+        ))
         fut.add_done_callback(written)
         self._writes.append(fut)
         if value is not None and self.better(value, self.best):
@@ -160,6 +174,15 @@ class TrialLoop:
         errors = [f.exception() for f in self._writes if f.exception() is not None]
         if errors and raise_errors:
             raise _write_error(errors[0])
+
+
+def _row(number: int, res: TrialResult, value: float | None, state: str, sched_s: float) -> dict[str, Any]:
+    """One trial's row of the search's table (its run id and write times filled in once written)."""
+    return {"number": number, "state": state, "run_id": None, "value": value,
+            "duration_s": res.finished - res.started, "worker": res.worker, "error": res.error,
+            "schedule_s": sched_s, "mlflow_write_s": None, "mlflow_write_cpu_s": None, "overhead_s": None,
+            **{f"params_{k}": v for k, v in res.params.model_dump().items()},
+            **{f"metric_{k}": v for k, v in res.metrics.items()}}
 
 
 def _params_key(params: dict[str, Any]) -> tuple:
@@ -222,130 +245,163 @@ def in_flight_target(runner: TrialRunner, prefetch: int | str, rows: list[dict[s
 
 
 def optuna_loop(cfg: ExperimentConfig, study: Any, runner: TrialRunner, loop: TrialLoop, n_to_run: int) -> None:
-    """Ask, run, tell until ``n_to_run`` trials have finished (completed, failed or pruned).
+    """Ask, run, tell until ``n_to_run`` trials have finished: :class:`OptunaLoop` with ``cfg``'s settings."""
+    OptunaLoop(study, runner, loop, cfg.search, cfg.model).run(n_to_run)
+
+
+class OptunaLoop:
+    """Ask, run, tell until a number of trials have finished (completed, failed or pruned).
 
     With ``search.fidelity`` (:mod:`toolkit.search.fidelity`) a trial runs rung by rung, each
     rung a task of its own: the driver reports the rung's objective, asks the pruner, and
     either tells the trial PRUNED or submits its next rung; the last rung's objective is its
     value.  Without it, a trial is one fit on all the data (one rung).
+
+    One thread drives it (:meth:`run`).  Its state, per trial in flight, keyed by trial number:
+
+    * ``in_flight``: the Optuna trial, from ask to tell;
+    * ``asked_params``: its parameters as asked (a ``max_iter`` rung fits a cut copy);
+    * ``rung_of``: the rung it is on; ``running``: the same, only while a fit of it is submitted;
+    * ``history``: the rungs it has done, ``(rung, objective, rows)``;
+    * ``waiting``: synchronous halving's trials that reported a rung, by rung, until all have;
+    * ``told``: trials told this round, whose runs are written after the next :meth:`_fill`.
     """
-    from optuna.trial import TrialState
 
-    from toolkit.search.fidelity import RUNG_ATTR, RUNG_TAG, optuna_step, rung_model, rung_rows
+    def __init__(self, study: Any, runner: TrialRunner, loop: TrialLoop, search: SearchConfig,
+                 model: ModelConfig) -> None:
+        self.study, self.runner, self.loop = study, runner, loop
+        self.search, self.model = search, model
+        self.fid = search.fidelity
+        self.last = len(self.fid.fractions()) - 1 if self.fid.enabled else 0
+        # Synchronous halving: a rung is decided once all its trials have reported (no trial left to
+        # ask, none still fitting that rung or a lower one); until then they wait, rung by rung.
+        self.synchronous = self.fid.pruner == "synchronous_halving"
+        self.n_samples = loop.dataset.n_samples
+        self.names = objective_names(search)  # one, or several for a multi-objective study
+        self.in_flight: dict[int, Any] = {}
+        self.asked_params: dict[int, ModelConfig] = {}
+        self.rung_of: dict[int, int] = {}
+        self.running: dict[int, int] = {}
+        self.history: dict[int, list[tuple[int, float, int]]] = {}
+        self.waiting: dict[int, list[TrialResult]] = {}
+        self.told: list[tuple[TrialResult, float | None, Any, bool, int]] = []
+        self.n_to_run = self.asked = self.finished = 0
 
-    fid = cfg.search.fidelity
-    last = len(fid.fractions()) - 1 if fid.enabled else 0
-    # Synchronous halving: a rung is decided once all its trials have reported (no trial left to
-    # ask, none still fitting that rung or a lower one); until then they wait, rung by rung.
-    synchronous = fid.pruner == "synchronous_halving"
-    waiting: dict[int, list[TrialResult]] = {}
-    n_samples = loop.dataset.n_samples
-    names = objective_names(cfg.search)  # one, or several for a multi-objective study
-    in_flight: dict[int, Any] = {}
-    # Per trial in flight: its parameters as asked (a max_iter rung fits a cut copy), the rung
-    # it is on (``running``: only while a fit of it is submitted), and the rungs it has done:
-    # (rung, objective, rows).
-    asked_params: dict[int, ModelConfig] = {}
-    rung_of: dict[int, int] = {}
-    running: dict[int, int] = {}
-    history: dict[int, list[tuple[int, float, int]]] = {}
-    asked = finished = 0
-    told: list[tuple[TrialResult, float | None, Any, bool, int]] = []
+    def run(self, n_to_run: int) -> None:
+        """Run trials until ``n_to_run`` have finished; each finished one goes to the :class:`TrialLoop`."""
+        self.n_to_run = n_to_run
+        while self.finished < n_to_run:
+            self._fill()
+            self.told.clear()
+            for res in self.runner.results():
+                self._collect(res)
+            if self.synchronous:
+                self._decide_complete_rungs()
+            self._fill()  # workers start the next trials while the driver writes MLflow runs
+            for told in self.told:
+                self._record(*told)
 
-    def submit(number: int, rung: int) -> None:
-        rung_of[number] = running[number] = rung
-        params = rung_model(fid, asked_params[number], rung) if fid.enabled else asked_params[number]
-        rows = rung_rows(fid, n_samples, rung) if fid.enabled else n_samples
-        runner.submit(number, params, (rows, cfg.search.seed) if rows < n_samples else None)
+    def _submit(self, number: int, rung: int) -> None:
+        from toolkit.search.fidelity import rung_model, rung_rows
 
-    def fill() -> None:
-        nonlocal asked
+        self.rung_of[number] = self.running[number] = rung
+        params = self.asked_params[number]
+        params = rung_model(self.fid, params, rung) if self.fid.enabled else params
+        rows = rung_rows(self.fid, self.n_samples, rung) if self.fid.enabled else self.n_samples
+        self.runner.submit(number, params, (rows, self.search.seed) if rows < self.n_samples else None)
+
+    def _fill(self) -> None:
+        """Ask for trials until the runner has as many in flight as it should."""
         batch = []
-        while asked < n_to_run and runner.pending() + len(batch) < in_flight_target(
-                runner, cfg.search.prefetch, loop.rows, n_to_run - asked):
-            trial = study.ask()
-            params = trial_model(cfg.model, suggest(trial, cfg.search), trial.number, cfg.search.seed_policy)
-            in_flight[trial.number] = trial
-            asked_params[trial.number] = params
+        while self.asked < self.n_to_run and self.runner.pending() + len(batch) < in_flight_target(
+                self.runner, self.search.prefetch, self.loop.rows, self.n_to_run - self.asked):
+            trial = self.study.ask()
+            self.in_flight[trial.number] = trial
+            self.asked_params[trial.number] = trial_model(self.model, suggest(trial, self.search), trial.number,
+                                                          self.search.seed_policy)
             batch.append(trial.number)
-            asked += 1
+            self.asked += 1
         # Submitted back to back, after the (slow) asks: the scheduler sees the free slots
         # together and spreads the trials over the workers instead of reusing one idle worker.
         for number in batch:
-            submit(number, 0)
+            self._submit(number, 0)
 
-    def conclude(res: TrialResult, values: list[float] | None, rung: int, pruned: bool) -> None:
-        """Tell the study how the trial ended; its run is written after the next fill()."""
-        trial = in_flight.pop(res.key)
+    def _collect(self, res: TrialResult) -> None:
+        """A result back from the runner: a rung to report (and decide), or the trial's end."""
+        from toolkit.search.fidelity import optuna_step, rung_rows
+
+        self.running.pop(res.key, None)
+        rung = self.rung_of.get(res.key, 0)
+        res.params = self.asked_params[res.key]  # the trial's own parameters, not a rung's cut copy
+        values, why = trial_values(res, self.names) if res.ok else (None, None)
+        if res.ok and values is None:
+            res.error = why
+        value = values[0] if values else None  # the first objective stands for the trial
+        if self.fid.enabled and value is not None:
+            self.history.setdefault(res.key, []).append((rung, value, rung_rows(self.fid, self.n_samples, rung)))
+            if rung < self.last:
+                self.in_flight[res.key].report(value, step=optuna_step(self.fid, rung))
+                if self.synchronous:
+                    self.waiting.setdefault(rung, []).append(res)
+                else:
+                    self._decide(res, rung)
+                return
+        self._conclude(res, values, rung, pruned=False)
+
+    def _conclude(self, res: TrialResult, values: list[float] | None, rung: int, pruned: bool) -> None:
+        """Tell the study how the trial ended; its run is written after the next fill."""
+        from optuna.trial import TrialState
+
+        from toolkit.search.fidelity import RUNG_ATTR
+
+        trial = self.in_flight.pop(res.key)
         value = values[0] if values else None
-        if fid.enabled:
+        if self.fid.enabled:
             trial.set_user_attr(RUNG_ATTR, rung)
         if pruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            self.study.tell(trial, state=TrialState.PRUNED)
             value = None  # a rung's objective is not the trial's value
         elif value is None:
             if res.infra:  # lost with a worker, retries spent: a resume runs it again
                 trial.set_user_attr(INFRASTRUCTURE_ATTR, True)
-            study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.FAIL)
         else:
             remember(trial, res)
-            study.tell(trial, values if len(values) > 1 else value)
-        told.append((res, value, trial, pruned, rung))
+            self.study.tell(trial, values if len(values) > 1 else value)
+        self.told.append((res, value, trial, pruned, rung))
 
-    def decide(res: TrialResult, rung: int) -> None:
+    def _decide(self, res: TrialResult, rung: int) -> None:
         """Ask the pruner about a trial that reported ``rung``: it climbs or is pruned."""
-        if in_flight[res.key].should_prune():
-            conclude(res, None, rung, pruned=True)
+        if self.in_flight[res.key].should_prune():
+            self._conclude(res, None, rung, pruned=True)
         else:
-            submit(res.key, rung + 1)  # climbs: same trial, next rung
+            self._submit(res.key, rung + 1)  # climbs: same trial, next rung
 
-    def decide_complete_rungs() -> None:
-        for rung in sorted(waiting):
-            if asked < n_to_run or any(r <= rung for r in running.values()):
+    def _decide_complete_rungs(self) -> None:
+        for rung in sorted(self.waiting):
+            if self.asked < self.n_to_run or any(r <= rung for r in self.running.values()):
                 return  # this rung (and every later one) still has trials to report
-            for res in waiting.pop(rung):
-                decide(res, rung)
+            for res in self.waiting.pop(rung):
+                self._decide(res, rung)
 
-    while finished < n_to_run:
-        fill()
-        told.clear()
-        for res in runner.results():
-            running.pop(res.key, None)
-            trial = in_flight[res.key]
-            rung = rung_of.get(res.key, 0)
-            res.params = asked_params[res.key]  # the trial's own parameters, not a rung's cut copy
-            values, why = trial_values(res, names) if res.ok else (None, None)
-            if res.ok and values is None:
-                res.error = why
-            value = values[0] if values else None  # the first objective stands for the trial
-            if fid.enabled and value is not None:
-                history.setdefault(res.key, []).append((rung, value, rung_rows(fid, n_samples, rung)))
-                if rung < last:
-                    trial.report(value, step=optuna_step(fid, rung))
-                    if synchronous:
-                        waiting.setdefault(rung, []).append(res)
-                    else:
-                        decide(res, rung)
-                    continue
-            conclude(res, values, rung, pruned=False)
-        if synchronous:
-            decide_complete_rungs()
-        fill()  # workers start the next trials while the driver writes MLflow runs
-        for res, value, trial, pruned, rung in told:
-            retried = {"trial.attempts": str(res.attempts)} if res.attempts > 1 else {}
-            lost = {"trial.infrastructure_failure": "true"} if res.infra else {}
-            tags = {"optuna.trial_id": str(optuna_trial_id(trial)), **retried, **lost}
-            rungs = None
-            if fid.enabled:
-                tags.update({RUNG_TAG: str(rung), "search.rungs": str(last + 1)})
-                done = history.pop(res.key, [])
-                rungs = {"rung_objective": [(r, v) for r, v, _ in done],
-                         "rung_rows": [(r, float(n)) for r, _, n in done],
-                         "rung_fraction": [(r, fid.fractions()[r]) for r, _, _ in done]}
-            asked_params.pop(res.key, None)
-            rung_of.pop(res.key, None)
-            loop.finish_trial(res.key, res, value, tags, pruned=pruned, history=rungs)
-            finished += 1
+    def _record(self, res: TrialResult, value: float | None, trial: Any, pruned: bool, rung: int) -> None:
+        """Hand a told trial to the :class:`TrialLoop` (its row and child run)."""
+        from toolkit.search.fidelity import RUNG_TAG
+
+        retried = {"trial.attempts": str(res.attempts)} if res.attempts > 1 else {}
+        lost = {"trial.infrastructure_failure": "true"} if res.infra else {}
+        tags = {"optuna.trial_id": str(optuna_trial_id(trial)), **retried, **lost}
+        rungs = None
+        if self.fid.enabled:
+            tags.update({RUNG_TAG: str(rung), "search.rungs": str(self.last + 1)})
+            done = self.history.pop(res.key, [])
+            rungs = {"rung_objective": [(r, v) for r, v, _ in done],
+                     "rung_rows": [(r, float(n)) for r, _, n in done],
+                     "rung_fraction": [(r, self.fid.fractions()[r]) for r, _, _ in done]}
+        self.asked_params.pop(res.key, None)
+        self.rung_of.pop(res.key, None)
+        self.loop.finish_trial(res.key, res, value, tags, pruned=pruned, history=rungs)
+        self.finished += 1
 
 
 def cv_loop(cfg: ExperimentConfig, X: np.ndarray, y: Any, client: Any, loop: TrialLoop) -> Any:

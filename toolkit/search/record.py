@@ -14,6 +14,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,14 @@ from toolkit.tracking import log_centroids
 from toolkit.tracking.runs import client
 
 __all__ = [
+    "TrialRecord",
     "discard_run",
     "finish_interrupted_run",
     "log_figure",
     "log_table",
     "log_trial_run",
     "trial_run_name",
+    "write_trial_run",
 ]
 
 
@@ -51,67 +54,94 @@ def trial_run_name(number: int, params: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def log_trial_run(
-    parent_run_id: str,
-    study_name: str,
-    number: int,
-    params: Mapping[str, Any],
-    metrics: Mapping[str, float],
-    tags: Mapping[str, Any],
-    status: str,
-    started: float,
-    finished: float,
-    centers: np.ndarray | None = None,
-    feature_names: list[str] | None = None,
-    error: str | None = None,
-    history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
-) -> str:
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one trial's child run holds: the parameter object of :func:`write_trial_run`.
+
+    Plain data, so that it pickles to the writer process.
+    """
+
+    parent_run_id: str
+    study_name: str
+    number: int
+    params: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    tags: Mapping[str, Any]
+    #: The run's MLflow status: FINISHED, FAILED, or KILLED (a pruned trial).
+    status: str
+    #: The trial's real start and end (epoch seconds): the run's own.
+    started: float
+    finished: float
+    #: The fitted centroids, in the data's own coordinates (logged as the run's artifacts).
+    centers: np.ndarray | None = None
+    feature_names: list[str] | None = None
+    error: str | None = None
+    #: Metrics logged once per step (a multi-fidelity trial's objective per rung).
+    history: Mapping[str, Sequence[tuple[int, float]]] | None = None
+
+    def all_tags(self) -> dict[str, str]:
+        """Every tag of the run, its key tags first (redacted: no credential reaches the store)."""
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "optuna.study_name": self.study_name,
+            "optuna.trial_number": str(self.number),
+            "trial.state": self.status,
+            "trial.duration_s": f"{self.finished - self.started:.3f}",
+            **{k: redact(str(v)) for k, v in self.tags.items()},
+        }
+        if self.error:
+            tags["error"] = redact(self.error)[:4000]
+        return tags
+
+    def metric_list(self) -> list[Any]:
+        """Its metrics (and per-step history) as MLflow ``Metric`` entities; non-finite values left out."""
+        from mlflow.entities import Metric
+
+        now = int(self.finished * 1000)
+        return [
+            Metric(k, float(v), now, 0) for k, v in self.metrics.items() if v is not None and math.isfinite(float(v))
+        ] + [
+            Metric(k, float(v), now, int(step)) for k, points in (self.history or {}).items()
+            for step, v in points if v is not None and math.isfinite(float(v))
+        ]
+
+
+def log_trial_run(*args: Any, **kwargs: Any) -> str:
+    """:func:`write_trial_run` of ``TrialRecord(*args, **kwargs)`` (the fields in order, as before)."""
+    return write_trial_run(TrialRecord(*args, **kwargs))
+
+
+def write_trial_run(rec: TrialRecord) -> str:
     """Create a finished child run for one trial (its real start and end times) and return its id.
 
-    ``history``: metrics logged once per step (a multi-fidelity trial's objective per rung).
-
     The child lives in its parent's experiment (under ``mlflow run`` that is the experiment
-    ``mlflow run`` chose, not necessarily the config's).
+    ``mlflow run`` chose, not necessarily the config's).  Never a half-written run: one whose
+    writing fails is ended FAILED and deleted, and the error raised.  In a replayed writer job
+    (:func:`toolkit.tracking.writer.replaying`) a run already written whole is returned as is.
     """
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
     from toolkit.tracking.writer import replaying
 
     c = client()
-    exp_id = _experiment_of(parent_run_id)
+    exp_id = _experiment_of(rec.parent_run_id)
     if replaying():
         # A writer process died under (or before) this job: the run may be written already.
-        done = _written_before(c, exp_id, parent_run_id, number)
+        done = _written_before(c, exp_id, rec.parent_run_id, rec.number)
         if done is not None:
             return done
     # Three tracking-store calls per child: every tag goes in with create_run (tags in
     # log_batch cost ~10 ms more on sqlite), params and metrics in one log_batch, then the end.
-    all_tags = {
-        "mlflow.parentRunId": parent_run_id,
-        "optuna.study_name": study_name,
-        "optuna.trial_number": str(number),
-        "trial.state": status,
-        "trial.duration_s": f"{finished - started:.3f}",
-        **{k: redact(str(v)) for k, v in tags.items()},
-    }
-    if error:
-        all_tags["error"] = redact(error)[:4000]
-    run = _create_once(c, exp_id, started, all_tags, trial_run_name(number, params))
+    run = _create_once(c, exp_id, rec.started, rec.all_tags(), trial_run_name(rec.number, rec.params))
     run_id = run.info.run_id
     try:
-        now = int(finished * 1000)
-        metric_list = [
-            Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
-        ] + [
-            Metric(k, float(v), now, int(step)) for k, points in (history or {}).items()
-            for step, v in points if v is not None and math.isfinite(float(v))
-        ]
-        param_list = [Param(k, str(v)) for k, v in params.items()]
+        metric_list = rec.metric_list()
+        param_list = [Param(k, str(v)) for k, v in rec.params.items()]
         if metric_list or param_list:
             c.log_batch(run_id, metrics=metric_list, params=param_list)
-        if centers is not None:
-            log_centroids(run_id, centers, feature_names, None, artifact_uri=run.info.artifact_uri)
-        c.set_terminated(run_id, status=status, end_time=now)
+        if rec.centers is not None:
+            log_centroids(run_id, rec.centers, rec.feature_names, None, artifact_uri=run.info.artifact_uri)
+        c.set_terminated(run_id, status=rec.status, end_time=int(rec.finished * 1000))
     except BaseException as exc:
         # Never a half-written run: it is failed and deleted (a resume writes the trial again
         # from what the study kept).  If the store is down even for that, the resume settles it.

@@ -1,6 +1,8 @@
 """The search: a parent MLflow run, trials on the cluster, the best model refitted and registered.
 
-``search(cfg)`` is the main job of the project.  Its steps, each in its own module:
+``search(cfg)`` is the main job of the project: :class:`Search`, whose methods are its steps
+(``prepare``, ``run_trials``, ``summarise``, ``pick_best``, ``refit_best``, ``register``).  What
+each step calls, module by module:
 
 1. the Optuna study, new or resumed (:mod:`~toolkit.search.study`, one driver per study:
    :mod:`~toolkit.search.lease`), and on resume, the repair of what a dead driver or store
@@ -26,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from toolkit import _speedups
 from toolkit.backends import FitResult, KMeansBackend, get_backend
 from toolkit.cluster import client_info
-from toolkit.config import ExperimentConfig
+from toolkit.config import ExperimentConfig, MetricsConfig
 from toolkit.console import say
 from toolkit.data import Dataset, load_dataset
 from toolkit.errors import ConfigError
@@ -37,7 +40,7 @@ from toolkit.registry.register import warm_up
 from toolkit.search import record
 from toolkit.search import resume as repair
 from toolkit.search.fidelity import check_rungs, log_budget
-from toolkit.search.loop import TrialLoop, cv_loop, optuna_loop
+from toolkit.search.loop import LoopTarget, OptunaLoop, TrialLoop, cv_loop
 from toolkit.search.objectives import (
     CHOSEN_TAG,
     choose,
@@ -54,9 +57,18 @@ from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, Trial
 from toolkit.tracking import log_dataset, log_metrics, log_params, log_tags, tags_for, tracked_run
 from toolkit.tracking.runs import client, tracking_uri
 from toolkit.tracking.writer import shared_writer
-from toolkit.train import backend_session, fit_and_score, log_fit, log_registered_centroids, register_best, run_params
+from toolkit.train import (
+    FittedModel,
+    backend_session,
+    fit_and_score,
+    fit_progress,
+    log_fit,
+    log_registered_centroids,
+    register_best,
+    run_params,
+)
 
-__all__ = ["BEST_FROM_TAG", "BEST_MODEL_TAG", "SearchOutcome", "search"]
+__all__ = ["BEST_FROM_TAG", "BEST_MODEL_TAG", "Search", "SearchOutcome", "search"]
 
 #: Parent-run tag: the objective of the model refitted (and registered) for this search.
 BEST_MODEL_TAG = "search.best_model_value"
@@ -115,162 +127,240 @@ def search(
             twin) under the config's registry names, as ``train(cfg, register=True)`` does.
             A resume registers only a model strictly better than the one it registered before.
     """
-    cls = get_backend(cfg.backend)
-    cls.check_available()
-    mode = _mode(cfg, cls)
-    shared_writer().start()  # the child-run writer's imports overlap the cluster start and data loading
-    # One direction per objective; the first objective's is the search's (best_value, plots).
-    dirs = directions(cfg.search)
-    direction = dirs[0]
-    use_optuna = cfg.search.strategy == "optuna" or cfg.backend != "sklearn"
+    return Search(cfg, client, on_best, register).run()
 
-    study, resumed, lease, parent_to_resume, where = None, False, None, None, None
-    if use_optuna:
-        where = locate_study(cfg)
-        study, resumed, lease = open_study(cfg, dirs if is_multi(cfg.search) else direction, where)
-        study_name = study.study_name
-    else:
-        study_name = f"{cfg.name}-{cfg.backend}-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with _holding(lease):
-        if resumed:
-            parent_to_resume = repair.resume_target(study, study_name)
-            repair.fold_launcher_run(parent_to_resume, study_name)
-        tags = {"entry_point": "search", "search.study_name": study_name, "search.strategy": cfg.search.strategy,
-                "search.objective": objective_names(cfg.search)[0], "search.direction": direction,
-                **({"search.objectives": ",".join(objective_names(cfg.search)), "search.directions": ",".join(dirs)}
-                   if is_multi(cfg.search) else {}),
-                "search.parallelism": mode, "config": str(cfg.source_path),
+
+class Search:
+    """One search, step by step: each step a method, its state the attributes below.
+
+    :meth:`run` opens the study and the parent run, starts the backend, then calls in turn
+    :meth:`prepare` (the data, checked and placed), :meth:`run_trials` (the loop),
+    :meth:`summarise` (the parent's summary), :meth:`pick_best`, :meth:`refit_best` and
+    :meth:`register`.  The speed tricks (:mod:`toolkit._speedups`) are asked for a head start
+    where one helps; switched off, the same steps write the same record.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, client: Any = None,
+                 on_best: Callable[[SearchOutcome, KMeansBackend, Any, Dataset], None] | None = None,
+                 register: bool = False) -> None:
+        self.cfg, self.client, self.on_best, self.registering = cfg, client, on_best, register
+        self.cls = get_backend(cfg.backend)
+        self.cls.check_available()
+        self.mode = _mode(cfg, self.cls)
+        # One direction per objective; the first objective's is the search's (best_value, plots).
+        self.directions = directions(cfg.search)
+        self.direction = self.directions[0]
+        self.objective = objective_names(cfg.search)[0]
+        # Optuna runs every search but scikit-learn's own grid and random searches.
+        self.use_optuna = cfg.search.strategy == "optuna" or cfg.backend != "sklearn"
+        # Set by run():
+        self.study: Any = None  # the Optuna study (None: a scikit-learn CV search)
+        self.study_name = ""
+        self.resumed = False
+        self.parent = ""  # the parent MLflow run
+        self.backend: KMeansBackend | None = None
+        self.dclient: Any = None
+        # Set by prepare() and run_trials():
+        self.dataset: Dataset | None = None
+        self.X: Any = None  # the data as placed for the backend
+        self.loop: TrialLoop | None = None
+        self.cv: Any = None  # the fitted scikit-learn CV search
+        self.t_loop = 0.0
+
+    def run(self) -> SearchOutcome:
+        """The whole search: study, parent run, backend, then the steps inside the parent run."""
+        cfg = self.cfg
+        _speedups.warm(shared_writer().start)  # its imports overlap the cluster start and data loading
+        lease, where, parent_to_resume = None, None, None
+        if self.use_optuna:
+            where = locate_study(cfg)
+            self.study, self.resumed, lease = open_study(
+                cfg, self.directions if is_multi(cfg.search) else self.direction, where)
+            self.study_name = self.study.study_name
+        else:
+            self.study_name = f"{cfg.name}-{cfg.backend}-{cfg.search.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+        with _holding(lease):
+            if self.resumed:
+                parent_to_resume = repair.resume_target(self.study, self.study_name)
+                repair.fold_launcher_run(parent_to_resume, self.study_name)
+            with tracked_run(cfg.experiment_name, self.study_name, self._parent_tags(where),
+                             resume_run_id=parent_to_resume, system_metrics=cfg.tracking.system_metrics) as parent:
+                self.parent = parent
+                if self.study is not None:
+                    self.study.set_user_attr(PARENT_ATTR, parent)
+                    self.study.set_user_attr(STORE_ATTR, redact(tracking_uri()))
+                with backend_session(cfg, self.client, need_cluster=True, backend_cls=self.cls) as (backend, dclient):
+                    self.backend, self.dclient = backend, dclient
+                    self.run_trials(self.prepare())
+                    return self.conclude()
+
+    def _parent_tags(self, where: Any) -> dict[str, str]:
+        search_cfg = self.cfg.search
+        names = objective_names(search_cfg)
+        return {"entry_point": "search", "search.study_name": self.study_name,
+                "search.strategy": search_cfg.strategy, "search.objective": names[0],
+                "search.direction": self.direction,
+                **({"search.objectives": ",".join(names), "search.directions": ",".join(self.directions)}
+                   if is_multi(search_cfg) else {}),
+                "search.parallelism": self.mode, "config": str(self.cfg.source_path),
                 # Where the study lives, for a resume from any directory (a password masked).
                 **({STORAGE_TAG: redact(journal_path(where.storage))} if where is not None else {})}
-        with tracked_run(cfg.experiment_name, study_name, tags, resume_run_id=parent_to_resume,
-                         system_metrics=cfg.tracking.system_metrics) as parent:
-            if study is not None:
-                study.set_user_attr(PARENT_ATTR, parent)
-                study.set_user_attr(STORE_ATTR, redact(tracking_uri()))
-            with backend_session(cfg, client, need_cluster=True, backend_cls=cls) as (backend, dclient):
-                return _search_in_run(cfg, parent, study, study_name, resumed, mode, direction,
-                                      backend, dclient, on_best, register)
 
+    def prepare(self) -> int:
+        """The data, loaded, recorded on the parent, checked and placed; on a resume, what a dead
+        driver left settled.  Returns how many trials are left to run."""
+        cfg, parent, backend = self.cfg, self.parent, self.backend
+        log_tags(parent, tags_for(backend, client_info(self.dclient) if self.dclient else None))
+        dataset = self.dataset = load_dataset(cfg.data)
+        if not self.resumed:
+            params = run_params(cfg, dataset)
+            params.update({k: v for k, v in cfg.flat().items() if k.startswith("search.")})
+            log_params(parent, params)
+            log_dataset(parent, dataset)
+        check_space(cfg.search, backend, dataset.n_samples, dataset.y is not None)
+        check_rungs(cfg, dataset.n_samples)
+        backend.validate(cfg.model, dataset.n_samples)
+        self.X = backend.prepare(dataset)
+        if self.study is None:
+            return cfg.search.n_trials
+        n_stale = repair.settle(cfg, self.study, parent, dataset.feature_names) if self.resumed else 0
+        done, n_to_run = repair.trials_left(cfg, self.study)
+        if self.resumed:
+            say(f"resuming study {self.study_name}: {done} trials done ({n_stale} interrupted), {n_to_run} to run")
+        return n_to_run
 
-def _search_in_run(cfg: ExperimentConfig, parent: str, study: Any, study_name: str, resumed: bool, mode: str,
-                   direction: str, backend: KMeansBackend, dclient: Any,
-                   on_best: Callable[..., None] | None, register: bool) -> SearchOutcome:
-    """Steps 3-5 inside the parent run, on a started backend."""
-    objective = objective_names(cfg.search)[0]
-    log_tags(parent, tags_for(backend, client_info(dclient) if dclient else None))
-    dataset = load_dataset(cfg.data)
-    if not resumed:
-        params = run_params(cfg, dataset)
-        params.update({k: v for k, v in cfg.flat().items() if k.startswith("search.")})
-        log_params(parent, params)
-        log_dataset(parent, dataset)
-    check_space(cfg.search, backend, dataset.n_samples, dataset.y is not None)
-    check_rungs(cfg, dataset.n_samples)
-    backend.validate(cfg.model, dataset.n_samples)
-    X = backend.prepare(dataset)
+    def run_trials(self, n_to_run: int) -> None:
+        """The trial loop: ``n_to_run`` trials, each a child run of the parent."""
+        cfg, dataset = self.cfg, self.dataset
+        self.loop = TrialLoop(LoopTarget(self.parent, self.study_name, dataset, self.direction,
+                                         {"backend": cfg.backend, "search.parallelism": self.mode},
+                                         cfg.model, cfg.search.seed_policy), n_to_run)
+        if self.resumed and self.study is not None:
+            self.loop.start_from_best(_study_best(self.study))
+        self.t_loop = time.perf_counter()
+        runner: TrialRunner | None = None
+        try:
+            if self.study is not None:
+                runner = _runner(self.mode, self.backend, self.dclient, dataset, self.X, search_metrics(cfg))
+                OptunaLoop(self.study, runner, self.loop, cfg.search, cfg.model).run(n_to_run)
+                self.X = runner.refit_data(self.X)
+            else:
+                self.cv = cv_loop(cfg, _host(dataset), dataset.y, self.dclient, self.loop)
+        except BaseException:
+            if runner is not None:
+                runner.cancel()  # queued trials must not go on running on a shared cluster
+            self.loop.close(raise_errors=False)  # keep the real error, still flush what finished
+            raise
+        self.loop.close()
+        log_loop_timing(self.parent, self.loop, time.perf_counter() - self.t_loop)
 
-    if study is not None:
-        n_stale = repair.settle(cfg, study, parent, dataset.feature_names) if resumed else 0
-        done, n_to_run = repair.trials_left(cfg, study)
-        if resumed:
-            say(f"resuming study {study_name}: {done} trials done ({n_stale} interrupted), {n_to_run} to run")
-    else:
-        n_to_run = cfg.search.n_trials
-    loop = TrialLoop(cfg, parent, study_name, dataset, direction, n_to_run,
-                     {"backend": cfg.backend, "search.parallelism": mode})
-    if resumed and study is not None:
-        loop.start_from_best(_study_best(study))
-    cv = None
-    t_loop = time.perf_counter()
-    runner: TrialRunner | None = None
-    try:
-        if study is not None:
-            runner = _runner(cfg, mode, backend, dclient, dataset, X)
-            optuna_loop(cfg, study, runner, loop, n_to_run)
-            X = runner.refit_data(X)
+    def conclude(self) -> SearchOutcome:
+        """After the loop: the summary, the best trial, its model refitted and registered."""
+        search_cfg = self.cfg.search
+        # The baseline (a 10-init fit on all rows, in compiled code that releases the GIL) may
+        # run beside the summary, the best model and its registration.
+        baseline = _start_baseline(self.dataset, self.cfg.model.random_state, search_cfg.baseline_sample)
+        jobs: list[concurrent.futures.Future | None] = []  # the writer's, joined before the parent run ends
+        with _joined(jobs):
+            counts, figures = self.summarise()
+            jobs.append(figures)
+            outcome = self.pick_best(counts)
+            # A resume refits and registers only a strictly better model than the one this search
+            # already registered: the same best again would be a second version of the same model.
+            outcome.previous_best = _best_model_value(self.parent)
+            improved = outcome.previous_best is None or self.loop.better(outcome.best_value, outcome.previous_best)
+            if not improved:
+                say(f"no better model than the one this search already registered ({self.objective} "
+                    f"{outcome.previous_best:.6g}); nothing new refitted or registered")
+            best_job = self.refit_best(outcome) if search_cfg.refit and improved else None
+            jobs.append(best_job)
+            if outcome.best_fit is not None and self.registering:
+                _speedups.warm(warm_up)  # registration's one-time imports while the baseline runs
+            if baseline is not None:
+                self._log_baseline(outcome, baseline.result())
+            if outcome.best_fit is not None:
+                jobs.append(self.register(outcome, best_job))
+        return outcome
+
+    def summarise(self) -> tuple[dict[str, int], concurrent.futures.Future | None]:
+        """The parent's summary (counts, tables, figures); the figures' writer job."""
+        counts, figures = summarise(self.cfg, self.loop, self.parent, self.study, self.cv)
+        if self.study is not None and self.cfg.search.fidelity.enabled:
+            log_budget(self.cfg, self.study, self.parent, self.dataset.n_samples)
+        return counts, figures
+
+    def pick_best(self, counts: dict[str, int]) -> SearchOutcome:
+        """The best trial's parameters and value, logged on the parent, as the outcome.
+
+        Raises:
+            ConfigError: no trial finished.
+        """
+        if is_multi(self.cfg.search):
+            best_params, best_value = _chosen_on_front(self.cfg, self.study, self.loop, self.parent)
         else:
-            cv = cv_loop(cfg, _host(dataset), dataset.y, dclient, loop)
-    except BaseException:
-        if runner is not None:
-            runner.cancel()  # queued trials must not go on running on a shared cluster
-        loop.close(raise_errors=False)  # keep the real error, still flush what finished
-        raise
-    loop.close()
-    log_loop_timing(parent, loop, time.perf_counter() - t_loop)
-    # The baseline (a 10-init fit on all rows, in compiled code that releases the GIL) runs on
-    # a thread while this one writes the summary, the best model and its registration.
-    baseline = _start_baseline(dataset, cfg.model.random_state, cfg.search.baseline_sample)
-    counts, figures = summarise(cfg, loop, parent, study, cv)
-    jobs = [figures]
-    best_job = None  # the writer's job logging best_model/
-    with _joined(jobs):
-        if study is not None and cfg.search.fidelity.enabled:
-            log_budget(cfg, study, parent, dataset.n_samples)
-        if is_multi(cfg.search):
-            best_params, best_value = _chosen_on_front(cfg, study, loop, parent)
-        else:
-            best_params, best_value = best_trial(study, loop, direction)
+            best_params, best_value = best_trial(self.study, self.loop, self.direction)
         if best_params is None:
             raise ConfigError(
-                f"no trial of {study_name} finished ({counts['failed']} failed); see the child runs' error tags",
+                f"no trial of {self.study_name} finished ({counts['failed']} failed); see the child runs' error tags",
                 "fix the cause shown there, or widen search.space",
             )
-        log_params(parent, {f"best.{k}": v for k, v in best_params.items()})
-        log_metrics(parent, {f"best_{objective}": best_value, "best_value": best_value})
-        outcome = SearchOutcome(parent, study_name, _experiment_name(parent), objective, direction,
-                                best_params, best_value, counts, resumed=resumed, trials=loop.rows,
-                                loop_seconds=time.perf_counter() - t_loop)
-        # A resume refits and registers only a strictly better model than the one this search
-        # already registered: the same best again would be a second version of the same model.
-        outcome.previous_best = _best_model_value(parent)
-        improved = outcome.previous_best is None or loop.better(best_value, outcome.previous_best)
-        if not improved:
-            say(f"no better model than the one this search already registered ({objective} "
-                f"{outcome.previous_best:.6g}); nothing new refitted or registered")
-        if cfg.search.refit and improved:
-            best_model = model_for(cfg.model, {k: v for k, v in best_params.items() if k != "random_state"},
-                                   seed=best_params.get("random_state"))
-            reused = _trial_fit(loop, best_params, backend, X, best_model)
-            if reused is not None:
-                fit, metrics = reused
-                log_tags(parent, {BEST_FROM_TAG: f"trial {fit.extra['trial']} (its fit on all rows, not refitted)"})
-            else:
-                fit, metrics = fit_and_score(backend, X, best_model, search_metrics(cfg), dataset.y)
-                log_tags(parent, {BEST_FROM_TAG: "refit of the best parameters on all rows"})
-            # The centroids' CSV and plot are drawn by the writer process, like the figures.
-            best_job = log_fit(parent, cfg, dataset, fit, metrics, X, backend, artifact_path="best_model",
-                               writer=shared_writer())
-            jobs.append(best_job)
-            outcome.best_fit, outcome.best_metrics = fit, metrics
-        if outcome.best_fit is not None and register:
-            # Registration's one-time imports now, while the baseline's thread and the writer's
-            # figure jobs run. On a thread during the loop they slowed the trials (the GIL);
-            # on a thread beside this one they could meet its imports (an import deadlock).
-            warm_up()
-        if baseline is not None:
-            outcome.baseline = baseline.result()
-            log_metrics(parent, {"baseline_adjusted_rand": outcome.baseline})
-            rows = min(cfg.search.baseline_sample, dataset.n_samples)
-            on = ("all rows" if rows >= dataset.n_samples
-                  else f"a seeded sample of {rows:,} of {dataset.n_samples:,} rows")
-            log_tags(parent, {"baseline": f"sklearn KMeans(n_clusters={len(np.unique(dataset.y))}, "
-                                          f"n_init=10, random_state={cfg.model.random_state}) on {on}"})
-        if outcome.best_fit is not None:
-            if register:
-                outcome.registered = register_best(cfg, backend, outcome.best_fit, X, dataset, parent,
-                                                   outcome.best_metrics, search_parent_run_id=parent)
-                if outcome.registered.order is not None:
-                    # Renumbered to the champion's IDs: best_model/ is written again in those IDs,
-                    # after its first write (the same files) is done.
-                    if best_job is not None:
-                        best_job.result()
-                    jobs.append(log_registered_centroids(parent, cfg, dataset, outcome.best_fit, X, backend,
-                                                         outcome.registered, artifact_path="best_model",
-                                                         writer=shared_writer()))
-            if on_best is not None:
-                on_best(outcome, backend, X, dataset)
-            log_tags(parent, {BEST_MODEL_TAG: repr(best_value)})
-        return outcome
+        log_params(self.parent, {f"best.{k}": v for k, v in best_params.items()})
+        log_metrics(self.parent, {f"best_{self.objective}": best_value, "best_value": best_value})
+        return SearchOutcome(self.parent, self.study_name, _experiment_name(self.parent), self.objective,
+                             self.direction, best_params, best_value, counts, resumed=self.resumed,
+                             trials=self.loop.rows, loop_seconds=time.perf_counter() - self.t_loop)
+
+    def refit_best(self, outcome: SearchOutcome) -> concurrent.futures.Future | None:
+        """The best model (the best trial's own fit where a refit would repeat it, else a refit
+        on all rows), logged as the parent's ``best_model/``; the writer's job that draws it."""
+        cfg, backend, params = self.cfg, self.backend, outcome.best_params
+        best_model = model_for(cfg.model, {k: v for k, v in params.items() if k != "random_state"},
+                               seed=params.get("random_state"))
+        reused = _trial_fit(self.loop, params, backend, self.X, best_model)
+        if reused is not None:
+            fit, metrics = reused
+            log_tags(self.parent, {BEST_FROM_TAG: f"trial {fit.extra['trial']} (its fit on all rows, not refitted)"})
+        else:
+            with fit_progress(backend, self.parent, f"refit {cfg.backend}"):
+                fit, metrics = fit_and_score(backend, self.X, best_model, search_metrics(cfg), self.dataset.y)
+            log_tags(self.parent, {BEST_FROM_TAG: "refit of the best parameters on all rows"})
+        outcome.best_fit, outcome.best_metrics = fit, metrics
+        # The centroids' CSV and plot are drawn by the writer process, like the figures.
+        return log_fit(self.parent, cfg, self._fitted(outcome), artifact_path="best_model", writer=shared_writer())
+
+    def register(self, outcome: SearchOutcome,
+                 best_job: concurrent.futures.Future | None) -> concurrent.futures.Future | None:
+        """With ``register=True``, the best model registered (and ``best_model/`` written again in
+        the registered cluster IDs, after ``best_job``); then ``on_best`` and the parent's tag
+        of the best model's value.  Returns the writer's job, if any."""
+        job = None
+        if self.registering:
+            fitted = self._fitted(outcome)
+            outcome.registered = register_best(self.cfg, fitted, self.parent, search_parent_run_id=self.parent)
+            if outcome.registered.order is not None:
+                # Renumbered to the champion's IDs: best_model/ is written again in those IDs,
+                # after its first write (the same files) is done.
+                if best_job is not None:
+                    best_job.result()
+                job = log_registered_centroids(self.parent, self.cfg, fitted, outcome.registered,
+                                               artifact_path="best_model", writer=shared_writer())
+        if self.on_best is not None:
+            self.on_best(outcome, self.backend, self.X, self.dataset)
+        log_tags(self.parent, {BEST_MODEL_TAG: repr(outcome.best_value)})
+        return job
+
+    def _fitted(self, outcome: SearchOutcome) -> FittedModel:
+        return FittedModel(self.backend, outcome.best_fit, outcome.best_metrics, self.X, self.dataset)
+
+    def _log_baseline(self, outcome: SearchOutcome, value: float) -> None:
+        """The labelled baseline's ARI on the parent, and what it was fitted on."""
+        dataset, sample = self.dataset, self.cfg.search.baseline_sample
+        outcome.baseline = value
+        log_metrics(self.parent, {"baseline_adjusted_rand": value})
+        rows = min(sample, dataset.n_samples)
+        on = "all rows" if rows >= dataset.n_samples else f"a seeded sample of {rows:,} of {dataset.n_samples:,} rows"
+        log_tags(self.parent, {"baseline": f"sklearn KMeans(n_clusters={len(np.unique(dataset.y))}, "
+                                           f"n_init=10, random_state={self.cfg.model.random_state}) on {on}"})
 
 
 def _study_best(study: Any) -> float | None:
@@ -285,19 +375,11 @@ def _study_best(study: Any) -> float | None:
 
 
 def _start_baseline(dataset: Dataset, seed: int, sample: int) -> concurrent.futures.Future | None:
-    """The labelled baseline's ARI, computing on a thread of its own (None: no labels, or
-    ``search.baseline_sample=0``)."""
+    """The labelled baseline's ARI, as a future (None: no labels, or ``search.baseline_sample=0``)."""
     if dataset.y is None or dataset.is_lazy or sample == 0:
         return None
-    # Imported on this thread: the thread below then only computes, never importing while
-    # this one imports too (Python can refuse such a pair of imports as a deadlock).
-    import sklearn.cluster
-    import sklearn.metrics  # noqa: F401
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-baseline")
-    try:
-        return pool.submit(baseline_ari, dataset, seed, sample)
-    finally:
-        pool.shutdown(wait=False)  # the thread ends with its one job
+    return _speedups.background(baseline_ari, dataset, seed, sample, imports=("sklearn.cluster", "sklearn.metrics"),
+                                name="search-baseline")
 
 
 def _trial_fit(loop: TrialLoop, best_params: dict[str, Any], backend: KMeansBackend, X: Any,
@@ -329,13 +411,13 @@ def _trial_fit(loop: TrialLoop, best_params: dict[str, Any], backend: KMeansBack
     return fit, metrics
 
 
-def _runner(cfg: ExperimentConfig, mode: str, backend: KMeansBackend, dclient: Any, dataset: Dataset,
-            X: Any) -> TrialRunner:
+def _runner(mode: str, backend: KMeansBackend, dclient: Any, dataset: Dataset, X: Any,
+            metrics_cfg: MetricsConfig) -> TrialRunner:
     if mode == "trial":
         # Workers get host data and place it themselves (a GPU worker on its own GPU).
-        return TrialParallelRunner(dclient, cfg.backend, _host(dataset), dataset.y, search_metrics(cfg))
+        return TrialParallelRunner(dclient, backend.name, _host(dataset), dataset.y, metrics_cfg)
     # With the dataset, it places the data again after a lost worker.
-    return DataParallelRunner(backend, X, dataset.y, search_metrics(cfg), dataset=dataset)
+    return DataParallelRunner(backend, X, dataset.y, metrics_cfg, dataset=dataset)
 
 
 def _chosen_on_front(cfg: ExperimentConfig, study: Any, loop: TrialLoop,

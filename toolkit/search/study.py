@@ -301,7 +301,6 @@ def open_study(cfg: ExperimentConfig, direction: str | list[str],
             another live driver, or was made for another objective direction.
     """
     import optuna
-    from optuna.exceptions import DuplicatedStudyError
 
     from toolkit.console import say
     from toolkit.redact import redact
@@ -327,27 +326,44 @@ def open_study(cfg: ExperimentConfig, direction: str | list[str],
         say(f"resume=auto: no study {base!r} to resume in {redact(where.storage)}; starting a new one")
     if cfg.search.resume and name is not None:
         say(f"resuming study {name} from {redact(where.storage)}" + (f" ({where.found})" if where.found else ""))
-        lease = DriverLease(storage, name).acquire()
-        try:
-            n_done = len(optuna.load_study(study_name=name, storage=storage).trials)
-            study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, n_done),
-                                      pruner=make_pruner(cfg.search.fidelity))
-            if len(study.directions) > 1:  # made by search.objectives: its trials have no one value
-                raise ConfigError(
-                    f"study {name!r} is a multi-objective study (search.objectives); resuming one is "
-                    "not supported",
-                    f"start a new search ({option_hint('resume', 'false')})",
-                )
-            if study.direction.name.lower() != direction:
-                raise ConfigError(
-                    f"study {name!r} was created to {study.direction.name.lower()} but the objective "
-                    f"{cfg.search.objective} needs {direction}",
-                    f"resume with the same objective, or start a new search ({option_hint('resume', 'false')})",
-                )
-        except BaseException:
-            lease.release()
-            raise
-        return study, True, lease
+        return _resume_study(cfg, storage, name, direction)
+    return _new_study(cfg, storage, (base, existing), direction)
+
+
+def _resume_study(cfg: ExperimentConfig, storage: Any, name: str, direction: str | list[str]) -> tuple[Any, bool, Any]:
+    """The study ``name`` loaded, under its lease; refused if its directions differ from ``direction``."""
+    import optuna
+
+    lease = DriverLease(storage, name).acquire()
+    try:
+        n_done = len(optuna.load_study(study_name=name, storage=storage).trials)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, n_done),
+                                  pruner=make_pruner(cfg.search.fidelity))
+        if len(study.directions) > 1:  # made by search.objectives: its trials have no one value
+            raise ConfigError(
+                f"study {name!r} is a multi-objective study (search.objectives); resuming one is "
+                "not supported",
+                f"start a new search ({option_hint('resume', 'false')})",
+            )
+        if study.direction.name.lower() != direction:
+            raise ConfigError(
+                f"study {name!r} was created to {study.direction.name.lower()} but the objective "
+                f"{cfg.search.objective} needs {direction}",
+                f"resume with the same objective, or start a new search ({option_hint('resume', 'false')})",
+            )
+    except BaseException:
+        lease.release()
+        raise
+    return study, True, lease
+
+
+def _new_study(cfg: ExperimentConfig, storage: Any, names: tuple[str, list[tuple[int, str]]],
+               direction: str | list[str]) -> tuple[Any, bool, Any]:
+    """A new study named ``base`` (or ``base-N``: ``names`` is ``(base, existing names)``), under its lease."""
+    import optuna
+    from optuna.exceptions import DuplicatedStudyError
+
+    base, existing = names
     # Two searches started together both see the same free name; study names are unique in
     # the storage, so the loser of the race takes the next number.
     for _ in range(50):

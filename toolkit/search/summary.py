@@ -112,7 +112,7 @@ def best_trial(study: Any, loop: TrialLoop, direction: str) -> tuple[dict[str, A
         if match:
             row = match[0]
         else:  # best trial ran before a resume: rebuild its params from the study
-            model = trial_model(loop.cfg.model, best.params, best.number, loop.cfg.search.seed_policy)
+            model = trial_model(loop.model, best.params, best.number, loop.seed_policy)
             return model.model_dump(), float(best.value)
     else:
         if not rows:

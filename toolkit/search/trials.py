@@ -168,13 +168,22 @@ def run_trial(
     metrics_cfg: MetricsConfig,
     y: np.ndarray | None,
     keep_model: bool = True,
+    score: Any = None,
 ) -> TrialResult:
-    """Fit and score one parameter set; a failure is returned, not raised."""
+    """Fit and score one parameter set; a failure is returned, not raised.
+
+    ``score(fit) -> metrics`` scores the fit instead of :func:`toolkit.train.fit_and_score`'s
+    every metric (a data-parallel trial: :meth:`DataParallelRunner._score`).
+    """
     from toolkit.train import fit_and_score
 
     started = time.time()
     try:
-        fit, metrics = fit_and_score(backend, X, params, metrics_cfg, y)
+        if score is None:
+            fit, metrics = fit_and_score(backend, X, params, metrics_cfg, y)
+        else:
+            fit = backend.fit(X, params)
+            metrics = score(X, params, fit)
     # asyncio's CancelledError is a BaseException: a future cancelled under a lost worker can
     # surface as one, and it is a lost trial, not a reason to stop the search.
     except (Exception, asyncio.CancelledError) as exc:  # a failed trial is data, not a crash
@@ -269,27 +278,57 @@ def _warm_up(backend_name: str) -> None:
 
 
 class TrialRunner(Protocol):
-    """Where trials run.  The loop calls, from one thread: :meth:`submit` up to the number of
-    trials it wants in flight (``slots`` and :meth:`pending` say how many), :meth:`results`
-    to wait for at least one, :meth:`cancel` when the search stops early; afterwards
-    :meth:`refit_data` gives the data the best model is refitted on."""
+    """Where trials run: the contract both runners (:class:`TrialParallelRunner`,
+    :class:`DataParallelRunner`) keep, checked by ``tests/test_trial_runners.py``.
+
+    **Call order.**  The driver makes the runner, then repeats: :meth:`submit` while
+    :meth:`pending` is below the number it wants in flight (``slots`` says how many fits run at
+    once); :meth:`results` to wait for at least one.  When the search stops early it calls
+    :meth:`cancel`; once the loop is over, :meth:`refit_data` gives the data the best model is
+    refitted on.  Every call comes from one thread (the driver's loop): a runner is **not
+    thread-safe** and needs no lock.
+
+    **Ownership.**  The runner owns what it places for the trials (the scattered copies, the
+    rungs' subsets) and the futures of the trials in flight; the caller keeps its own placed
+    data (given to :meth:`refit_data`) and the Dask client, which the runner never closes.
+
+    **What comes back, and when.**  Nothing is persisted here: a trial's outcome is the
+    :class:`TrialResult` :meth:`results` returns, once, in the order trials finished, with its
+    ``key`` as submitted.  A failed fit is a result with ``error`` set, never an exception; a
+    fit lost with a worker is run again (:data:`INFRA_ATTEMPTS` runs in all) and comes back once,
+    with ``infra=True`` if it never succeeded.  The driver records results (Optuna, MLflow).
+
+    **Raises.**  :meth:`results` raises :class:`~toolkit.errors.ToolkitError` when the cluster
+    has had no workers for :data:`NO_WORKERS_S` (the search stops; a resume runs the trials
+    lost), and, data-parallel, whatever placing the data from a broken source raises.
+    :meth:`submit`, :meth:`pending`, :meth:`cancel` and :meth:`refit_data` do not raise on a
+    trial's account.
+    """
 
     mode: str
 
     @property
-    def slots(self) -> int: ...
+    def slots(self) -> int:
+        """How many fits run at once (worker threads trial-parallel, 1 data-parallel)."""
 
     def submit(self, key: Any, params: ModelConfig, subset: tuple[int, int] | None = None) -> None:
-        """Queue a fit of ``params``; ``subset = (n_rows, seed)`` fits it on those rows only
-        (a multi-fidelity rung, :func:`toolkit.search.fidelity.take_rows`)."""
+        """Queue a fit of ``params`` under ``key`` (the trial's number); ``subset = (n_rows, seed)``
+        fits it on those rows only (a multi-fidelity rung, :func:`toolkit.search.fidelity.take_rows`).
+        Returns at once: the fit starts on a worker (trial-parallel) or in :meth:`results`."""
 
-    def pending(self) -> int: ...
+    def pending(self) -> int:
+        """Trials submitted and not yet returned by :meth:`results`."""
 
-    def results(self) -> list[TrialResult]: ...
+    def results(self) -> list[TrialResult]:
+        """Wait for at least one trial (none pending: return ``[]`` at once); every finished one,
+        in the order they finished."""
 
-    def cancel(self) -> None: ...
+    def cancel(self) -> None:
+        """Drop every trial still queued or running; none of them comes back.  Idempotent."""
 
-    def refit_data(self, placed: Any) -> Any: ...
+    def refit_data(self, placed: Any) -> Any:
+        """The data to refit the best model on: ``placed``, or its replacement if the runner had
+        to place the data again after a lost worker."""
 
 
 class TrialParallelRunner:
@@ -450,8 +489,11 @@ class DataParallelRunner:
     slots = 1
 
     def __init__(self, backend: Any, X: Any, y: np.ndarray | None, metrics_cfg: MetricsConfig,
-                 dataset: Any = None) -> None:
+                 dataset: Any = None, *, stall_after_loss_s: float = STALL_AFTER_LOSS_S) -> None:
         self.backend = backend
+        #: A fit still running this long after the cluster lost a worker it started with is given
+        #: up as lost (:data:`STALL_AFTER_LOSS_S` by default).
+        self.stall_after_loss_s = stall_after_loss_s
         self._X = X
         self.y = y
         self.metrics_cfg = metrics_cfg
@@ -464,6 +506,8 @@ class DataParallelRunner:
         # Multi-fidelity rungs: each subset placed once (rungs are a few fixed sizes), dropped
         # with the full placement when a worker is lost.
         self._subsets: dict[tuple[int, int], Any] = {}
+        # The rows every full-data trial is scored on: gathered once, at the first trial.
+        self._sample: Any = None
 
     @property
     def X(self) -> Any:
@@ -540,23 +584,57 @@ class DataParallelRunner:
             from toolkit.search.fidelity import rung_metrics
 
             metrics_cfg = rung_metrics(metrics_cfg, subset[0], self.dataset.n_samples)
+        # A full-data trial computes the metrics its objective needs (metrics.trial_metrics) on
+        # the search's sample and centres; a rung's fit, on its own rows, every metric.
+        score = self._score if subset is None and metrics_cfg.trial_metrics != "all" else None
         if not self._replaceable:
-            return run_trial(key, self.backend, X, params, metrics_cfg, y)
+            return run_trial(key, self.backend, X, params, metrics_cfg, y, score=score)
         with self._watch_for_stall() as stalled:
-            res = run_trial(key, self.backend, X, params, metrics_cfg, y)
+            res = run_trial(key, self.backend, X, params, metrics_cfg, y, score=score)
         if stalled and not res.ok:
             res.infra = True
-            res.error = (f"gave up {STALL_AFTER_LOSS_S:.0f} s after the cluster lost a worker during the fit: "
+            res.error = (f"gave up {self.stall_after_loss_s:.0f} s after the cluster lost a worker during the fit: "
                          f"{res.error}")
         elif stalled:  # it ended just as its data was cancelled: the next fit places the data again
             self._X = None
             self._subsets.clear()
         return res
 
+    def _score(self, X: Any, params: ModelConfig, fit: Any) -> dict[str, float]:
+        """A full-data trial's metrics: ``metrics.trial_metrics`` (the objectives' and those asked
+        for; every metric when empty, i.e. outside a search), labels from the fitted centres.
+
+        Silhouette is computed on the search's :class:`~toolkit.metrics.MetricSample`, gathered
+        from the cluster once and kept here on the driver, where the metrics run; Davies-Bouldin
+        and Calinski-Harabasz exactly over all rows (:func:`toolkit.metrics.centre_statistics`).
+        """
+        from toolkit.metrics import MetricSample, trial_metrics
+        from toolkit.names import EVAL_METRICS
+
+        cfg = self.metrics_cfg
+        hX, labels = self.backend.host_view(X, fit.labels)
+        if self._sample is None:
+            self._sample = MetricSample(hX, None, cfg.silhouette_sample, cfg.seed)
+        names = cfg.trial_metrics or EVAL_METRICS
+        metrics = trial_metrics(hX, fit.centers, names, self._sample, inertia=fit.inertia,
+                                labels=labels if "adjusted_rand" in names else None, y_true=self.y)
+        metrics["fit_seconds"] = fit.fit_seconds
+        metrics["n_iter"] = float(fit.n_iter)
+        if cfg.stability:
+            from toolkit.metrics import resampling_metrics
+            from toolkit.train import _centers_fitter
+
+            metrics.update(resampling_metrics(
+                hX, _centers_fitter(self.backend, params), resamples=cfg.stability_resamples,
+                fraction=cfg.stability_fraction, sample=cfg.stability_sample, seed=cfg.seed,
+                model_seed=params.random_state,
+            ))
+        return metrics
+
     @contextlib.contextmanager
     def _watch_for_stall(self) -> Any:
         """Around one fit on the driver: a thread that, should a worker the fit started with be
-        lost and the fit still run :data:`STALL_AFTER_LOSS_S` later, cancels the placed data
+        lost and the fit still run :attr:`stall_after_loss_s` later, cancels the placed data
         (the fit then fails, lost, and is run again).  Yields a list, non-empty if it did."""
         from distributed import futures_of
 
@@ -577,7 +655,7 @@ class DataParallelRunner:
                         now = set()
                     if not before <= now:
                         lost_at = time.monotonic()
-                elif time.monotonic() - lost_at >= STALL_AFTER_LOSS_S:
+                elif time.monotonic() - lost_at >= self.stall_after_loss_s:
                     placed = [self._X, *self._subsets.values()]
                     with contextlib.suppress(Exception):  # the cluster is going away: nothing to cancel
                         self.client.cancel([f for x in placed if x is not None for f in futures_of(x)])

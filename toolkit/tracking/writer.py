@@ -118,27 +118,6 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, name="driver-watch", daemon=True).start()
 
 
-#: Niceness of the writer process (``KMEANS_LIFECYCLE_WRITER_NICE``): 0 keeps the driver's.
-_NICE_ENV = "KMEANS_LIFECYCLE_WRITER_NICE"
-_DEFAULT_NICE = 10
-
-
-def _lower_priority() -> None:
-    """Child runs are bookkeeping; the fits come first.
-
-    On a machine whose cores all run trials, a writer at normal priority takes its share of
-    the workers' CPU.  At nice 10 it still gets the idle time and a small share of a busy core,
-    so writes are late but never starved; a search waits for them before its summary.
-    """
-    try:
-        nice = int(os.environ.get(_NICE_ENV, _DEFAULT_NICE))
-    except ValueError:
-        nice = _DEFAULT_NICE
-    if nice > 0 and hasattr(os, "nice"):
-        with contextlib.suppress(OSError):  # not permitted here: normal priority will do
-            os.nice(nice)
-
-
 def _leave() -> None:
     # The writer's jobs are all done (the pool hands its process the stop signal only then):
     # skip the teardown of an interpreter full of MLflow, SQLAlchemy and matplotlib, which
@@ -153,8 +132,13 @@ def _warm(figures: bool = True) -> None:
     """In a new writer process: lower its priority, import what writing runs needs before the
     first real job arrives, and arrange a quick exit.  ``figures=False`` (a dead writer's
     successor, whose backlog is waiting) leaves the figures' imports to the jobs that draw."""
-    atexit.register(_leave)
-    _lower_priority()
+    from toolkit import _speedups
+
+    if _speedups.quick_exit_allowed():
+        atexit.register(_leave)
+    _speedups.lower_priority()  # bookkeeping: the fits come first (nice 10 unless switched off)
+    if not _speedups.enabled():
+        return  # no head start: the first jobs import what they need
     import mlflow
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
@@ -239,6 +223,29 @@ class _Job:
 
 class ChildWriter:
     """Run MLflow writes one at a time off the driver's thread.
+
+    **Call order.**  :meth:`start` (optional: the first :meth:`submit` starts it too), then any
+    number of :meth:`submit`, then :meth:`shutdown` (the shared writer's runs at exit).  A job
+    may be submitted after a shutdown: a new writer process is started for it.
+
+    **Ownership.**  The writer owns its process (or thread) and the jobs it has not finished;
+    the caller owns each job's future.  A job's function and arguments are pickled copies:
+    the job cannot change the caller's objects, and returns its result through the future.
+
+    **Thread-safety.**  :meth:`submit`, :meth:`start` and :meth:`shutdown` may be called from
+    any thread; jobs run strictly one at a time, in submission order, whichever thread
+    submitted them.  Writer processes are started from one long-lived thread (:class:`_Keeper`).
+
+    **What is persisted, when.**  Nothing by the writer itself: a job writes to the tracking
+    store of the moment it was *submitted*, when it runs; its future resolves once it has.
+    A process that dies mid-job is replaced and its unfinished jobs sent again (flagged
+    :func:`replaying`), so a job must be idempotent given that flag.  :meth:`shutdown` returns
+    once every job has ended.
+
+    **Raises.**  The future raises what the job raised (the job's own errors, e.g. an MLflow
+    exception), or :class:`WriterError` when the job was running at :data:`MAX_DEATHS_PER_JOB`
+    process deaths, or no writer could be started, or the interpreter is shutting down.
+    :meth:`submit` itself does not raise for a failed job; a job's function must pickle.
 
     Args:
         process: write in a spawned process (default); ``False`` writes on one thread.

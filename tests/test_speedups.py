@@ -1,0 +1,66 @@
+"""The speed tricks (:mod:`toolkit._speedups`) change when work happens, never what is written.
+
+One small search with the tricks on, one with ``KMEANS_LIFECYCLE_SPEEDUPS=0``: the same child
+runs (count and status), the same best parameters and value, the same baseline.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from _records import children
+from mlflow import MlflowClient
+
+from toolkit import _speedups
+from toolkit.config import load_experiment
+from toolkit.search import search
+
+BLOBS = Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml"
+
+
+def test_the_switch_turns_every_trick_off(monkeypatch):
+    monkeypatch.setenv(_speedups.SWITCH_ENV, "0")
+    monkeypatch.setenv(_speedups.NICE_ENV, "10")
+    called: list[int] = []
+    _speedups.warm(called.append, 1)
+    where = _speedups.background(lambda: threading.current_thread().name).result()
+    assert (called, where, _speedups.writer_niceness(), _speedups.quick_exit_allowed()) == (
+        [], threading.current_thread().name, 0, False)
+    monkeypatch.setenv(_speedups.SWITCH_ENV, "1")
+    _speedups.warm(called.append, 1)
+    where = _speedups.background(lambda: threading.current_thread().name, name="speed-test").result()
+    assert (called, where.startswith("speed-test"), _speedups.writer_niceness(), _speedups.quick_exit_allowed()) == (
+        [1], True, 10, True)
+
+
+def test_off_in_line_background_hands_errors_to_the_future(monkeypatch):
+    monkeypatch.setenv(_speedups.SWITCH_ENV, "off")
+    fut = _speedups.background(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        fut.result()
+
+
+def _record(mlc: MlflowClient, out) -> dict:
+    runs = children(mlc, out.parent_run_id)
+    parent = mlc.get_run(out.parent_run_id).data
+    return {"children": sorted((r.data.tags["optuna.trial_number"], r.info.status) for r in runs),
+            "best_params": out.best_params, "best_value": out.best_value, "counts": out.counts,
+            "baseline": out.baseline, "best_from": parent.tags.get("search.best_model_from"),
+            "parent_metrics": sorted(k for k in parent.metrics if not k.startswith("system/")
+                                     and "seconds" not in k and "_s" not in k)}
+
+
+def test_a_search_with_the_tricks_off_writes_the_same_record(store, client, tmp_path, monkeypatch):
+    mlc = MlflowClient(tracking_uri=store)
+    got = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv(_speedups.SWITCH_ENV, setting)
+        cfg = load_experiment(BLOBS, [
+            f"tracking.experiment=speedups-{setting}", f"search.storage={tmp_path}/s{setting}.log",
+            "data.n_samples=1500", "search.n_trials=3", "metrics.silhouette_sample=300",
+            "tracking.log_plot=false", "search.baseline_sample=1500"])
+        got[setting] = _record(mlc, search(cfg, client=client))
+    assert got["1"] == got["0"]
+    assert len(got["0"]["children"]) == 3 and got["0"]["baseline"] is not None
