@@ -261,13 +261,14 @@ class Bed:
         return self._common_env(**self._s3_env())
 
     # ------------------------------------------------------------------ processes
-    def wrap(self, host: str, cmd: Sequence[str], user: str | None = None) -> list[str]:
-        """``cmd`` as run on ``host``: its network namespace, its private ``/tmp``, as ``user``."""
+    def wrap(self, host: str, cmd: Sequence[str], user: str | None = None, cwd: str | Path = "/tmp") -> list[str]:
+        """``cmd`` as run on ``host``, from ``cwd``: its network namespace, its private ``/tmp``, as ``user``."""
         drop = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
         # `ip netns exec` gives the command a mount namespace of its own (slave to the root's):
         # the bind mount of the host's /tmp is seen by this command and its children only.
         return ["ip", "netns", "exec", self.netns(host), "sh", "-c",
-                'mount --bind "$0" /tmp && cd /tmp && exec "$@"', str(self.tmp(host)), *drop, *map(str, cmd)]
+                'mount --bind "$0" /tmp && cd "$1" && shift && exec "$@"', str(self.tmp(host)), str(cwd),
+                *drop, *map(str, cmd)]
 
     def start_process(self, host: str, name: str, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
                       user: str | None = None, cwd: str | None = None, sig: int = signal.SIGTERM) -> subprocess.Popen:
@@ -275,9 +276,9 @@ class Bed:
         assert self.base is not None
         log = self.base / "logs" / f"{name}.log"
         with open(log, "w") as fh:
-            popen = subprocess.Popen(self.wrap(host, cmd, user), stdout=fh, stderr=subprocess.STDOUT,
+            popen = subprocess.Popen(self.wrap(host, cmd, user, cwd or "/tmp"), stdout=fh, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env=dict(env if env is not None else self._common_env()), cwd=cwd)
+                                     env=dict(env if env is not None else self._common_env()))
         self._procs.append(_Proc(host, name, popen, log, sig))
         return popen
 
@@ -286,9 +287,9 @@ class Bed:
             cwd: str | Path | None = REPO) -> subprocess.CompletedProcess:
         """Run ``cmd`` on ``host`` (default: the driver, from the repository root, with :attr:`env`)
         and wait for it (bounded: its whole process group is killed after ``timeout``)."""
-        popen = subprocess.Popen(self.wrap(host, cmd, user), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                 env=dict(env if env is not None else self.env), cwd=cwd)
+        popen = subprocess.Popen(self.wrap(host, cmd, user, cwd or "/tmp"), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                                 env=dict(env if env is not None else self.env))
         try:
             out, err = popen.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -302,9 +303,9 @@ class Bed:
               cwd: str | Path | None = REPO) -> subprocess.Popen:
         """Start ``cmd`` on ``host`` without waiting (output piped, text); the caller waits for it,
         and :meth:`close` kills its group if it is still running then."""
-        popen = subprocess.Popen(self.wrap(host, cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                 env=dict(env if env is not None else self.env), cwd=cwd)
+        popen = subprocess.Popen(self.wrap(host, cmd, cwd=cwd or "/tmp"), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                 start_new_session=True, env=dict(env if env is not None else self.env))
         self._procs.append(_Proc(host, f"driver-cmd-{popen.pid}", popen, Path(os.devnull)))
         return popen
 

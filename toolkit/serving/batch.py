@@ -200,6 +200,7 @@ def score_files(
             import dask
 
             _, parts = dask.compute(plan.write, plan.stats_parts)
+            out_fs.invalidate_cache()  # the workers wrote the parts: this process's listings are stale
             if out_fs.exists(out_path):
                 out_fs.rm(out_path, recursive=True)
             out_fs.mv(tmp_path, out_path, recursive=True)
