@@ -18,11 +18,14 @@ from sklearn.metrics import (
 
 from toolkit.metrics import (
     METRIC_DIRECTIONS,
+    MetricSample,
     adjusted_rand,
+    centre_statistics,
     cluster_metrics,
     cluster_statistics,
     objective_value,
     sample_rows,
+    trial_metrics,
 )
 
 
@@ -227,3 +230,40 @@ def test_objective_value_and_directions():
     assert METRIC_DIRECTIONS["davies_bouldin"] == "minimize"
     assert METRIC_DIRECTIONS["silhouette"] == "maximize"
     assert objective_value({"silhouette": 0.25}, "silhouette") == 0.25
+
+
+# -- a data-parallel trial's metrics: labels from the centres, the sample taken once ----------------
+
+
+def _fitted(X, k=4):
+    km = KMeans(n_clusters=k, n_init=1, random_state=0).fit(X)
+    return km.cluster_centers_.astype(np.float64), km.predict(X)
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_centre_statistics_equal_the_labelled_ones(client, overlapping, blocks):
+    X, _, _ = overlapping
+    centers, labels = _fitted(X)
+    data = da.from_array(X.astype(np.float32), chunks=(250, 3)) if blocks else X.astype(np.float32)
+    want = cluster_statistics(X.astype(np.float32), labels, 4)
+    got = centre_statistics(data, centers)
+    assert got["n_clusters_found"] == 4
+    assert got["davies_bouldin"] == pytest.approx(want["davies_bouldin"], rel=1e-9)
+    assert got["calinski_harabasz"] == pytest.approx(want["calinski_harabasz"], rel=1e-9)
+    assert "davies_bouldin" not in centre_statistics(data, centers, davies_bouldin=False)
+
+
+def test_trial_metrics_are_the_asked_ones_equal_to_cluster_metrics(client, overlapping):
+    X, y, _ = overlapping
+    centers, labels = _fitted(X)
+    dX = da.from_array(X, chunks=(250, 3))
+    full = cluster_metrics(dX, da.from_array(labels, chunks=250), 4, inertia=1.5, y_true=y, silhouette_sample=400,
+                           seed=3)
+    sample = MetricSample(dX, None, 400, 3)
+    np.testing.assert_array_equal(sample.X, sample_rows(X, labels, 400, 3)[0])
+    only = trial_metrics(dX, centers, ["silhouette"], sample, inertia=1.5)
+    assert set(only) == {"silhouette", "inertia"}  # nothing but what the objective needs
+    assert only["silhouette"] == pytest.approx(full["silhouette"], rel=1e-12)
+    every = trial_metrics(dX, centers, METRIC_DIRECTIONS, sample, inertia=1.5, labels=labels, y_true=y)
+    for name in ("silhouette", "davies_bouldin", "calinski_harabasz", "adjusted_rand", "n_clusters_found"):
+        assert every[name] == pytest.approx(full[name], rel=1e-9), name

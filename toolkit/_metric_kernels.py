@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["cluster_moments", "distance_sums", "pair_cluster_sums"]
+__all__ = ["assigned_moments", "cluster_moments", "distance_sums", "pair_cluster_sums"]
 
 
 @njit(cache=True, nogil=True)
@@ -46,6 +46,56 @@ def distance_sums(x, labels, means):  # pragma: no cover - compiled
             diff = np.float64(x[i, j]) - means[c, j]
             sq += diff * diff
         out[c] += np.sqrt(sq)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _nearest(x, i, centers, c_sq):  # pragma: no cover - compiled
+    """The centre closest to row ``i`` (the first of equals, as ``numpy.argmin``)."""
+    k, d = centers.shape
+    best, best_c = np.inf, 0
+    for c in range(k):
+        dot = 0.0
+        for j in range(d):
+            dot += np.float64(x[i, j]) * centers[c, j]
+        dist = c_sq[c] - 2.0 * dot  # ||x - c||^2 less ||x||^2, the same for every centre
+        if dist < best:
+            best, best_c = dist, c
+    return best_c
+
+
+@njit(cache=True, nogil=True)
+def assigned_moments(x, centers, means):  # pragma: no cover - compiled
+    """One pass over a block, each row labelled by its nearest centre on the way (no labels array).
+
+    Returns ``(k, d + 3)``: per cluster ``[count, sum of x (d), sum of ||x||^2, sum of ||x - mean||]``;
+    the last column only when ``means`` (``(k, d)``) is given non-empty, else 0.  What
+    Calinski-Harabasz needs (the moments) and what Davies-Bouldin adds (the distance sums to
+    the cluster means, known after a first call) come from the same kernel.
+    """
+    n, d = x.shape
+    k = centers.shape[0]
+    c_sq = np.zeros(k)
+    for c in range(k):
+        for j in range(d):
+            c_sq[c] += centers[c, j] * centers[c, j]
+    with_means = means.shape[0] == k
+    out = np.zeros((k, d + 3))
+    for i in range(n):
+        c = _nearest(x, i, centers, c_sq)
+        out[c, 0] += 1.0
+        sq = 0.0
+        dist = 0.0
+        for j in range(d):
+            v = np.float64(x[i, j])
+            out[c, 1 + j] += v
+            sq += v * v
+            if with_means:
+                t = v - means[c, j]
+                dist += t * t
+        out[c, d + 1] += sq
+        if with_means:
+            out[c, d + 2] += np.sqrt(dist)
     return out
 
 

@@ -227,6 +227,14 @@ class MetricsConfig(_Strict):
     stability_sample: int = Field(
         2_000, ge=20, description="rows (a seeded sample) the refits are fitted on and compared on"
     )
+    trial_metrics: list[Literal[EVAL_METRICS]] | Literal["all"] = Field(
+        default_factory=list,
+        description="what a data-parallel search (backend dask, dask-ml, cuml-dask) computes for every "
+        "trial besides its objective(s), e.g. [davies_bouldin, calinski_harabasz], or all; by default "
+        "only the objective (and the free inertia, n_iter, fit_seconds), since each other metric costs "
+        "passes over all rows per trial. Trial-parallel searches, train and the refit of a search's best "
+        "model compute every metric whatever this says",
+    )
 
 
 class TrackingConfig(_Strict):

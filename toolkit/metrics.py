@@ -23,7 +23,9 @@ from toolkit.names import METRIC_DIRECTIONS
 
 __all__ = [
     "METRIC_DIRECTIONS",
+    "MetricSample",
     "adjusted_rand",
+    "centre_statistics",
     "cluster_metrics",
     "cluster_statistics",
     "nearest_center",
@@ -33,6 +35,7 @@ __all__ = [
     "sample_rows",
     "silhouette",
     "stability",
+    "trial_metrics",
 ]
 
 def _block_arrays(X: Any, labels: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,13 +74,16 @@ def _reduce_blocks(fn: Any, X: Any, labels: Any, *args: Any) -> np.ndarray:
     import dask.array as da
 
     if isinstance(X, np.ndarray):
-        return fn(X, np.asarray(labels), *args)
+        return fn(X, None if labels is _NO_LABELS else np.asarray(labels), *args)
+    if X.chunks[1] != (X.shape[1],):
+        X = X.rechunk({1: -1})
+    if labels is _NO_LABELS:  # fn labels the rows itself: one task per block, nothing else read
+        parts = [dask.delayed(fn)(x, None, *args) for x in X.to_delayed().ravel()]
+        return dask.delayed(sum)(parts).compute()
     if not isinstance(labels, da.Array):
         labels = da.from_array(np.asarray(labels), chunks=(X.chunks[0],))
     elif labels.chunks[0] != X.chunks[0]:
         labels = labels.rechunk((X.chunks[0],))
-    if X.chunks[1] != (X.shape[1],):
-        X = X.rechunk({1: -1})
     xb = X.to_delayed().ravel()
     lb = labels.to_delayed().ravel()
     parts = [dask.delayed(fn)(x, lab, *args) for x, lab in zip(xb, lb, strict=True)]
@@ -87,6 +93,50 @@ def _reduce_blocks(fn: Any, X: Any, labels: Any, *args: Any) -> np.ndarray:
 def cluster_statistics(X: Any, labels: Any, k: int) -> dict[str, Any]:
     """Exact inertia-about-means, Davies-Bouldin and Calinski-Harabasz from block reductions."""
     first = _reduce_blocks(_first_pass, X, labels, k)
+    return _statistics(first, k, lambda means: _reduce_blocks(_second_pass, X, labels, means))
+
+
+def _assigned_pass(X: np.ndarray, _labels: Any, centers: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """One block: its rows labelled by the nearest centre, then moments (and distance sums)."""
+    from toolkit._metric_kernels import assigned_moments
+
+    X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    return assigned_moments(np.ascontiguousarray(X), centers, means)
+
+
+def centre_statistics(X: Any, centers: Any, *, davies_bouldin: bool = True) -> dict[str, Any]:
+    """:func:`cluster_statistics` of the clustering that ``centers`` make, every row labelled by
+    its nearest centre inside the passes (a fit's own labels, without reading them).
+
+    A data-parallel search scores its trials with this: the fit's labels are lazy (one more
+    prediction pass each time they are read), the centres are at hand.  One pass gives the
+    moments (Calinski-Harabasz, ``n_clusters_found``); Davies-Bouldin needs the cluster means
+    first, so a second pass, only when ``davies_bouldin`` is true, adds the distance sums.
+    """
+    centers = np.ascontiguousarray(np.asarray(centers, dtype=np.float64))
+    k, d = centers.shape
+    none = np.zeros((0, d))
+    first = _reduce_blocks(_assigned_pass, X, _NO_LABELS, centers, none)
+    if not davies_bouldin:
+        return _statistics(first[:, :-1], k, None)
+
+    def second(means: np.ndarray) -> np.ndarray:
+        means = np.ascontiguousarray(means)
+        return _reduce_blocks(_assigned_pass, X, _NO_LABELS, centers, means)[:, -1]
+
+    return _statistics(first[:, :-1], k, second)
+
+
+#: ``labels`` of a block reduction whose function labels the rows itself.
+_NO_LABELS = object()
+
+
+def _statistics(first: np.ndarray, k: int, second: Any) -> dict[str, Any]:
+    """Davies-Bouldin and Calinski-Harabasz from the per-cluster moments ``first``
+    (``[count, sum of x, sum of ||x||^2]`` rows) and ``second(means)``, the per-cluster sums of
+    distances to the means (None: Davies-Bouldin is not computed)."""
     counts = first[:, 0]
     sums = first[:, 1:-1]
     sq = first[:, -1]
@@ -106,7 +156,9 @@ def cluster_statistics(X: Any, labels: Any, k: int) -> dict[str, Any]:
         out["davies_bouldin"] = math.nan
         return out
     out["calinski_harabasz"] = 1.0 if ssw == 0 else float(ssb * (n - k_eff) / (ssw * (k_eff - 1)))
-    dist_sums = _reduce_blocks(_second_pass, X, labels, means)
+    if second is None:
+        return out
+    dist_sums = second(means)
     scatter = np.zeros(k)
     scatter[present] = dist_sums[present] / counts[present]
     m = means[present]
@@ -209,7 +261,85 @@ def _take(arr: Any, idx: np.ndarray) -> np.ndarray:
 def sample_rows(X: Any, labels: Any, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A seeded sample of rows of ``X`` and ``labels`` as NumPy (from NumPy or Dask arrays)."""
     idx = _sample_indices(int(X.shape[0]), size, seed)
-    return _take(X, idx), _take(labels, idx)
+    if isinstance(X, np.ndarray) or isinstance(labels, np.ndarray):
+        return _take(X, idx), _take(labels, idx)
+    import dask
+
+    # One graph: the rows and their labels in one round trip, not two.
+    xs, ls = dask.compute(X[idx], labels[idx])
+    return np.asarray(xs), np.asarray(ls)
+
+
+class MetricSample:
+    """A seeded sample of a search's rows, taken once and kept on the driver for every trial.
+
+    A data-parallel search scores each trial on the same rows (``metrics.silhouette_sample`` of
+    them, seeded by ``metrics.seed``: the rows :func:`sample_rows` would take).  Taking them once
+    saves every trial a gather of those rows from the cluster and a labelling pass over the
+    fit's lazy labels: a trial's labels of the sample come from its fitted centres.
+
+    Attributes:
+        X: the sampled rows, ``(size, d)`` float64 NumPy.
+        y: their ground-truth labels (None without).
+        index: their row numbers in the data.
+    """
+
+    def __init__(self, X: Any, y: Any = None, size: int = 10_000, seed: int = 0) -> None:
+        self.index = _sample_indices(int(X.shape[0]), size, seed)
+        self.X = np.ascontiguousarray(_take(X, self.index), dtype=np.float64)
+        self.y = None if y is None else np.asarray(_take(y, self.index))
+
+    def labels(self, centers: Any) -> np.ndarray:
+        """The sample's clusters under ``centers`` (nearest centre, as the fit labels rows)."""
+        return nearest_center(self.X, centers)
+
+
+def trial_metrics(
+    X: Any,
+    centers: Any,
+    names: Any,
+    sample: MetricSample,
+    *,
+    inertia: float | None = None,
+    labels: Any = None,
+    y_true: Any = None,
+) -> dict[str, float]:
+    """The metrics ``names`` of one search trial, and no other: what its objective needs.
+
+    Args:
+        X: the data the trial was fitted on (NumPy or Dask).
+        centers: the fitted centres; rows are labelled by them where labels are needed.
+        names: metric names (:data:`METRIC_DIRECTIONS`) to compute; others are skipped.
+        sample: the search's :class:`MetricSample` (silhouette is computed on it).
+        inertia: the fit's inertia (``inertia`` is always returned when given: it is free).
+        labels: the fit's labels of every row, read only for ``adjusted_rand``.
+        y_true: ground truth of every row, for ``adjusted_rand``.
+
+    Returns:
+        ``{metric: value}`` with the same values :func:`cluster_metrics` gives for the names
+        asked (Davies-Bouldin and Calinski-Harabasz exact over all rows, silhouette on the
+        sample), NaN where one is undefined.
+    """
+    names = set(names)
+    out: dict[str, float] = {}
+    if inertia is not None:
+        out["inertia"] = float(inertia)
+    if names & {"davies_bouldin", "calinski_harabasz", "n_clusters_found"}:
+        stats = centre_statistics(X, centers, davies_bouldin="davies_bouldin" in names)
+        out["n_clusters_found"] = float(stats["n_clusters_found"])
+        out["calinski_harabasz"] = stats["calinski_harabasz"]
+        if "davies_bouldin" in stats:
+            out["davies_bouldin"] = stats["davies_bouldin"]
+    if "silhouette" in names:
+        ls = sample.labels(centers)
+        n_lab = len(np.unique(ls))
+        out["silhouette"] = silhouette(sample.X, ls) if 2 <= n_lab <= len(ls) - 1 else math.nan
+    if "adjusted_rand" in names and y_true is not None:
+        if labels is None:
+            raise ValueError("adjusted_rand needs the fit's labels of every row")
+        lab = labels if isinstance(labels, np.ndarray) else np.asarray(labels.compute())
+        out["adjusted_rand"] = adjusted_rand(y_true, lab)
+    return out
 
 
 def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.config import ExperimentConfig, MetricsConfig, SearchConfig
-from toolkit.names import METRIC_DIRECTIONS, RESAMPLING_METRICS, TRADE_OFFS
+from toolkit.names import EVAL_METRICS, METRIC_DIRECTIONS, RESAMPLING_METRICS, TRADE_OFFS
 
 __all__ = [
     "CHOSEN_TAG",
@@ -52,12 +52,19 @@ def directions(search: SearchConfig) -> list[str]:
 
 def search_metrics(cfg: ExperimentConfig) -> MetricsConfig:
     """The metrics settings trials are scored with: ``cfg.metrics``, with the resampling metrics
-    (stability, prediction strength) turned on when an objective needs them.  Decided here, not
+    (stability, prediction strength) turned on when an objective needs them and the objectives'
+    metrics added to ``trial_metrics`` (what a data-parallel trial computes).  Decided here, not
     at config load, so that every fit of the search (trials, refit) agrees whatever the caller
     changed on the config since."""
-    if cfg.metrics.stability or not set(objective_names(cfg.search)) & set(RESAMPLING_METRICS):
-        return cfg.metrics
-    return cfg.metrics.model_copy(update={"stability": True})
+    names = objective_names(cfg.search)
+    update: dict[str, Any] = {}
+    if not cfg.metrics.stability and set(names) & set(RESAMPLING_METRICS):
+        update["stability"] = True
+    extra = cfg.metrics.trial_metrics
+    # metrics.trial_metrics as a data-parallel trial reads it: the objectives' metrics added.
+    update["trial_metrics"] = (list(EVAL_METRICS) if extra == "all"
+                               else sorted({*extra, *(n for n in names if n in EVAL_METRICS)}))
+    return cfg.metrics.model_copy(update=update)
 
 
 def trial_values(res: Any, names: list[str]) -> tuple[list[float] | None, str | None]:
