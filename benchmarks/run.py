@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import peers
+from benchmarks import lean, peers
 from benchmarks._common import (
     Section,
     blobs,
@@ -686,6 +686,7 @@ SECTIONS: dict[str, Section] = {
     "outofcore": Section(lambda a, tmp: bench_outofcore(tmp, a.ooc_rows, a.features, a.k, 3, a.ooc_limit_mib,
                                                         workers=a.ooc_workers),
                          _print_outofcore),
+    "lean": lean.SECTION,
 }
 
 

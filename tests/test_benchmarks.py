@@ -7,6 +7,7 @@ report, the targets are evaluated, and ``--mlflow`` writes to the store and run 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -124,7 +125,7 @@ def test_sections_are_one_registry_that_main_runs_and_parses(capsys):
     (``peers``' ``--peer-rows``), an unknown name is refused naming the known ones; no section
     module imports ``benchmarks.run`` (tests/test_import_graph.py holds the cycle check)."""
     assert list(bench.SECTIONS) == ["iteration", "scaling", "search", "evaluate", "drift", "peers", "fidelity",
-                                    "outofcore"]
+                                    "outofcore", "lean"]
     assert bench.SECTIONS["peers"] is peers.SECTION
     assert [n for n, s in bench.SECTIONS.items() if s.default] == ["iteration", "scaling", "search"]
     with pytest.raises(SystemExit) as exc:
@@ -136,3 +137,30 @@ def test_sections_are_one_registry_that_main_runs_and_parses(capsys):
         bench.main(["--sections", "iteration,nope"])
     assert exc.value.code == 2
     assert "unknown section(s) nope; choose from iteration, scaling" in capsys.readouterr().err
+
+
+def test_lean_section_runs_each_part_tiny(tmp_path):
+    """Every part of the ``lean`` section (benchmarks/lean.py) at a tiny size, figures and targets
+    reported; what they measure is for ``python -m benchmarks.run --sections lean``."""
+    from benchmarks import lean
+
+    hs = lean.help_startup(str(tmp_path), 1, entries=["keygen"])
+    assert hs["help_s"]["keygen"] > 0 and hs["files_written"] == [] and hs["help_over_python"]["keygen"] > 0
+    init = lean.trial_parallel_init(1, 2000, 4, 4)
+    assert init["serial_s"] > 0 and init["two_threads_speedup"] > 0
+    report = lean.run(argparse.Namespace(lean_parts="trial_parallel_init", lean_ks="3", repeats=1, lean_rows=2000,
+                                         features=4, k=4, workers=1, lean_train_rows=300), str(tmp_path))
+    assert set(report) == {"trial_parallel_init", "targets"} and len(report["targets"]) == 1
+
+
+@pytest.mark.slow
+def test_lean_cluster_and_process_parts_run_tiny(tmp_path):
+    """The parts that start clusters or entry-point processes, at a tiny size (about 40 s)."""
+    from benchmarks import lean
+
+    dp = lean.data_parallel_search(1, 3000, 4, [3, 4], 1, sample=300)
+    assert dp["project_s"] > 0 and dp["sklearn_loop_s"] > 0 and dp["project_over_sklearn"] > 0
+    cw = lean.first_fit_cold_vs_warm(1, 3000, 4, 3, 1)
+    assert cw["cold_s"] > 0 and cw["warm_s"] > 0
+    tr = lean.train_startup(str(tmp_path), 1, 300)
+    assert tr["train_s"] > tr["python_s"] > 0

@@ -1,0 +1,251 @@
+"""Section ``lean`` (issue 25): fixed costs and the data-parallel search against their peers.
+
+    python -m benchmarks.run --sections lean
+    python -m benchmarks.run --sections lean --lean-parts data_parallel_search --lean-rows 4000000
+
+Parts (``--lean-parts``, comma list; each prints medians over ``--repeats`` rounds and, where it
+has a peer, the median of the paired ratios of the rounds, run back to back):
+
+* ``help_startup``  ``python -m mlproject.<entry> --help`` for every entry point, against
+  ``python -c pass`` (the interpreter's own start); target: each under 1 s.
+* ``train_startup``  ``python -m mlproject.train`` on ``experiments/blobs.yaml`` with the sklearn
+  backend (``--lean-train-rows`` rows), against the interpreter's start; target: at most 2.5 s.
+* ``data_parallel_search``  one trial per k of ``--lean-ks`` through the data-parallel trial runner
+  (``dask`` backend, fit + the objective's metric, as a search's trial loop) against a plain loop
+  of scikit-learn fits with the same k values and the same metric (silhouette on the same seeded
+  sample), on ``--lean-rows`` x ``--features``; targets: at most 1.1x at 1M rows, 0.8x at 4M.
+* ``first_fit_cold_vs_warm``  the first ``dask`` fit on a fresh cluster against the second;
+  target: at most 1.5x.
+* ``trial_parallel_init``  two k-means++ initialisations (scikit-learn's) on two threads at once
+  against the same two one after the other: 2.0x means the threads ran side by side, 1.0x that
+  they took turns (the GIL).
+
+Sizes are flags so that a test runs every part tiny (``tests/test_benchmarks.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import Section, blobs, cluster, median, paired
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = ("help_startup", "train_startup", "data_parallel_search", "first_fit_cold_vs_warm", "trial_parallel_init")
+
+
+def _entry_points() -> list[str]:
+    return sorted(p.stem for p in (REPO / "mlproject").glob("*.py") if not p.stem.startswith("_"))
+
+
+def _wall(cmd: list[str], cwd: str, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of one process, which must succeed."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-500:]}")
+    return wall
+
+
+def _env(tmp: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{os.path.join(tmp, 'lean-mlflow.db')}"
+    env["KMEANS_QUIET"] = "1"
+    return env
+
+
+def help_startup(tmp: str, repeats: int, entries: list[str] | None = None) -> dict[str, Any]:
+    """``--help`` of each entry point against ``python -c pass``, in an empty folder."""
+    entries = entries or _entry_points()
+    where = os.path.join(tmp, "help")
+    os.makedirs(where, exist_ok=True)
+    env = _env(tmp)
+    floor, walls = [], {e: [] for e in entries}
+    for _ in range(repeats):
+        floor.append(_wall([sys.executable, "-c", "pass"], where, env))
+        for e in entries:
+            walls[e].append(_wall([sys.executable, "-m", f"mlproject.{e}", "--help"], where, env))
+    worst = max(median(w) for w in walls.values())
+    return {"repeats": repeats, "python_s": median(floor),
+            "help_s": {e: median(w) for e, w in walls.items()},
+            "help_over_python": {e: paired(w, floor) for e, w in walls.items()},
+            "files_written": sorted(os.listdir(where)),
+            "targets": {"help_startup: every entry point's --help < 1 s": worst < 1.0,
+                        "help_startup: --help writes nothing": not os.listdir(where)}}
+
+
+def train_startup(tmp: str, repeats: int, rows: int) -> dict[str, Any]:
+    """``python -m mlproject.train`` (sklearn, blobs) against ``python -c pass``."""
+    env = _env(tmp)
+    cmd = [sys.executable, "-m", "mlproject.train", "--config", str(REPO / "experiments" / "blobs.yaml"),
+           "--backend", "sklearn", "--set", f"data.n_samples={rows} tracking.experiment=lean-train"]
+    _wall(cmd, tmp, env)  # the store is created once, not in the figure
+    floor, train = [], []
+    for _ in range(repeats):
+        floor.append(_wall([sys.executable, "-c", "pass"], tmp, env))
+        train.append(_wall(cmd, tmp, env))
+    return {"repeats": repeats, "rows": rows, "python_s": median(floor), "train_s": median(train),
+            "train_over_python": paired(train, floor),
+            "targets": {"train_startup: python -m mlproject.train (sklearn, blobs) <= 2.5 s": median(train) <= 2.5}}
+
+
+def _sklearn_loop(X: np.ndarray, ks: list[int], sample: int, seed: int) -> dict[int, float]:
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    out = {}
+    for k in ks:
+        labels = KMeans(n_clusters=k, n_init=1, random_state=0).fit_predict(X)
+        out[k] = float(silhouette_score(X, labels, sample_size=min(sample, len(X)), random_state=seed))
+    return out
+
+
+def _project_loop(client: Any, X: np.ndarray, ks: list[int], sample: int, seed: int) -> dict[int, float]:
+    from toolkit.backends import get_backend
+    from toolkit.config import MetricsConfig, ModelConfig
+    from toolkit.data import Dataset
+    from toolkit.search.trials import DataParallelRunner
+
+    backend = get_backend("dask")(client=client)
+    dataset = Dataset("lean", X, None, [f"x{i}" for i in range(X.shape[1])], "blobs")
+    metrics = MetricsConfig(silhouette_sample=sample, seed=seed, trial_metrics=["silhouette"])
+    runner = DataParallelRunner(backend, backend.prepare(dataset), None, metrics, dataset=dataset)
+    for key, k in enumerate(ks):
+        runner.submit(key, ModelConfig(n_clusters=k, n_init=1, random_state=0))
+    out = {}
+    while runner.pending():
+        for res in runner.results():
+            if not res.ok:
+                raise RuntimeError(res.error)
+            out[res.params.n_clusters] = res.metrics["silhouette"]
+    return out
+
+
+def data_parallel_search(repeats: int, rows: int, features: int, ks: list[int], workers: int,
+                         sample: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """A data-parallel trial loop (placing the data included) against a plain scikit-learn loop."""
+    X = blobs(rows, features, max(ks))
+    project, plain = [], []
+    with cluster(workers) as client:
+        _project_loop(client, X[: max(2000, max(ks) * 10)], ks[:1], min(sample, 500), seed)  # warm the workers
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _sklearn_loop(X, ks, sample, seed)
+            plain.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _project_loop(client, X, ks, sample, seed)
+            project.append(time.perf_counter() - t0)
+    ratio = paired(project, plain)
+    target = 1.1 if rows < 4_000_000 else 0.8
+    return {"repeats": repeats, "rows": rows, "features": features, "ks": ks, "workers": workers,
+            "project_s": median(project), "sklearn_loop_s": median(plain), "project_over_sklearn": ratio,
+            "targets": {f"data_parallel_search: {rows} rows <= {target}x a scikit-learn loop": ratio <= target}}
+
+
+def first_fit_cold_vs_warm(repeats: int, rows: int, features: int, k: int, workers: int) -> dict[str, Any]:
+    """The first ``dask`` fit on a fresh cluster (fresh worker processes) against the next one."""
+    from toolkit.backends import get_backend
+    from toolkit.config import ModelConfig
+    from toolkit.data import Dataset
+
+    X = blobs(rows, features, k)
+    cold, warm = [], []
+    params = ModelConfig(n_clusters=k, n_init=1, random_state=0)
+    for _ in range(repeats):
+        with cluster(workers) as client:
+            backend = get_backend("dask")(client=client)
+            placed = backend.prepare(Dataset("lean", X, None, [], "blobs"))
+            for into in (cold, warm):
+                t0 = time.perf_counter()
+                backend.fit(placed, params)
+                into.append(time.perf_counter() - t0)
+    ratio = paired(cold, warm)
+    return {"repeats": repeats, "rows": rows, "cold_s": median(cold), "warm_s": median(warm), "cold_over_warm": ratio,
+            "targets": {"first_fit_cold_vs_warm: a fresh worker's first fit <= 1.5x a warm one": ratio <= 1.5}}
+
+
+def trial_parallel_init(repeats: int, rows: int, features: int, k: int) -> dict[str, Any]:
+    """Two scikit-learn k-means++ initialisations one after the other against two threads at once."""
+    from sklearn.cluster import kmeans_plusplus
+
+    X = blobs(rows, features, k)
+
+    def init(seed: int) -> None:
+        kmeans_plusplus(X, k, random_state=seed)
+
+    init(0)
+    serial, threads = [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        init(2 * r)
+        init(2 * r + 1)
+        serial.append(time.perf_counter() - t0)
+        pool = [threading.Thread(target=init, args=(2 * r + i,)) for i in range(2)]
+        t0 = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        threads.append(time.perf_counter() - t0)
+    speedup = paired(serial, threads)
+    return {"repeats": repeats, "rows": rows, "serial_s": median(serial), "two_threads_s": median(threads),
+            "two_threads_speedup": speedup,
+            "targets": {"trial_parallel_init: two inits on two threads >= 1.6x one after the other": speedup >= 1.6}}
+
+
+def run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    parts = [p.strip() for p in args.lean_parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"unknown --lean-parts {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    ks = [int(k) for k in args.lean_ks.split(",")]
+    out: dict[str, Any] = {}
+    if "help_startup" in parts:
+        out["help_startup"] = help_startup(tmp, args.repeats)
+    if "train_startup" in parts:
+        out["train_startup"] = train_startup(tmp, args.repeats, args.lean_train_rows)
+    if "data_parallel_search" in parts:
+        out["data_parallel_search"] = data_parallel_search(args.repeats, args.lean_rows, args.features, ks,
+                                                           args.workers)
+    if "first_fit_cold_vs_warm" in parts:
+        out["first_fit_cold_vs_warm"] = first_fit_cold_vs_warm(args.repeats, args.lean_rows, args.features, args.k,
+                                                               args.workers)
+    if "trial_parallel_init" in parts:
+        out["trial_parallel_init"] = trial_parallel_init(args.repeats, args.lean_rows, args.features, args.k)
+    out["targets"] = {t: met for part in out.values() for t, met in part.get("targets", {}).items()}
+    return out
+
+
+def show(report: dict[str, Any]) -> None:
+    for name, part in report.items():
+        if name == "targets":
+            continue
+        figures = {k: v for k, v in part.items() if k != "targets" and not isinstance(v, dict | list)}
+        print(f"  lean {name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in figures.items()))
+        for k, v in part.items():
+            if isinstance(v, dict) and k != "targets":
+                print(f"    {k}: " + ", ".join(f"{e}={x:.3f}" for e, x in v.items()))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lean-parts", default=",".join(PARTS), help="lean: comma list of " + ", ".join(PARTS))
+    p.add_argument("--lean-rows", type=int, default=1_000_000,
+                   help="lean: rows (x --features) of data_parallel_search, first_fit_cold_vs_warm and "
+                        "trial_parallel_init")
+    p.add_argument("--lean-ks", default="4,6,8,10,12,14,16,18,20,22", help="lean: k of each data-parallel trial")
+    p.add_argument("--lean-train-rows", type=int, default=10_000, help="lean: rows of the train_startup run")
+
+
+#: The section as ``python -m benchmarks.run --sections lean`` runs it.
+SECTION = Section(run, show, add_arguments)
