@@ -8,6 +8,7 @@ small Parquet files in a temp dir; every wait is bounded.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
@@ -90,7 +91,7 @@ def test_out_of_core_train_reports_every_pass_and_logs_each_iteration(store, tig
     # Each pass's inertia (from its sums) is that of the previous centres: it never rises, and
     # ends above the final (row by row) inertia by no more than the last shift allows.
     values = [m.value for m in sorted(history, key=lambda m: m.step)]
-    assert all(b <= a * (1 + 1e-9) for a, b in zip(values, values[1:], strict=False))
+    assert all(b <= a * (1 + 1e-9) for a, b in itertools.pairwise(values))
     assert values[-1] >= outcome.result.inertia * (1 - 1e-6)
 
 
@@ -120,7 +121,7 @@ def _hog(mib: int) -> int:
     """Hold ``mib`` MiB in this worker (touched pages), past its pause fraction."""
     import builtins
 
-    builtins._ooc_hog = np.ones(mib * 2**18, dtype=np.float32)  # noqa: SLF001 - test ballast
+    builtins._ooc_hog = np.ones(mib * 2**18, dtype=np.float32)  # test ballast
     return mib
 
 
