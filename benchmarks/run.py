@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import lean, peers
+from benchmarks import lean, outofcore, peers
 from benchmarks._common import (
     Section,
     blobs,
@@ -683,9 +683,7 @@ SECTIONS: dict[str, Section] = {
     "peers": peers.SECTION,
     "fidelity": Section(lambda a, tmp: bench_fidelity(tmp, a.rows, a.features, a.k, a.trials, a.repeats, a.workers),
                         _print_fidelity),
-    "outofcore": Section(lambda a, tmp: bench_outofcore(tmp, a.ooc_rows, a.features, a.k, 3, a.ooc_limit_mib,
-                                                        workers=a.ooc_workers),
-                         _print_outofcore),
+    "outofcore": outofcore.SECTION,
     "lean": lean.SECTION,
 }
 
