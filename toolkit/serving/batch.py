@@ -203,7 +203,10 @@ def score_files(
             out_fs.invalidate_cache()  # the workers wrote the parts: this process's listings are stale
             if out_fs.exists(out_path):
                 out_fs.rm(out_path, recursive=True)
-            out_fs.mv(tmp_path, out_path, recursive=True)
+            # Object by object (a recursive mv also copies the "directory" itself, which is no object).
+            for src in out_fs.find(tmp_path):
+                out_fs.copy(src, out_path.rstrip("/") + src[len(tmp_path):])
+            out_fs.rm(tmp_path, recursive=True)
         except BaseException:
             with contextlib.suppress(Exception):
                 out_fs.rm(tmp_path, recursive=True)
