@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import lean, outofcore, peers
+from benchmarks import lean, load, outofcore, peers
 from benchmarks._common import (
     Section,
     blobs,
@@ -685,6 +685,7 @@ SECTIONS: dict[str, Section] = {
                         _print_fidelity),
     "outofcore": outofcore.SECTION,
     "lean": lean.SECTION,
+    "load": load.SECTION,
 }
 
 

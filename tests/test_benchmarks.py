@@ -125,7 +125,7 @@ def test_sections_are_one_registry_that_main_runs_and_parses(capsys):
     (``peers``' ``--peer-rows``), an unknown name is refused naming the known ones; no section
     module imports ``benchmarks.run`` (tests/test_import_graph.py holds the cycle check)."""
     assert list(bench.SECTIONS) == ["iteration", "scaling", "search", "evaluate", "drift", "peers", "fidelity",
-                                    "outofcore", "lean"]
+                                    "outofcore", "lean", "load"]
     assert bench.SECTIONS["peers"] is peers.SECTION
     assert [n for n, s in bench.SECTIONS.items() if s.default] == ["iteration", "scaling", "search"]
     with pytest.raises(SystemExit) as exc:
@@ -164,3 +164,38 @@ def test_lean_cluster_and_process_parts_run_tiny(tmp_path):
     assert cw["cold_s"] > 0 and cw["warm_s"] > 0
     tr = lean.train_startup(str(tmp_path), 1, 300)
     assert tr["train_s"] > tr["python_s"] > 0
+
+
+@pytest.mark.slow
+def test_outofcore_section_runs_tiny(tmp_path):
+    """benchmarks/outofcore.py at a tiny size (data 0.1x the limit): passes timed against the pyarrow
+    read floor, peak worker memory against the limit, k-means|| passes counted."""
+    from benchmarks import outofcore
+
+    r = outofcore.bench_outofcore(str(tmp_path), over=0.05, worker_mib=512, workers=1, file_rows=20_000,
+                                  features=4, k=3, iters=2, repeats=1)
+    assert r["lloyd_iterations"] == 2 and r["passes"] >= 1 + 2 + 2 + 1  # moments, k-means||, Lloyd, inertia
+    assert r["pass_s"] > 0 and r["read_floor_s"] > 0 and r["pass_over_floor"] > 0
+    assert 0 < r["peak_over_limit"] < 1 and set(r["targets"]) == {
+        "out-of-core pass <= 1.5x the pyarrow read floor", "out-of-core peak worker memory <= its limit"}
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_load_section_runs_tiny(tmp_path):
+    """benchmarks/load.py at a tiny size: PostgreSQL and one mlflow server, 1 search of each kind
+    (ours, Optuna + MLflowCallback), every trial run FINISHED, none lost or RUNNING."""
+    pytest.importorskip("psycopg")
+    from benchmarks import load
+
+    try:
+        load._pg_bindir()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    r = load.bench_load(str(tmp_path), [1], trials=3, rows=200)
+    assert [(lv["kind"], lv["searches"]) for lv in r["levels"]] == [("ours", 1), ("optuna", 1)]
+    for lv in r["levels"]:
+        assert lv["records"] == 3 and lv["store"] == {"expected": 3, "recorded": 3, "finished": 3, "running": 0,
+                                                      "lost": 0, "window_s": lv["store"]["window_s"]}, lv
+        assert lv["p99_ms"] >= lv["p50_ms"] > 0 and not lv["failed_drivers"]
+    assert r["targets"] == {"load: no lost or RUNNING trial runs, no failed driver": True}
