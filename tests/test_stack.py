@@ -1,37 +1,33 @@
-"""The production stack of README's "Scaling out", end to end, as real processes on loopback.
+"""The production stack of docs/scaling-out.md, end to end, as real processes on loopback.
 
-PostgreSQL (a throwaway cluster in a temp dir, a role with a password), an ``mlflow server``
+The stack is the page's own script, ``docs/scripts/scale_out_local.sh`` (whose lines are the
+page's command blocks: tests/test_scale_out_docs.py): ``up`` starts PostgreSQL with
+``initdb``/``pg_ctl`` in the test's folder (a role with a password), an ``mlflow server``
 storing runs in PostgreSQL and proxying artifacts (``mlflow-artifacts:/``), a ``dask scheduler``
-and two ``dask worker`` processes.  Through them, the README's commands as real ``mlflow run``
-subprocesses: a registered weaker model, a search (Optuna study in PostgreSQL, trials on the
-external workers), ``promote``, ``predict`` on the external cluster, and ``serve`` (``mlflow models serve``)
-of the champion answering a real POST.  The PostgreSQL password must appear nowhere in the
-record or in any command's output.
-
-Every process is started in a session of its own and stopped by its own handle when the test
-ends, passed or failed.  Skipped where PostgreSQL's server binaries are missing (CI installs
-them: .ci/run).
+and two ``dask worker`` processes, on free ports; ``down`` stops them by their own handles (pid
+files, ``pg_ctl stop``) when the test ends, passed or failed.  Through them: a registered weaker
+model, the script's search (Optuna study in PostgreSQL, trials on the external workers),
+``promote``, the script's ``predict`` on the external cluster, and ``serve`` (``mlflow models
+serve``) of the champion answering a real POST.  The PostgreSQL password must appear nowhere in
+the record or in any command's output.  Skipped where PostgreSQL's server binaries are missing
+(CI installs them: .ci/run).
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import pwd
 import re
-import secrets
+import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +42,8 @@ from mlflow import MlflowClient
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
+#: The scaling page's stack as a script: this test starts, uses and stops the stack through it.
+SCRIPT = REPO / "docs" / "scripts" / "scale_out_local.sh"
 
 #: The PostgreSQL role and databases of the README's recipe.
 ROLE = "kmeans"
@@ -106,156 +104,56 @@ class Stack:
     tracking_uri: str
     scheduler: str
     artifacts: Path
+    run: Path
     workers: list[str] = field(default_factory=list)
     logs: dict[str, Path] = field(default_factory=dict)
 
 
-class _Processes:
-    """Started processes, each in a session of its own, stopped in reverse order on close."""
-
-    def __init__(self, stack: contextlib.ExitStack, logs: Path) -> None:
-        self._stack = stack
-        self._logs = logs
-        self.paths: dict[str, Path] = {}
-
-    def start(self, name: str, cmd: list[str], *, sig: int = signal.SIGTERM, **kwargs: object) -> subprocess.Popen:
-        log = self._logs / f"{name}.log"
-        self.paths[name] = log
-        with open(log, "w") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                    **kwargs)  # type: ignore[call-overload]
-        self._stack.callback(stop, proc, sig)  # registered at once: stopped even if a later step fails
-        return proc
+def _script(args: list[str], env: Mapping[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``docs/scripts/scale_out_local.sh <args>``: the scaling page's commands, as the page gives them."""
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=dict(env), capture_output=True, text=True,
+                          timeout=timeout, check=False)
 
 
-def _wait_for(check: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str, limit_s: float = 90.0) -> None:
-    """Poll ``check()`` until true (bounded), failing with the process's log otherwise."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}:\n{_tail(log.read_text())}")
-        if check():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"{what} not ready after {limit_s:.0f} s:\n{_tail(log.read_text())}")
-
-
-def _start_postgres(procs: _Processes, es: contextlib.ExitStack, password: str) -> int:
-    """A PostgreSQL cluster in a temp dir on a free loopback port, with the README's role
-    ``kmeans`` (``password``) owning databases ``mlflow`` and ``optuna``; returns the port."""
-    bindir, run_as = _pg_bindir(), _run_as()
-    # Not under pytest's tmp_path: its folders are private to root, and the server may run as
-    # the postgres user, who must own its data folder.
-    base = Path(tempfile.mkdtemp(prefix="kmeans-stack-pg-"))
-    es.callback(shutil.rmtree, base, ignore_errors=True)
-    if run_as:
-        shutil.chown(base, "postgres", "postgres")
-    env = _clean_env(LC_ALL="C")
-    initdb = subprocess.run(
-        [str(bindir / "initdb"), "-D", str(base / "data"), "-U", "postgres", "-E", "UTF8", "--locale=C",
-         # The postgres superuser logs in over the socket in `base` (as `sudo -u postgres` does on
-         # a Debian install); everyone over TCP needs a password.
-         "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"],
-        cwd=base, env=env, capture_output=True, text=True, timeout=180, check=False, **run_as,  # type: ignore[call-overload]
-    )
-    if initdb.returncode != 0:
-        pytest.fail(f"initdb failed:\n{_tail(initdb.stdout)}{_tail(initdb.stderr)}")
-    port = free_port()
-    proc = procs.start(
-        "postgres",
-        [str(bindir / "postgres"), "-D", str(base / "data"), "-h", "127.0.0.1", "-p", str(port),
-         "-k", str(base),
-         # A throwaway cluster: no disk syncs (MLflow's schema migrations commit a lot).
-         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-        sig=signal.SIGINT,  # PostgreSQL's fast shutdown (SIGTERM waits for clients to leave)
-        cwd=base, env=env, **run_as,
-    )
-
-    def ready() -> bool:
-        return subprocess.run([str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, check=False, timeout=30).returncode == 0
-
-    _wait_for(ready, proc, procs.paths["postgres"], "postgres", limit_s=60)
-    # The README's set-up commands (there: sudo -u postgres on the packaged server).
-    conn = ["-h", str(base), "-p", str(port), "-U", "postgres"]
-    for cmd in (
-        [str(bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1", *conn,
-         "-c", f"CREATE ROLE {ROLE} LOGIN PASSWORD '{password}'"],
-        [str(bindir / "createdb"), *conn, "-O", ROLE, "mlflow"],
-        [str(bindir / "createdb"), *conn, "-O", ROLE, "optuna"],
-    ):
-        done = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=60, check=False,
-                              **run_as)  # type: ignore[call-overload]
-        if done.returncode != 0:
-            pytest.fail(f"{cmd[0]} failed:\n{done.stdout}{done.stderr}")
-    return port
+def _stack_env(run: Path) -> dict[str, str]:
+    """The ``export K=V`` settings the script's ``up`` wrote to ``RUN/stack.env``."""
+    out: dict[str, str] = {}
+    for line in (run / "stack.env").read_text().splitlines():
+        for word in shlex.split(line)[1:]:  # past "export"
+            key, _, value = word.partition("=")
+            out[key] = value
+    return out
 
 
 @pytest.fixture()
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    """PostgreSQL, ``mlflow server`` on it, a Dask scheduler and two workers, all on loopback."""
+    """PostgreSQL, ``mlflow server`` on it, a Dask scheduler and two workers, all on loopback:
+    started by the scaling page's script (``up``) and stopped by it (``down``), passed or failed."""
     pytest.importorskip("psycopg", reason='the PostgreSQL driver: pip install -e ".[test]" (or ".[postgres]")')
     from distributed import Client
 
-    password = "pw-" + secrets.token_hex(12)  # unmistakable in any text it might leak into
-    logs = tmp_path / "logs"
-    logs.mkdir()
+    env = _clean_env(PYTHON=sys.executable, PGBIN=str(_pg_bindir()),
+                     # A throwaway cluster: no disk syncs (MLflow's schema migrations commit a lot).
+                     PG_OPTS="-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    _run_as()  # skips as root without a postgres user to run PostgreSQL as
+    run = tmp_path / "run"
     start = time.monotonic()
-    with contextlib.ExitStack() as es:
-        procs = _Processes(es, logs)
-        pg_port = _start_postgres(procs, es, password)
-
-        # The tracking server reads the password from libpq's PGPASSWORD: not in its command line.
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        artifacts = tmp_path / "artifacts"
-        server = procs.start(
-            "mlflow-server",
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"postgresql+psycopg://{ROLE}@127.0.0.1:{pg_port}/mlflow",
-             "--artifacts-destination", str(artifacts), "--workers", "1"],
-            cwd=tmp_path, env=_clean_env(PGPASSWORD=password),
-        )
-
-        # The scheduler unpickles the task graphs and the workers run them: both import this
-        # checkout's toolkit, the one the drivers run (`python -m` from the repository root puts
-        # it first on sys.path), whatever copy is installed elsewhere.
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        dask_env = _clean_env(PYTHONPATH=path)
-        sport = free_port()
-        scheduler = f"tcp://127.0.0.1:{sport}"
-        sched = procs.start(
-            "dask-scheduler",
-            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(sport),
-             "--dashboard-address", "127.0.0.1:0"],
-            cwd=tmp_path, env=dask_env,
-        )
-        for i in (1, 2):
-            wdir = tmp_path / f"worker-{i}"
-            wdir.mkdir()
-            procs.start(
-                f"dask-worker-{i}",
-                [sys.executable, "-m", "dask", "worker", scheduler, "--host", "127.0.0.1",
-                 "--nworkers", "1", "--nthreads", "1", "--memory-limit", "2GiB",
-                 "--no-dashboard", "--local-directory", str(wdir)],
-                cwd=wdir, env=dask_env,
-            )
-
-        wait_ready(server, f"{url}/health", procs.paths["mlflow-server"], "mlflow server", limit_s=180)
-        _wait_for(lambda: _accepts(sport), sched, procs.paths["dask-scheduler"], "dask scheduler")
+    try:
+        up = _script(["up", str(run)], env, timeout=420)
+        assert up.returncode == 0, f"scale_out_local.sh up failed:\n{_tail(up.stdout)}\n{_tail(up.stderr)}"
+        settings = _stack_env(run)
+        scheduler = settings["SCHEDULER"]
         with Client(scheduler, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=120)
             workers = sorted(c.scheduler_info()["workers"])
         print(f"stack up: {time.monotonic() - start:.1f} s")
-        yield Stack(pg_port=pg_port, password=password, tracking_uri=url, scheduler=scheduler,
-                    artifacts=artifacts, workers=workers, logs=procs.paths)
-
-
-def _accepts(port: int) -> bool:
-    """Whether something listens on ``port`` of loopback."""
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        yield Stack(pg_port=int(settings["PGPORT"]), password=settings["PGPASSWORD"],
+                    tracking_uri=settings["MLFLOW_TRACKING_URI"], scheduler=scheduler, artifacts=run / "artifacts",
+                    run=run, workers=workers, logs={p.stem: p for p in (run / "logs").glob("*.log")})
+    finally:
+        down = _script(["down", str(run)], env, timeout=180)
+        assert down.returncode == 0, f"scale_out_local.sh down failed:\n{_tail(down.stdout)}\n{_tail(down.stderr)}"
+        # Stopped by their own handles: no pid file left, and nothing listens on the stack's ports.
+        assert not list(run.glob("*.pid")), sorted(run.glob("*.pid"))
 
 
 def _run(entry: str, params: Mapping[str, object], env: Mapping[str, str], outputs: list[str]) -> str:
@@ -265,6 +163,16 @@ def _run(entry: str, params: Mapping[str, object], env: Mapping[str, str], outpu
     print(f"{entry}: {time.monotonic() - start:.1f} s")  # shown with -s, or under a failure
     outputs += [proc.stdout, proc.stderr]
     assert proc.returncode == 0, f"{entry} failed:\n{_tail(proc.stdout)}\n{_tail(proc.stderr)}"
+    return proc.stdout + proc.stderr
+
+
+def _run_script(args: list[str], env: Mapping[str, str], outputs: list[str]) -> str:
+    """The page's script step ``args`` against the stack; its output is kept for the password check."""
+    start = time.monotonic()
+    proc = _script(args, env)
+    print(f"{args[0]}: {time.monotonic() - start:.1f} s")
+    outputs += [proc.stdout, proc.stderr]
+    assert proc.returncode == 0, f"{args[0]} failed:\n{_tail(proc.stdout)}\n{_tail(proc.stderr)}"
     return proc.stdout + proc.stderr
 
 
@@ -313,9 +221,10 @@ def test_search_promote_predict_serve_on_the_stack(stack: Stack, tmp_path: Path)
     assert mlc.get_registered_model(NATIVE).aliases == {"champion": "1", "challenger": "1"}
 
     # 2. The search: Optuna study in PostgreSQL (password by reference), trials on the workers.
+    # The page's search command (the script's), with the page's storage URL.
     storage = f"postgresql+psycopg://{ROLE}:${{PGPASSWORD}}@127.0.0.1:{stack.pg_port}/optuna"
-    _run("search", {"n_trials": 4, "storage": storage, "scheduler_address": stack.scheduler,
-                          "overrides": SMALL.replace(" tracking.log_plot=false", "")}, env, outputs)
+    script_env = {**env, "PYTHON": sys.executable, "N_TRIALS": "4", "OVERRIDES": "data.n_samples=2000"}
+    _run_script(["search", str(stack.run)], script_env, outputs)
     exp_id = mlc.get_experiment_by_name(EXPERIMENT).experiment_id
     (parent,) = mlc.search_runs([exp_id], "tags.`mlflow.project.entryPoint` = 'search'")
     parent_id = parent.info.run_id
@@ -352,8 +261,7 @@ def test_search_promote_predict_serve_on_the_stack(stack: Stack, tmp_path: Path)
     src = tmp_path / "score.csv"
     pd.DataFrame(X, columns=["x0", "x1"]).to_csv(src, index=False)
     dst = tmp_path / "labels.parquet"
-    _run("predict", {"model_uri": f"models:/{TWIN}@champion", "input": str(src), "output": str(dst),
-                     "scheduler_address": stack.scheduler}, env, outputs)
+    _run_script(["predict", str(stack.run), str(src), str(dst)], script_env, outputs)
     scored = pd.read_parquet(dst)
     assert len(scored) == len(X) and np.allclose(scored[["x0", "x1"]].to_numpy(), X)
     assert scored["label"].nunique() == best_k
