@@ -65,8 +65,9 @@ def default_storage(tracking_uri: str | None = None) -> str:
     """The journal file that holds the studies of ``tracking_uri`` (default: the current store).
 
     Beside a file store (``sqlite:///dir/mlflow.db`` -> ``dir/mlflow.optuna.log``, a file store
-    folder ``mlruns`` -> ``mlruns.optuna.log``); for a server or database store, a file in the
-    working directory keyed by the store's address without credentials.
+    folder ``mlruns`` -> ``mlruns.optuna.log``); for a server or database store, a file in this
+    user's data folder (:func:`data_dir`, ``studies/``) keyed by the store's address without
+    credentials.
     """
     from toolkit.tracking._sqlite import sqlite_file
     from toolkit.tracking.runs import tracking_uri as current
