@@ -31,11 +31,12 @@ def _make_template() -> Path:
 
 
 def init_store(path: str | Path) -> str:
-    """Put an initialised MLflow sqlite store at ``path`` (a file or a ``sqlite:///`` URI)."""
+    """Put an initialised MLflow sqlite store at ``path`` (a file or a ``sqlite:///`` URI); a store
+    already there (e.g. the ``tracking_uri`` fixture's) is left as it is."""
     global _template
     target = Path(str(path).removeprefix("sqlite:///"))
     if target.exists():
-        raise FileExistsError(target)
+        return f"sqlite:///{target}"
     if _template is None:
         _template = _make_template()
     target.parent.mkdir(parents=True, exist_ok=True)

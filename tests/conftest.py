@@ -85,10 +85,14 @@ def client(dask_cluster):
 
 @pytest.fixture()
 def tracking_uri(tmp_path, monkeypatch):
-    """A fresh sqlite MLflow store in a temp dir, set as the tracking and registry URI."""
-    import mlflow
+    """A fresh sqlite MLflow store in a temp dir, set as the tracking and registry URI.
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    A copy of a migrated store (``init_store``): MLflow's schema migrations cost ~2 s of CPU per
+    new sqlite file, in this process or in each ``mlflow run`` subprocess that opens it first."""
+    import mlflow
+    from _mlflow_store import init_store
+
+    uri = init_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
@@ -110,6 +114,16 @@ def store(tmp_path_factory):
     uri = init_store(tmp_path_factory.mktemp("store") / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp, mlflow_pointed_at(uri, mp):
         yield uri
+
+
+@pytest.fixture(scope="session")
+def shared_mlflow_server(tmp_path_factory):
+    """One real ``mlflow server`` (sqlite, artifacts proxied) for the tests that need a server but
+    not a fresh one; each uses names of its own in it.  Stopped at the end of the session."""
+    from _servers import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ process pays for MLflow's schema migrations) and its own Optuna database in a te
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,20 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def migrated_store(tmp_path_factory) -> Path:
-    """An empty MLflow sqlite store at the current schema, made once and copied per test."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture()
-def store(migrated_store, tracking_uri, tmp_path) -> Path:
-    """The test's store (``tracking_uri``), ready to use; returns the database file."""
+def store(tracking_uri) -> Path:
+    """The test's store (``tracking_uri``: a migrated copy, see conftest); returns the database file."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    assert not db.exists()
-    shutil.copyfile(migrated_store, db)
+    assert db.exists()
     return db
 
 
