@@ -88,11 +88,30 @@ def assert_record_trusted(uri: str, parent_id: str, n_trials: int, before: dict,
 # -- helpers for driver subprocesses ---------------------------------------------------------
 
 
+SEARCH_SET = ("data.n_samples=20000 metrics.silhouette_sample=2000 tracking.log_plot=false search.sampler=random "
+              f"{PLANTED}")
+
+
 def search_cmd(n_trials: int, *extra: str, resume: bool = False) -> list[str]:
     return [sys.executable, "-m", "mlproject.search", "--config", "experiments/blobs.yaml",
             "--n-trials", str(n_trials), "--resume", "true" if resume else "false",
-            "--set", f"data.n_samples=20000 metrics.silhouette_sample=2000 tracking.log_plot=false "
-                     f"search.sampler=random {PLANTED}", *extra]
+            "--set", SEARCH_SET, *extra]
+
+
+def search_here(uri: str, n_trials: int, client, monkeypatch, *extra: str):
+    """The search :func:`search_cmd` runs (``mlproject.search``'s call), in this process: for the
+    steps whose driver is not killed (no interpreter, imports and cluster to start)."""
+    import shlex
+
+    from toolkit.config import load_experiment
+    from toolkit.search import search
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load_experiment(REPO / "experiments" / "blobs.yaml",
+                          [*shlex.split(SEARCH_SET), f"search.n_trials={n_trials}", "search.resume=false", *extra])
+    return search(cfg, client=client, register=cfg.registry.register_best)
 
 
 def env_for(uri: str, cwd: Path, **extra: str) -> dict[str, str]:
@@ -179,6 +198,10 @@ class _Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        from _mlflow_store import init_store
+
+        if not (self.root / "server.db").exists():
+            init_store(self.root / "server.db")  # migrated already: the server starts sooner
         log = self.root / f"server-{time.time_ns()}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
@@ -203,7 +226,7 @@ class _Server:
 
 
 @pytest.mark.server
-def test_tracking_server_stopped_then_killed(tmp_path):
+def test_tracking_server_stopped_then_killed(tmp_path, monkeypatch, capfd, client):
     server = _Server(tmp_path)
     server.start()
     try:
@@ -216,18 +239,26 @@ def test_tracking_server_stopped_then_killed(tmp_path):
         journal = tmp_path / "optuna.log"
         storage = ("--storage", str(journal))
 
-        # 1. Stopped for a few seconds mid-search: the search rides it out.
-        log1 = tmp_path / "stopped.log"
-        first = subprocess.Popen(search_cmd(n, *storage), cwd=REPO, env=env, stdout=open(log1, "w"),  # noqa: SIM115
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_for(lambda: finished_children(db) >= 3, first, log1)
+        # 1. Stopped for a few seconds mid-search: the search (in this process) rides it out.
+        for key in ("KMEANS_LIFECYCLE_TRACKING_TIMEOUT_S", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            monkeypatch.setenv(key, env[key])
+        stopped = threading.Event()
+
+        def stop_after_three() -> None:
+            wait_for(lambda: finished_children(db) >= 3, None, None)
             server.signal(signal.SIGSTOP)
             time.sleep(4)
             server.signal(signal.SIGCONT)
-            assert first.wait(timeout=300) == 0, log1.read_text()[-3000:]
+            stopped.set()
+
+        pauser = threading.Thread(target=stop_after_three, daemon=True)
+        pauser.start()
+        try:
+            search_here(secret_url, n, client, monkeypatch, f"search.storage={journal}")
         finally:
-            kill_group(first)
+            pauser.join(timeout=60)
+        assert stopped.is_set()
+        console1 = "".join(capfd.readouterr())
         before = registered_bytes(url)
         assert len(before) == 2
 
@@ -251,13 +282,13 @@ def test_tracking_server_stopped_then_killed(tmp_path):
         assert len(errors) == 1 and "is not answering" in errors[0], text2[-3000:]
         assert "Traceback" not in text2
 
-        # 3. Back up: a resume writes every trial the killed search had computed.
+        # 3. Back up: a resume (in this process) writes every trial the killed search had computed.
         server.start()
-        log3 = tmp_path / "resume.log"
-        resumed = run_driver(search_cmd(n, *storage, resume=True), env, tmp_path, log3)
-        assert resumed.returncode == 0, resumed.stdout[-3000:]
+        resumed = search_here(secret_url, n, client, monkeypatch, f"search.storage={journal}", "search.resume=true")
+        assert resumed.resumed
         parent = parent_of(journal, "blobs-sklearn-2")
-        assert_record_trusted(url, parent, n, before, [tmp_path], log1.read_text() + text2 + resumed.stdout)
+        assert parent == resumed.parent_run_id
+        assert_record_trusted(url, parent, n, before, [tmp_path], console1 + text2 + "".join(capfd.readouterr()))
     finally:
         server.close()
 
