@@ -9,7 +9,8 @@ Runs one tiny data-parallel search in process (``mlproject.search.main``, the fu
 * **climbs**: how often, going down that path, a call goes back UP a layer (layers below).
 
 It also counts, over the whole run until that fit, the upward calls made anywhere
-(``all_climbs``) and the distinct project functions entered (``entered``).
+(``all_climbs``, each listed in ``climb_edges``; a module body run by an import is left out)
+and the distinct project functions entered (``entered``).
 
     python benchmarks/call_path.py        # prints one JSON line
 
@@ -65,6 +66,7 @@ def trace(argv: list[str]) -> dict:
     seen: set[tuple[str, str]] = set()
     found: dict = {}
     all_climbs = 0
+    edges: dict[str, int] = {}
 
     def lay(code) -> int | None:
         if code.co_filename not in cache:
@@ -82,8 +84,12 @@ def trace(argv: list[str]) -> dict:
         caller = frame.f_back
         while caller is not None and lay(caller.f_code) is None:
             caller = caller.f_back
-        if caller is not None and lay(caller.f_code) > here:
+        # A module body run by an import is not a step of the path (imports happen where they happen).
+        if caller is not None and lay(caller.f_code) > here and "<module>" not in (
+                caller.f_code.co_name, frame.f_code.co_name):
             all_climbs += 1
+            edge = f"{caller.f_code.co_qualname} -> {frame.f_code.co_qualname}"
+            edges[edge] = edges.get(edge, 0) + 1
         if _is_fit(frame):
             stack = []
             f = frame
@@ -110,6 +116,7 @@ def trace(argv: list[str]) -> dict:
         "climbs": climbs,
         "all_climbs": all_climbs,
         "entered": len(seen),
+        "climb_edges": edges,
         "path": [f"{Path(p).relative_to(REPO)}:{q}" for p, q, _ in path],
     }
 

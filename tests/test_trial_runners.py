@@ -73,10 +73,14 @@ def test_cancel_drops_every_pending_trial_and_is_idempotent(runner):
 
 
 def test_a_rung_subset_is_fitted_on_that_many_rows(runner):
-    runner.submit(0, ModelConfig(n_clusters=4, n_init=1, random_state=0), (500, 0))
-    (res,) = _drain(runner)
-    assert res.ok, res.error
-    assert not res.full_data
+    params = ModelConfig(n_clusters=6, n_init=1, random_state=0)
+    runner.submit(0, params, (500, 0))
+    runner.submit(1, params)
+    got = {r.key: r for r in _drain(runner)}
+    assert got[0].ok and got[1].ok, (got[0].error, got[1].error)
+    # Inertia sums over the rows fitted: a quarter of the rows, about a quarter of it.
+    assert got[0].metrics["inertia"] < 0.5 * got[1].metrics["inertia"]
+    assert not got[0].full_data
 
 
 def test_refit_data_is_the_callers_placement_when_nothing_was_lost(runner):
