@@ -14,23 +14,29 @@ One call handles a whole block, tile by tile, with no Python between tiles:
 Single-threaded this is ~1.4x faster than the NumPy version of the same step it replaced
 (three array passes and two extra GEMMs per tile) and faster per core than scikit-learn's
 Cython Lloyd step; ``nogil`` lets the worker's event loop run meanwhile.  Compiled on first
-use in each process and cached on disk (``cache=True``), so later processes load it in
-milliseconds.
+use and cached on disk (:func:`toolkit._metric_kernels.kernel`: a read-only install caches in
+the user's cache folder, a corrupt entry is recompiled), so later processes -- a fresh Dask
+worker's first fit -- load it in milliseconds.
+
+:func:`kmeans_plusplus` is scikit-learn's greedy k-means++ without the GIL, so trials on threads
+seed side by side (scikit-learn's own holds the GIL between its NumPy steps and two threads
+took turns).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-__all__ = ["TILE", "assign", "lloyd_stats"]
+from toolkit._metric_kernels import kernel
+
+__all__ = ["TILE", "assign", "kmeans_plusplus", "lloyd_stats"]
 
 #: Rows per GEMM tile: scores (TILE x k) and the centred copy (TILE x d) stay in L2 cache.
 #: 256-4096 measured within 2% of each other for d=16, k=8.
 TILE = 1024
 
 
-@njit(cache=True, nogil=True)
+@kernel()
 def _tile(x, s, e, o, centre, buf):  # pragma: no cover - compiled
     """Rows ``s:e`` of ``x``, centred into ``buf`` when asked (else a view)."""
     if not centre:
@@ -42,7 +48,7 @@ def _tile(x, s, e, o, centre, buf):  # pragma: no cover - compiled
     return buf[: e - s]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _closest(st, r, cn):  # pragma: no cover - compiled
     """Index of the smallest ``st[r, c] + cn[c]``; the first one on ties (strict ``<``)."""
     best = 0
@@ -55,7 +61,7 @@ def _closest(st, r, cn):  # pragma: no cover - compiled
     return best
 
 
-@njit(cache=True, nogil=True)
+@kernel()
 def lloyd_stats(x, o, Ct, cn, centre, sums, counts):  # pragma: no cover - compiled
     """Add one Lloyd step's per-center sums of the (centred) rows and counts of ``x``.
 
@@ -92,7 +98,7 @@ def lloyd_stats(x, o, Ct, cn, centre, sums, counts):  # pragma: no cover - compi
                 sums[c, j] += tsum[c, j]
 
 
-@njit(cache=True, nogil=True)
+@kernel()
 def assign(x, o, Ct, cn, centre, labels):  # pragma: no cover - compiled
     """Write into ``labels`` (``(n,)`` int32) the closest center of each row (lowest on ties);
     arguments as in :func:`lloyd_stats`."""
@@ -106,3 +112,81 @@ def assign(x, o, Ct, cn, centre, labels):  # pragma: no cover - compiled
         np.dot(xt, Ct, st)
         for r in range(e - s):
             labels[s + r] = _closest(st, r, cn)
+
+
+
+@kernel()
+def _sq_to(x, i, c):  # pragma: no cover - compiled
+    """``||x_i - c||^2`` in float64 (differences, not the expanded form: no cancellation)."""
+    s = 0.0
+    for j in range(x.shape[1]):
+        t = np.float64(x[i, j]) - c[j]
+        s += t * t
+    return s
+
+
+@kernel()
+def kmeans_plusplus(x, first, draws):  # pragma: no cover - compiled
+    """Row indices of greedy k-means++ centres of ``x``: scikit-learn's algorithm
+    (``sklearn.cluster.kmeans_plusplus``, unit weights) on the same random draws, without the GIL.
+
+    Args:
+        x: ``(n, d)`` rows (float32 or float64).
+        first: index of the first centre (scikit-learn: ``rs.choice(n, p=uniform weights)``).
+        draws: ``(k - 1, n_local_trials)`` float64 uniforms in ``[0, 1)``, in the order
+            scikit-learn draws them (``rs.uniform(size=n_local_trials)`` per further centre).
+
+    Returns:
+        ``(k,)`` int64 row indices.  Per further centre, ``n_local_trials`` candidates are
+        sampled with probability proportional to the squared distance to the closest chosen
+        centre (``searchsorted`` on its cumulative sum), and the one that lowers the summed
+        distance most is kept (the first of equals).  Sums are float64 where scikit-learn sums
+        float32 data in float32 (through BLAS), so on float32 data a draw that falls within
+        rounding of a boundary can pick a neighbouring row.
+    """
+    n, d = x.shape
+    k = draws.shape[0] + 1
+    trials = draws.shape[1]
+    idx = np.empty(k, np.int64)
+    idx[0] = first
+    cvecs = np.empty((trials, d))
+    for j in range(d):
+        cvecs[0, j] = x[first, j]
+    closest = np.empty(n)
+    pot = 0.0
+    for i in range(n):
+        closest[i] = _sq_to(x, i, cvecs[0])
+        pot += closest[i]
+    cum = np.empty(n)
+    cand = np.empty(trials, np.int64)
+    pots = np.empty(trials)
+    row = np.empty(d)
+    for c in range(1, k):
+        acc = 0.0
+        for i in range(n):
+            acc += closest[i]
+            cum[i] = acc
+        for t in range(trials):
+            cand[t] = min(np.searchsorted(cum, draws[c - 1, t] * pot), n - 1)
+            for j in range(d):
+                cvecs[t, j] = x[cand[t], j]
+        pots[:] = 0.0
+        for i in range(n):
+            for j in range(d):  # the row once, for every candidate
+                row[j] = x[i, j]
+            for t in range(trials):
+                s = 0.0
+                for j in range(d):
+                    u = row[j] - cvecs[t, j]
+                    s += u * u
+                pots[t] += min(closest[i], s)
+        best = 0
+        for t in range(1, trials):
+            if pots[t] < pots[best]:
+                best = t
+        idx[c] = cand[best]
+        pot = pots[best]
+        # One more pass rather than a (trials x n) distance table: memory stays O(n).
+        for i in range(n):
+            closest[i] = min(closest[i], _sq_to(x, i, cvecs[best]))
+    return idx
