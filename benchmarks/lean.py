@@ -16,9 +16,9 @@ has a peer, the median of the paired ratios of the rounds, run back to back):
   sample), on ``--lean-rows`` x ``--features``; targets: at most 1.1x at 1M rows, 0.8x at 4M.
 * ``first_fit_cold_vs_warm``  the first ``dask`` fit on a fresh cluster against the second;
   target: at most 1.5x.
-* ``trial_parallel_init``  two k-means++ initialisations (scikit-learn's) on two threads at once
-  against the same two one after the other: 2.0x means the threads ran side by side, 1.0x that
-  they took turns (the GIL).
+* ``trial_parallel_init``  two k-means++ initialisations on two threads at once against the same
+  two one after the other: 2.0x means the threads ran side by side, 1.0x that they took turns
+  (the GIL); the sklearn backend's (a Numba kernel without the GIL) and scikit-learn's own.
 
 Sizes are flags so that a test runs every part tiny (``tests/test_benchmarks.py``).
 """
@@ -175,31 +175,39 @@ def first_fit_cold_vs_warm(repeats: int, rows: int, features: int, k: int, worke
 
 
 def trial_parallel_init(repeats: int, rows: int, features: int, k: int) -> dict[str, Any]:
-    """Two scikit-learn k-means++ initialisations one after the other against two threads at once."""
+    """Two k-means++ initialisations one after the other against two threads at once: the
+    sklearn backend's (``toolkit.backends.scikit.kmeans_plusplus_centers``, a Numba kernel without
+    the GIL) and, as the peer, scikit-learn's own ``kmeans_plusplus``, in alternating rounds."""
     from sklearn.cluster import kmeans_plusplus
 
+    from toolkit.backends.scikit import kmeans_plusplus_centers
+
     X = blobs(rows, features, k)
-
-    def init(seed: int) -> None:
-        kmeans_plusplus(X, k, random_state=seed)
-
-    init(0)
-    serial, threads = [], []
+    inits = {"project": lambda seed: kmeans_plusplus_centers(X, k, seed),
+             "sklearn": lambda seed: kmeans_plusplus(X, k, random_state=seed)}
+    serial: dict[str, list[float]] = {name: [] for name in inits}
+    threads: dict[str, list[float]] = {name: [] for name in inits}
+    for init in inits.values():
+        init(0)  # compile / import
     for r in range(repeats):
-        t0 = time.perf_counter()
-        init(2 * r)
-        init(2 * r + 1)
-        serial.append(time.perf_counter() - t0)
-        pool = [threading.Thread(target=init, args=(2 * r + i,)) for i in range(2)]
-        t0 = time.perf_counter()
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        threads.append(time.perf_counter() - t0)
-    speedup = paired(serial, threads)
-    return {"repeats": repeats, "rows": rows, "serial_s": median(serial), "two_threads_s": median(threads),
-            "two_threads_speedup": speedup,
+        for name, init in inits.items():
+            t0 = time.perf_counter()
+            init(2 * r)
+            init(2 * r + 1)
+            serial[name].append(time.perf_counter() - t0)
+            pool = [threading.Thread(target=init, args=(2 * r + i,)) for i in range(2)]
+            t0 = time.perf_counter()
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            threads[name].append(time.perf_counter() - t0)
+    speedup = paired(serial["project"], threads["project"])
+    return {"repeats": repeats, "rows": rows, "serial_s": median(serial["project"]),
+            "two_threads_s": median(threads["project"]), "two_threads_speedup": speedup,
+            "sklearn_serial_s": median(serial["sklearn"]), "sklearn_two_threads_s": median(threads["sklearn"]),
+            "sklearn_two_threads_speedup": paired(serial["sklearn"], threads["sklearn"]),
+            "project_over_sklearn_serial": paired(serial["project"], serial["sklearn"]),
             "targets": {"trial_parallel_init: two inits on two threads >= 1.6x one after the other": speedup >= 1.6}}
 
 
