@@ -45,7 +45,8 @@ import numpy as np
 
 from benchmarks._common import Section, paired
 
-__all__ = ["BENCH_INSTALL", "PEERS", "SECTION", "bench_peers", "optuna_integration_missing", "workload_config"]
+__all__ = ["BENCH_INSTALL", "PEERS", "SECTION", "bench_peers", "optuna_integration_missing", "peer_command",
+           "peer_spec", "workload_config"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: The commands of one round, in the order they run.
@@ -112,6 +113,10 @@ def _spec(cfg: Any, trials: list[tuple[int, str]], jobs: int) -> dict[str, Any]:
             "inits": list(cfg.search.space.init or [m.init]),
             "silhouette_sample": cfg.metrics.silhouette_sample, "seed": cfg.metrics.seed,
             "trials": [list(t) for t in trials], "jobs": jobs}
+
+
+#: The spec file's content for ``cfg``'s workload (public: the ``memory`` section runs the same peers).
+peer_spec = _spec
 
 
 # -- one peer, in its own process ------------------------------------------------------------------
@@ -249,6 +254,10 @@ def _command(peer: str, spec_path: str, overrides: list[str]) -> list[str]:
                 "--set", " ".join(overrides)]
     return [sys.executable, "-m", "mlflow", "run", ".", "-e", "search", "--env-manager", "local",
             "-P", "overrides=" + " ".join(overrides)]
+
+
+#: The command line of one peer (public: the ``memory`` section runs the same commands).
+peer_command = _command
 
 
 def _store_figures(uri: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import lean, load, outofcore, peers
+from benchmarks import large, lean, load, memory, outofcore, peers
 from benchmarks._common import (
     Section,
     blobs,
@@ -686,6 +686,8 @@ SECTIONS: dict[str, Section] = {
     "outofcore": outofcore.SECTION,
     "lean": lean.SECTION,
     "load": load.SECTION,
+    "memory": memory.SECTION,
+    "large": large.SECTION,
 }
 
 
