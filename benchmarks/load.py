@@ -208,16 +208,16 @@ def _driver_optuna(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         from optuna_integration.mlflow import MLflowCallback
 
-        mlflow.set_tracking_uri(spec["url"])
-        mlflow.set_experiment(spec["experiment"])  # every driver of the level writes into it
-        callback: Any = MLflowCallback(tracking_uri=spec["url"], metric_name="inertia", create_experiment=False)
+        # The level's experiment, made once before the drivers start, named by id: four drivers
+        # racing mlflow.set_experiment(name) left one driver's runs in "Default" (seen at 4 searches).
+        callback: Any = MLflowCallback(tracking_uri=spec["url"], metric_name="inertia", create_experiment=False,
+                                       mlflow_kwargs={"experiment_id": spec["experiment_id"]})
         kind = "optuna-integration MLflowCallback"
     except ImportError:  # a plain callback writing what MLflowCallback writes: one run per trial
         mlflow.set_tracking_uri(spec["url"])
-        mlflow.set_experiment(spec["experiment"])
 
         def callback(study: Any, trial: Any) -> None:
-            with mlflow.start_run(run_name=str(trial.number)):
+            with mlflow.start_run(run_name=str(trial.number), experiment_id=spec["experiment_id"]):
                 mlflow.log_params(trial.params)
                 mlflow.log_metric("inertia", trial.value)
 
@@ -285,7 +285,10 @@ def _check_store(url: str, kind: str, experiment: str, parents: list[str], expec
 
 
 def _level(kind: str, n: int, trials: int, rows: int, url: str, log: Path, scheduler: str, tmp: Path) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
     experiment = f"load-{kind}-{n}-{secrets.token_hex(3)}"
+    experiment_id = MlflowClient(tracking_uri=url).create_experiment(experiment)
     mark = log.stat().st_size
     procs, outs = [], []
     env = {**_clean_env(PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))}
@@ -295,7 +298,7 @@ def _level(kind: str, n: int, trials: int, rows: int, url: str, log: Path, sched
             out = tmp / f"{experiment}-{i}.json"
             spec = {"kind": kind, "name": f"{experiment}-{i}", "experiment": experiment, "trials": trials, "rows": rows,
                     "url": url, "scheduler": scheduler, "storage": str(tmp / f"{experiment}-{i}.optuna.log"),
-                    "out": str(out)}
+                    "out": str(out), "experiment_id": experiment_id}
             code = f"from benchmarks.load import _child; _child({json.dumps(spec)!r})"
             procs.append(_start(es, tmp / f"{experiment}-{i}.log", [sys.executable, "-c", code], cwd=REPO, env=env))
             outs.append(out)
