@@ -355,18 +355,20 @@ def _serve_env(store: str, tmp: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-def test_serve_entry_point_refuses_a_tampered_model_before_any_server(tampered, store, tmp_path):
+def test_serve_entry_point_refuses_a_tampered_model_before_any_server(tampered, stock_env, capsys, tmp_path):
+    """As ``mlflow run . -e serve`` starts it (in-process: the launch is the entry-point tests' subject)."""
     t = tampered["a"]
     private = tmp_path / "tmp"
     private.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "mlproject.serve", "--model-uri", t.uri, "--port", str(free_port())],
-                          cwd=REPO, env=_serve_env(store, private), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    stock_env.setattr(tempfile, "tempdir", str(private))
+    stock_env.setenv("KMEANS_LIFECYCLE_ENTRY_POINT", "serve")
+    code, said, err = _entry("serve", stock_env, capsys, "--model-uri", t.uri, "--port", str(free_port()))
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     _one_line(lines[0], t)
-    assert "serving it" not in proc.stdout and "mlflow.pyfunc.backend" not in proc.stdout + proc.stderr
+    assert "serving it" not in said and "mlflow.pyfunc.backend" not in said + err
+    _no_server_started()
     assert list(private.iterdir()) == [] and not _ran(t)
 
 
