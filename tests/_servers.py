@@ -75,16 +75,21 @@ def server_env(**extra: str) -> dict[str, str]:
 @contextlib.contextmanager
 def mlflow_server(folder: Path, store: str | None = None) -> Iterator[str]:
     """A real ``mlflow server`` on a free loopback port, in a process group of its own: its store
-    is ``store`` (default: a new sqlite file in ``folder``), artifacts proxied to
+    is ``store`` (default: a new, already migrated sqlite file in ``folder``), artifacts proxied to
     ``folder/artifacts``, log in ``folder/server.log``.  Yields its URL; stopped by its own
     handle however the block ends.  The server never inherits the test's ``MLFLOW_*`` settings."""
+    if store is None:
+        from _mlflow_store import init_store
+
+        # A migrated copy: the server does not spend seconds creating MLflow's tables.
+        store = init_store(folder / "server.db")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / "server.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", store or f"sqlite:///{folder / 'server.db'}",
+             "--backend-store-uri", store,
              "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
             cwd=folder, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
             env=server_env(),

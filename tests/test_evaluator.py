@@ -27,7 +27,7 @@ from toolkit.errors import ModelError
 from toolkit.evaluation import verified_pyfunc
 from toolkit.kmeans_dask import DaskKMeans
 from toolkit.metrics import adjusted_rand, cluster_metrics
-from toolkit.registry import flavor, log_and_register, promote, stable
+from toolkit.registry import Registration, flavor, log_and_register, promote, stable
 from toolkit.stats.scores import DISTANCE_QUANTILES
 from toolkit.tracking import tracked_run
 
@@ -53,9 +53,9 @@ def data():
 
 def _register(name: str, native, sample: np.ndarray, backend: str):
     with tracked_run(f"evaluate-{name}", "fit") as run_id:
-        return log_and_register(native, to_sklearn(native), run_id=run_id, backend=backend, native_name=name,
-                                sklearn_name=f"{name}-sklearn", sample=sample,
-                                feature_names=["a", "b", "c"])
+        return log_and_register(native, to_sklearn(native), sample, Registration(
+            run_id=run_id, backend=backend, native_name=name, sklearn_name=f"{name}-sklearn",
+            feature_names=["a", "b", "c"]))
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +272,11 @@ def test_promotion_imports_only_the_pure_score_function():
 
 
 @pytest.fixture()
-def mlflow_server(tmp_path, monkeypatch):
-    """A real ``mlflow server`` on loopback (own process group), stopped by its own handle."""
+def mlflow_server(shared_mlflow_server, monkeypatch):
+    """The session's real ``mlflow server`` (conftest), as tracking and registry URI."""
     from _mlflow_store import mlflow_pointed_at
-    from _servers import mlflow_server as start_mlflow_server
 
-    with start_mlflow_server(tmp_path) as url, mlflow_pointed_at(url, monkeypatch):
+    with mlflow_pointed_at(shared_mlflow_server, monkeypatch) as url:
         yield url
 
 

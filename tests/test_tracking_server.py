@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from _servers import mlflow_server as start_mlflow_server
 from mlflow import MlflowClient
 
 from toolkit.config import load_experiment
@@ -22,13 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def mlflow_server(tmp_path, monkeypatch):
-    with start_mlflow_server(tmp_path) as url:
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        mlflow.set_tracking_uri(url)
-        yield url
+def mlflow_server(shared_mlflow_server, monkeypatch):
+    """The session's real ``mlflow server`` (conftest: a server, not a fresh one; the experiment
+    ``server-search`` is this test's own)."""
+    url = shared_mlflow_server
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    mlflow.set_tracking_uri(url)
+    yield url
 
 
 def test_trial_parallel_search_against_tracking_server(mlflow_server, client, tmp_path, capfd):
