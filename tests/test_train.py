@@ -122,6 +122,18 @@ def test_sklearn_run_tags(sklearn_run):
     assert not any(k.startswith("dask.") for k in tags)  # no cluster was used
 
 
+def test_sklearn_train_runs_without_dask(store, monkeypatch):
+    """A small sklearn train starts no cluster and never imports Dask (its start-up does not pay
+    for either): with ``dask`` and ``distributed`` unimportable it still finishes."""
+    import sys
+
+    for name in ("dask", "dask.array", "distributed"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import dask` now raises ImportError
+    cfg = load_experiment(BLOBS, ["data.n_samples=600", "tracking.experiment=train-no-dask"])
+    outcome = train(cfg, client=None)
+    assert outcome.metrics["n_clusters_found"] == 6 and isinstance(outcome.result.labels, np.ndarray)
+
+
 def test_sklearn_run_artifacts(sklearn_run, mlc, tmp_path):
     _, outcome, run = sklearn_run
     names = sorted(f.path for f in mlc.list_artifacts(run.info.run_id, "centroids"))

@@ -70,11 +70,11 @@ def _second_pass(X: np.ndarray, labels: np.ndarray, means: np.ndarray) -> np.nda
 
 def _reduce_blocks(fn: Any, X: Any, labels: Any, *args: Any) -> np.ndarray:
     """Apply ``fn`` to aligned blocks of Dask ``X``/``labels`` and sum the results."""
+    if isinstance(X, np.ndarray):  # before importing Dask: a NumPy train need not pay for it
+        return fn(X, None if labels is _NO_LABELS else np.asarray(labels), *args)
     import dask
     import dask.array as da
 
-    if isinstance(X, np.ndarray):
-        return fn(X, None if labels is _NO_LABELS else np.asarray(labels), *args)
     if X.chunks[1] != (X.shape[1],):
         X = X.rechunk({1: -1})
     if labels is _NO_LABELS:  # fn labels the rows itself: one task per block, nothing else read
