@@ -10,6 +10,7 @@ Before it yields, every worker is checked to run this driver's toolkit and libra
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -87,6 +88,15 @@ def _diagnostics(cfg: ClusterConfig) -> Any:
 #: k-means++ initialisation holds (it serialises two threads' inits) costs more than starting
 #: worker processes and copying the data to them; figures in benchmarks/RESULTS.md.
 THREAD_WORKERS_MAX_VALUES = 4_000_000
+
+
+#: ``cluster.processes=auto`` runs a data-parallel fit of in-memory data (blobs, a bundled
+#: dataset) on threads up to this many values (2 GiB as float32).  Its kernels release the GIL, so
+#: threads compute side by side, with the data in this process once: 1M x 16 peaked at 661 MiB
+#: over the whole process tree against 1,043 MiB with two worker processes (benchmarks/memory.py).
+#: Above it, processes: a threaded worker's memory monitor counts the whole driver process
+#: against its own limit, and would pause the workers of a fit of a big in-memory array.
+DATA_THREADS_MAX_VALUES = 512_000_000
 
 
 def use_processes(cfg: ClusterConfig, threads_suit: bool = False) -> bool:
@@ -301,10 +311,10 @@ def client_info(client: Any) -> dict[str, str]:
     }
 
 
-def _own_aligned(block: np.ndarray) -> np.ndarray:
-    # A received block is a view into the message buffer, often at an odd address, which
-    # keeps NumPy and BLAS off their fast paths: one aligned, owned copy for good.
-    return np.require(block, requirements=("C", "A", "O"))
+#: A received block is a view into the message buffer, often at an odd address, which keeps
+#: NumPy and BLAS off their fast paths: one aligned, owned copy for good.  NumPy's own function
+#: (pickled by reference), so the workers need not import this module (pydantic, the config).
+_own_aligned = functools.partial(np.require, requirements=("C", "A", "O"))
 
 
 def scatter_rows(X: np.ndarray, client: Any, chunk_rows: int = 250_000) -> Any:

@@ -163,8 +163,10 @@ class ClusterConfig(_Strict):
         description="true: workers as separate processes; false: threads of the driver; 'auto': "
         "threads for a trial-parallel scikit-learn search on small data (generated blobs of at most "
         "4 million values, or a bundled scikit-learn dataset: no worker processes to start, no data "
-        "to copy, results handed over in memory), processes otherwise (on bigger data the GIL held "
-        "by scikit-learn's k-means++ initialisation would serialise the threads)",
+        "to copy, results handed over in memory) and for a 'dask' fit of generated or bundled data "
+        "(at most 512 million values: the data held once, no worker imports), processes otherwise "
+        "(on bigger data the GIL held by scikit-learn's k-means++ initialisation would serialise "
+        "the threads; files are read by the workers)",
     )
     dashboard_address: str = Field(
         "127.0.0.1:0",

@@ -181,11 +181,23 @@ def backend_session(
     if client is not None or not want:
         yield cls(client=client, **options), client
         return
-    # A trial-parallel search of fits that release the GIL, on small data, runs its trials on
-    # threads here (cluster.processes=auto).
-    threads_suit = bool(need_cluster) and cls.parallelism == "trial" and cls.releases_gil and _small_data(cfg)
+    threads_suit = _threads_suit(cfg, cls, need_cluster)
     with dask_client(cfg.cluster, gpu=cls.device == "gpu", threads_suit=threads_suit) as c:
         yield cls(client=c, **options), c
+
+
+def _threads_suit(cfg: ExperimentConfig, cls: type[KMeansBackend], need_cluster: bool | None) -> bool:
+    """Whether a local cluster for ``cls`` on ``cfg``'s data suits threaded workers
+    (``cluster.processes=auto``, :func:`toolkit.cluster.use_processes`).
+
+    Fits that release the GIL run on threads of this process: the trials of a trial-parallel
+    search on small data, and a data-parallel fit of data this process holds anyway (worker
+    processes would each import NumPy and Numba and hold a second copy of it).
+    """
+    return cls.releases_gil and (
+        (bool(need_cluster) and cls.parallelism == "trial" and _small_data(cfg))
+        or (cls.parallelism == "data" and _in_memory_data(cfg))
+    )
 
 
 def _small_data(cfg: ExperimentConfig) -> bool:
@@ -198,6 +210,19 @@ def _small_data(cfg: ExperimentConfig) -> bool:
         return True
     if cfg.data.source == "blobs":
         return cfg.data.n_samples * cfg.data.n_features <= THREAD_WORKERS_MAX_VALUES
+    return False
+
+
+def _in_memory_data(cfg: ExperimentConfig) -> bool:
+    """Whether the configured data is made in this process (generated blobs, a bundled dataset)
+    and small enough for a data-parallel fit on threaded workers
+    (:data:`toolkit.cluster.DATA_THREADS_MAX_VALUES`); files are read by the workers."""
+    from toolkit.cluster import DATA_THREADS_MAX_VALUES
+
+    if cfg.data.source == "sklearn":
+        return True
+    if cfg.data.source == "blobs":
+        return cfg.data.n_samples * cfg.data.n_features <= DATA_THREADS_MAX_VALUES
     return False
 
 

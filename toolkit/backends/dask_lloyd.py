@@ -22,7 +22,7 @@ from toolkit.config import ModelConfig
 from toolkit.data import Dataset
 from toolkit.errors import ConfigError
 from toolkit.kmeans_dask import DaskKMeans, lloyd_fit
-from toolkit.kmeans_dask.kernels import aligned_f32
+from toolkit.kmeans_dask.kernels import aligned_f32, warm_kernels
 from toolkit.kmeans_dask.watch import WorkerMemoryError
 
 __all__ = ["READ_FACTOR", "DaskBackend", "DaskKMeans", "check_worker_memory", "lloyd_fit"]
@@ -86,11 +86,13 @@ def check_worker_memory(client: Any, X: Any, persist: bool) -> dict[str, float] 
     return needs
 
 
-def _warm_dask_worker(n_features: int) -> None:
-    """Compile (or load from Numba's disk cache) the Lloyd kernels in this worker process.
+def _warm_dask_driver(n_features: int) -> None:
+    """Compile (or load from Numba's disk cache) the Lloyd kernels in the driver, which runs
+    the initialisation (scikit-learn's k-means++ on a sample) and small fits itself.
 
     A tiny in-process fit and predict on float32 rows of the data's width run the same
-    compiled functions, with the same argument types, as the fit's tasks.
+    compiled functions, with the same argument types, as the fit's tasks.  The workers run
+    :func:`~toolkit.kmeans_dask.kernels.warm_kernels` instead: they never import scikit-learn.
     """
     import sklearn.cluster  # noqa: F401 - k-means++ seeding imports it (~2 s on a cold process)
 
@@ -103,6 +105,9 @@ class DaskBackend(KMeansBackend):
 
     name: ClassVar[str] = "dask"
     requires = ("dask", "distributed")
+    #: The Lloyd kernels are Numba ``nogil`` functions and the rest is BLAS/NumPy: a local
+    #: cluster for in-memory data runs on threads (:func:`toolkit.train.backend_session`).
+    releases_gil: ClassVar[bool] = True
 
     def prepare(self, dataset: Dataset) -> Any:
         """The data as a float32 Dask array, persisted on the workers unless ``persist=False``."""
@@ -132,8 +137,10 @@ class DaskBackend(KMeansBackend):
         )
 
     def warm_up(self, X: Any) -> None:
-        warm_workers(self.client, X, _warm_dask_worker, int(X.shape[1]))
-        _warm_dask_worker(int(X.shape[1]))  # the driver runs kernels too (initialisation)
+        # The kernels' own module, so a worker imports NumPy and Numba for it, not this adaptor
+        # (pydantic, scikit-learn, SciPy, pandas: ~150 MiB more per worker).
+        warm_workers(self.client, X, warm_kernels, int(X.shape[1]))
+        _warm_dask_driver(int(X.shape[1]))  # the driver runs kernels too (initialisation)
 
     def estimator(self, params: ModelConfig) -> DaskKMeans:
         """An unfitted :class:`DaskKMeans` for ``params``."""

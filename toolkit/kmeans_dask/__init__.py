@@ -74,7 +74,27 @@ k-means++ and a weighted Lloyd refinement of the candidates on the driver), ``"k
 
 from __future__ import annotations
 
-from toolkit.kmeans_dask.estimator import DaskKMeans
-from toolkit.kmeans_dask.lloyd import lloyd_fit
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["DaskKMeans", "lloyd_fit"]
+
+#: The public names, imported on first use (PEP 562).  A Dask worker unpickling a block kernel
+#: imports this package first; eagerly importing the estimator would load scikit-learn (and with
+#: it SciPy, pandas, PyArrow: ~150 MiB per worker) into processes that only run the kernels.
+_PUBLIC = {"DaskKMeans": "toolkit.kmeans_dask.estimator", "lloyd_fit": "toolkit.kmeans_dask.lloyd"}
+
+if TYPE_CHECKING:
+    from toolkit.kmeans_dask.estimator import DaskKMeans
+    from toolkit.kmeans_dask.lloyd import lloyd_fit
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (PEP 562)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'toolkit.kmeans_dask' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -33,6 +33,7 @@ __all__ = [
     "lloyd_advance",
     "new_centers",
     "run_blocks",
+    "warm_kernels",
 ]
 
 #: Rows per tile for the k-means||, moments and distance kernels.
@@ -285,3 +286,17 @@ def lloyd_advance(
     new = new_centers(total[:, :d], counts)
     # Unchanged labels give shift == 0 exactly, so this is also sklearn's strict stop.
     return new, float(np.sum((new - centers) ** 2)) <= tol_abs
+
+
+def warm_kernels(n_features: int) -> None:
+    """Compile (or load from Numba's disk cache) the Lloyd kernels for float32 rows of width
+    ``n_features``, with the argument types a fit's blocks pass, both centred and not.
+
+    What a worker runs before its first fit; it imports nothing but this module (no estimator,
+    so no scikit-learn in the worker processes).
+    """
+    rows = np.arange(8 * n_features, dtype=_F32).reshape(8, n_features)
+    C2, cn = kernel_centers(rows[:2].astype(_F64))
+    for o in (np.zeros(n_features, dtype=_F32), np.ones(n_features, dtype=_F32)):
+        k_stats(rows, 0, 0, o, C2, cn)
+        labels_of(rows, o, C2, cn)
