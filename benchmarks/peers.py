@@ -360,8 +360,10 @@ def bench_peers(tmp: str, rows: int, features: int, centers: int, trials: int, r
             ratios[f"{variant}_loop_over_floor_loop"] <= 1.1)
         if "optuna" in runs:
             ratios[f"{variant}_wall_over_optuna_wall"] = paired(series(variant, "wall_s"), series("optuna", "wall_s"))
-            targets[f"peers: {label} wall <= 1.0x Optuna + MLflowCallback wall"] = (
-                ratios[f"{variant}_wall_over_optuna_wall"] <= 1.0)
+            # Issue 25 keeps the wins: the direct command at most 0.85x, through mlflow run 1.0x.
+            limit = 0.85 if variant == "project" else 1.0
+            targets[f"peers: {label} wall <= {limit}x Optuna + MLflowCallback wall"] = (
+                ratios[f"{variant}_wall_over_optuna_wall"] <= limit)
     for peer in ("optuna", "autolog"):
         if peer in runs:
             ratios[f"{peer}_loop_over_floor_loop"] = paired(series(peer, "loop_s"), series("floor", "loop_s"))
