@@ -11,6 +11,9 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
+from distributed import futures_of
+
 from benchmarks.memory import tree_peak
 from toolkit.backends import get_backend
 from toolkit.cluster import _own_aligned
@@ -53,3 +56,15 @@ def test_tree_peak_counts_the_children():
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
     res = tree_peak([sys.executable, "-c", parent], interval=0.02)
     assert res["others_mib"] >= 190 and res["peak_mib"] >= res["driver_mib"] + 190
+
+
+def test_threaded_workers_hold_the_drivers_rows_not_a_copy():
+    from toolkit.cluster import dask_client, scatter_rows
+    from toolkit.config import ClusterConfig
+
+    X = np.arange(4000 * 3, dtype=np.float32).reshape(4000, 3)
+    with dask_client(ClusterConfig(n_workers=2, processes=False, memory_limit="1GiB")) as client:
+        dX = scatter_rows(X, client, chunk_rows=1000)
+        blocks = client.gather(futures_of(dX))
+        assert len(blocks) == 4 and all(np.shares_memory(b, X) for b in blocks)
+        np.testing.assert_array_equal(dX.compute(), X)

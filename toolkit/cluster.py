@@ -344,6 +344,7 @@ def scatter_rows(X: np.ndarray, client: Any, chunk_rows: int = 250_000) -> Any:
     blocks = block_count(n, w, chunk_rows)
     blocks = min(max(1, n), -(-blocks // w) * w)  # a multiple of the workers, none empty
     rows = -(-n // blocks)
+    X = np.ascontiguousarray(X)  # no copy when it is (rows of a view are then C-contiguous)
     pieces = [X[s : s + rows] for s in range(0, n, rows)]
     futures: list[Any] = [None] * len(pieces)
     for j, worker in enumerate(workers or [None]):
@@ -355,7 +356,11 @@ def scatter_rows(X: np.ndarray, client: Any, chunk_rows: int = 250_000) -> Any:
         da.from_delayed(dask.delayed(f), shape=p.shape, dtype=p.dtype)
         for f, p in zip(futures, pieces, strict=True)
     ]
-    # The copy runs where each block lives (it is the only input), so placement is kept.
-    out = client.persist(da.concatenate(parts).map_blocks(_own_aligned, dtype=X.dtype))
+    out = da.concatenate(parts)
+    if not all(str(a).startswith("inproc://") for a in workers):
+        # The copy runs where each block lives (it is the only input), so placement is kept.
+        # Threaded workers (inproc://) got the very views of X, aligned: no second copy of it.
+        out = out.map_blocks(_own_aligned, dtype=X.dtype)
+    out = client.persist(out)
     wait(out)
     return out
