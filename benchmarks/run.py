@@ -351,16 +351,16 @@ def bench_evaluate(tmp: str, rows: int, features: int, k: int, repeats: int) -> 
     from sklearn.cluster import KMeans
 
     from toolkit.metrics import cluster_metrics
-    from toolkit.registry import log_and_register
+    from toolkit.registry import Registration, log_and_register
     from toolkit.tracking import tracked_run
 
     X = blobs(rows, features, k)
     model = KMeans(n_clusters=k, n_init=1, max_iter=20, random_state=0).fit(X[:50_000])
     with _throwaway_store(tmp):
         with tracked_run("bench-evaluate", "fit") as run_id:
-            log_and_register(model, model, run_id=run_id, backend="sklearn", native_name="bench-eval",
-                             sklearn_name="bench-eval-sklearn", sample=X[:2_000],
-                             feature_names=[f"x{i}" for i in range(features)])
+            log_and_register(model, model, X[:2_000], Registration(
+                run_id=run_id, backend="sklearn", native_name="bench-eval", sklearn_name="bench-eval-sklearn",
+                feature_names=[f"x{i}" for i in range(features)]))
         uri = "models:/bench-eval@champion"
 
         def by_hand() -> None:
@@ -448,7 +448,7 @@ def bench_drift(tmp: str, rows: int, features: int, k: int, repeats: int, worker
     from sklearn.cluster import KMeans
 
     from toolkit.monitoring import drift_report
-    from toolkit.registry import log_and_register
+    from toolkit.registry import Registration, log_and_register
     from toolkit.serving import load_predictor, score_files
     from toolkit.tracking import tracked_run
 
@@ -462,8 +462,9 @@ def bench_drift(tmp: str, rows: int, features: int, k: int, repeats: int, worker
     walls: dict[str, list[float]] = {"plain": [], "drift": []}
     with _throwaway_store(tmp), cluster(workers) as client:
         with tracked_run("bench-drift", "fit") as run_id:
-            log_and_register(model, model, run_id=run_id, backend="sklearn", native_name="bench-drift",
-                             sklearn_name="bench-drift-sklearn", sample=X[:2_000], feature_names=cols)
+            log_and_register(model, model, X[:2_000], Registration(
+                run_id=run_id, backend="sklearn", native_name="bench-drift", sklearn_name="bench-drift-sklearn",
+                feature_names=cols))
         predictor = load_predictor("models:/bench-drift-sklearn@champion", client=client)
         try:
             def score(drift: bool) -> Any:

@@ -187,7 +187,7 @@ class TestBackendContract:
         import mlflow
         import pandas as pd
 
-        from toolkit.registry import log_and_register
+        from toolkit.registry import Registration, log_and_register
         from toolkit.tracking import tracked_run
 
         monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # stock mlflow.sklearn's opt-in
@@ -197,9 +197,9 @@ class TestBackendContract:
         fitted = input_dtype(twin)
         model_name = f"contract-{name}"
         with tracked_run("contract-twins", name) as run_id:
-            reg = log_and_register(native, twin, run_id=run_id, backend=name, native_name=model_name,
-                                   sklearn_name=f"{model_name}-sklearn", sample=contract.Xh[:500],
-                                   feature_names=["x0", "x1"])
+            reg = log_and_register(native, twin, contract.Xh[:500], Registration(
+                run_id=run_id, backend=name, native_name=model_name, sklearn_name=f"{model_name}-sklearn",
+                feature_names=["x0", "x1"]))
         uri = f"models:/{model_name}-sklearn/{reg.sklearn_version}"
         plain, pyfunc = mlflow.sklearn.load_model(uri), mlflow.pyfunc.load_model(uri)
         assert split_centered(plain)[0].cluster_centers_.dtype == fitted  # the fitted width is kept

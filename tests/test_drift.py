@@ -25,7 +25,7 @@ from sklearn.datasets import make_blobs
 from toolkit.config import MonitoringConfig, load_experiment
 from toolkit.convert import centers_of
 from toolkit.monitoring import compare, drift_report, log_drift_report
-from toolkit.registry import flavor, integrity, log_and_register, stable
+from toolkit.registry import Registration, flavor, integrity, log_and_register, stable
 from toolkit.serving import load_predictor, resolve, score_files
 from toolkit.serving.batch import scoring_plan
 from toolkit.stats.profile import (
@@ -140,9 +140,9 @@ def test_profile_follows_the_stable_ids(store, mlc):
     def register(fit: KMeans, data: np.ndarray):
         profile = build_profile(data, fit.labels_, fit.cluster_centers_)  # in the fit's own order
         with tracked_run("drift", "fit") as run_id:
-            return log_and_register(fit, fit, run_id=run_id, backend="sklearn", native_name=name,
-                                    sklearn_name=f"{name}-sklearn", sample=data[:2_000],
-                                    feature_names=["x0", "x1"], profile=profile)
+            return log_and_register(fit, fit, data[:2_000], Registration(
+                run_id=run_id, backend="sklearn", native_name=name, sklearn_name=f"{name}-sklearn",
+                feature_names=["x0", "x1"]), profile=profile)
 
     champion = KMeans(n_clusters=4, n_init=1, random_state=0).fit(X)
     register(champion, X)

@@ -25,7 +25,7 @@ from sklearn.cluster import KMeans
 
 from toolkit.convert import to_numpy, to_sklearn
 from toolkit.errors import ModelError
-from toolkit.registry import CHAMPION, flavor, log_and_register, promote
+from toolkit.registry import CHAMPION, Registration, flavor, log_and_register, promote
 from toolkit.serving import load_predictor
 from toolkit.tracking import tracked_run
 
@@ -50,8 +50,9 @@ def _fit(X: np.ndarray, k: int = 6, seed: int = 0) -> KMeans:
 
 
 def _log(model, X, name: str, run_id: str, **kwargs):
-    return log_and_register(model, to_sklearn(model), run_id=run_id, backend="sklearn", native_name=name,
-                            sklearn_name=f"{name}-sklearn", sample=X[:500], feature_names=FEATURES, **kwargs)
+    return log_and_register(model, to_sklearn(model), X[:500], Registration(
+        run_id=run_id, backend="sklearn", native_name=name, sklearn_name=f"{name}-sklearn",
+        feature_names=FEATURES, **kwargs))
 
 
 def _register(name: str, X: np.ndarray, k: int = 6, seed: int = 0, **kwargs):

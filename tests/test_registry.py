@@ -23,7 +23,7 @@ from mlflow.models import Model
 from toolkit.config import load_experiment
 from toolkit.data import load_dataset
 from toolkit.errors import ModelError
-from toolkit.registry import CHALLENGER, CHAMPION, flavor, log_and_register, promote
+from toolkit.registry import CHALLENGER, CHAMPION, Registration, flavor, log_and_register, promote
 from toolkit.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,16 +286,9 @@ def test_disagreeing_twin_is_not_registered(store, mlc, blobs):
     twin.cluster_centers_ = np.roll(native.cluster_centers_, 1, axis=0)  # same centers, other ids
     with tracked_run("registry-mismatch", "mismatch") as run_id, \
             pytest.raises(ModelError, match="twin agrees with the native model on only") as err:
-            log_and_register(
-                native,
-                twin,
-                run_id=run_id,
-                backend="sklearn",
-                native_name="mismatch",
-                sklearn_name="mismatch-sklearn",
-                sample=X[:500],
-                feature_names=["x0", "x1"],
-            )
+            log_and_register(native, twin, X[:500], Registration(
+                run_id=run_id, backend="sklearn", native_name="mismatch", sklearn_name="mismatch-sklearn",
+                feature_names=["x0", "x1"]))
     assert "\n" not in str(err.value)
     mv = mlc.get_model_version("mismatch", "1")
     assert "twin.rejected" in mv.tags and "not registered" in mv.tags["twin.rejected"]

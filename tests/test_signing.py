@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from sklearn.cluster import KMeans
 
 from toolkit.errors import ConfigError, ModelError
-from toolkit.registry import flavor, integrity, log_and_register, signing
+from toolkit.registry import Registration, flavor, integrity, log_and_register, signing
 from toolkit.serving import load_predictor
 from toolkit.tracking import tracked_run
 
@@ -46,8 +46,9 @@ def _keys(tmp_path: Path, name: str, algorithm: str = "ecdsa-p256") -> tuple[Pat
 def _register(name: str, X: np.ndarray, **kwargs):
     model = KMeans(n_clusters=6, n_init=1, random_state=0).fit(X)
     with tracked_run("signing", name) as run_id:
-        reg = log_and_register(model, model, run_id=run_id, backend="sklearn", native_name=name,
-                               sklearn_name=f"{name}-sklearn", sample=X[:300], feature_names=FEATURES, **kwargs)
+        reg = log_and_register(model, model, X[:300], Registration(
+            run_id=run_id, backend="sklearn", native_name=name, sklearn_name=f"{name}-sklearn",
+            feature_names=FEATURES, **kwargs))
     return reg, model
 
 

@@ -18,7 +18,7 @@ from sklearn.datasets import make_blobs
 
 from toolkit.convert import predict_labels, to_numpy, to_sklearn
 from toolkit.kmeans_dask import DaskKMeans
-from toolkit.registry import CHAMPION, flavor, integrity, log_and_register, promote, stable
+from toolkit.registry import CHAMPION, Registration, flavor, integrity, log_and_register, promote, stable
 from toolkit.tracking import tracked_run
 
 # (backend, seed of the retrain): seeds whose raw fit numbers the same 5 blobs differently.
@@ -50,9 +50,9 @@ def _fit(backend: str, X: np.ndarray, k: int, seed: int):
 def _register(name: str, backend: str, fitted, sample: np.ndarray, **kwargs):
     native, twin = fitted
     with tracked_run(f"stable-{name}", "fit") as run_id:
-        return log_and_register(native, twin, run_id=run_id, backend=backend, native_name=name,
-                                sklearn_name=f"{name}-sklearn", sample=sample, feature_names=["x0", "x1"],
-                                **kwargs)
+        return log_and_register(native, twin, sample, Registration(
+            run_id=run_id, backend=backend, native_name=name, sklearn_name=f"{name}-sklearn",
+            feature_names=["x0", "x1"], **kwargs))
 
 
 def _labels(model, X: np.ndarray) -> np.ndarray:

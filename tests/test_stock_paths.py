@@ -53,7 +53,7 @@ from sklearn.cluster import KMeans
 from mlproject._cli import run_main
 from toolkit.convert import centers_of, to_sklearn
 from toolkit.errors import ToolkitError
-from toolkit.registry import flavor, log_and_register, promote
+from toolkit.registry import Registration, flavor, log_and_register, promote
 from toolkit.serving import load_predictor
 from toolkit.tracking import tracked_run
 
@@ -83,8 +83,9 @@ def _fit(X: np.ndarray, seed: int = 0) -> KMeans:
 def _register(name: str, X: np.ndarray, seed: int = 0, **kwargs) -> None:
     model = _fit(X, seed)
     with tracked_run("stock-paths", name) as run_id:
-        log_and_register(model, to_sklearn(model), run_id=run_id, backend="sklearn", native_name=name,
-                         sklearn_name=f"{name}-sklearn", sample=X[:500], feature_names=FEATURES, **kwargs)
+        log_and_register(model, to_sklearn(model), X[:500], Registration(
+            run_id=run_id, backend="sklearn", native_name=name, sklearn_name=f"{name}-sklearn",
+            feature_names=FEATURES, **kwargs))
 
 
 def _storage(mlc: MlflowClient, name: str, version: str = "1") -> Path:

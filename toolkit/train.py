@@ -369,8 +369,7 @@ def register_best(cfg: ExperimentConfig, fitted: FittedModel, run_id: str,
     from toolkit.console import say
     from toolkit.registry import register_fit
 
-    reg = register_fit(cfg, fitted.backend, fitted.fit, fitted.X, fitted.dataset, run_id,
-                       search_parent_run_id=search_parent_run_id, metrics=fitted.metrics)
+    reg = register_fit(cfg, fitted, run_id, search_parent_run_id=search_parent_run_id)
     say(f"registered {reg.native_name} v{reg.native_version}"
         + (f" and {reg.sklearn_name} v{reg.sklearn_version}" if reg.sklearn_version else "")
         + f" (twin agreement {reg.agreement:.0%})")

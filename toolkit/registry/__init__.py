@@ -15,13 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from toolkit.registry.promote import PromotionResult, promote
-    from toolkit.registry.register import CHALLENGER, CHAMPION, Registered, log_and_register, model_experiment
+    from toolkit.registry.register import (
+        CHALLENGER,
+        CHAMPION,
+        Registered,
+        Registration,
+        log_and_register,
+        model_experiment,
+    )
 
 #: Names imported from their module on first use (PEP 562): ``keygen``/``migrate --help`` read a
 #: constant of a submodule without paying for MLflow and NumPy.
 _LAZY = {"PromotionResult": "toolkit.registry.promote", "promote": "toolkit.registry.promote",
-         **dict.fromkeys(("CHALLENGER", "CHAMPION", "Registered", "log_and_register", "model_experiment"),
-                         "toolkit.registry.register")}
+         **dict.fromkeys(("CHALLENGER", "CHAMPION", "Registered", "Registration", "log_and_register",
+                          "model_experiment"), "toolkit.registry.register")}
 
 
 def __getattr__(name: str) -> Any:
@@ -53,6 +60,7 @@ __all__ = [
     "CHAMPION",
     "PromotionResult",
     "Registered",
+    "Registration",
     "log_and_register",
     "model_experiment",
     "promote",
@@ -60,20 +68,20 @@ __all__ = [
 ]
 
 
-def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id: str,
-                 search_parent_run_id: str | None = None,
-                 metrics: dict[str, float] | None = None) -> Registered:
-    """Log and register ``fit`` (a :class:`~toolkit.backends.FitResult`) under ``cfg``'s names.
+def register_fit(cfg: Any, fitted: Any, run_id: str, search_parent_run_id: str | None = None) -> Registered:
+    """Log and register ``fitted`` (a :class:`toolkit.train.FittedModel`: ``backend``, ``fit``,
+    ``X``, ``dataset``, ``metrics``) under ``cfg``'s names.
 
-    ``metrics`` (e.g. the fit's scores) are attached to both LoggedModels.  The training
-    profile (cluster shares and distance-to-centre histogram of all of ``X``, for drift
-    reports) is computed here, where the training data is, and stored with both models.
+    The fit's ``metrics`` are attached to both LoggedModels.  The training profile (cluster
+    shares and distance-to-centre histogram of all of ``X``, for drift reports) is computed
+    here, where the training data is, and stored with both models.
     """
     from toolkit.metrics import sample_rows
-    from toolkit.registry.register import log_and_register
+    from toolkit.registry.register import Registration, log_and_register
     from toolkit.stats.profile import build_profile
 
-    hX, hlabels = backend.host_view(X, fit.labels)
+    backend, fit, dataset = fitted.backend, fitted.fit, fitted.dataset
+    hX, hlabels = backend.host_view(fitted.X, fit.labels)
     sample, _ = sample_rows(hX, hlabels, 2_000, cfg.metrics.seed)
     # In the fit's own cluster order: log_and_register reorders it with the clusters.
     profile = None if hlabels is None else build_profile(hX, hlabels, fit.centers, sample=sample,
@@ -84,13 +92,11 @@ def register_fit(cfg: Any, backend: Any, fit: Any, X: Any, dataset: Any, run_id:
     if shift is not None:  # fitted on centred data (toolkit.data): registered to predict raw rows
         native, twin = _centred_pair(native, twin, shift, fit.inertia / max(len(hX), 1))
         sample = dataset.raw(sample)
-    return log_and_register(
-        native, twin, run_id=run_id, backend=backend.name,
-        native_name=cfg.native_model_name, sklearn_name=cfg.sklearn_model_name,
-        sample=sample, feature_names=dataset.feature_names,
+    return log_and_register(native, twin, sample, Registration(
+        run_id=run_id, backend=backend.name, native_name=cfg.native_model_name,
+        sklearn_name=cfg.sklearn_model_name, feature_names=tuple(dataset.feature_names or ()),
         search_parent_run_id=search_parent_run_id, register=cfg.registry.register_best,
-        metrics=metrics, stable_labels=cfg.registry.stable_labels, profile=profile,
-    )
+        metrics=fitted.metrics, stable_labels=cfg.registry.stable_labels), profile=profile)
 
 
 #: A twin of centred data stays a plain ``KMeans`` (float64 centres in the raw coordinates) while

@@ -21,7 +21,7 @@ the reference on which later versions' churn is measured.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ from toolkit.stats.profile import TrainingProfile, build_profile, save_profile
 from toolkit.tracking import log_metrics, log_tags
 from toolkit.tracking.runs import client, tracking_uri
 
-__all__ = ["CHALLENGER", "CHAMPION", "Registered", "log_and_register", "sklearn_requirements"]
+__all__ = ["CHALLENGER", "CHAMPION", "Registered", "Registration", "log_and_register", "sklearn_requirements"]
 
 SKLEARN_PATH = "sklearn_model"
 NATIVE_PATH = "native_model"
@@ -83,6 +83,63 @@ def _inverse(order: list[int]) -> np.ndarray:
     return inverse
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What a registration needs besides the models and their sample: where, under which names, how.
+
+    Attributes:
+        run_id: the run both models are linked to (``source_run_id``).
+        backend: the backend's name (tags).
+        native_name: registered model name of the native model.
+        sklearn_name: registered model name of the twin.
+        feature_names: column names for the signature and input example (``x0..x{d-1}`` when
+            empty or not as wide as the sample).
+        search_parent_run_id: tagged on the versions when a search registered them.
+        register: False logs the models without registering them.
+        metrics: the fit's metrics, attached to both LoggedModels (with ``twin_agreement``).
+        native_serialization: ``"kmeans-npy"`` (default, no executable content) or
+            ``"pickle"`` (opt-in) for the native model.
+        stable_labels: when ``native_name`` has a champion, match the clusters to its and
+            reorder both models first so matched clusters keep its IDs (``stable.*`` tags).
+    """
+
+    run_id: str
+    backend: str
+    native_name: str
+    sklearn_name: str
+    feature_names: Sequence[str] = ()
+    search_parent_run_id: str | None = None
+    register: bool = True
+    metrics: Mapping[str, float] | None = None
+    native_serialization: str = flavor.KMEANS_NPY
+    stable_labels: bool = True
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """What both LoggedModels of one registration carry besides the model itself."""
+
+    run_id: str
+    sample: np.ndarray
+    names: list[str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    profile: TrainingProfile
+
+
+@dataclass
+class _Stable:
+    """The models in the registered numbering (:func:`_stabilize`), and what says so."""
+
+    native: Any
+    twin: Any
+    profile: TrainingProfile | None
+    tags: dict[str, str]
+    order: list[int] | None = None
+    #: The version of the champion's twin (the champion of the twin's own name), or "".
+    champion_twin: str = ""
+
+
 def sklearn_requirements() -> list[str]:
     """Pinned requirements of the twin (given explicitly: MLflow's inference costs ~6 s)."""
     return env.pinned_requirements(("scikit-learn", "skops", "numpy", "scipy", "pandas"))
@@ -115,21 +172,20 @@ def warm_up() -> None:
     mlflow_index_installed_packages()  # private to MLflow: a renamed helper only means no warm-up
 
 
-def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list[str],
-                 metrics: Mapping[str, float], tags: Mapping[str, str],
-                 profile: TrainingProfile | None = None) -> LoggedRef:
-    """Log the twin (skops) with the reference sample (and the training profile), as a
-    LoggedModel of ``run_id``."""
+def _log_sklearn(twin: Any, payload: _Payload) -> LoggedRef:
+    """Log the twin (skops) with the reference sample and the training profile, as a
+    LoggedModel of ``payload.run_id``."""
     import mlflow.sklearn
 
     # In the dtype of the twin's centers: `mlflow models serve` casts requests to the
     # signature's types, and scikit-learn predicts only rows of the centers' float width.
-    signature, example = _signature(sample, feature_names, input_dtype(twin))
+    sample = payload.sample
+    signature, example = _signature(sample, payload.names, input_dtype(twin))
     centers = np.asarray(centers_of(twin))
     # The training columns' names ride with the twin: it predicts DataFrames without warning
     # and refuses other columns, like a model fitted on a frame (a copy: the caller's model,
     # perhaps the native one itself, keeps predicting unnamed arrays).
-    twin = with_feature_names(without_training_labels(twin), feature_names)
+    twin = with_feature_names(without_training_labels(twin), payload.names)
     # A cast step in front: stock mlflow.sklearn predicts float32 and float64 rows alike.
     twin = with_cast(twin)
 
@@ -145,15 +201,14 @@ def _log_sklearn(twin: Any, run_id: str, sample: np.ndarray, feature_names: list
         )
         flavor.serve_with_toolkit(mlmodel, local)  # pyfunc/serve through the checked loader
         stable.save_reference(local, sample)  # before the manifest is taken: it covers the file
-        if profile is not None:
-            save_profile(local, profile)
+        save_profile(local, payload.profile)
         return {integrity.FORMAT_TAG: flavor.SKOPS, integrity.CLASS_TAG: class_key(split_centered(twin)[0]),
                 integrity.SHAPE_TAG: f"{centers.shape[0]}x{centers.shape[1]}"}
 
     kmeans = split_centered(twin)[0]  # the k-means' hyperparameters, not its Pipeline's
     params = {k: v for k, v in kmeans.get_params(deep=False).items() if isinstance(v, (str, int, float, bool))}
-    return integrity.log_model_dir(run_id, SKLEARN_PATH, save, model_type="sklearn_twin", params=params,
-                                   tags={"kind": "sklearn_twin", **tags}, metrics=metrics)
+    return integrity.log_model_dir(payload.run_id, SKLEARN_PATH, save, model_type="sklearn_twin", params=params,
+                                   tags={"kind": "sklearn_twin", **payload.tags}, metrics=payload.metrics)
 
 
 def _names_for(feature_names: list[str], n_features: int) -> list[str]:
@@ -191,44 +246,17 @@ def _register(ref: LoggedRef, name: str, run_id: str, tags: dict[str, str]) -> s
     return str(mv.version)
 
 
-def log_and_register(
-    native_model: Any,
-    twin: Any,
-    *,
-    run_id: str,
-    backend: str,
-    native_name: str,
-    sklearn_name: str,
-    sample: np.ndarray,
-    feature_names: list[str],
-    search_parent_run_id: str | None = None,
-    register: bool = True,
-    metrics: Mapping[str, float] | None = None,
-    native_serialization: str = flavor.KMEANS_NPY,
-    stable_labels: bool = True,
-    profile: TrainingProfile | None = None,
-) -> Registered:
-    """Log both models on ``run_id`` as LoggedModels and register them, linked, with aliases.
+def log_and_register(native_model: Any, twin: Any, sample: np.ndarray, registration: Registration,
+                     profile: TrainingProfile | None = None) -> Registered:
+    """Log both models on ``registration.run_id`` as LoggedModels and register them, linked, with aliases.
 
     Args:
         native_model: the backend's fitted model.
         twin: its scikit-learn ``KMeans`` twin.
-        run_id: the run both models are linked to (``source_run_id``).
-        backend: the backend's name (tags).
-        native_name: registered model name of the native model.
-        sklearn_name: registered model name of the twin.
         sample: rows on which the twin (and the native model rebuilt from its files) must
-            predict exactly the native model's labels.
-        feature_names: column names for the signature and input example.
-        search_parent_run_id: tagged on the versions when a search registered them.
-        register: False logs the models without registering them.
-        metrics: the fit's metrics, attached to both LoggedModels (with ``twin_agreement``).
-        native_serialization: ``"kmeans-npy"`` (default, no executable content) or
-            ``"pickle"`` (opt-in) for the native model.
-        stable_labels: when ``native_name`` has a champion, match the clusters to its and
-            reorder both models first so matched clusters keep its IDs (``stable.*`` tags).
-            The first ``stable.MAX_REFERENCE_ROWS`` rows of ``sample`` are stored with each
-            model as its reference sample.
+            predict exactly the native model's labels.  The first ``stable.MAX_REFERENCE_ROWS``
+            rows are stored with each model as its reference sample.
+        registration: the run, names and options (:class:`Registration`).
         profile: the fit's training profile (cluster shares and distance histogram,
             :mod:`toolkit.stats.profile`) in the fit's own cluster order; reordered with the
             clusters and stored with both models as ``monitoring/profile.json``.  None: computed
@@ -238,99 +266,125 @@ def log_and_register(
         ModelError: the twin disagrees with the native model (nothing of the twin is
             registered; the native model is still logged and registered, tagged as such).
     """
-
+    reg = registration
     # float64 rows stay float64: a model of centred data predicts raw rows far from 0 (see
     # toolkit.data), which float32 would collapse.  Other rows are float32, as always.
     sample = np.asarray(sample)
     sample = sample if sample.dtype == np.float64 else sample.astype(np.float32)
-    names = _names_for(feature_names, sample.shape[1])
-    stable_tags: dict[str, str] = {}
-    order: list[int] | None = None
-    champion = champion_of(native_name) if register else None
-    if register and stable_labels:
-        try:
-            # Reordered copies, before anything is logged: the registered files are never rewritten.
-            st = stable.stabilize(native_model, twin, champion, sample)
-            native_model, twin, stable_tags = st.native, st.twin, st.tags
-            if st.matching is not None and not st.matching.is_identity:
-                order = [int(i) for i in st.matching.order]
-            if profile is not None and st.matching is not None:  # the profile follows the IDs
-                profile = profile.reorder(st.matching.order)
-        except ModelError as exc:
-            # A champion that cannot be read (registered by an older kmeans-lifecycle, or failing
-            # its integrity check) must not block the registration that replaces it: the IDs stay
-            # as fitted and the version says why.  Promotion checks the champion again anyway.
-            stable_tags = {f"{stable.TAG_PREFIX}status": f"not matched: {exc.problem}"[:4_500]}
-    elif register:
-        stable_tags = {f"{stable.TAG_PREFIX}status": "off: IDs as fitted"}
-    agreement = float(check_equivalent(native_model, twin, sample))
-    log_metrics(run_id, {"twin_agreement": agreement})
-    model_metrics = {**{k: float(v) for k, v in (metrics or {}).items()}, "twin_agreement": agreement}
-    signature, example = _signature(sample, names, sample.dtype)
-    lm_tags = {"backend": backend}
-    if profile is None:
-        profile = build_profile(sample, None, centers_of(native_model),
-                                source=f"registration sample ({len(sample)} rows)")
+    champion = champion_of(reg.native_name) if reg.register else None
+    st = _stabilize(native_model, twin, champion, sample, reg, profile)
+    agreement = float(check_equivalent(st.native, st.twin, sample))
+    log_metrics(reg.run_id, {"twin_agreement": agreement})
+    if st.profile is None:
+        st.profile = build_profile(sample, None, centers_of(st.native),
+                                   source=f"registration sample ({len(sample)} rows)")
+    payload = _Payload(reg.run_id, sample, _names_for(list(reg.feature_names), sample.shape[1]),
+                       {**{k: float(v) for k, v in (reg.metrics or {}).items()}, "twin_agreement": agreement},
+                       {"backend": reg.backend}, st.profile)
+    native, sk = _log_pair(st, payload, reg, twin_ok=agreement == 1.0)
+    sk_uri, sk_id = (sk.uri, sk.model_id) if sk is not None else (None, None)
+    if not reg.register:
+        return Registered(reg.native_name, "", None, None, agreement, native.uri, sk_uri, native.model_id, sk_id)
+    common = {
+        "source_run_id": reg.run_id,
+        "backend": reg.backend,
+        "equivalence.agreement": f"{agreement:.6f}",
+        "equivalence.sample_rows": str(len(sample)),
+        **({"search_parent_run_id": reg.search_parent_run_id} if reg.search_parent_run_id else {}),
+    }
+    native_ver, sk_ver = _register_pair(native, sk, st, reg, common)
+    _set_aliases(reg.native_name, native_ver)
+    log_tags(reg.run_id, {"registry.native": f"{reg.native_name}/{native_ver}",
+                          "registry.sklearn": f"{reg.sklearn_name}/{sk_ver}" if sk_ver else "not registered"})
+    if sk is None:
+        raise _twin_rejected(reg.native_name, native_ver, agreement, len(sample))
+    return Registered(reg.native_name, native_ver, reg.sklearn_name, sk_ver, agreement, native.uri, sk_uri,
+                      native.model_id, sk_id, st.order)
+
+
+def _twin_rejected(native_name: str, native_ver: str, agreement: float, rows: int) -> ModelError:
+    """Tag version ``native_ver`` as registered without its twin, and the error that says so."""
+    c = client()
+    c.set_model_version_tag(native_name, native_ver, "twin.name", "")
+    c.set_model_version_tag(native_name, native_ver, "twin.rejected",
+                            f"scikit-learn twin agreed on {agreement:.4%} of {rows} rows; not registered")
+    return ModelError(
+        f"the scikit-learn twin agrees with the native model on only {agreement:.4%} of the sample; "
+        f"{native_name} v{native_ver} registered without a twin",
+        "check the conversion for this backend (toolkit/convert.py)",
+    )
+
+
+def _stabilize(native: Any, twin: Any, champion: Any, sample: np.ndarray, reg: Registration,
+               profile: TrainingProfile | None) -> _Stable:
+    """Both models (and the profile) renumbered to match ``champion``'s cluster IDs, as copies
+    made before anything is logged: the registered files are never rewritten."""
+    if not reg.register:
+        return _Stable(native, twin, profile, {})
+    if not reg.stable_labels:
+        return _Stable(native, twin, profile, {f"{stable.TAG_PREFIX}status": "off: IDs as fitted"})
+    champion_twin = str((champion.tags or {}).get("twin.version") or "") if champion is not None else ""
+    try:
+        st = stable.stabilize(native, twin, champion, sample)
+    except ModelError as exc:
+        # A champion that cannot be read (registered by an older kmeans-lifecycle, or failing
+        # its integrity check) must not block the registration that replaces it: the IDs stay
+        # as fitted and the version says why.  Promotion checks the champion again anyway.
+        return _Stable(native, twin, profile, {f"{stable.TAG_PREFIX}status": f"not matched: {exc.problem}"[:4_500]},
+                       champion_twin=champion_twin)
+    order = None
+    if st.matching is not None and not st.matching.is_identity:
+        order = [int(i) for i in st.matching.order]
+    if profile is not None and st.matching is not None:  # the profile follows the IDs
+        profile = profile.reorder(st.matching.order)
+    return _Stable(st.native, st.twin, profile, dict(st.tags), order, champion_twin)
+
+
+def _log_pair(st: _Stable, payload: _Payload, reg: Registration, twin_ok: bool) -> tuple[LoggedRef, LoggedRef | None]:
+    """Log the native model, and the twin when it agrees, as LoggedModels naming each other."""
+    signature, example = _signature(payload.sample, payload.names, payload.sample.dtype)
 
     def extras(local: str) -> None:
         # The reference sample and the training profile go in with the files, before the
         # checksums: never added later.
-        stable.save_reference(local, sample)
-        save_profile(local, profile)
+        stable.save_reference(local, payload.sample)
+        save_profile(local, payload.profile)
 
-    native = flavor.log_model(native_model, run_id, NATIVE_PATH, metrics=model_metrics, tags=lm_tags,
-                              check_sample=sample, extra_files=extras,
-                              backend=backend, signature=signature, input_example=example,
-                              serialization=native_serialization, feature_names=names)
-    twin_ok = agreement == 1.0
-    sk = _log_sklearn(twin, run_id, sample, names, model_metrics, lm_tags, profile) if twin_ok else None
-    log_tags(run_id, {"twin.equivalent": str(twin_ok), "twin.agreement": f"{agreement:.6f}"})
-    c = client()
+    native = flavor.log_model(st.native, payload.run_id, NATIVE_PATH, metrics=payload.metrics, tags=payload.tags,
+                              check_sample=payload.sample, extra_files=extras,
+                              backend=reg.backend, signature=signature, input_example=example,
+                              serialization=reg.native_serialization, feature_names=payload.names)
+    sk = _log_sklearn(st.twin, payload) if twin_ok else None
+    log_tags(payload.run_id, {"twin.equivalent": str(twin_ok),
+                              "twin.agreement": f"{payload.metrics['twin_agreement']:.6f}"})
     if sk is not None:  # each LoggedModel names the other, as the versions do
+        c = client()
         c.set_logged_model_tags(native.model_id, {"twin.model_id": sk.model_id})
         c.set_logged_model_tags(sk.model_id, {"twin.model_id": native.model_id})
-    sk_uri, sk_id = (sk.uri, sk.model_id) if sk is not None else (None, None)
-    if not register:
-        return Registered(native_name, "", None, None, agreement, native.uri, sk_uri, native.model_id, sk_id)
-    common = {
-        "source_run_id": run_id,
-        "backend": backend,
-        "equivalence.agreement": f"{agreement:.6f}",
-        "equivalence.sample_rows": str(len(sample)),
-    }
-    if search_parent_run_id:
-        common["search_parent_run_id"] = search_parent_run_id
-    native_ver = _register(native, native_name, run_id, {**common, **stable_tags, "kind": "native",
-                                                         "device": flavor.model_device(native_model)})
-    sk_ver = None
-    if sk is not None:
-        twin_stable = dict(stable_tags)
-        key = f"{stable.TAG_PREFIX}champion_version"
-        if key in twin_stable and champion is not None and (champion.tags or {}).get("twin.version"):
-            twin_stable[key] = champion.tags["twin.version"]  # the champion of the twin's own name
-        sk_ver = _register(sk, sklearn_name, run_id, {**common, **twin_stable, "kind": "sklearn_twin",
-                                                      "twin.name": native_name,
-                                                      "twin.version": native_ver})
-        c.set_model_version_tag(native_name, native_ver, "twin.name", sklearn_name)
-        c.set_model_version_tag(native_name, native_ver, "twin.version", sk_ver)
-        _set_aliases(sklearn_name, sk_ver)
-    else:
-        c.set_model_version_tag(native_name, native_ver, "twin.name", "")
-        c.set_model_version_tag(
-            native_name, native_ver, "twin.rejected",
-            f"scikit-learn twin agreed on {agreement:.4%} of {len(sample)} rows; not registered",
-        )
-    _set_aliases(native_name, native_ver)
-    log_tags(run_id, {"registry.native": f"{native_name}/{native_ver}",
-                      "registry.sklearn": f"{sklearn_name}/{sk_ver}" if sk_ver else "not registered"})
-    if not twin_ok:
-        raise ModelError(
-            f"the scikit-learn twin agrees with the native model on only {agreement:.4%} of the sample; "
-            f"{native_name} v{native_ver} registered without a twin",
-            "check the conversion for this backend (toolkit/convert.py)",
-        )
-    return Registered(native_name, native_ver, sklearn_name, sk_ver, agreement, native.uri, sk_uri,
-                      native.model_id, sk_id, order)
+    return native, sk
+
+
+def _register_pair(native: LoggedRef, sk: LoggedRef | None, st: _Stable, reg: Registration,
+                   common: dict[str, str]) -> tuple[str, str | None]:
+    """Register the native model and (when logged) the twin, linked by tags; the twin gets its aliases.
+
+    ``common``: the tags of both versions.
+    """
+    native_ver = _register(native, reg.native_name, reg.run_id, {**common, **st.tags, "kind": "native",
+                                                                 "device": flavor.model_device(st.native)})
+    if sk is None:
+        return native_ver, None
+    twin_stable = dict(st.tags)
+    key = f"{stable.TAG_PREFIX}champion_version"
+    if key in twin_stable and st.champion_twin:
+        twin_stable[key] = st.champion_twin  # the champion of the twin's own name
+    sk_ver = _register(sk, reg.sklearn_name, reg.run_id, {**common, **twin_stable, "kind": "sklearn_twin",
+                                                          "twin.name": reg.native_name, "twin.version": native_ver})
+    c = client()
+    c.set_model_version_tag(reg.native_name, native_ver, "twin.name", reg.sklearn_name)
+    c.set_model_version_tag(reg.native_name, native_ver, "twin.version", sk_ver)
+    _set_aliases(reg.sklearn_name, sk_ver)
+    return native_ver, sk_ver
 
 
 def model_experiment(name: str | None, version: str | None, model_id: str | None = None) -> str | None:
