@@ -199,3 +199,16 @@ def test_load_section_runs_tiny(tmp_path):
                                                       "lost": 0, "window_s": lv["store"]["window_s"]}, lv
         assert lv["p99_ms"] >= lv["p50_ms"] > 0 and not lv["failed_drivers"]
     assert r["targets"] == {"load: no lost or RUNNING trial runs, no failed driver": True}
+
+
+def test_large_section_slopes_fixed_iteration_fits():
+    """The ``large`` section's slope is least squares over (iterations, seconds); a scikit-learn-only
+    table on tiny data has its row and no ratio (figures mean nothing at this size)."""
+    from benchmarks.large import bench_large, slope
+
+    assert slope([(5, 1.0), (20, 4.0), (5, 1.2), (20, 4.2)]) == pytest.approx(0.2)
+    assert math.isnan(slope([(5, 1.0), (5, 2.0)]))
+    out = bench_large([3000], 4, 3, (2, 6), 1, 1, ["sklearn"])
+    (row,) = out["table"]
+    assert row["rows"] == 3000 and set(row["ms_per_iter"]) == {"sklearn"} and row["over_sklearn"] == {}
+    assert out["targets"] == {}
