@@ -75,6 +75,21 @@ ROLE = "kmeans"
 BUCKETS = ("mlflow", "data")
 _PREFIX = "kb"  # namespace names: kb<pid>-<host>, so `clean` can tell a dead bed's from a live one's
 _CLONE_NEWNET = 0x40000000
+#: The tracking server waits for this file (in the tracking host's /tmp) before it connects.
+_TRACKING_GATE = "/tmp/db-ready"
+#: ``python -c`` program: import MLflow's CLI and SQL store (the slow part of a server start),
+#: wait (bounded) for the gate, then run ``mlflow <argv[2:]>`` as the ``mlflow`` command does.
+_GATED_MLFLOW = """
+import os, sys, time
+import mlflow.cli, mlflow.store.tracking.sqlalchemy_store, mlflow.store.model_registry.sqlalchemy_store
+deadline = time.monotonic() + 300
+while not os.path.exists(sys.argv[1]):
+    if time.monotonic() > deadline:
+        sys.exit("testbed: the database was not ready within 300 s")
+    time.sleep(0.05)
+sys.argv = ["mlflow", *sys.argv[2:]]
+mlflow.cli.cli.main(prog_name="mlflow")
+"""
 T = TypeVar("T")
 
 
@@ -195,6 +210,11 @@ class Bed:
 
     base: Path | None = None
     worker_memory: str = "1GiB"
+    #: The scheduler drops a worker not heard from for this long (checked as often), and its
+    #: tasks run elsewhere: a cut link is noticed in ttl..2*ttl.  Workers beat every 0.5 s, but
+    #: on a heavily loaded machine a busy worker was seen to miss 5 s of beats (dropped four
+    #: times over, a KilledWorker with no link cut): 10 s is the shortest that held there.
+    worker_ttl: str = "10s"
     keep: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -424,30 +444,61 @@ class Bed:
                             aws_access_key_id=self.aws_key, aws_secret_access_key=self.aws_secret)
 
     def _tracking(self) -> subprocess.Popen:
+        """``mlflow server``, started before its database is up: it imports (seconds of CPU) while
+        PostgreSQL initialises, and connects once :meth:`start` opens its gate (a file in the
+        tracking host's /tmp).  After the gate it is the stock CLI: ``mlflow.cli.cli`` with
+        ``server ...``, which creates MLflow's tables on the empty database and starts uvicorn."""
         env = self._common_env(PGPASSWORD=self.password, MLFLOW_S3_ENDPOINT_URL=self.s3_endpoint,
                                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self._s3_env())
-        return self.start_process("tracking", "mlflow-server", [
-            sys.executable, "-m", "mlflow", "server", "--host", address("tracking"), "--port", str(PORTS["tracking"]),
-            "--backend-store-uri", f"postgresql+psycopg://{ROLE}@{address('db')}:{PORTS['db']}/mlflow",
-            "--artifacts-destination", "s3://mlflow/artifacts", "--workers", "1"], env=env)
+        args = ["server", "--host", address("tracking"), "--port", str(PORTS["tracking"]),
+                "--backend-store-uri", f"postgresql+psycopg://{ROLE}@{address('db')}:{PORTS['db']}/mlflow",
+                "--artifacts-destination", "s3://mlflow/artifacts", "--workers", "1"]
+        return self.start_process("tracking", "mlflow-server",
+                                  [sys.executable, "-c", _GATED_MLFLOW, _TRACKING_GATE, *args], env=env)
+
+    def _open_gate(self) -> None:
+        (self.tmp("tracking") / Path(_TRACKING_GATE).name).touch()
 
     def _dask(self) -> subprocess.Popen:
-        # A worker whose link is down longer than this is dropped and its tasks rerun elsewhere.
         sched = self.start_process("scheduler", "dask-scheduler", [
             sys.executable, "-m", "dask", "scheduler", "--host", address("scheduler"),
-            "--port", str(PORTS["scheduler"]), "--dashboard-address", "127.0.0.1:0"],
-            env=self._common_env(DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL="30s"))
+            "--port", str(PORTS["scheduler"]), "--no-dashboard"],
+            env=self._common_env(DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=self.worker_ttl))
         for host in WORKERS:
-            self.start_process(host, f"dask-{host}", [
-                sys.executable, "-m", "dask", "worker", self.scheduler_address, "--host", address(host),
-                "--name", host, "--nworkers", "1", "--nthreads", "1", "--memory-limit", self.worker_memory,
-                "--no-dashboard", "--local-directory", "/tmp/dask"], env=self.worker_env())
+            threading.Thread(target=self._supervise_worker, args=(host,), name=f"testbed-{host}", daemon=True).start()
         return sched
 
+    def _supervise_worker(self, host: str, restarts: int = 5) -> None:
+        """Run ``dask worker`` on ``host`` and start it again when it exits, as a real worker host's
+        supervisor (systemd ``Restart=``, a Kubernetes pod) does: a worker the scheduler drops
+        (its link cut for longer than the TTL) is told to close, and its whole ``dask worker``
+        process ends, nanny included.  Bounded: ``restarts`` times, 2 s apart, never once the bed
+        is closing."""
+        cmd = [sys.executable, "-m", "dask", "worker", self.scheduler_address, "--host", address(host),
+               "--name", host, "--nworkers", "1", "--nthreads", "1", "--memory-limit", self.worker_memory,
+               "--no-dashboard", "--local-directory", "/tmp/dask"]
+        for n in range(restarts + 1):
+            with self._lock:  # close() sets _closed under the lock: no process starts after it
+                if self._closed:
+                    return
+                proc = self.start_process(host, f"dask-{host}" + (f"-{n}" if n else ""), cmd, env=self.worker_env())
+            proc.wait()
+            time.sleep(2)
+
     def _registered_workers(self) -> int:
+        return len({name for _, what, name in self.worker_events() if what == "register"})
+
+    def worker_events(self) -> list[tuple[float, str, str]]:
+        """The scheduler's view of its workers, from its log: ``(unix time, "register" | "remove",
+        worker name)`` in order (a link cut shows as a ``remove`` once the worker TTL runs out,
+        its return as a new ``register``)."""
         text = self.logs["dask-scheduler"].read_text(errors="replace")
-        return len(set(re.findall(r"Register worker.*?name: (\S+?),", text)) | set(
-            re.findall(r"Register worker addr: (\S+)", text)))
+        events = []
+        for m in re.finditer(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - distributed\.scheduler - INFO - "
+                             r"(Register|Remove) worker addr: \S+ name: ([^\s,]+)", text, re.MULTILINE):
+            when = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000
+            events.append((when, m[3].lower(), m[4]))
+        return events
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Bed:
@@ -463,12 +514,15 @@ class Bed:
             (self.base / "logs").mkdir(parents=True, exist_ok=True)
             self._network()
             self.timings["network"] = time.monotonic() - t0
-            # The slow starters first, in parallel: each waits for its own prerequisites.
+            # Everything starts at once; each wait below is for one service's own prerequisites.
+            # The tracking server imports while PostgreSQL initialises and is let in once the
+            # database exists (its table creation needs only the database).
             s3 = self._object_store()
             sched = self._dask()
-            self._postgres()
-            self.timings["postgres"] = time.monotonic() - t0
             tracking = self._tracking()
+            self._postgres()
+            self._open_gate()
+            self.timings["postgres"] = time.monotonic() - t0
             self._wait("object store", s3, self.logs["s3"], lambda: self._accepts("s3", PORTS["s3"]), 90)
             self._buckets()
             self.timings["s3"] = time.monotonic() - t0
