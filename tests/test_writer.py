@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from _mlflow_store import init_store
@@ -174,3 +175,38 @@ def test_thread_writer_leaves_the_driver_priority_alone(monkeypatch):
         assert w.submit(os.nice, 0).result(timeout=60)[0] == ours
     finally:
         w.shutdown()
+
+
+def test_a_writer_that_dies_at_start_up_stops_the_search_in_one_line(tracking_uri, tmp_path, monkeypatch):
+    """The writer process's first import fails (``PYTHONPATH`` in its environment names a
+    ``multiprocessing`` that raises ImportError; the driver, started before, is unaffected): the
+    search stops after its first trial with one line naming the writer, its parent run FAILED,
+    no run left RUNNING (was: the writes went silently to a thread of the driver).  A tiny
+    search on threads: no other process is started while the variable is set."""
+    from toolkit.config import load_experiment
+    from toolkit.search import search
+    from toolkit.tracking.writer import shared_writer
+
+    broken = tmp_path / "broken" / "multiprocessing"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('planted: the writer cannot import multiprocessing')\n")
+    if os.environ.get("KMEANS_LIFECYCLE_WRITER") == "thread":
+        pytest.skip("the child-run writer runs on a thread here (KMEANS_LIFECYCLE_WRITER=thread)")
+    shared_writer().shutdown()  # the search starts the next writer process: with the variable below
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("KMEANS_QUIET", "1")
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
+        "tracking.experiment=writer-start", f"search.storage={tmp_path}/study.log", "data.n_samples=200",
+        "search.n_trials=3", "metrics.silhouette_sample=100", "tracking.log_plot=false", "search.baseline_sample=0",
+        "registry.register_best=false", "cluster.n_workers=1", "cluster.processes=false"])
+    started = time.monotonic()
+    with pytest.raises(WriterError) as err:
+        search(cfg)
+    assert time.monotonic() - started < 240  # bounded: no wait for writes that never come
+    line = str(err.value)
+    assert "\n" not in line and "writer process died at start-up" in line and "-- fix:" in line
+    mlc = MlflowClient(tracking_uri=tracking_uri)
+    runs = mlc.search_runs([mlc.get_experiment_by_name("writer-start").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in parents] == ["FAILED"]
+    assert "RUNNING" not in {r.info.status for r in runs}

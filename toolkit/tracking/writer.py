@@ -10,7 +10,12 @@ Still one writer: jobs run strictly one after another, in submission order.  Eac
 the tracking and registry URIs of the moment it was submitted (pinned for the job with
 :func:`toolkit.tracking.runs.using_store`), so a driver that switches stores (tests do) writes
 each run where it belongs.  If no process can be started, writes fall back
-to one thread of this process; ``KMEANS_LIFECYCLE_WRITER=thread`` asks for the thread.
+to one thread of this process, as they do where the driver's main module cannot be imported again
+by the writer process (``python -`` reading a script from its standard input);
+``KMEANS_LIFECYCLE_WRITER=thread`` asks for the thread.  A writer process that dies at start-up,
+before its first job (its imports failed: a broken ``PYTHONPATH``, a package removed under a
+running driver), fails every job waiting for it with a one-line :class:`WriterError`: the search
+stops there, in bounded time, instead of waiting for writes that will never come.
 
 The writer is not a single point of failure.  If its process dies (killed, out of memory), a
 new one is started and every job it had not finished is sent again, in order, flagged as a
@@ -154,6 +159,37 @@ def _warm(figures: bool = True) -> None:
         import optuna.importance  # noqa: F401
 
 
+def _main_reimportable() -> bool:
+    """Whether a spawned writer process can import the driver's ``__main__`` again, as the
+    ``spawn`` start method does: a module run by name (``-m``), a script file that exists, or no
+    file at all (``-c``, an interactive session).  ``python -`` names ``<stdin>``, which does not."""
+    import multiprocessing.process as mp_process
+
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    return os.path.exists(os.path.join(mp_process.ORIGINAL_DIR or os.getcwd(), path))
+
+
+def _died_starting(warmed: concurrent.futures.Future | None) -> WriterError:
+    """The error of the jobs that waited for a writer process which died at start-up."""
+    why = ""
+    if warmed is not None and warmed.done() and warmed.exception() is not None:
+        exc = warmed.exception()
+        if not isinstance(exc, BrokenProcessPool):  # its own error, returned before it died
+            why = f" ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    return WriterError(
+        f"the child-run writer process died at start-up, before its first job{why}; its own error, "
+        "if any, is printed above on stderr",
+        "check that a new interpreter of this environment imports the toolkit and MLflow "
+        "(python -c 'import toolkit.tracking.writer, mlflow': PYTHONPATH, installed packages), or set "
+        "KMEANS_LIFECYCLE_WRITER=thread to write from the driver's own thread",
+    )
+
+
 class _Keeper:
     """One daemon thread, as long-lived as this process, that starts every writer process and
     sends a dead writer's jobs to its successor.
@@ -244,7 +280,9 @@ class ChildWriter:
 
     **Raises.**  The future raises what the job raised (the job's own errors, e.g. an MLflow
     exception), or :class:`WriterError` when the job was running at :data:`MAX_DEATHS_PER_JOB`
-    process deaths, or no writer could be started, or the interpreter is shutting down.
+    process deaths, or the writer process died at start-up before its first job (every job
+    waiting for it fails at once; the next :meth:`submit` tries a new process), or no writer
+    could be started, or the interpreter is shutting down.
     :meth:`submit` itself does not raise for a failed job; a job's function must pickle.
 
     Args:
@@ -271,7 +309,7 @@ class ChildWriter:
 
     def _start(self) -> concurrent.futures.Executor:
         # Only on the keeper's thread: see _Keeper.
-        if self._process:
+        if self._process and _main_reimportable():
             try:
                 pool = concurrent.futures.ProcessPoolExecutor(
                     max_workers=1, mp_context=multiprocessing.get_context("spawn"),
@@ -294,10 +332,15 @@ class ChildWriter:
             if dead is not None:
                 self._deaths += 1
                 warmed = self._warmed
-                started = warmed is not None and warmed.done() and warmed.exception() is None
-                if self._deaths >= MAX_RESTARTS or not started:
-                    # Processes keep dying, or this one died starting (a `python -` main cannot be
-                    # re-imported, say): one thread writes from now on.
+                if warmed is None or not warmed.done() or warmed.exception() is not None:
+                    # It died before its first job: its imports fail in a new interpreter, and so
+                    # would its successor's.  Every waiting job fails now (the next submit tries a
+                    # new process): waiting for writes that never come would hang the search.
+                    dead.shutdown(wait=False)
+                    self._fail_all_locked(_died_starting(warmed))
+                    return
+                if self._deaths >= MAX_RESTARTS:
+                    # Processes keep dying: one thread writes from now on.
                     self._process = False
                 else:
                     # One process runs one job at a time, in order: the oldest job sent to the
@@ -352,6 +395,12 @@ class ChildWriter:
         else:
             job.future.set_result(inner.result())
 
+    def _fail_all_locked(self, exc: WriterError) -> None:
+        """Fail every unfinished job with ``exc`` (under ``self._lock``)."""
+        for job in list(self._jobs):
+            if not job.future.done():
+                self._fail(job, exc)
+
     def _fail(self, job: _Job, exc: BaseException) -> None:
         # Under self._lock.
         if job in self._jobs:
@@ -378,7 +427,7 @@ class ChildWriter:
             self._jobs.append(job)
         for _ in range(MAX_RESTARTS + 2):
             with self._lock:
-                if job.pool is not None or self._send_locked(job):
+                if job.future.done() or job.pool is not None or self._send_locked(job):
                     return job.future
             _keeper().call(self._repair)  # no writer yet, or a dead one: start one
         with self._lock:
