@@ -463,7 +463,10 @@ class Bed:
         sched = self.start_process("scheduler", "dask-scheduler", [
             sys.executable, "-m", "dask", "scheduler", "--host", address("scheduler"),
             "--port", str(PORTS["scheduler"]), "--no-dashboard"],
-            env=self._common_env(DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=self.worker_ttl))
+            # A worker past its TTL is first restarted through its nanny (behind the same cut link):
+            # a 10 s connect timeout, not 30 s, bounds that before the worker is removed.
+            env=self._common_env(DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=self.worker_ttl,
+                                 DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="10s"))
         for host in WORKERS:
             threading.Thread(target=self._supervise_worker, args=(host,), name=f"testbed-{host}", daemon=True).start()
         return sched
