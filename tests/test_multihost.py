@@ -39,11 +39,11 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 N_TRIALS = 3
 TRAIN = "s3://data/train/*.parquet"
-# Enough rows, initialisations and silhouette sample that a trial takes a second or more on a
-# worker: the link cut must find trials in flight.
+# Enough rows, initialisations and silhouette sample that a trial takes about a second of CPU
+# on a worker: the link cut is made while a worker holds one.
 ROWS = 40_000
 OVERRIDES = ["data.source=file", f"data.path={TRAIN}", "tracking.log_plot=false", "model.n_init=4",
-             "search.space.n_clusters.low=3", "search.space.n_clusters.high=6", "metrics.silhouette_sample=30000"]
+             "search.space.n_clusters.low=3", "search.space.n_clusters.high=6", "metrics.silhouette_sample=15000"]
 FIGURES: dict[str, Any] = {}
 
 
