@@ -5,7 +5,8 @@ Read from the source (AST) of ``toolkit/search/``, ``toolkit/train.py`` and the 
 ``*args`` and ``**kwargs`` as one each, and not ``self``/``cls``; lines run from ``def`` to the
 function's last line, docstring included.  A step that needs more takes a parameter object
 (:class:`toolkit.search.record.TrialRecord`, :class:`toolkit.train.FittedModel`,
-:class:`toolkit.search.loop.LoopTarget`, :class:`toolkit.registry.register.Registration`) or becomes a method of the object that holds the state.
+:class:`toolkit.search.loop.LoopTarget`, :class:`toolkit.registry.register.Registration`) or becomes
+a method of the object that holds the state.
 """
 
 from __future__ import annotations
