@@ -125,7 +125,7 @@ def test_sections_are_one_registry_that_main_runs_and_parses(capsys):
     (``peers``' ``--peer-rows``), an unknown name is refused naming the known ones; no section
     module imports ``benchmarks.run`` (tests/test_import_graph.py holds the cycle check)."""
     assert list(bench.SECTIONS) == ["iteration", "scaling", "search", "evaluate", "drift", "peers", "fidelity",
-                                    "outofcore", "lean", "load"]
+                                    "outofcore", "lean", "load", "memory", "large"]
     assert bench.SECTIONS["peers"] is peers.SECTION
     assert [n for n, s in bench.SECTIONS.items() if s.default] == ["iteration", "scaling", "search"]
     with pytest.raises(SystemExit) as exc:

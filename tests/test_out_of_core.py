@@ -117,12 +117,22 @@ def test_small_partitions_pass_the_check(tight):
     assert DaskBackend(tight, persist=False).prepare(ds).shape == (40_000, 16)
 
 
-def _hog(mib: int) -> int:
-    """Hold ``mib`` MiB in this worker (touched pages), past its pause fraction."""
+def _hog(limit: int, dask_worker: object = None) -> int:
+    """Grow ballast in this worker (touched pages) until its own monitor pauses it, never past
+    90% of ``limit`` (95% is where the nanny restarts it): a fixed size from a lagging memory
+    metric has overshot into a restart on a loaded machine."""
     import builtins
+    import time
 
-    builtins._ooc_hog = np.ones(mib * 2**18, dtype=np.float32)  # test ballast
-    return mib
+    import psutil
+    worker, proc = dask_worker, psutil.Process()  # client.run passes the worker by this name
+    ballast = builtins.__dict__.setdefault("_ooc_hog", [])  # test ballast
+    deadline = time.monotonic() + 30
+    while worker.status.name != "paused" and time.monotonic() < deadline:
+        if proc.memory_info().rss + 8 * 2**20 < 0.9 * limit:
+            ballast.append(np.ones(2 * 2**20, dtype=np.float32))  # 8 MiB
+        time.sleep(0.05)
+    return sum(b.nbytes for b in ballast) // 2**20
 
 
 def _free() -> None:
@@ -137,9 +147,8 @@ def test_a_worker_paused_for_memory_ends_the_fit_in_one_line(tight, monkeypatch)
 
     X = da.random.default_rng(0).random((8_000, 4), chunks=(2_000, 4)).astype(np.float32)
     backend = DaskBackend(tight, persist=False)
-    used = next(iter(tight.scheduler_info(n_workers=-1)["workers"].values()))["metrics"]["memory"]
     # Above the pause fraction (80%), below terminate (95%): the worker stops taking tasks.
-    tight.run(_hog, int((0.87 * LIMIT - used) / 2**20))
+    tight.run(_hog, LIMIT)
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

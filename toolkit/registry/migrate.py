@@ -314,7 +314,8 @@ def _relog(loaded: _Loaded, twin: bool, run_id: str, source: Migration) -> integ
                                               source=f"migration sample ({len(reference)} rows)")
     tags = {"backend": loaded.backend, _SOURCE_FORMAT_TAG: source.source_format, MIGRATED_FROM_TAG: source.uri}
     if twin:
-        ref = register._log_sklearn(loaded.model, run_id, reference, names, {}, tags, profile)
+        ref = register._log_sklearn(loaded.model, register._Payload(run_id=run_id, sample=reference, names=names,
+                                                                     metrics={}, tags=tags, profile=profile))
         check = flavor.load_model(ref.uri)
     else:
         def extras(local: str) -> None:
