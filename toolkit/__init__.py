@@ -2,7 +2,7 @@
 
 Imports run one way, layer by layer, as the README's layer table ("Layout") states and
 ``tests/test_import_graph.py`` enforces:
-``errors``/``names``/``_metric_kernels``/``_version``/``_compat``/``_speedups``
+``errors``/``names``/``_metric_kernels``/``_version``/``_compat``/``_speedups``/``_lazy``
 <- ``config``/``redact``/``env``/``faults``/``convert``/``metrics``/``workers``
 <- ``console``/``data``/``cluster``/``tracking``/``kmeans_dask``/``stats``
 <- ``backends``/``registry`` <- ``train``/``serving``/``monitoring`` <- ``search``/``evaluation``/``refresh``;
@@ -11,10 +11,9 @@ this package face (the public API below), ``mlproject/`` and ``benchmarks/`` sit
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from toolkit._lazy import export_lazily
 from toolkit._version import __version__ as __version__  # package metadata, or the source tree's pyproject
 
 #: The public API, name -> the module that defines it.  Imported on first use (PEP 562): an
@@ -49,35 +48,7 @@ if TYPE_CHECKING:
     from toolkit.train import TrainOutcome, fit_and_score, train
 
 
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use (PEP 562)."""
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-class _Package(types.ModuleType):
-    """This package, whose attribute ``train`` stays the function :func:`toolkit.train.train`.
-
-    Importing the submodule ``toolkit.train`` sets the package's ``train`` to the module; when
-    the API was imported eagerly the function replaced it at once, so ``from toolkit import
-    train`` always meant the function.  It still does: the module is not kept as the attribute,
-    and :func:`__getattr__` answers with the function.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _PUBLIC and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
+export_lazily(__name__, _PUBLIC)
 
 __all__ = [
     "BACKENDS",

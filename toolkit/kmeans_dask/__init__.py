@@ -74,7 +74,9 @@ k-means++ and a weighted Lloyd refinement of the candidates on the driver), ``"k
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from toolkit._lazy import export_lazily
 
 __all__ = ["DaskKMeans", "lloyd_fit"]
 
@@ -88,13 +90,4 @@ if TYPE_CHECKING:
     from toolkit.kmeans_dask.lloyd import lloyd_fit
 
 
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use (PEP 562)."""
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'toolkit.kmeans_dask' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+export_lazily(__name__, _PUBLIC)

@@ -9,9 +9,9 @@ of the champion.
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
+
+from toolkit._lazy import export_lazily
 
 if TYPE_CHECKING:
     from toolkit.registry.promote import PromotionResult, promote
@@ -31,29 +31,7 @@ _LAZY = {"PromotionResult": "toolkit.registry.promote", "promote": "toolkit.regi
                           "model_experiment"), "toolkit.registry.register")}
 
 
-def __getattr__(name: str) -> Any:
-    """A name of :data:`_LAZY`, imported from its module on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'toolkit.registry' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-class _Package(types.ModuleType):
-    """This package, whose ``promote`` stays the function when the submodule is imported (as it
-    was when the names were imported eagerly): the module is not kept as the attribute."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _LAZY and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+export_lazily(__name__, _LAZY)
 
 __all__ = [
     "CHALLENGER",
