@@ -24,7 +24,6 @@ from toolkit.backends.dask_lloyd import DaskBackend
 from toolkit.config import load_experiment
 from toolkit.data import Dataset
 from toolkit.errors import ConfigError
-from toolkit.kmeans_dask import watch
 from toolkit.train import train
 
 LIMIT = 600 * 2**20
@@ -141,12 +140,11 @@ def _free() -> None:
     builtins.__dict__.pop("_ooc_hog", None)
 
 
-def test_a_worker_paused_for_memory_ends_the_fit_in_one_line(tight, monkeypatch):
-    monkeypatch.setattr(watch, "PAUSED_GRACE_S", 2.0)
+def test_a_worker_paused_for_memory_ends_the_fit_in_one_line(tight):
     from toolkit.config import ModelConfig
 
     X = da.random.default_rng(0).random((8_000, 4), chunks=(2_000, 4)).astype(np.float32)
-    backend = DaskBackend(tight, persist=False)
+    backend = DaskBackend(tight, persist=False, paused_grace_s=2.0)
     # Above the pause fraction (80%), below terminate (95%): the worker stops taking tasks.
     tight.run(_hog, LIMIT)
     try:

@@ -23,7 +23,7 @@ from toolkit.data import Dataset
 from toolkit.errors import ConfigError
 from toolkit.kmeans_dask import DaskKMeans, lloyd_fit
 from toolkit.kmeans_dask.kernels import aligned_f32, warm_kernels
-from toolkit.kmeans_dask.watch import WorkerMemoryError
+from toolkit.kmeans_dask.watch import PAUSED_GRACE_S, WorkerMemoryError
 
 __all__ = ["READ_FACTOR", "DaskBackend", "DaskKMeans", "check_worker_memory", "lloyd_fit"]
 
@@ -109,6 +109,11 @@ class DaskBackend(KMeansBackend):
     #: cluster for in-memory data runs on threads (:func:`toolkit.train.backend_session`).
     releases_gil: ClassVar[bool] = True
 
+    def __init__(self, client: Any = None, *, paused_grace_s: float = PAUSED_GRACE_S, **kwargs: Any) -> None:
+        """``paused_grace_s``: see :class:`~toolkit.kmeans_dask.DaskKMeans` (data not persisted)."""
+        super().__init__(client, **kwargs)
+        self.paused_grace_s = paused_grace_s
+
     def prepare(self, dataset: Dataset) -> Any:
         """The data as a float32 Dask array, persisted on the workers unless ``persist=False``."""
         in_memory = isinstance(dataset.X, np.ndarray)
@@ -152,6 +157,7 @@ class DaskBackend(KMeansBackend):
             n_init=params.n_init,
             oversampling_factor=params.oversampling_factor,
             random_state=params.random_state,
+            paused_grace_s=self.paused_grace_s,
         )
 
     def _fit(self, X: Any, params: ModelConfig, init_centers: np.ndarray | None = None) -> FitResult:

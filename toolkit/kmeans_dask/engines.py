@@ -509,9 +509,10 @@ class _GraphEngine(Engine):
 
     kind = "graph"
 
-    def __init__(self, X: Any, client: Any) -> None:
+    def __init__(self, X: Any, client: Any, paused_grace_s: float | None = None) -> None:
         super().__init__(X.chunks[0], X.shape[1])
         self.client = client
+        self.paused_grace_s = paused_grace_s
         self._delayed = X.to_delayed().ravel().tolist()
 
     def _run(self, kernel: Callable[..., Any], args: tuple, subset: frozenset[int] | None) -> list:
@@ -530,7 +531,7 @@ class _GraphEngine(Engine):
         else:  # blocks re-read every pass: a worker paused for memory must not hold it for ever
             from toolkit.kmeans_dask.watch import gather_watched
 
-            parts = gather_watched(self.client, self.client.compute(tasks))
+            parts = gather_watched(self.client, self.client.compute(tasks), self.paused_grace_s)
         return [pair for part in parts for pair in part]
 
 
@@ -585,11 +586,14 @@ def make_engine(
     *,
     lloyd_loop: str = "auto",
     actor_kernels: str = "auto",
+    paused_grace_s: float | None = None,
 ) -> tuple[Engine, Any]:
     """An engine for ``X`` (NumPy or Dask array) and the Dask array it iterates (or None).
 
     ``lloyd_loop`` (:data:`LLOYD_LOOPS`) and ``actor_kernels`` (:data:`ACTOR_KERNELS`) choose
-    how an actor engine runs; the other engines ignore them.
+    how an actor engine runs; the other engines ignore them.  ``paused_grace_s``: how long the
+    block-by-block engine waits on a worker paused for memory (None: the default of
+    :mod:`toolkit.kmeans_dask.watch`).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -618,4 +622,4 @@ def make_engine(
                 if engine == "actors" or is_infrastructure_error(exc):
                     raise
         return _FuturesEngine(futures, X.chunks[0], X.shape[1], client), X
-    return _GraphEngine(X, client), X
+    return _GraphEngine(X, client, paused_grace_s), X

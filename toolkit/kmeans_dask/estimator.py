@@ -23,6 +23,7 @@ from toolkit.kmeans_dask.lloyd import (
     origin,
     tolerance,
 )
+from toolkit.kmeans_dask.watch import PAUSED_GRACE_S
 
 __all__ = ["DaskKMeans"]
 
@@ -107,6 +108,10 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
         Where an actor runs a pass: on the worker's event loop (one thread hand-off less) or
         in its thread; ``"auto"``: the event loop while a worker holds at most 2**24 values.
         Same results either way.
+    paused_grace_s : float, default=30.0
+        Data read block by block every pass (not persisted): how long a worker may stay paused
+        for memory while it holds a pass before the fit is given up with ``MemoryError`` (a
+        short pause, while memory is spilled or collected, is waited out).
 
     Attributes
     ----------
@@ -153,6 +158,7 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
         random_state: int | None = None,
         lloyd_loop: str = "auto",
         actor_kernels: str = "auto",
+        paused_grace_s: float = PAUSED_GRACE_S,
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -163,6 +169,7 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.lloyd_loop = lloyd_loop
         self.actor_kernels = actor_kernels
+        self.paused_grace_s = paused_grace_s
 
     # -- fitting ------------------------------------------------------------------------------
     def _seeds(self, n: int) -> list[int]:
@@ -235,7 +242,8 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
             )
             n_init = 1
         eng, Xd = make_engine(
-            X, client, engine, lloyd_loop=self.lloyd_loop, actor_kernels=self.actor_kernels
+            X, client, engine, lloyd_loop=self.lloyd_loop, actor_kernels=self.actor_kernels,
+            paused_grace_s=self.paused_grace_s,
         )
         with eng:
             if k > eng.n_rows:
@@ -345,4 +353,5 @@ class DaskKMeans(ClusterMixin, BaseEstimator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Models saved before these parameters existed take their defaults.
-        super().__setstate__({"lloyd_loop": "auto", "actor_kernels": "auto", **state})
+        super().__setstate__({"lloyd_loop": "auto", "actor_kernels": "auto", "paused_grace_s": PAUSED_GRACE_S,
+                              **state})

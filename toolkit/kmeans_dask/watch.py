@@ -48,7 +48,7 @@ def gather_watched(client: Any, futures: Sequence[Any], paused_grace_s: float | 
     from distributed import wait
 
     if paused_grace_s is None:
-        paused_grace_s = PAUSED_GRACE_S  # looked up now: a test shortens it
+        paused_grace_s = PAUSED_GRACE_S
     since: dict[str, float] = {}
     pending = list(futures)
     while pending:
