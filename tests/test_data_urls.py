@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,10 +40,14 @@ def s3() -> Iterator[object]:
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint}.items():
         mp.setenv(key, value)
     mp.delenv("AWS_PROFILE", raising=False)
+    # Reads run in this process: the keys are in its environment only, and a session client of
+    # another module (its worker processes started before them) would otherwise be dask's default.
+    local = dask.config.set(scheduler="sync")
     try:
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket="data")
-        yield client
+        with local:
+            yield client
     finally:
         mp.undo()
         server.stop()
@@ -57,13 +62,6 @@ def _put_frame(client: object, key: str, frame: pd.DataFrame) -> None:
     client.put_object(Bucket="data", Key=key, Body=buf.getvalue())  # type: ignore[attr-defined]
 
 
-def _here(X: object) -> np.ndarray:
-    """Read in this process: the moto credentials are in this process's environment only, and
-    another module's session client (whose worker processes started before them) would
-    otherwise be dask's default scheduler."""
-    return np.asarray(X.compute(scheduler="sync") if hasattr(X, "compute") else X)
-
-
 def test_s3_parquet_and_csv_are_read_and_fingerprinted_by_content(s3: object) -> None:
     rng = np.random.default_rng(0)
     a = pd.DataFrame(rng.normal(size=(40, 3)), columns=["a", "b", "c"])
@@ -76,12 +74,12 @@ def test_s3_parquet_and_csv_are_read_and_fingerprinted_by_content(s3: object) ->
     assert ds.files == ["s3://data/t/p1.parquet", "s3://data/t/p2.parquet"]
     assert ds.source == "s3://data/t/*.parquet" and ds.feature_names == ["a", "b", "c"]
     want = np.vstack([a.to_numpy(), b[["a", "b", "c"]].to_numpy()]).astype(np.float32)
-    assert np.array_equal(_here(ds.X), want)
+    assert np.array_equal(np.asarray(ds.X), want)
     first = ds.digest()
     # A "directory" prefix reads the same objects.
     assert load_dataset(DataConfig(source="file", path="s3://data/t/")).digest() != first  # source differs
     csv = load_dataset(DataConfig(source="file", path="s3://data/csv/one.csv"))
-    assert np.allclose(_here(csv.X), a.to_numpy().astype(np.float32))
+    assert np.allclose(np.asarray(csv.X), a.to_numpy().astype(np.float32))
 
     # The fingerprint follows the content (ETag), not the name: same key, new bytes -> new digest.
     _put_frame(s3, "t/p2.parquet", b * 2)

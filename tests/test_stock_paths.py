@@ -260,11 +260,18 @@ def _entry(module: str, monkeypatch, capsys, *argv: str) -> tuple[int, str, str]
     return exc.value.code, out, err
 
 
-def _no_server_started() -> None:
+def _servers() -> dict[int, str]:
     import psutil
 
-    cmds = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
-    assert not [c for c in cmds if "models serve" in c or "uvicorn" in c], cmds
+    procs = {p.pid: " ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)}
+    return {pid: c for pid, c in procs.items() if "models serve" in c or "uvicorn" in c}
+
+
+def _no_server_started(before: dict[int, str]) -> None:
+    """No server process among this process's children but those running before the call (a
+    session fixture's tracking server is one)."""
+    started = {pid: c for pid, c in _servers().items() if pid not in before}
+    assert not started, started
 
 
 @pytest.mark.parametrize("key", TAMPERINGS)
@@ -287,10 +294,11 @@ def test_project_paths_refuse_every_tampering(tampered, stock_env, blobs_small, 
     assert code == 2 and not out.exists(), err
     _one_line(err, t)
 
+    before = _servers()
     code, said, err = _entry("serve", stock_env, capsys, "--model-uri", t.uri, "--port", str(free_port()))
     assert code == 2 and "serving it" not in said, said
     _one_line(err, t)
-    _no_server_started()
+    _no_server_started(before)
     assert list(private.iterdir()) == []  # no verified copy left behind
 
     code, _, err = _entry("verify", stock_env, capsys, "--model-name", t.registered)
@@ -363,13 +371,14 @@ def test_serve_entry_point_refuses_a_tampered_model_before_any_server(tampered, 
     private.mkdir()
     stock_env.setattr(tempfile, "tempdir", str(private))
     stock_env.setenv("KMEANS_LIFECYCLE_ENTRY_POINT", "serve")
+    before = _servers()
     code, said, err = _entry("serve", stock_env, capsys, "--model-uri", t.uri, "--port", str(free_port()))
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     _one_line(lines[0], t)
     assert "serving it" not in said and "mlflow.pyfunc.backend" not in said + err
-    _no_server_started()
+    _no_server_started(before)
     assert list(private.iterdir()) == [] and not _ran(t)
 
 
