@@ -102,7 +102,9 @@ def _search_cmd(bed: multihost.Bed, experiment: str) -> list[str]:
 def _client(bed: multihost.Bed) -> Any:
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=bed.tracking_uri)
+    # The registry named too: another module's tracking_uri fixture leaves MLflow's process-wide
+    # registry URI on its own sqlite store, which a client given only tracking_uri would use.
+    return MlflowClient(tracking_uri=bed.tracking_uri, registry_uri=bed.tracking_uri)
 
 
 def _runs(bed: multihost.Bed, experiment: str) -> tuple[Any, list[Any]]:
