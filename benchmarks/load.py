@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Section
+from testbed._procs import stop_process_group
 
 __all__ = ["SECTION", "bench_load"]
 
@@ -67,25 +68,11 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **extra}
 
 
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> None:
-    """Signal the process's own session, then SIGKILL after ``grace_s``."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=grace_s)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-
-
 def _start(es: contextlib.ExitStack, log: Path, cmd: list[str], sig: int = signal.SIGTERM,
            **kwargs: Any) -> subprocess.Popen:
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
-    es.callback(_stop, proc, sig)  # stopped by its own handle however the benchmark ends
+    es.callback(stop_process_group, proc, sig)  # stopped by its own handle however the benchmark ends
     return proc
 
 

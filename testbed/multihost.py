@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from testbed._procs import kill_process_group, stop_process_group
+
 __all__ = ["HOSTS", "PORTS", "SUBNET", "Bed", "BedError", "address", "unavailable"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,7 +315,7 @@ class Bed:
         try:
             out, err = popen.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(popen)
+            kill_process_group(popen)
             out, err = popen.communicate()
             err += f"\n[testbed] killed after {timeout:.0f} s"
             return subprocess.CompletedProcess(popen.args, 124, out, err)
@@ -551,7 +553,7 @@ class Bed:
         for thread in self._threads.values():
             thread.close()
         for proc in reversed(self._procs):
-            _stop(proc.popen, proc.sig, grace_s=5.0)
+            stop_process_group(proc.popen, proc.sig, grace_s=5.0, sweep=True)
         for ns in reversed(self._namespaces):
             _kill_netns(ns)
             _sh("ip", "netns", "del", ns, check=False)
@@ -581,26 +583,6 @@ def _tail(log: Path | None, n: int = 3000) -> str:
     if log is None or not log.exists():
         return ""
     return log.read_text(errors="replace")[-n:]
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 5.0) -> None:
-    """Signal ``proc``'s process group with ``sig``, SIGKILL it after ``grace_s``; reap it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-    with contextlib.suppress(ProcessLookupError):  # children that outlived their leader
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=15)
 
 
 def _kill_netns(ns: str) -> None:

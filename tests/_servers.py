@@ -16,26 +16,14 @@ from pathlib import Path
 
 import pytest
 
+# stop(proc, sig=SIGTERM, grace_s=15.0): the servers' process group, SIGKILL after the grace period.
+from testbed._procs import stop_process_group as stop
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> None:
-    """Signal the server's process group (it was started in a new session) with ``sig``
-    (SIGTERM; PostgreSQL's fast shutdown is SIGINT), then SIGKILL after ``grace_s``."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=grace_s)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, what: str, limit_s: float = 90.0) -> None:

@@ -1,0 +1,53 @@
+"""Helpers for the real processes that the test bed, the tests and the benchmarks start.
+
+Standard library only, imported by ``testbed/``, ``tests/`` and ``benchmarks/`` alike: stopping a
+process started in a session of its own (``start_new_session=True``, so its pid is its process
+group's id) together with everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+
+__all__ = ["kill_process_group", "stop_process_group"]
+
+
+def kill_process_group(proc: subprocess.Popen, wait_s: float = 15.0) -> None:
+    """SIGKILL ``proc``'s process group and reap ``proc`` (waiting at most ``wait_s`` seconds).
+
+    Args:
+        proc: a process started with ``start_new_session=True``.
+        wait_s: how long to wait for ``proc`` to be reaped; a longer wait is not an error.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=wait_s)
+
+
+def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 15.0, *,
+                       sweep: bool = False) -> None:
+    """Signal ``proc``'s process group with ``sig``, SIGKILL it after ``grace_s`` seconds; reap ``proc``.
+
+    Args:
+        proc: a process started with ``start_new_session=True``.
+        sig: the polite signal (SIGTERM; PostgreSQL's fast shutdown is SIGINT).
+        grace_s: how long ``proc`` may take to exit after ``sig`` before the group is killed.
+        sweep: also SIGKILL the group once ``proc`` has exited (or had already exited): children
+            that outlived their leader (the test bed, whose namespaces must end empty).
+    """
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=grace_s)
+        except ProcessLookupError:
+            pass  # the group is gone: nothing left to stop
+        except subprocess.TimeoutExpired:
+            kill_process_group(proc)
+    if sweep:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
