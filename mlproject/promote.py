@@ -46,7 +46,7 @@ def main() -> int:
     from toolkit.data import load_dataset
     from toolkit.registry import model_experiment, promote
     from toolkit.registry.integrity import get_version
-    from toolkit.registry.promote import CHALLENGER, CHAMPION
+    from toolkit.registry.promote import CHALLENGER, CHAMPION, PromotionPolicy
     from toolkit.tracking import get_or_create_experiment, log_metrics, log_params, log_tags
 
     metric = cfg.registry.eval_metric
@@ -65,8 +65,8 @@ def main() -> int:
                             "promote.challenger_version": challenger.version, "eval.metric": metric,
                             "eval.data": dataset.name, "eval.rows": dataset.n_samples,
                             "eval.max_churn": cfg.registry.max_churn})
-        res = promote(args.model_name, X, dataset.y, metric=metric, force=force, seed=cfg.metrics.seed,
-                      max_churn=cfg.registry.max_churn)
+        res = promote(args.model_name, X, dataset.y, PromotionPolicy(metric=metric, force=force, seed=cfg.metrics.seed,
+                                                                    max_churn=cfg.registry.max_churn))
         log_metrics(run_id, {"challenger_score": res.challenger_score,
                              **({"champion_score": res.champion_score} if res.champion_score is not None else {}),
                              **({"churn": res.churn} if res.churn is not None else {})})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit._lazy import export_lazily
 
 if TYPE_CHECKING:
-    from toolkit.registry.promote import PromotionResult, promote
+    from toolkit.registry.promote import PromotionPolicy, PromotionResult, promote
     from toolkit.registry.register import (
         CHALLENGER,
         CHAMPION,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: Names imported from their module on first use (PEP 562): ``keygen``/``migrate --help`` read a
 #: constant of a submodule without paying for MLflow and NumPy.
-_LAZY = {"PromotionResult": "toolkit.registry.promote", "promote": "toolkit.registry.promote",
+_LAZY = {**dict.fromkeys(("PromotionPolicy", "PromotionResult", "promote"), "toolkit.registry.promote"),
          **dict.fromkeys(("CHALLENGER", "CHAMPION", "Registered", "Registration", "log_and_register",
                           "model_experiment"), "toolkit.registry.register")}
 
@@ -36,6 +36,7 @@ export_lazily(__name__, _LAZY)
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "PromotionPolicy",
     "PromotionResult",
     "Registered",
     "Registration",

@@ -14,10 +14,11 @@ between the two) must be at most ``max_churn`` (1 = no gate).  ``force`` overrid
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -28,7 +29,8 @@ from toolkit.registry.integrity import get_version, twin_of  # get_version re-ex
 from toolkit.stats.scores import score_clustering
 from toolkit.tracking.runs import client
 
-__all__ = ["PromotionResult", "champion_of", "evaluate_version", "get_version", "promote"]
+__all__ = ["PromotionOptions", "PromotionPolicy", "PromotionResult", "champion_of", "evaluate_version", "get_version",
+           "promote"]
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -116,72 +118,155 @@ def _reference(champion_ref: np.ndarray | None, champion_version: str, X: np.nda
     return np.asarray(X)[idx], f"the evaluation data ({len(idx)} rows)"
 
 
-def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, metric: str = "silhouette",
-            force: bool = False, seed: int = 0, max_churn: float = 1.0) -> PromotionResult:
+class PromotionOptions(TypedDict, total=False):
+    """The fields of :class:`PromotionPolicy`, accepted by :func:`promote` as keywords."""
+
+    metric: str
+    force: bool
+    seed: int
+    max_churn: float
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """How a challenger is judged against the champion.
+
+    Attributes:
+        metric: the metric both versions are scored on (a key of
+            :data:`toolkit.metrics.METRIC_DIRECTIONS`).
+        force: promote whatever the scores and churn (and without loading a champion that
+            cannot be loaded).
+        seed: the scores' and the stand-in reference sample's seed.
+        max_churn: the largest share (0..1; 1 = no gate) of the champion's reference sample the
+            challenger may relabel.
+
+    Raises:
+        ModelError: ``max_churn`` outside 0..1.
+    """
+
+    metric: str = "silhouette"
+    force: bool = False
+    seed: int = 0
+    max_churn: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.max_churn) <= 1.0:
+            raise ModelError(f"max_churn must be between 0 and 1, got {self.max_churn}",
+                             "pass a share of the reference sample, e.g. 0.1 (1 = no gate)")
+        object.__setattr__(self, "max_churn", float(self.max_churn))
+
+
+def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, policy: PromotionPolicy | None = None,
+            **options: Unpack[PromotionOptions]) -> PromotionResult:
     """Score ``name@challenger`` against ``name@champion`` and move ``champion`` if it wins.
 
     It must win on ``metric`` AND relabel at most ``max_churn`` (0..1; 1 = no gate) of the
     champion's reference sample; ``force`` promotes regardless.
 
+    Args:
+        name: the registered model (its twin's aliases move with it).
+        X: the evaluation data both versions are scored on.
+        y: its ground-truth labels (``adjusted_rand`` needs them).
+        policy: how to judge (:class:`PromotionPolicy`; default: silhouette, no churn gate).
+        **options: :class:`PromotionPolicy` fields (``metric``, ``force``, ``seed``,
+            ``max_churn``), overriding ``policy``'s.
+
     Raises:
         ModelError: no such model or alias, a model failing its integrity check, or
             ``max_churn`` outside 0..1.
     """
-    if not 0.0 <= float(max_churn) <= 1.0:
-        raise ModelError(f"max_churn must be between 0 and 1, got {max_churn}",
-                         "pass a share of the reference sample, e.g. 0.1 (1 = no gate)")
-    max_churn = float(max_churn)
-    c = client()
+    policy = dataclasses.replace(policy or PromotionPolicy(), **options)
     challenger = get_version(name, CHALLENGER)
     champion = champion_of(name)
-    direction = METRIC_DIRECTIONS[metric]
-    ch_model, _ = _load_scoring(challenger)
-    ch_score = _score(ch_model, X, y, metric, seed)
+    direction = METRIC_DIRECTIONS[policy.metric]  # an unknown metric fails before any model is loaded
+    model, _ = _load_scoring(challenger)
+    contest = _Contest(name, challenger, champion, model, _score(model, X, y, policy.metric, policy.seed),
+                       direction, policy)
+    outcome = contest.decide(X, y)
+    contest.record(outcome)
+    return PromotionResult(name, policy.metric, str(challenger.version),
+                           str(champion.version) if champion is not None else None, contest.score,
+                           outcome.champion_score, outcome.promoted, outcome.reason, outcome.churn, policy.max_churn)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One promotion's decision and the figures behind it."""
+
+    promoted: bool
+    reason: str
+    champion_score: float | None
     churn: float | None = None
-    ref_label = ""
-    if champion is None:
-        promoted, reason, champ_score = True, "no champion existed", None
-    elif champion.version == challenger.version:
-        promoted, reason, champ_score = False, "challenger already is the champion", ch_score
-    elif (loaded := _load_champion(name, champion, force)) is None:
-        promoted, champ_score = True, float("nan")
-        reason = f"{metric} {ch_score:.6g}; champion v{champion.version} cannot be loaded, not compared; forced"
-    else:
-        champ_model, champ_ref = loaded
-        champ_score = _score(champ_model, X, y, metric, seed)
-        wins = _better(ch_score, champ_score, direction)
-        reference, ref_label = _reference(champ_ref, str(champion.version), X, seed)
-        churn = stable.churn(champ_model, ch_model, reference)
-        calm = churn <= max_churn
-        promoted = (wins and calm) or force
+    reference: str = ""  # the rows churn was measured on, as the tag says it
+
+
+@dataclass(frozen=True)
+class _Contest:
+    """The two versions of one promotion, the challenger's scoring model and score, the policy."""
+
+    name: str
+    challenger: Any
+    champion: Any | None
+    model: Any
+    score: float
+    direction: str
+    policy: PromotionPolicy
+
+    def decide(self, X: np.ndarray, y: np.ndarray | None) -> _Outcome:
+        """Promote or not, and why."""
+        champion, policy = self.champion, self.policy
+        if champion is None:
+            return _Outcome(True, "no champion existed", None)
+        if champion.version == self.challenger.version:
+            return _Outcome(False, "challenger already is the champion", self.score)
+        loaded = _load_champion(self.name, champion, policy.force)
+        if loaded is None:
+            return _Outcome(True, f"{policy.metric} {self.score:.6g}; champion v{champion.version} cannot be "
+                                  "loaded, not compared; forced", float("nan"))
+        return self._compare(*loaded, X, y)
+
+    def _compare(self, model: Any, ref: np.ndarray | None, X: np.ndarray, y: np.ndarray | None) -> _Outcome:
+        """The decision against a loaded champion (``model``, its reference sample ``ref``)."""
+        policy, version = self.policy, self.champion.version
+        score = _score(model, X, y, policy.metric, policy.seed)
+        wins = _better(self.score, score, self.direction)
+        reference, label = _reference(ref, str(version), X, policy.seed)
+        churn = stable.churn(model, self.model, reference)
+        calm = churn <= policy.max_churn
         verdict = "beats" if wins else "does not beat"
-        shown, limit = _churn_figure(churn, max_churn)
-        reason = (f"{metric} {ch_score:.6g} {verdict} champion v{champion.version}'s {champ_score:.6g} "
-                  f"({direction}); churn {shown} {'<=' if calm else '>'} max {limit}"
-                  + ("; forced" if force and not (wins and calm) else ""))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    tags = {
-        "promotion.metric": metric,
-        "promotion.score": f"{ch_score:.6g}",
-        "promotion.reason": reason,
-        "promotion.decided_at": stamp,
-        "promotion.outcome": "promoted" if promoted else "rejected",
-    }
-    if champion is not None and champion.version != challenger.version:
-        tags["promotion.champion_version"] = str(champion.version)
-        tags["promotion.champion_score"] = f"{champ_score:.6g}"
-        if churn is not None:
-            tags["promotion.churn"] = f"{churn:.6f}"
-            tags["promotion.max_churn"] = f"{max_churn:g}"
-            tags["promotion.churn_reference"] = ref_label
-    if promoted:
-        _move_champion(name, challenger, champion, tags, reason)
-    else:
+        shown, limit = _churn_figure(churn, policy.max_churn)
+        reason = (f"{policy.metric} {self.score:.6g} {verdict} champion v{version}'s {score:.6g} "
+                  f"({self.direction}); churn {shown} {'<=' if calm else '>'} max {limit}"
+                  + ("; forced" if policy.force and not (wins and calm) else ""))
+        return _Outcome((wins and calm) or policy.force, reason, score, churn, label)
+
+    def tags(self, outcome: _Outcome) -> dict[str, str]:
+        """The ``promotion.*`` tags of the challenger (and, when promoted, of its twin)."""
+        tags = {
+            "promotion.metric": self.policy.metric,
+            "promotion.score": f"{self.score:.6g}",
+            "promotion.reason": outcome.reason,
+            "promotion.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "promotion.outcome": "promoted" if outcome.promoted else "rejected",
+        }
+        if self.champion is not None and self.champion.version != self.challenger.version:
+            tags["promotion.champion_version"] = str(self.champion.version)
+            tags["promotion.champion_score"] = f"{outcome.champion_score:.6g}"
+            if outcome.churn is not None:
+                tags["promotion.churn"] = f"{outcome.churn:.6f}"
+                tags["promotion.max_churn"] = f"{self.policy.max_churn:g}"
+                tags["promotion.churn_reference"] = outcome.reference
+        return tags
+
+    def record(self, outcome: _Outcome) -> None:
+        """Write the decision: move the aliases when promoted, else tag the challenger only."""
+        tags = self.tags(outcome)
+        if outcome.promoted:
+            _move_champion(self.name, self.challenger, self.champion, tags, outcome.reason)
+            return
+        c = client()
         for k, v in tags.items():
-            c.set_model_version_tag(name, challenger.version, k, v)
-    return PromotionResult(name, metric, str(challenger.version),
-                           str(champion.version) if champion is not None else None,
-                           ch_score, champ_score, promoted, reason, churn, max_churn)
+            c.set_model_version_tag(self.name, self.challenger.version, k, v)
 
 
 def _load_champion(name: str, champion: Any, force: bool) -> tuple[Any, np.ndarray | None] | None:
