@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
 import pwd
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Section
-from testbed._procs import stop_process_group
+from testbed._procs import pg_bindir, stop_process_group
 
 __all__ = ["SECTION", "bench_load"]
 
@@ -89,13 +88,11 @@ def _wait(check: Any, proc: subprocess.Popen, log: Path, what: str, limit_s: flo
 
 
 def _pg_bindir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
-    on_path = shutil.which("initdb")
-    for initdb in [*found, *([on_path] if on_path else [])]:
-        folder = Path(initdb).parent
-        if all((folder / t).is_file() for t in ("postgres", "pg_isready", "psql", "createdb")):
-            return folder
-    raise RuntimeError("PostgreSQL server binaries (initdb, postgres) not found: apt-get install postgresql")
+    """PostgreSQL's server binaries (:func:`testbed._procs.pg_bindir`), or RuntimeError with the fix."""
+    found = pg_bindir()
+    if found is None:
+        raise RuntimeError("PostgreSQL server binaries (initdb, postgres) not found: apt-get install postgresql")
+    return found
 
 
 def _run_as() -> dict[str, Any]:

@@ -2,17 +2,24 @@
 
 Standard library only, imported by ``testbed/``, ``tests/`` and ``benchmarks/`` alike: stopping a
 process started in a session of its own (``start_new_session=True``, so its pid is its process
-group's id) together with everything it started.
+group's id) together with everything it started, and finding PostgreSQL's server binaries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
+import shutil
 import signal
 import subprocess
+from pathlib import Path
 
-__all__ = ["kill_process_group", "stop_process_group"]
+__all__ = ["PG_TOOLS", "kill_process_group", "pg_bindir", "stop_process_group"]
+
+#: The PostgreSQL programs a throwaway cluster needs, all in one folder.
+PG_TOOLS = ("initdb", "postgres", "pg_isready", "psql", "createdb")
 
 
 def kill_process_group(proc: subprocess.Popen, wait_s: float = 15.0) -> None:
@@ -51,3 +58,19 @@ def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
+
+
+def pg_bindir() -> Path | None:
+    """The folder of PostgreSQL's server binaries (:data:`PG_TOOLS`), or None where none is installed.
+
+    Debian keeps them off PATH, in ``/usr/lib/postgresql/<major>/bin``: the newest major there,
+    else the folder of an ``initdb`` on PATH (other systems' packages).
+    """
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                    key=lambda p: int(re.sub(r"\D", "", Path(p).parents[1].name) or 0), reverse=True)
+    on_path = shutil.which("initdb")
+    for initdb in [*debian, *([on_path] if on_path else [])]:
+        folder = Path(initdb).parent
+        if all((folder / tool).is_file() for tool in PG_TOOLS):
+            return folder
+    return None

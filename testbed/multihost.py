@@ -38,7 +38,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import ctypes
-import glob
 import json
 import os
 import pwd
@@ -59,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from testbed._procs import kill_process_group, stop_process_group
+from testbed._procs import kill_process_group, pg_bindir, stop_process_group
 
 __all__ = ["HOSTS", "PORTS", "SUBNET", "Bed", "BedError", "address", "unavailable"]
 
@@ -133,21 +132,9 @@ def unavailable() -> str | None:
     return None
 
 
-def _pg_bindir() -> Path | None:
-    """PostgreSQL's server binaries: Debian's newest ``/usr/lib/postgresql/<major>/bin``, or PATH."""
-    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                    key=lambda p: int(re.sub(r"\D", "", Path(p).parents[1].name) or 0), reverse=True)
-    on_path = shutil.which("initdb")
-    for initdb in [*debian, *([on_path] if on_path else [])]:
-        folder = Path(initdb).parent
-        if all((folder / tool).is_file() for tool in ("postgres", "pg_isready", "psql", "createdb")):
-            return folder
-    return None
-
-
 def missing_parts() -> str | None:
     """What the bed's services need that is not installed (one line), or None."""
-    if _pg_bindir() is None:
+    if pg_bindir() is None:
         return "testbed: PostgreSQL server binaries not found -- apt-get install postgresql"
     try:
         pwd.getpwnam("postgres")
@@ -394,7 +381,7 @@ class Bed:
         return self.on(src, probe, timeout=10)
 
     def _postgres(self) -> None:
-        bindir = _pg_bindir()
+        bindir = pg_bindir()
         assert bindir is not None
         env = self._common_env(LC_ALL="C")
         done = subprocess.run(

@@ -15,13 +15,10 @@ the record or in any command's output.  Skipped where PostgreSQL's server binari
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pwd
-import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +36,8 @@ from _records import children, running
 from _servers import free_port, stop, wait_ready
 from mlflow import MlflowClient
 
+from testbed._procs import pg_bindir
+
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,19 +53,11 @@ NATIVE, TWIN = "blobs-kmeans", "blobs-kmeans-sklearn"
 
 
 def _pg_bindir() -> Path:
-    """The folder of PostgreSQL's server binaries (``initdb``, ``postgres``), or skip.
-
-    Debian keeps them off PATH, in ``/usr/lib/postgresql/<major>/bin``: the newest there, else
-    the folder of an ``initdb`` on PATH (other systems' packages).
-    """
-    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                    key=lambda p: int(re.sub(r"\D", "", Path(p).parents[1].name) or 0), reverse=True)
-    on_path = shutil.which("initdb")
-    for initdb in [*debian, *([on_path] if on_path else [])]:
-        folder = Path(initdb).parent
-        if all((folder / tool).is_file() for tool in ("postgres", "pg_isready", "psql", "createdb")):
-            return folder
-    pytest.skip("PostgreSQL server binaries (initdb, postgres) not found: apt-get install postgresql")
+    """The folder of PostgreSQL's server binaries (``initdb``, ``postgres``), or skip."""
+    found = pg_bindir()
+    if found is None:
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) not found: apt-get install postgresql")
+    return found
 
 
 def _run_as() -> dict[str, object]:
