@@ -78,6 +78,29 @@ def test_a_study_in_the_earlier_releases_optuna_log_is_found_and_named(tracking_
     assert not Path(default_storage()).exists()  # nothing was started in the new default
 
 
+def test_a_recorded_database_storage_keeps_its_var_reference_and_a_masked_one_is_one_line(tracking_uri,
+                                                                                         monkeypatch):
+    """A parent run recorded its study's database URL as the runner records it (``redact``): a
+    ``${VAR}`` password is kept and the resume uses it; a literal password was masked, so the
+    resume says in one line how to pass the storage, instead of opening a store as ``***``."""
+    from toolkit.redact import redact
+    from toolkit.search.study import STUDY_TAG
+
+    c = MlflowClient(tracking_uri)
+    exp = c.create_experiment("blobs")
+    for storage in ("postgresql://u:${KL_PGPW}@h/db", "postgresql://u:hunter2@h/db"):
+        c.create_run(exp, tags={"entry_point": "search", STUDY_TAG: "blobs-sklearn",
+                                STORAGE_TAG: redact(storage)})
+        if "$" in storage:
+            where = locate_study(_cfg("search.resume=true"))
+            assert (where.storage, where.name) == (storage, "blobs-sklearn")
+    with pytest.raises(ConfigError) as err:
+        locate_study(_cfg("search.resume=true"))
+    line = str(err.value)
+    assert "\n" not in line and "recorded with its password masked" in line and "hunter2" not in line
+    assert "${PGPASSWORD}" in line, line
+
+
 def test_closing_hint_is_the_exact_resume_command(monkeypatch):
     from mlproject.search import _resume_command
 
