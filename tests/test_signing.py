@@ -17,6 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import yaml
@@ -25,7 +26,7 @@ from mlflow import MlflowClient
 from sklearn.cluster import KMeans
 
 from toolkit.errors import ConfigError, ModelError
-from toolkit.registry import Registration, flavor, integrity, log_and_register, signing
+from toolkit.registry import Registration, flavor, integrity, log_and_register, promote, signing
 from toolkit.serving import load_predictor
 from toolkit.tracking import tracked_run
 
@@ -80,6 +81,27 @@ def _predict_cli(uri: str, tmp_path: Path, monkeypatch, capsys) -> tuple[int, st
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
         run_main(predict.main)
+    return done.value.code, capsys.readouterr().err
+
+
+def _serve_cli(uri: str, tmp_path: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """``python -m mlproject.serve`` in-process, its temporary folder private: (exit status, stderr)."""
+    import socket
+    import tempfile
+
+    from mlproject import serve
+    from mlproject._cli import run_main
+
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.delenv("KMEANS_LIFECYCLE_ENTRY_POINT", raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(sys, "argv", ["mlproject.serve", "--model-uri", uri, "--port", str(port)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        run_main(serve.main)
     return done.value.code, capsys.readouterr().err
 
 
@@ -181,6 +203,12 @@ def test_rewritten_manifest_and_format_tags_with_a_planted_pickle_are_refused(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "integrity check" in lines[0], err
     assert not marker.exists()
+    # promote and the serve entry point (before any copy or server) refuse it too.
+    _refused(lambda: promote(name, X), "integrity check")
+    code, err = _serve_cli(uri, tmp_path, monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "integrity check" in err, err
+    assert list((tmp_path / "tmp").iterdir()) == []  # no verified copy made
+    assert not marker.exists()
 
     # Without the signature the model is unsigned: refused, and even trusted as unsigned it
     # never unpickles (pickle needs a signature).
@@ -190,6 +218,11 @@ def test_rewritten_manifest_and_format_tags_with_a_planted_pickle_are_refused(
     monkeypatch.setenv(signing.ALLOW_UNSIGNED_ENV, "1")
     _refused(lambda: load_predictor(uri), "unsigned pickle")
     _refused(lambda: flavor.load_model(uri, allow_pickle=True), "unsigned pickle")
+    assert not marker.exists()
+    # Stock pyfunc: the MLmodel still names the project's loader, which refuses.  (Last: for a
+    # local store MLflow writes registered_model_meta into the model's own folder.)
+    with pytest.raises(ModelError, match="unsigned pickle"):
+        mlflow.pyfunc.load_model(uri)
     assert not marker.exists()
 
 
