@@ -120,6 +120,7 @@ def _show(oc: dict[str, Any]) -> None:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ooc-over", type=float, default=2.0, help="data size / summed worker memory limit")
     p.add_argument("--ooc-worker-mib", type=int, default=512, help="memory_limit of each worker (MiB)")
+    p.add_argument("--ooc-workers", type=int, default=1, help="workers of the process LocalCluster")
     p.add_argument("--ooc-file-rows", type=int, default=250_000, help="rows per Parquet file (one partition each)")
     p.add_argument("--ooc-iters", type=int, default=3, help="Lloyd iterations (tol=0)")
 

@@ -388,57 +388,6 @@ def bench_evaluate(tmp: str, rows: int, features: int, k: int, repeats: int) -> 
     }
 
 
-# -- section: out of core ------------------------------------------------------------------------
-def bench_outofcore(tmp: str, rows: int, features: int, k: int, iters: int, memory_limit_mb: int,
-                    workers: int = 2, files: int = 128) -> dict[str, Any]:
-    import dask.dataframe as dd
-    import pandas as pd
-
-    from toolkit.backends.dask_lloyd import lloyd_fit
-
-    folder = os.path.join(tmp, "ooc")
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 10, size=(k, features)).astype(np.float32)
-    per = rows // files
-    cols = [f"x{i}" for i in range(features)]
-    for f in range(files):
-        lab = rng.integers(0, k, per)
-        block = centers[lab] + rng.standard_normal((per, features), dtype=np.float32)
-        pd.DataFrame(block, columns=cols).to_parquet(os.path.join(folder, f"part-{f:03d}.parquet"), index=False)
-    data_bytes = rows * features * 4
-    limit = memory_limit_mb * 2**20
-    # Arrow's default pool (jemalloc/mimalloc) keeps freed buffers: ~190 MiB more RSS per worker.
-    pool = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")
-    with environ(ARROW_DEFAULT_MEMORY_POOL=pool), cluster(workers, memory_limit=f"{memory_limit_mb}MiB") as client:
-        # One partition per file (no aggregation), so one block is what a worker holds at a time.
-        X = dd.read_parquet(os.path.join(folder, "*.parquet"), blocksize=None).to_dask_array(lengths=True)
-        C0 = centers.astype(np.float64) + 0.5
-
-        def run() -> Any:
-            return lloyd_fit(X, C0, max_iter=iters, tol=0.0, client=client)
-
-        t = time.perf_counter()
-        from distributed.diagnostics import MemorySampler
-
-        ms = MemorySampler()
-        with ms.sample("per-worker", client=client, measure="process", interval=0.1):
-            _, _, n_iter = run()
-        wall = time.perf_counter() - t
-        peak_total = float(ms.to_pandas().max().iloc[0])
-        peaks = client.run(lambda dask_worker: dask_worker.monitor.range_query(start=0)["memory"])
-        per_worker_peak = max(max(v) for v in peaks.values() if v) if peaks else float("nan")
-    shutil.rmtree(folder, ignore_errors=True)
-    return {
-        "rows": rows, "features": features, "data_gib": data_bytes / 2**30, "workers": workers,
-        "worker_limit_mib": memory_limit_mb, "data_over_summed_limit": data_bytes / (workers * limit),
-        "iterations": int(n_iter), "wall_s": wall, "per_iter_s": wall / max(1, n_iter),
-        "peak_worker_mib": per_worker_peak / 2**20, "peak_cluster_mib": peak_total / 2**20,
-        "targets": {"data >= 4x summed limit": data_bytes >= 4 * workers * limit,
-                    "peak worker memory < limit": per_worker_peak < limit},
-    }
-
-
 # -- section: drift ------------------------------------------------------------------------------
 def bench_drift(tmp: str, rows: int, features: int, k: int, repeats: int, workers: int,
                 files: int = 8) -> dict[str, Any]:
@@ -630,22 +579,23 @@ def _print_search(se: dict[str, Any]) -> None:
           f"(ratio {s['ratio_of_median_walls']:.2f}x)")
 
 
-def _print_outofcore(oc: dict[str, Any]) -> None:
-    print(f"\n-- out of core: {oc['data_gib']:.2f} GiB on disk = {oc['data_over_summed_limit']:.1f}x the "
-          f"summed worker limit ({oc['workers']} x {oc['worker_limit_mib']} MiB); {oc['per_iter_s']:.2f} s/iter; "
-          f"peak worker memory {oc['peak_worker_mib']:.0f} MiB")
+def _print_paired(head: str, a: tuple[float, str], b: tuple[float, str], ratio: str, repeats: int) -> None:
+    """One line for a section that times two ways of one job, paired repeat by repeat:
+    ``-- <head>: <a> s <a's label> against <b> s <b's label> (<ratio>, paired over <repeats> repeats)``."""
+    print(f"\n-- {head}: {a[0]:.2f} s {a[1]} against {b[0]:.2f} s {b[1]} ({ratio}, paired over {repeats} repeats)")
 
 
 def _print_evaluate(ev: dict[str, Any]) -> None:
-    print(f"\n-- evaluate: mlflow.models.evaluate(model_type='clustering') on {ev['rows']:,} x {ev['features']}, "
-          f"k={ev['k']}: {ev['evaluate_s']:.2f} s against {ev['by_hand_s']:.2f} s for one prediction pass "
-          f"+ the metric passes ({ev['evaluate_over_by_hand']:.2f}x, paired over {ev['repeats']} repeats)")
+    _print_paired(f"evaluate: on {ev['rows']:,} x {ev['features']}, k={ev['k']}",
+                  (ev["evaluate_s"], "for mlflow.models.evaluate(model_type='clustering')"),
+                  (ev["by_hand_s"], "for one prediction pass + the metric passes"),
+                  f"{ev['evaluate_over_by_hand']:.2f}x", ev["repeats"])
 
 
 def _print_drift(dr: dict[str, Any]) -> None:
-    print(f"\n-- drift: score_files on {dr['rows']:,} x {dr['features']} Parquet rows, k={dr['k']}, "
-          f"{dr['workers']} workers: {dr['drift_s']:.2f} s with the drift statistics against "
-          f"{dr['plain_s']:.2f} s without ({dr['drift_over_plain']:.3f}x, paired over {dr['repeats']} repeats)")
+    _print_paired(f"drift: score_files on {dr['rows']:,} x {dr['features']} Parquet rows, k={dr['k']}, "
+                  f"{dr['workers']} workers", (dr["drift_s"], "with the drift statistics"), (dr["plain_s"], "without"),
+                  f"{dr['drift_over_plain']:.3f}x", dr["repeats"])
 
 
 def _print_fidelity(fi: dict[str, Any]) -> None:
@@ -747,9 +697,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed-rounds", type=int, default=5,
                    help="trial-parallel speed-up: rounds of 1 then 2 workers back to back (median ratio)")
     p.add_argument("--trials", type=int, default=40, help="peers and fidelity: trials per search")
-    p.add_argument("--ooc-rows", type=int, default=40_000_000)
-    p.add_argument("--ooc-limit-mib", type=int, default=600)
-    p.add_argument("--ooc-workers", type=int, default=1)
     for section in SECTIONS.values():
         if section.add_arguments is not None:
             section.add_arguments(p)
