@@ -420,67 +420,101 @@ def migrate(name: str, trust: str, *, version: str | None = None, run_id: str,
         ModelError: a version needs more trust than ``trust`` (nothing of its pair is written),
             or cannot be read or rebuilt.
     """
-    trust = parse_trust(trust)
-    tell = say or (lambda _line: None)
-    c = client()
-    out: list[Migrated] = []
-    done: set[tuple[str, str]] = set()
-    work: list[tuple[Any, Any, list[tuple[Any, Migration | None]]]] = []
+    session = _Session(parse_trust(trust), run_id, say or (lambda _line: None))
     # Every version is classified before anything is written: too little trust for any of them
     # stops the command with the store as it was.
-    for mv in _versions(name, version):
-        native, twin = _pair(mv)
-        members = [m for m in (native, twin) if m is not None]
-        if any((m.name, str(m.version)) in done for m in members):
-            continue
-        done.update((m.name, str(m.version)) for m in members)
-        plans: list[tuple[Any, Migration | None]] = []
-        for m in members:
-            target = _migrated_to(m)
-            if target is not None:
-                tell(f"{m.name} v{m.version}: skipped, already migrated to v{target}")
-                out.append(Migrated(m.name, str(m.version), skipped=f"already migrated to v{target}"))
-                plans.append((m, None))
-                continue
-            plan = classify(m)
-            if plan.needs is None:
-                tell(f"{m.name} v{m.version}: skipped, it is signed and loads as it is")
-                out.append(Migrated(m.name, str(m.version), skipped="signed; loads as it is", source_format=CURRENT))
-                plans.append((m, None))
-                continue
-            if not _covers(trust, plan.needs):
-                from toolkit.errors import option_hint
+    for pair in session.plan(_versions(name, version)):
+        session.apply(pair)
+    return session.out
 
-                raise ModelError(f"{m.name} v{m.version} is a {plan.source_format} model whose load needs trust "
-                                 f"{plan.needs!r}, more than the {trust!r} given; nothing was migrated",
-                                 f"pass {option_hint('trust', plan.needs)} if you trust this store's "
-                                 f"{'pickles (unpickling runs code)' if plan.needs == PICKLE else 'unsigned files'}")
-            plans.append((m, plan))
-        if any(p is not None for _, p in plans):
-            work.append((native, twin, plans))
-    for native, twin, plans in work:
+
+@dataclass
+class _PairPlan:
+    """A native version, its twin (or None) and each member's :class:`Migration` (None: skipped)."""
+
+    native: Any
+    twin: Any | None
+    plans: list[tuple[Any, Migration | None]]
+
+
+@dataclass
+class _Session:
+    """One :func:`migrate` call: the trust given, the run recording it, its lines and results."""
+
+    trust: str
+    run_id: str
+    tell: Callable[[str], None]
+    out: list[Migrated] = field(default_factory=list)
+
+    def plan(self, versions: list[Any]) -> list[_PairPlan]:
+        """The pairs of ``versions`` with something to migrate (each pair once).
+
+        Raises:
+            ModelError: a version needs more trust than given.
+        """
+        done: set[tuple[str, str]] = set()
+        work: list[_PairPlan] = []
+        for mv in versions:
+            native, twin = _pair(mv)
+            members = [m for m in (native, twin) if m is not None]
+            if any((m.name, str(m.version)) in done for m in members):
+                continue
+            done.update((m.name, str(m.version)) for m in members)
+            plans = [(m, self._classify(m)) for m in members]
+            if any(p is not None for _, p in plans):
+                work.append(_PairPlan(native, twin, plans))
+        return work
+
+    def _classify(self, m: Any) -> Migration | None:
+        """How ``m`` is migrated; None (said and recorded) when it is skipped."""
+        target = _migrated_to(m)
+        if target is not None:
+            self.tell(f"{m.name} v{m.version}: skipped, already migrated to v{target}")
+            self.out.append(Migrated(m.name, str(m.version), skipped=f"already migrated to v{target}"))
+            return None
+        plan = classify(m)
+        if plan.needs is None:
+            self.tell(f"{m.name} v{m.version}: skipped, it is signed and loads as it is")
+            self.out.append(Migrated(m.name, str(m.version), skipped="signed; loads as it is", source_format=CURRENT))
+            return None
+        if not _covers(self.trust, plan.needs):
+            from toolkit.errors import option_hint
+
+            raise ModelError(f"{m.name} v{m.version} is a {plan.source_format} model whose load needs trust "
+                             f"{plan.needs!r}, more than the {self.trust!r} given; nothing was migrated",
+                             f"pass {option_hint('trust', plan.needs)} if you trust this store's "
+                             f"{'pickles (unpickling runs code)' if plan.needs == PICKLE else 'unsigned files'}")
+        return plan
+
+    def apply(self, pair: _PairPlan) -> None:
+        """Register the new versions of ``pair``, link them, move the aliases, tag the old ones."""
+        c = client()
         new: dict[str, str] = {}  # registered name -> new version
-        for m, plan in plans:
+        for m, plan in pair.plans:
             if plan is None:
                 continue
-            is_twin = (m.tags or {}).get("kind") == "sklearn_twin" or m is twin
+            is_twin = (m.tags or {}).get("kind") == "sklearn_twin" or m is pair.twin
             loaded = _load_run_artifacts(m) if plan.source_format == RUN_ARTIFACTS else _load_logged(m)
-            ref = _relog(loaded, is_twin, run_id, plan)
-            new[m.name] = _register_new(m, ref, run_id, _record(plan, trust, run_id))
-        # Relink the pair: each member names the other's current version.
-        if twin is not None:
-            n_ver, t_ver = new.get(native.name, str(native.version)), new.get(twin.name, str(twin.version))
-            c.set_model_version_tag(native.name, n_ver, "twin.name", twin.name)
-            c.set_model_version_tag(native.name, n_ver, "twin.version", t_ver)
-            c.set_model_version_tag(twin.name, t_ver, "twin.name", native.name)
-            c.set_model_version_tag(twin.name, t_ver, "twin.version", n_ver)
-        for m, plan in plans:
+            ref = _relog(loaded, is_twin, self.run_id, plan)
+            new[m.name] = _register_new(m, ref, self.run_id, _record(plan, self.trust, self.run_id))
+        if pair.twin is not None:
+            _relink(pair.native, pair.twin, new)
+        for m, plan in pair.plans:
             if plan is None:
                 continue
             ver = new[m.name]
             aliases = _move_aliases(m, ver)
             c.set_model_version_tag(m.name, m.version, MIGRATED_TO_TAG, ver)
-            out.append(Migrated(m.name, str(m.version), ver, aliases=aliases, source_format=plan.source_format))
+            self.out.append(Migrated(m.name, str(m.version), ver, aliases=aliases, source_format=plan.source_format))
             moved = f"; aliases {', '.join(aliases)} moved to it" if aliases else ""
-            tell(f"{m.name} v{m.version} ({plan.source_format}) -> v{ver}, signed, trust {trust}{moved}")
-    return out
+            self.tell(f"{m.name} v{m.version} ({plan.source_format}) -> v{ver}, signed, trust {self.trust}{moved}")
+
+
+def _relink(native: Any, twin: Any, new: dict[str, str]) -> None:
+    """Each member of the pair names the other's current version (``new``: name -> new version)."""
+    c = client()
+    n_ver, t_ver = new.get(native.name, str(native.version)), new.get(twin.name, str(twin.version))
+    c.set_model_version_tag(native.name, n_ver, "twin.name", twin.name)
+    c.set_model_version_tag(native.name, n_ver, "twin.version", t_ver)
+    c.set_model_version_tag(twin.name, t_ver, "twin.name", native.name)
+    c.set_model_version_tag(twin.name, t_ver, "twin.version", n_ver)
