@@ -85,25 +85,21 @@ def client(dask_cluster):
 
 @pytest.fixture()
 def tracking_uri(tmp_path, monkeypatch):
-    """A fresh sqlite MLflow store in a temp dir, set as the tracking and registry URI.
+    """A fresh sqlite MLflow store in a temp dir, set as the tracking and registry URI; MLflow's
+    process-wide URIs (and their environment variables) are restored afterwards.
 
     A copy of a migrated store (``init_store``): MLflow's schema migrations cost ~2 s of CPU per
     new sqlite file, in this process or in each ``mlflow run`` subprocess that opens it first."""
     import mlflow
-    from _mlflow_store import init_store
+    from _mlflow_store import init_store, mlflow_pointed_at
 
     uri = init_store(tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    while mlflow.active_run():
-        mlflow.end_run()
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
+    with mlflow_pointed_at(uri, monkeypatch):
+        while mlflow.active_run():
+            mlflow.end_run()
+        yield uri
+        while mlflow.active_run():
+            mlflow.end_run()
 
 
 @pytest.fixture(scope="module")
