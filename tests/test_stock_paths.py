@@ -283,6 +283,7 @@ def test_project_paths_refuse_every_tampering(tampered, stock_env, blobs_small, 
         with pytest.raises(ToolkitError) as err:
             call()
         _one_line(str(err.value), t)
+        assert not _ran(t)  # after each load path, not only at the end
 
     private = tmp_path / "tmp"
     private.mkdir()
@@ -293,6 +294,7 @@ def test_project_paths_refuse_every_tampering(tampered, stock_env, blobs_small, 
                           "--output", str(out))
     assert code == 2 and not out.exists(), err
     _one_line(err, t)
+    assert not _ran(t)
 
     before = _servers()
     code, said, err = _entry("serve", stock_env, capsys, "--model-uri", t.uri, "--port", str(free_port()))
@@ -300,6 +302,7 @@ def test_project_paths_refuse_every_tampering(tampered, stock_env, blobs_small, 
     _one_line(err, t)
     _no_server_started(before)
     assert list(private.iterdir()) == []  # no verified copy left behind
+    assert not _ran(t)
 
     code, _, err = _entry("verify", stock_env, capsys, "--model-name", t.registered)
     lines = err.strip().splitlines()

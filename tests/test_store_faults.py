@@ -18,13 +18,28 @@ import pytest
 from _mlflow_run import REPO, run_env
 from mlflow import MlflowClient
 
-TINY = ["--set", "data.n_samples=300 search.n_trials=2 tracking.log_plot=false registry.register_best=false"]
+SECRET = "Store-s3cret-Pw"
+# A credential planted in a config value (logged as a param): it must reach no file and no console.
+TINY = ["--set", "data.n_samples=300 search.n_trials=2 tracking.log_plot=false registry.register_best=false "
+        f"description=postgresql://svc:{SECRET}@db.internal/segments"]
 
 
 def _search(uri: str, *extra: str, cwd: Path = REPO, writer: str = "process") -> subprocess.Popen:
     env = {**run_env(uri), "KMEANS_QUIET": "1", "KMEANS_LIFECYCLE_WRITER": writer}
     return subprocess.Popen([sys.executable, "-m", "mlproject.search", *TINY, *extra], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _clean(root: Path, uri: str, console: str) -> None:
+    """No planted secret in any file under ``root`` (store, WAL, journal), in any run's or model's
+    artifacts, or on the console, and no process of the searches left alive (:func:`_orphans.orphans`)."""
+    from _orphans import orphans
+    from _records import artifact_dirs
+
+    assert SECRET not in console
+    files = [p for d in [root, *artifact_dirs(MlflowClient(uri))] for p in d.rglob("*") if p.is_file()]
+    assert [str(p) for p in files if SECRET.encode() in p.read_bytes()] == []
+    assert not orphans([root]), orphans([root])
 
 
 def _runs(uri: str) -> list:
@@ -63,6 +78,7 @@ def test_a_full_disk_mid_search_is_one_line_and_leaves_no_run_running(tmp_path):
         _fill(art, leave_kib=40)
         proc = _search(uri)
         out, _ = proc.communicate(timeout=180)
+        _clean(tmp_path, uri, out)  # while the full file system (its artifacts) is mounted
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, out
     assert "Traceback" not in out
@@ -71,6 +87,9 @@ def test_a_full_disk_mid_search_is_one_line_and_leaves_no_run_running(tmp_path):
     assert not [r for r in runs if r.info.status == "RUNNING"]
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.info.status == "FAILED" and "no space left on" in parent.data.tags["error"]
+    # Both trials were written before the disk filled (the best model's files are what hit it).
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.status for r in kids) == ["FINISHED", "FINISHED"], [r.data.tags.get("error") for r in kids]
 
 
 def test_disk_full_is_found_in_an_error_chain():
@@ -118,6 +137,7 @@ def test_searches_started_together_on_one_store_all_run(tmp_path, store, n):
     for parent in parents:
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert len(children) == 2
+    _clean(tmp_path, uri, "".join(outs))
 
 
 def test_experiment_creation_tolerates_a_race(tracking_uri):
