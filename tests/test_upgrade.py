@@ -6,7 +6,10 @@ from that commit in a temporary venv) holds ``blobs-kmeans`` / ``blobs-kmeans-sk
 skops twins saved as run artifacts, registered without checksums or signatures, and the search's
 study in ``./optuna.log``.  Each test unpacks it into its own folder (the absolute artifact paths
 MLflow recorded are rewritten to that folder) and acts as an upgraded user would: list, load,
-predict, promote with and without force, migrate, resume, search into the same name.
+predict, promote with and without force (through the API and the entry point), migrate, resume,
+search into the same name.  The tests marked by the ``release`` fixture run against the store of
+each later format too (``tests/fixtures/upgrade-b5a04b5``, the checksum era); the signed format
+(0.2.0) is what this release writes, tested everywhere else.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ FIXTURE = REPO / "tests" / "fixtures" / "upgrade-9634933"
 #: The last release before signatures (b5a04b5): LoggedModels with the store's checksums, no model.sig.
 CHECKSUM_ERA = REPO / "tests" / "fixtures" / "upgrade-b5a04b5"
 NATIVE, TWIN = "blobs-kmeans", "blobs-kmeans-sklearn"
+#: Each earlier format's store, by the commit that wrote it.
+RELEASES = {"9634933": FIXTURE, "b5a04b5": CHECKSUM_ERA}
+#: Why each is refused, and the trust its migration needs (0.1.0 pickled its native models).
+REFUSED = {"9634933": ("registered by an older kmeans-lifecycle", "pickle"), "b5a04b5": ("is not signed", "unsigned")}
+BLOBS = REPO / "experiments" / "blobs.yaml"
+#: The entry points' ``--set`` for the fixture's tiny settings.
+SMALL = "data.n_samples=1500 metrics.silhouette_sample=500 tracking.log_plot=false"
 
 
 def unpack_store(dst: Path, fixture: Path = FIXTURE) -> str:
@@ -63,6 +73,13 @@ def checksum_era(tmp_path, monkeypatch):
     yield from _opened(tmp_path, monkeypatch, CHECKSUM_ERA)
 
 
+@pytest.fixture(params=sorted(RELEASES))
+def release(request, tmp_path, monkeypatch):
+    """Each earlier format's store in turn, opened as ``upgraded`` is: ``(commit, folder)``."""
+    for folder in _opened(tmp_path, monkeypatch, RELEASES[request.param]):
+        yield request.param, folder
+
+
 def _opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixture: Path):
     from _mlflow_store import mlflow_pointed_at
 
@@ -80,7 +97,7 @@ def _opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixture: Path):
 
 def _cfg(*overrides: str):
     """The quick start's experiment on the fixture's tiny settings (the release's own were these)."""
-    return load_experiment(REPO / "experiments" / "blobs.yaml", [
+    return load_experiment(BLOBS, [
         "data.n_samples=1500", "metrics.silhouette_sample=500", "search.n_trials=2", "search.sampler=random",
         "tracking.log_plot=false", "search.baseline_sample=0", *overrides])
 
@@ -91,6 +108,24 @@ def _one_line(err: pytest.ExceptionInfo, *wanted: str) -> str:
     for w in wanted:
         assert w in line, line
     return line
+
+
+def _entry(module: str, *argv: str) -> int:
+    """Run entry point ``mlproject.<module>`` in this process, as its command line would; its exit status."""
+    import importlib
+    import sys
+
+    from mlproject._cli import run_main
+
+    entry = importlib.import_module(f"mlproject.{module}")
+    saved = sys.argv
+    sys.argv = [module, *argv]
+    try:
+        with pytest.raises(SystemExit) as done:
+            run_main(entry.main)
+        return int(done.value.code)
+    finally:
+        sys.argv = saved
 
 
 def _aliases(name: str) -> dict[str, str]:
@@ -113,10 +148,11 @@ def _old_pickle(folder: Path, version: str):
         return cloudpickle.load(fh)
 
 
-def test_the_old_store_lists_and_refuses_its_models_in_one_line_naming_migrate(upgraded):
+def test_the_old_store_lists_and_refuses_its_models_in_one_line_naming_migrate(release):
     from toolkit.registry.flavor import load_model
     from toolkit.serving import load_predictor
 
+    why, trust = REFUSED[release[0]]
     c = MlflowClient()
     assert sorted(m.name for m in c.search_registered_models()) == [NATIVE, TWIN]
     for name in (NATIVE, TWIN):
@@ -125,13 +161,13 @@ def test_the_old_store_lists_and_refuses_its_models_in_one_line_naming_migrate(u
     for uri in (f"models:/{NATIVE}@champion", f"models:/{TWIN}/2"):
         with pytest.raises(ModelError) as err:
             load_model(uri)
-        _one_line(err, "registered by an older kmeans-lifecycle", "-e migrate -P model_name=blobs-kmeans")
+        _one_line(err, why, "-e migrate -P model_name=blobs-kmeans")
     with pytest.raises(ModelError) as err:
         load_predictor(f"models:/{NATIVE}@champion")
-    _one_line(err, "-e migrate -P model_name=blobs-kmeans -P trust=pickle")
+    _one_line(err, f"-e migrate -P model_name=blobs-kmeans -P trust={trust}")
 
 
-def test_a_new_search_registers_into_the_old_name_and_force_moves_the_champion(upgraded, client):
+def test_a_new_search_registers_into_the_old_name_and_force_moves_the_champion(release, client):
     """The unloadable v1 champion: promote refuses in one line naming migrate and force; with
     force the alias moves without loading it."""
     from toolkit.data import load_dataset
@@ -219,43 +255,33 @@ def test_migrate_rewrites_old_versions_as_new_signed_ones_then_promote_works(upg
     assert res.champion_version == "3" and res.challenger_version == "4"
 
 
-def test_the_old_study_in_optuna_log_is_found_and_resumed(upgraded, client, capsys):
+def test_the_old_study_in_optuna_log_is_found_and_resumed(release, client, capsys):
+    """0.1.0's study in ``./optuna.log`` (named as where earlier releases kept it), the checksum
+    era's in ``mlflow.optuna.log`` beside the store: found, resumed into the release's parent run."""
     from toolkit.search import search
     from toolkit.search.study import locate_study
 
+    commit, folder = release
+    journal = folder / json.loads((RELEASES[commit] / "fixture.json").read_text())["study_journals"][0]
     where = locate_study(_cfg("search.resume=true"))
-    assert (where.storage, where.name) == (str(upgraded / "optuna.log"), "blobs-sklearn")
-    assert "where releases before this one kept their studies" in where.found
-    before = (upgraded / "optuna.log").stat().st_size
-    out = search(_cfg("search.resume=true", "search.n_trials=4", "registry.register_best=false"), client=client)
-    assert out.resumed and out.parent_run_id == "83ae4c0f08d54caca4409a345e5f2471"
-    assert (upgraded / "optuna.log").stat().st_size > before  # the trial went into the old journal
+    assert (where.storage, where.name) == (str(journal), "blobs-sklearn")
+    if commit == "9634933":
+        assert "where releases before this one kept their studies" in where.found
     c = MlflowClient()
+    parent = c.get_model_version(NATIVE, "1").run_id  # the release's search registered its best as v1
+    before = journal.stat().st_size
+    out = search(_cfg("search.resume=true", "search.n_trials=4", "registry.register_best=false"), client=client)
+    assert out.resumed and out.parent_run_id == parent
+    assert journal.stat().st_size > before  # the trial went into the release's journal
     children = [r for r in c.search_runs([c.get_experiment_by_name("blobs").experiment_id])
                 if r.data.tags.get("mlflow.parentRunId") == out.parent_run_id]
     assert len(children) == 4  # the release's 3 trials and 1 more
 
 
 def test_the_entry_point_migrates_and_says_what_it_made(upgraded, capsys):
-    import mlproject.migrate as entry
-
-    def run(*argv: str) -> int:
-        import sys
-
-        saved = sys.argv
-        sys.argv = ["migrate", *argv]
-        try:
-            from mlproject._cli import run_main
-
-            with pytest.raises(SystemExit) as done:
-                run_main(entry.main)
-            return int(done.value.code)
-        finally:
-            sys.argv = saved
-
-    assert run("--model-name", NATIVE, "--trust", "maybe") == 2
+    assert _entry("migrate", "--model-name", NATIVE, "--trust", "maybe") == 2
     assert "error: trust must be unsigned or pickle, got 'maybe'" in capsys.readouterr().err
-    assert run("--model-name", TWIN, "--trust", "pickle", "--version", "2") == 0
+    assert _entry("migrate", "--model-name", TWIN, "--trust", "pickle", "--version", "2") == 0
     out = capsys.readouterr().out
     assert "made:" in out and "look:" in out
     assert f"{NATIVE} v3: migrated from v2, run-artifacts (aliases challenger moved to it)" in out
@@ -266,6 +292,36 @@ def test_the_entry_point_migrates_and_says_what_it_made(upgraded, capsys):
     assert len(record) == 1 and record[0].info.status == "FINISHED"
     assert record[0].data.params["migrate.trust"] == "pickle"
     assert os.environ.get("KMEANS_LIFECYCLE_ALLOW_UNSIGNED") is None  # the decision did not leak
+
+    # Finding 1 as the user met it: the promote entry point with 0.1.0's v1 still champion and a
+    # challenger this release loads.  Without force: one line naming force and migrate, the
+    # record FAILED, no alias moved; with force: the alias moves without loading v1.
+    promote = ("--model-name", NATIVE, "--config", str(BLOBS), "--set", SMALL)
+    assert _entry("promote", *promote) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: champion v1 of 'blobs-kmeans' cannot be loaded"), err
+    assert "--force true" in err[0] and "-e migrate -P model_name=blobs-kmeans" in err[0], err
+    assert _aliases(NATIVE) == {"champion": "1", "challenger": "3"}
+    assert _entry("promote", *promote, "--force", "true") == 0
+    assert f"alias champion: {NATIVE} v3 and {TWIN} v3 (was v1)" in capsys.readouterr().out
+    assert _aliases(NATIVE)["champion"] == _aliases(TWIN)["champion"] == "3"
+    decided = sorted((r.info.status, r.data.tags.get("promotion.outcome")) for r in c.search_runs(
+        [c.get_experiment_by_name("blobs").experiment_id]) if r.info.run_name == f"promote {NATIVE} v3")
+    assert decided == [("FAILED", None), ("FINISHED", "promoted")]
+
+
+def test_migrate_then_promote_through_the_entry_points(upgraded, capsys):
+    """The other way out: ``-e migrate`` rewrites v1 (champion) and v2 (challenger) as v3 and v4,
+    then ``-e promote`` without force compares the two and decides in one line."""
+    assert _entry("migrate", "--model-name", NATIVE, "--trust", "pickle") == 0
+    assert _aliases(NATIVE) == _aliases(TWIN) == {"champion": "3", "challenger": "4"}
+    capsys.readouterr()
+    assert _entry("promote", "--model-name", NATIVE, "--config", str(BLOBS), "--set", SMALL) == 0
+    said = capsys.readouterr()
+    assert "error:" not in said.err, said.err
+    decision = next(ln for ln in said.out.splitlines() if ln.startswith(f"{NATIVE} v4 "))
+    assert ("promoted to champion" in decision or "kept as challenger" in decision) and "silhouette" in decision
+    assert "cannot be loaded" not in decision
 
 
 def test_the_version_comes_from_the_package_metadata_and_heads_the_changelog(tmp_path):
@@ -320,7 +376,14 @@ def test_the_checksum_era_store_is_refused_then_migrated_with_trust_unsigned(che
     for v, labels in expected.items():
         for name in (NATIVE, TWIN):
             assert (predict_labels(load_model(f"models:/{name}/{int(v) + 2}"), X) == labels).all(), (name, v)
-    assert c.get_model_version(NATIVE, "3").tags["migration.trust"] == "unsigned"
+    # The UI-facing record, as for 0.1.0's store: where it came from, the trust, the old tags kept.
+    new, old = c.get_model_version(NATIVE, "3").tags, c.get_model_version(NATIVE, "1").tags
+    assert (new["migrated_from"], old["migration.migrated_to"]) == (f"models:/{NATIVE}/1", "3")
+    assert (new["migration.trust"], new["migration.source_format"]) == ("unsigned", "unsigned")
+    assert new["integrity.format"] == "kmeans-npy" and new["integrity.signer"]
+    for key in ("source_run_id", "search_parent_run_id", "backend", "kind", "promotion.reason"):
+        assert new[key] == old[key], key
+    assert (new["twin.name"], new["twin.version"]) == (TWIN, "3")
     res = promote(NATIVE, data.X, data.y, metric="silhouette")
     assert res.champion_version == "3" and res.challenger_version == "4"
     where = locate_study(_cfg("search.resume=true"))
