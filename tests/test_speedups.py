@@ -6,9 +6,11 @@ runs (count and status), the same best parameters and value, the same baseline.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _records import children
 from mlflow import MlflowClient
@@ -40,6 +42,23 @@ def test_off_in_line_background_hands_errors_to_the_future(monkeypatch):
     fut = _speedups.background(lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         fut.result()
+
+
+def test_the_trial_parallel_runner_warms_its_workers_only_when_on(client, tmp_path, monkeypatch):
+    """The runner's worker warm-up is one of the tricks: off, no worker runs it; on, every worker."""
+    from toolkit.config import MetricsConfig
+    from toolkit.search import trials
+
+    def warm_up(backend_name: str) -> None:  # on the workers (local processes: they share tmp_path)
+        (tmp_path / f"{backend_name}-{os.getpid()}").touch()
+
+    monkeypatch.setattr(trials, "_warm_up", warm_up)
+    X = np.zeros((8, 2), dtype=np.float32)
+    for setting in ("0", "1"):
+        monkeypatch.setenv(_speedups.SWITCH_ENV, setting)
+        trials.TrialParallelRunner(client, "sklearn", X, None, MetricsConfig())
+        warmed = sorted(p.name for p in tmp_path.iterdir())
+        assert len(warmed) == (0 if setting == "0" else len(client.scheduler_info()["workers"])), (setting, warmed)
 
 
 def _record(mlc: MlflowClient, out) -> dict:

@@ -12,7 +12,9 @@ The tricks, and what each is for (figures: ``benchmarks/RESULTS.md``):
 * **warm-ups** (:func:`warm`): the child-run writer process started before the cluster and the
   data, so its ~2 s of imports overlap them; the registration's one-time imports and MLflow's
   index of installed packages (:func:`toolkit.registry.register.warm_up`) while the baseline
-  runs, not between the last trial and the registered model.
+  runs, not between the last trial and the registered model; the fitting code imported on every
+  Dask worker when the trial-parallel runner starts
+  (:func:`toolkit.search.trials._warm_up`), not inside the first trials' fit times.
 * **overlap** (:func:`background`): the labelled baseline on a thread of its own while the
   driver writes the summary, with its imports done first on the calling thread (two threads
   importing at once can be refused by Python as a deadlock).

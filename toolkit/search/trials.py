@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from toolkit import _speedups
 from toolkit.backends.base import is_infrastructure_error
 from toolkit.config import MetricsConfig, ModelConfig
 from toolkit.errors import ToolkitError, first_line
@@ -348,8 +349,8 @@ class TrialParallelRunner:
         self.client = client
         self.backend_name = backend_name
         self.metrics_cfg = metrics_cfg
-        # Import the fitting code on every worker now, in parallel, not inside the first trials.
-        client.run(_warm_up, backend_name)
+        # A speed trick: the fitting code imported on every worker now, in parallel, not inside the first trials.
+        _speedups.warm(client.run, _warm_up, backend_name)
         # Kept to scatter again should every worker holding a copy be lost.
         self._host_X, self._host_y = np.asarray(X), y
         self._scatter()
