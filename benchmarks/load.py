@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Section
-from testbed._procs import pg_bindir, stop_process_group
+from testbed._procs import pg_bindir, stop_process_group, wait_until_ready
 
 __all__ = ["SECTION", "bench_load"]
 
@@ -73,18 +73,6 @@ def _start(es: contextlib.ExitStack, log: Path, cmd: list[str], sig: int = signa
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
     es.callback(stop_process_group, proc, sig)  # stopped by its own handle however the benchmark ends
     return proc
-
-
-def _wait(check: Any, proc: subprocess.Popen, log: Path, what: str, limit_s: float = 180.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not ready after {limit_s:.0f} s: {log.read_text()[-2000:]}")
 
 
 def _pg_bindir() -> Path:
@@ -121,9 +109,9 @@ def _postgres(es: contextlib.ExitStack, logs: Path, password: str, max_connectio
                    # A throwaway cluster: durability off, as tests/test_stack.py runs it.
                    "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
                   sig=signal.SIGINT, cwd=base, env=env, **run_as)
-    _wait(lambda: subprocess.run([str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
-                                 env=env, timeout=30, check=False).returncode == 0,
-          proc, logs / "postgres.log", "postgres", 60)
+    wait_until_ready("postgres", lambda: subprocess.run([str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p",
+                                                         str(port)], env=env, timeout=30, check=False).returncode == 0,
+                     proc, logs / "postgres.log", 60)
     conn = ["-h", str(base), "-p", str(port), "-U", "postgres"]
     for cmd in ([str(bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1", *conn,
                  "-c", f"CREATE ROLE kmeans LOGIN PASSWORD '{password}'"],
@@ -145,7 +133,7 @@ def _server(es: contextlib.ExitStack, folder: Path, pg_port: int, password: str,
         with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
             return resp.status == 200
 
-    _wait(ready, proc, log, "mlflow server", 300)
+    wait_until_ready("mlflow server", ready, proc, log, 300)
     return url, log
 
 

@@ -14,9 +14,11 @@ import re
 import shutil
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PG_TOOLS", "kill_process_group", "pg_bindir", "stop_process_group"]
+__all__ = ["PG_TOOLS", "kill_process_group", "log_tail", "pg_bindir", "stop_process_group", "wait_until_ready"]
 
 #: The PostgreSQL programs a throwaway cluster needs, all in one folder.
 PG_TOOLS = ("initdb", "postgres", "pg_isready", "psql", "createdb")
@@ -58,6 +60,39 @@ def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
+
+def log_tail(log: Path | None, n: int = 3000) -> str:
+    """The last ``n`` characters of a service's log (empty where there is none yet)."""
+    if log is None or not log.exists():
+        return ""
+    return log.read_text(errors="replace")[-n:]
+
+
+def wait_until_ready(what: str, check: Callable[[], bool], proc: subprocess.Popen | None = None,
+                     log: Path | None = None, limit_s: float = 180.0, *, poll_s: float = 0.5,
+                     error: type[Exception] = RuntimeError) -> None:
+    """Poll ``check`` until it returns true; fail early, with the log's tail, if ``proc`` exits.
+
+    A check that raises counts as "not yet" (a port not open, a server still importing).
+
+    Args:
+        what: the service's name, for the error.
+        check: returns true once the service answers.
+        proc: the service's process, watched for an early exit (None: not watched).
+        log: the service's log, whose tail the error quotes.
+        limit_s: how long to wait before giving up.
+        poll_s: the pause between checks.
+        error: the exception class raised (the bed raises its own).
+    """
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise error(f"{what} exited with {proc.returncode}:\n{log_tail(log)}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(poll_s)
+    raise error(f"{what} not ready after {limit_s:.0f} s:\n{log_tail(log)}")
 
 
 def pg_bindir() -> Path | None:

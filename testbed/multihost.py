@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from testbed._procs import kill_process_group, pg_bindir, stop_process_group
+from testbed._procs import kill_process_group, pg_bindir, stop_process_group, wait_until_ready
 
 __all__ = ["HOSTS", "PORTS", "SUBNET", "Bed", "BedError", "address", "unavailable"]
 
@@ -358,15 +358,7 @@ class Bed:
     # ------------------------------------------------------------------ services
     def _wait(self, what: str, proc: subprocess.Popen | None, log: Path | None, check: Callable[[], bool],
               limit_s: float) -> None:
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise BedError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
-            with contextlib.suppress(Exception):
-                if check():
-                    return
-            time.sleep(0.3)
-        raise BedError(f"{what} not ready after {limit_s:.0f} s:\n{_tail(log)}")
+        wait_until_ready(what, check, proc, log, limit_s, poll_s=0.3, error=BedError)
 
     def _accepts(self, host: str, port: int, src: str = "driver") -> bool:
         def probe() -> bool:
@@ -564,12 +556,6 @@ class Bed:
                 "worker1": "dask worker (1 thread)", "worker2": "dask worker (1 thread)",
                 "driver": "entry points (python -m mlproject.* / mlflow run)"}
         return "\n".join(f"  {h:<10} {address(h):<12} {self.netns(h):<22} {what[h]}" for h in HOSTS)
-
-
-def _tail(log: Path | None, n: int = 3000) -> str:
-    if log is None or not log.exists():
-        return ""
-    return log.read_text(errors="replace")[-n:]
 
 
 def _kill_netns(ns: str) -> None:
