@@ -14,18 +14,19 @@ predicted) once: :func:`scoring_plan` builds both.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
 from toolkit.data import _expand, _format_of, is_url, read_table, url_fs
 from toolkit.errors import DataError, option_hint
 
-__all__ = ["ScoringPlan", "score_files", "scoring_plan"]
+__all__ = ["ScoringKeywords", "ScoringOptions", "ScoringPlan", "score_files", "scoring_plan"]
 
 #: The column batch scoring adds.
 LABEL = "label"
@@ -133,22 +134,43 @@ def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift:
     return scored, plan
 
 
-def score_files(
-    predictor: Any,
-    path: str,
-    output: str,
-    columns: list[str] | None = None,
-    fmt: str = "auto",
-    overwrite: bool = False,
-    drift: bool = True,
-    bins: int | None = None,
-    on_nan: str = "error",
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How :func:`score_files` reads its input and writes its output.
+
+    Attributes:
+        fmt: the input's format (``"auto"``: from the file names).
+        overwrite: replace an existing ``output``.
+        drift: gather the drift statistics in the same pass.
+        bins: log-spaced histogram bins for a model registered without a training profile.
+        on_nan: a row with a missing feature value is an ``"error"`` (default) or ``"drop"``-ped.
+    """
+
+    fmt: str = "auto"
+    overwrite: bool = False
+    drift: bool = True
+    bins: int | None = None
+    on_nan: str = "error"
+
+
+class ScoringKeywords(TypedDict, total=False):
+    """The fields of :class:`ScoringOptions`, accepted by :func:`score_files` as keywords."""
+
+    fmt: str
+    overwrite: bool
+    drift: bool
+    bins: int | None
+    on_nan: str
+
+
+def score_files(predictor: Any, path: str, output: str, columns: list[str] | None = None,
+                options: ScoringOptions | None = None, **keywords: Unpack[ScoringKeywords]) -> dict[str, Any]:
     """Score every row of ``path`` (file, directory or glob) and write ``output`` (Parquet dir).
 
     ``predictor`` is a distributed predictor (:func:`toolkit.serving.load_predictor` given a
     client): CPU models predict pandas partitions on the workers, GPU models move them to the
-    GPUs and return the labels on the input's index.
+    GPUs and return the labels on the input's index.  ``columns`` picks the features (default:
+    every column); ``options`` (:class:`ScoringOptions`), or its fields as keywords, say the rest.
 
     With ``drift`` (default) the same pass gathers the cluster shares and distance histograms
     (on the fixed edges of the model's training profile, or of ``bins`` log-spaced bins when it
@@ -161,18 +183,32 @@ def score_files(
     (default) refuses the input in one line naming how many rows and the first ones, before
     anything is written; ``"drop"`` leaves them out of the output (``rows_dropped`` says how many).
     """
-    if on_nan not in ON_NAN:
-        raise DataError(f"on_nan={on_nan!r} is not one of {', '.join(ON_NAN)}",
+    opts = dataclasses.replace(options or ScoringOptions(), **keywords)
+    if opts.on_nan not in ON_NAN:
+        raise DataError(f"on_nan={opts.on_nan!r} is not one of {', '.join(ON_NAN)}",
                         f"pass {option_hint('on_nan', 'error')} or {option_hint('on_nan', 'drop')}")
     remote = is_url(output)
     out_fs, out_path = url_fs(output) if remote else (None, output)
-    if (out_fs.exists(out_path) if remote else os.path.exists(output)) and not overwrite:
+    if (out_fs.exists(out_path) if remote else os.path.exists(output)) and not opts.overwrite:
         raise DataError(f"output {output!r} already exists",
                         f"choose another path or pass {option_hint('overwrite', 'true')}")
+    files, ddf, features, n_nan = _read_features(path, columns, opts)
+    job = _Job(predictor, ddf, features, opts)
+    plan, parts = job.write_remote(out_fs, out_path) if remote else job.write_local(output)
+    return _scored(plan, parts, files, output, n_nan)
+
+
+def _read_features(path: str, columns: list[str] | None,
+                   opts: ScoringOptions) -> tuple[list[str], Any, list[str], int]:
+    """(files, lazy frame, feature columns, rows with a NaN feature) of the input ``path``.
+
+    Raises:
+        DataError: a named column is missing, or a row has a NaN feature and ``on_nan="error"``.
+    """
     files = _expand(path)
     # Every column is read (and written back): ``columns`` only picks the features, so ids
     # and other non-feature columns stay beside the label.
-    ddf = read_table(files, _format_of(files, fmt))
+    ddf = read_table(files, _format_of(files, opts.fmt))
     if columns:
         missing = [c for c in columns if c not in ddf.columns]
         if missing:
@@ -180,7 +216,7 @@ def score_files(
                             f"{', '.join(map(str, ddf.columns))}", f"fix {option_hint('columns')}")
     features = list(columns) if columns else list(ddf.columns)
     n_nan, first = _nan_rows(ddf, features)
-    if n_nan and on_nan == "error":
+    if n_nan and opts.on_nan == "error":
         shown = ", ".join(map(str, first)) + (", ..." if n_nan > len(first) else "")
         raise DataError(
             f"{n_nan:,} row(s) of {path} have a missing value (NaN) in the features: row(s) {shown} "
@@ -190,16 +226,36 @@ def score_files(
         )
     if n_nan:
         ddf = ddf.dropna(subset=features)
-    if remote:  # an object store: written beside the output, moved into place when complete
+    return files, ddf, features, n_nan
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The scoring of one input: written to a temporary place, moved into place when complete."""
+
+    predictor: Any
+    ddf: Any
+    features: list[str]
+    options: ScoringOptions
+
+    def _compute(self, tmp: str) -> tuple[ScoringPlan, Any]:
+        """Write the scored frame into ``tmp``: (plan, per-partition drift statistics or None)."""
+        import dask
+
+        _, plan = scoring_plan(self.predictor, self.ddf, self.features, tmp, drift=self.options.drift,
+                               bins=self.options.bins)
+        # One compute for both: the graphs share the read and the predictions.
+        _, parts = dask.compute(plan.write, plan.stats_parts)
+        return plan, parts
+
+    def write_remote(self, out_fs: Any, out_path: str) -> tuple[ScoringPlan, Any]:
+        """On an object store: written beside the output, copied into place when complete."""
         import secrets
 
         tmp_path = f"{out_path.rstrip('/').rsplit('/', 1)[0]}/.scoring-{secrets.token_hex(6)}"
         tmp = out_fs.unstrip_protocol(tmp_path)
         try:
-            _, plan = scoring_plan(predictor, ddf, features, tmp, drift=drift, bins=bins)
-            import dask
-
-            _, parts = dask.compute(plan.write, plan.stats_parts)
+            plan, parts = self._compute(tmp)
             out_fs.invalidate_cache()  # the workers wrote the parts: this process's listings are stale
             if out_fs.exists(out_path):
                 out_fs.rm(out_path, recursive=True)
@@ -211,23 +267,22 @@ def score_files(
             with contextlib.suppress(Exception):
                 out_fs.rm(tmp_path, recursive=True)
             raise
-        return _scored(plan, parts, files, output, n_nan)
-    parent = os.path.dirname(os.path.abspath(output)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".scoring-", dir=parent)
-    try:
-        _, plan = scoring_plan(predictor, ddf, features, tmp, drift=drift, bins=bins)
-        # One compute for both: the graphs share the read and the predictions.
-        import dask
+        return plan, parts
 
-        _, parts = dask.compute(plan.write, plan.stats_parts)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _scored(plan, parts, files, output, n_nan)
+    def write_local(self, output: str) -> tuple[ScoringPlan, Any]:
+        """On a local disk: a temporary folder beside ``output``, renamed into place when complete."""
+        parent = os.path.dirname(os.path.abspath(output)) or "."
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".scoring-", dir=parent)
+        try:
+            plan, parts = self._compute(tmp)
+            if os.path.exists(output):
+                shutil.rmtree(output)
+            os.replace(tmp, output)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return plan, parts
 
 
 def _scored(plan: ScoringPlan, parts: Any, files: list[str], output: str, n_nan: int) -> dict[str, Any]:
