@@ -1,12 +1,15 @@
-"""The search engine's orchestration stays readable: no function over 60 lines or 6 parameters.
+"""The orchestration stays readable: no function over 60 lines or 6 parameters.
 
-Read from the source (AST) of ``toolkit/search/``, ``toolkit/train.py`` and the registration
-(``toolkit/registry/register.py``, ``register_fit`` in ``toolkit/registry/__init__.py``).  Parameters count
+Read from the source (AST) of every module in :data:`SCOPE`: the search (``toolkit/search/``), the
+tracked fit (``toolkit/train.py``), the registry (``toolkit/registry/``), the refresh, serving,
+tracking and the entry points (``mlproject/``).  Parameters count
 ``*args`` and ``**kwargs`` as one each, and not ``self``/``cls``; lines run from ``def`` to the
 function's last line, docstring included.  A step that needs more takes a parameter object
 (:class:`toolkit.search.record.TrialRecord`, :class:`toolkit.train.FittedModel`,
-:class:`toolkit.search.loop.LoopTarget`, :class:`toolkit.registry.register.Registration`) or becomes
-a method of the object that holds the state.
+:class:`toolkit.search.loop.LoopTarget`, :class:`toolkit.registry.register.Registration`,
+:class:`toolkit.registry.promote.PromotionPolicy`, :class:`toolkit.serving.batch.ScoringOptions`) or
+becomes a method of the object that holds the state.  A signature that mirrors an outside contract
+(an MLflow flavor's ``save_model``/``log_model``) is held to the lines only (:data:`FLAT_SIGNATURES`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,31 @@ EXEMPT = {
     ("toolkit/search/trials.py", "run_trial"): "the fit-and-score body both runners share (worker side)",
     ("toolkit/search/trials.py", "_worker_trial"): "the Dask task body on a worker",
     ("toolkit/search/figures.py", "draw_summary_figures"): "a writer-process job (picklable payload)",
+    ("toolkit/tracking/record.py", "log_centroids"): "a writer-process job (train submits it with plain arguments)",
+}
+
+#: Held to 60 lines but not to 6 parameters: a signature that mirrors an outside contract, one
+#: keyword per field that callers name.
+FLAT_SIGNATURES = {
+    ("toolkit/registry/flavor.py", "save_model"): "an MLflow flavor's save_model (as mlflow.sklearn.save_model)",
+    ("toolkit/registry/flavor.py", "log_model"): "an MLflow flavor's log_model (as mlflow.sklearn.log_model)",
+    ("toolkit/registry/integrity.py", "log_model_dir"): "MlflowClient.create_logged_model's fields + a save callback",
 }
 
 
+#: The orchestration a newcomer follows: the search, the tracked fit, the registry (registration,
+#: promotion, migration, stable labels, integrity, the flavor), the refresh, serving, tracking and
+#: the entry points behind ``MLproject``.
+SCOPE = ("toolkit/search", "toolkit/train.py", "toolkit/registry", "toolkit/refresh.py", "toolkit/serving",
+         "toolkit/tracking", "mlproject")
+
+
 def _files() -> list[Path]:
-    return [*sorted((REPO / "toolkit" / "search").glob("*.py")), REPO / "toolkit" / "train.py",
-            REPO / "toolkit" / "registry" / "register.py", REPO / "toolkit" / "registry" / "__init__.py"]
+    found = []
+    for rel in SCOPE:
+        path = REPO / rel
+        found += sorted(path.glob("*.py")) if path.is_dir() else [path]
+    return found
 
 
 def _n_params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
@@ -47,6 +69,8 @@ def oversized(path: Path, root: Path = REPO) -> list[str]:
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or (rel, node.name) in EXEMPT:
             continue
         lines, params = node.end_lineno - node.lineno + 1, _n_params(node)
+        if (rel, node.name) in FLAT_SIGNATURES:
+            params = 0
         if lines > MAX_LINES or params > MAX_PARAMS:
             found.append(f"{rel}:{node.lineno} {node.name} ({lines} lines, {params} params)")
     return found
@@ -59,7 +83,7 @@ def test_no_orchestration_function_over_60_lines_or_6_parameters():
 
 def test_the_exemptions_still_exist():
     """An exemption whose function is gone (or renamed) is dropped, not kept as a loophole."""
-    for rel, name in EXEMPT:
+    for rel, name in (*EXEMPT, *FLAT_SIGNATURES):
         tree = ast.parse((REPO / rel).read_text())
         assert any(isinstance(n, ast.FunctionDef) and n.name == name for n in ast.walk(tree)), (rel, name)
 
@@ -70,3 +94,12 @@ def test_the_check_sees_an_oversized_function(tmp_path):
     many.write_text("def f(a, b, c, d, e, g, h):\n    return a\n\n\ndef ok(self, a, b, c, d, e, g):\n    return a\n"
                     "\n\ndef long():\n" + "    x = 1\n" * 60)
     assert [line.split(" ")[1] for line in oversized(many, tmp_path)] == ["f", "long"]
+
+
+def test_a_flat_signature_is_still_held_to_60_lines(tmp_path):
+    """:data:`FLAT_SIGNATURES` lifts the parameter limit only."""
+    flavor = tmp_path / "toolkit" / "registry" / "flavor.py"
+    flavor.parent.mkdir(parents=True)
+    flavor.write_text("def save_model(a, b, c, d, e, g, h):\n    return a\n\n\n"
+                      "def log_model(a, b, c, d, e, g, h):\n" + "    x = 1\n" * 60)
+    assert [line.split(" ")[1] for line in oversized(flavor, tmp_path)] == ["log_model"]

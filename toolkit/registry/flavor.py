@@ -235,6 +235,35 @@ def _state(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return state, arrays
 
 
+def _write_data(model: Any, path: str, serialization: str) -> tuple[str, str, Any]:
+    """Write ``model``'s files into ``path``'s data folder: (its class key, its device, its centres).
+
+    Raises:
+        ModelError: an unknown ``serialization``.
+    """
+    if serialization not in (KMEANS_NPY, PICKLE):
+        raise ModelError(f"unknown serialization {serialization!r} for a {FLAVOR_NAME} model",
+                         f"use {KMEANS_NPY!r} (default) or {PICKLE!r}")
+    device = model_device(model)
+    centers = centers_of(model)
+    os.makedirs(os.path.join(path, _DATA_DIR), exist_ok=False)
+    if serialization == PICKLE:
+        import cloudpickle
+
+        key = _kind(model)  # only a known k-means loads back, whatever the format
+        with open(os.path.join(path, _DATA_DIR, _PICKLE_FILE), "wb") as fh:
+            cloudpickle.dump(model, fh)
+    else:
+        state, arrays = _state(model)
+        key = state["model_class"]
+        state["versions"] = _versions(device)
+        for name, arr in arrays.items():
+            np.save(os.path.join(path, _DATA_DIR, name), arr, allow_pickle=False)
+        with open(os.path.join(path, _DATA_DIR, _STATE_FILE), "w") as fh:
+            json.dump(state, fh, indent=1, sort_keys=True)
+    return key, device, centers
+
+
 def save_model(
     model: Any,
     path: str,
@@ -269,26 +298,7 @@ def save_model(
     from mlflow.models import Model
     from mlflow.pyfunc import add_to_model
 
-    if serialization not in (KMEANS_NPY, PICKLE):
-        raise ModelError(f"unknown serialization {serialization!r} for a {FLAVOR_NAME} model",
-                         f"use {KMEANS_NPY!r} (default) or {PICKLE!r}")
-    device = model_device(model)
-    centers = centers_of(model)
-    os.makedirs(os.path.join(path, _DATA_DIR), exist_ok=False)
-    if serialization == PICKLE:
-        import cloudpickle
-
-        key = _kind(model)  # only a known k-means loads back, whatever the format
-        with open(os.path.join(path, _DATA_DIR, _PICKLE_FILE), "wb") as fh:
-            cloudpickle.dump(model, fh)
-    else:
-        state, arrays = _state(model)
-        key = state["model_class"]
-        state["versions"] = _versions(device)
-        for name, arr in arrays.items():
-            np.save(os.path.join(path, _DATA_DIR, name), arr, allow_pickle=False)
-        with open(os.path.join(path, _DATA_DIR, _STATE_FILE), "w") as fh:
-            json.dump(state, fh, indent=1, sort_keys=True)
+    key, device, centers = _write_data(model, path, serialization)
     mlmodel = mlflow_model if mlflow_model is not None else Model()
     mlmodel.signature = signature
     mlmodel.metadata = metadata

@@ -173,8 +173,7 @@ def log_model_dir(
         The READY model's reference.  On any failure the LoggedModel is finalized FAILED (its
         storage is never reused) and the error is raised.
     """
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
-    from mlflow.models import Model
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     c = _client()
     # The key first: a misconfigured key fails before anything is written to the store.
@@ -183,16 +182,7 @@ def log_model_dir(
     lm = c.create_logged_model(experiment_id, name=name, source_run_id=run_id,
                                params=_str_params(params), model_type=model_type, tags=dict(tags or {}))
     try:
-        with tempfile.TemporaryDirectory(prefix="kmeans-log-") as tmp:
-            local = os.path.join(tmp, "model")
-            # As Model.log does in MLflow 3: the MLmodel names the LoggedModel it belongs to.
-            mlmodel = Model(artifact_path=lm.artifact_location, run_id=run_id,
-                            model_uuid=lm.model_id, model_id=lm.model_id)
-            info = dict(save(local, mlmodel))
-            facts = {name: info[tag] for tag, name in _SIGNED_FACTS.items()}
-            hint = signing.sign_dir(local, manifest_of(local), {**facts, "model_id": lm.model_id}, key)
-            manifest = manifest_of(local)  # model.sig included
-            c.log_model_artifacts(lm.model_id, local)
+        info, manifest, hint = _upload_signed(c, lm, run_id, save, key)
         recorded = {MANIFEST_TAG: json.dumps(manifest, sort_keys=True, separators=(",", ":")), **info,
                     SIGNER_TAG: hint}
         if len(recorded[MANIFEST_TAG]) > _MAX_TAG_CHARS:
@@ -201,17 +191,44 @@ def log_model_dir(
         c.set_logged_model_tags(lm.model_id, recorded)
         c.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step=0)])
         if metrics:
-            now = int(time.time() * 1000)
-            c.log_batch(run_id, metrics=[
-                Metric(str(k), float(v), now, 0, run_id=run_id, model_id=lm.model_id)
-                for k, v in metrics.items()
-            ])
+            _log_model_metrics(c, run_id, lm.model_id, metrics)
         c.finalize_logged_model(lm.model_id, LoggedModelStatus.READY)
     except BaseException:
         with contextlib.suppress(Exception):
             c.finalize_logged_model(lm.model_id, LoggedModelStatus.FAILED)
         raise
     return LoggedRef(lm.model_id, lm.artifact_location, recorded)
+
+
+def _upload_signed(c: Any, lm: Any, run_id: str, save: Callable[[str, Any], Mapping[str, str]],
+                   key: Any) -> tuple[dict[str, str], dict[str, str], str]:
+    """Save the model folder with ``save``, sign it and upload it as LoggedModel ``lm``'s files.
+
+    Returns:
+        (the integrity tags ``save`` returned, the files' checksums with ``model.sig``, the signer hint).
+    """
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="kmeans-log-") as tmp:
+        local = os.path.join(tmp, "model")
+        # As Model.log does in MLflow 3: the MLmodel names the LoggedModel it belongs to.
+        mlmodel = Model(artifact_path=lm.artifact_location, run_id=run_id,
+                        model_uuid=lm.model_id, model_id=lm.model_id)
+        info = dict(save(local, mlmodel))
+        facts = {name: info[tag] for tag, name in _SIGNED_FACTS.items()}
+        hint = signing.sign_dir(local, manifest_of(local), {**facts, "model_id": lm.model_id}, key)
+        manifest = manifest_of(local)  # model.sig included
+        c.log_model_artifacts(lm.model_id, local)
+    return info, manifest, hint
+
+
+def _log_model_metrics(c: Any, run_id: str, model_id: str, metrics: Mapping[str, float]) -> None:
+    """``metrics`` on the run, linked to the LoggedModel ``model_id`` (one batch)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(str(k), float(v), now, 0, run_id=run_id, model_id=model_id)
+                                 for k, v in metrics.items()])
 
 
 # -- locating ---------------------------------------------------------------------------------
