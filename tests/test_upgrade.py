@@ -9,7 +9,8 @@ MLflow recorded are rewritten to that folder) and acts as an upgraded user would
 predict, promote with and without force (through the API and the entry point), migrate, resume,
 search into the same name.  The tests marked by the ``release`` fixture run against the store of
 each later format too (``tests/fixtures/upgrade-b5a04b5``, the checksum era); the signed format
-(0.2.0) is what this release writes, tested everywhere else.
+as 0.2.0 first wrote it (``tests/fixtures/upgrade-733e5ed``: twins without the cast step) loads as
+it is and has a test of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "upgrade-9634933"
 #: The last release before signatures (b5a04b5): LoggedModels with the store's checksums, no model.sig.
 CHECKSUM_ERA = REPO / "tests" / "fixtures" / "upgrade-b5a04b5"
+#: Signed format 1 as release 0.2.0 first wrote it (733e5ed): model.sig, twins without the cast step.
+SIGNED_ERA = REPO / "tests" / "fixtures" / "upgrade-733e5ed"
 NATIVE, TWIN = "blobs-kmeans", "blobs-kmeans-sklearn"
 #: Each earlier format's store, by the commit that wrote it.
 RELEASES = {"9634933": FIXTURE, "b5a04b5": CHECKSUM_ERA}
@@ -78,6 +81,19 @@ def release(request, tmp_path, monkeypatch):
     """Each earlier format's store in turn, opened as ``upgraded`` is: ``(commit, folder)``."""
     for folder in _opened(tmp_path, monkeypatch, RELEASES[request.param]):
         yield request.param, folder
+
+
+@pytest.fixture()
+def signed_era(tmp_path, monkeypatch):
+    """The store 733e5ed wrote, its signer's public key trusted beside a key of this session's
+    (which signs what this release registers), as a user who keeps signing would set it."""
+    from toolkit.registry import signing
+
+    private, public = signing.write_key_pair(tmp_path / "keys")
+    for folder in _opened(tmp_path, monkeypatch, SIGNED_ERA):
+        monkeypatch.setenv(signing.SIGNING_KEY_ENV, str(private))
+        monkeypatch.setenv(signing.TRUSTED_KEYS_ENV, os.pathsep.join([str(SIGNED_ERA / "signer.pub.pem"), str(public)]))
+        yield folder
 
 
 def _opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixture: Path):
@@ -388,3 +404,52 @@ def test_the_checksum_era_store_is_refused_then_migrated_with_trust_unsigned(che
     assert res.champion_version == "3" and res.challenger_version == "4"
     where = locate_study(_cfg("search.resume=true"))
     assert (where.storage, where.name) == (str(checksum_era / "mlflow.optuna.log"), "blobs-sklearn")
+
+
+def test_the_signed_format_store_loads_as_it_is_and_the_name_goes_on(signed_era, client, capsys):
+    """Release 733e5ed signed its models (format 1) and registered twins without the cast step:
+    listed, loaded and predicted as they are (native == twin), left alone by migrate, compared by
+    promote without force; its study (recorded on the parent run) resumes; a new search registers
+    into the name, renumbered to the champion's IDs, and force promotes it."""
+    from toolkit.convert import cast_dtype, predict_labels
+    from toolkit.data import load_dataset
+    from toolkit.registry import promote
+    from toolkit.registry.flavor import load_model
+    from toolkit.registry.migrate import migrate
+    from toolkit.search import search
+    from toolkit.search.study import locate_study
+    from toolkit.serving import load_predictor
+
+    c = MlflowClient()
+    assert sorted(m.name for m in c.search_registered_models()) == [NATIVE, TWIN]
+    for name in (NATIVE, TWIN):
+        assert sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'")) == [1, 2]
+        assert _aliases(name) == {"champion": "1", "challenger": "2"}
+    data = load_dataset(_cfg().data)
+    X = np.asarray(data.X, dtype=np.float32)
+    for ver in ("1", "2"):
+        native, twin = load_model(f"models:/{NATIVE}/{ver}"), load_model(f"models:/{TWIN}/{ver}")
+        assert cast_dtype(twin) is None  # the twin as that release wrote it
+        labels = np.asarray(predict_labels(native, X))
+        np.testing.assert_array_equal(np.asarray(predict_labels(twin, X)), labels)
+        np.testing.assert_array_equal(np.asarray(load_predictor(f"models:/{TWIN}/{ver}").predict(X)), labels)
+    run = c.create_run(c.get_experiment_by_name("blobs").experiment_id, run_name="migrate").info.run_id
+    assert not any(r.new_version for r in migrate(NATIVE, "unsigned", run_id=run))  # signed: nothing to do
+    assert len(c.search_model_versions(f"name='{NATIVE}'")) == 2
+    res = promote(NATIVE, data.X, data.y, metric="silhouette")  # both load: compared, no force needed
+    assert res.champion_score is not None and "cannot be loaded" not in res.reason
+
+    where = locate_study(_cfg("search.resume=true"))
+    assert (where.storage, where.name) == (str(signed_era / "mlflow.optuna.log"), "blobs-sklearn")
+    parent = c.get_model_version(NATIVE, "1").run_id
+    out = search(_cfg("search.resume=true", "search.n_trials=4", "registry.register_best=false"), client=client)
+    assert out.resumed and out.parent_run_id == parent
+
+    champion = _aliases(NATIVE)["champion"]
+    out = search(_cfg(), client=client, register=True)
+    assert out.registered.native_version == "3" and _aliases(NATIVE)["challenger"] == "3"
+    tags = c.get_model_version(NATIVE, "3").tags
+    # Matched to the old champion's cluster IDs: its signed files, reference sample included, load.
+    assert (tags["stable.status"], tags["stable.champion_version"]) == ("matched to champion", champion), tags
+    forced = promote(NATIVE, data.X, data.y, metric="silhouette", force=True)
+    assert forced.promoted and _aliases(NATIVE)["champion"] == _aliases(TWIN)["champion"] == "3"
