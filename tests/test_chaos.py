@@ -3,13 +3,14 @@
 Every case ends with the same checks (:func:`assert_record_trusted`): exactly ``n_trials``
 FINISHED child runs under the search's parent, zero RUNNING runs anywhere in the store, every
 registered version's files byte-for-byte what they were before the fault, and no planted secret
-in any file of the store (database, WAL, artifacts, Optuna journal) or on the console.
+in any file of the store (database, WAL, artifacts, Optuna journal) or on the console, and no
+orphan process (alive, outside pytest's tree, naming the test's folder: :func:`_orphans.orphans`).
 
 Cases here: the driver killed and resumed; a real ``mlflow server`` stopped (SIGSTOP, the search
 rides it out) and killed (the search fails within its retry budget, a resume after the restart
 writes every computed trial); the artifact store made read-only mid-search; the driver killed
-alone, after which no process it started may outlive it (the writer process killed mid-search is
-in ``tests/test_writer.py``).  Lost Dask workers
+alone, after which no process it started may outlive it; the child-run writer process killed
+mid-search (its replacement is unit-tested in ``tests/test_writer.py``).  Lost Dask workers
 are in ``tests/test_worker_loss.py`` (one per CPU backend), with the same checks.
 """
 
@@ -28,7 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
-from _records import children, running
+from _orphans import orphans
+from _records import artifact_dirs, children, running
 from _servers import free_port, kill_group, server_env, stop, wait_ready
 from mlflow import MlflowClient
 
@@ -81,8 +83,9 @@ def assert_record_trusted(uri: str, parent_id: str, n_trials: int, before: dict,
     after = registered_bytes(uri)
     for key, files in before.items():
         assert after.get(key) == files, f"registered version {key} changed"
-    assert grep(roots, SECRET) == []
+    assert grep([*roots, *artifact_dirs(mlc)], SECRET) == []  # artifacts too, wherever the driver put them
     assert SECRET not in console
+    assert not orphans(roots), orphans(roots)  # nothing a killed or finished driver started lives on
 
 
 # -- helpers for driver subprocesses ---------------------------------------------------------
@@ -388,7 +391,12 @@ def test_driver_killed_leaves_no_process_behind(tmp_path):
         assert sum("spawn_main" in c for c in lines) >= 3, lines  # the writer and two Dask workers
         os.kill(driver.pid, signal.SIGKILL)  # the driver only
         driver.wait(timeout=30)
-        time.sleep(5)
+        t0 = time.monotonic()
+        while any(_alive(p) for p in started) and time.monotonic() - t0 < 5:
+            time.sleep(0.1)
+        gone_s = time.monotonic() - t0
+        time.sleep(max(0.0, 5 - gone_s))  # and still none 5 s after the kill
+        print(f"\ndriver killed: its {len(started)} processes gone {gone_s:.1f} s later")
         left = [(p.pid, " ".join(p.cmdline())[:120]) for p in started if _alive(p)]
         assert not left, left
         holders = []
@@ -396,6 +404,9 @@ def test_driver_killed_leaves_no_process_behind(tmp_path):
             with contextlib.suppress(psutil.Error):
                 holders += [(p.pid, f.path) for f in p.open_files() if f.path.startswith(str(tmp_path))]
         assert not holders, holders
+        assert not orphans([tmp_path])  # nor one started after the snapshot (a replacement writer)
+        assert SECRET not in log.read_text()
+        assert grep([tmp_path, *artifact_dirs(MlflowClient(env["MLFLOW_TRACKING_URI"]))], SECRET) == []
     finally:
         kill_group(driver)
 
