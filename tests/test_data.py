@@ -325,3 +325,45 @@ def test_glob_with_an_extra_column(tmp_path, fmt):
     # A selected column that one file lacks names that file.
     msg = _error(_file_cfg(folder / f"part-*.{fmt}", columns=["x0", "extra"]))
     assert "part-0" in msg and "no column(s) extra" in msg
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e9], ids=["near", "centred"])
+def test_out_of_core_parquet_reads_the_same_blocks_straight_through_pyarrow(tmp_path, offset):
+    # data.persist=false re-reads the files every pass: one pyarrow task per file fills the float32
+    # block (toolkit.data._read_parquet_block); it must give exactly the blocks of the dd.read_parquet
+    # path (same values, dtype, order, rows per block, centring), whatever order each file stores
+    # its columns in and whatever their types (float64, float32, int64).
+    rng = np.random.default_rng(1)
+    n = 300
+    df = pd.DataFrame({
+        "a": offset + rng.normal(size=n),
+        "b": (offset + rng.normal(size=n) * 5).astype(np.float32),
+        "c": (int(offset) + rng.integers(-50, 50, n)).astype(np.int64),
+        "label": rng.integers(0, 3, n),
+    })
+    glob = _write_parts(df, tmp_path / "d", "parquet", [["a", "b", "c", "label"], ["c", "label", "a", "b"],
+                                                        ["label", "b", "c", "a"]])
+    for columns in (None, ["c", "a"]):
+        kw = {"columns": columns, "label_column": "label"}
+        direct = load_dataset(_file_cfg(glob, persist=False, **kw))
+        via_dask = load_dataset(_file_cfg(glob, **kw))
+        assert direct.feature_names == via_dask.feature_names
+        assert direct.X.dtype == via_dask.X.dtype == np.float32
+        # One block per file (dask.dataframe may fuse small files once columns are projected away).
+        assert direct.X.chunks == ((100, 100, 100), (len(direct.feature_names),))
+        assert columns or direct.X.chunks == via_dask.X.chunks
+        np.testing.assert_array_equal(direct.y, via_dask.y)
+        assert (direct.shift is None) == (via_dask.shift is None) == (not offset)
+        if direct.X.chunks == via_dask.X.chunks:  # the same partitions: the very same numbers
+            if offset:
+                np.testing.assert_array_equal(direct.shift, via_dask.shift)
+            np.testing.assert_array_equal(direct.X.compute(), via_dask.X.compute())
+        else:  # fused partitions sum the mean in another order: the shift may differ in its last bit
+            np.testing.assert_allclose(direct.shift if offset else 0.0, via_dask.shift if offset else 0.0,
+                                       rtol=1e-15)
+            np.testing.assert_allclose(direct.X.compute(), via_dask.X.compute(), rtol=0, atol=1e-6)
+        # The path taken: one task per file, named for the direct reader, nothing of dask.dataframe.
+        layers = list(direct.X.dask.layers)
+        assert len(layers) == 1 and layers[0].startswith("parquet-block-float32-"), layers
+        assert len(direct.X.__dask_graph__()) == 3
+        assert not any(k.startswith("parquet-block") for k in via_dask.X.dask.layers)

@@ -75,6 +75,10 @@ def test_s3_parquet_and_csv_are_read_and_fingerprinted_by_content(s3: object) ->
     assert ds.source == "s3://data/t/*.parquet" and ds.feature_names == ["a", "b", "c"]
     want = np.vstack([a.to_numpy(), b[["a", "b", "c"]].to_numpy()]).astype(np.float32)
     assert np.array_equal(np.asarray(ds.X), want)
+    # Out of core, each object is read by one pyarrow task through the URL's filesystem.
+    ooc = load_dataset(DataConfig(source="file", path="s3://data/t/*.parquet", persist=False))
+    assert next(iter(ooc.X.dask.layers)).startswith("parquet-block-") and ooc.X.chunks[0] == (40, 25)
+    assert np.array_equal(np.asarray(ooc.X), want)
     first = ds.digest()
     # A "directory" prefix reads the same objects.
     assert load_dataset(DataConfig(source="file", path="s3://data/t/")).digest() != first  # source differs

@@ -15,6 +15,7 @@ GPU placement (CuPy / dask_cudf) is the GPU backends' job: this module never imp
 
 from __future__ import annotations
 
+import functools
 import glob as _glob
 import hashlib
 import os
@@ -59,6 +60,9 @@ class Dataset:
     file_format: str | None = None
     columns: list[str] | None = None
     shift: np.ndarray | None = None
+    #: Direct Parquet reads only: ``(shift, dtype) -> Dask array`` of the same files, so the cast
+    #: builds float32 blocks in the reading task itself (see :func:`_parquet_array`).
+    _reread: Any = field(default=None, repr=False, compare=False)
 
     def raw(self, a: Any) -> Any:
         """Rows or centroids of ``X``'s coordinates in the data's own: float64 plus ``shift``
@@ -375,9 +379,8 @@ def read_table(
         raise DataError(f"cannot read {files[0]!r}: {msg}", "check data.columns and data.format") from None
 
 
-def numeric_block(ddf: Any, where: str) -> Any:
-    """Check every column is numeric and return a float64 Dask array with known chunk sizes
-    (:func:`load_dataset` casts it to float32, centred first where the cast would lose precision)."""
+def _check_numeric(ddf: Any, where: str) -> None:
+    """Raise :class:`DataError` for a non-numeric column of ``ddf`` (from its metadata, no rows read)."""
     import pandas as pd
 
     bad = [str(c) for c, t in ddf.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
@@ -388,6 +391,96 @@ def numeric_block(ddf: Any, where: str) -> Any:
             f"{where} has non-numeric column(s): {', '.join(bad)}",
             "select numeric columns with data.columns or encode them first",
         )
+
+
+#: Rows a Parquet block is filled in at a time: all columns of 16k rows stay in cache while the
+#: C-order block is written (column by column over the whole block strides through memory).
+_FILL_ROWS = 16_384
+#: Name prefix of the direct reader's tasks (the dask dashboard and tests see it).
+PARQUET_TASK = "parquet-block"
+
+
+def _read_parquet_block(path: str, columns: list[str], shift: np.ndarray | None, dtype: Any) -> np.ndarray:
+    """One Parquet file as one ``dtype`` block of ``columns``, minus ``shift``, read on a worker
+    (float32: C-order, as the kernels take it; float64, for the statistics pass: column-major).
+
+    The values are those of the ``dd.read_parquet`` -> float64 -> ``(X - shift).astype(float32)``
+    chain, without pandas or the float64 block: a float32/float64 column is taken as it is
+    (``- shift`` in float64 where it is centred), any other numeric type is cast to float64 by Arrow
+    first (nulls become NaN), then each value is rounded once into ``dtype``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if is_url(path):  # the worker's own credentials, through the URL's filesystem
+        fs, inner = url_fs(path)
+        table = pq.read_table(inner, columns=columns, filesystem=fs)
+    else:
+        table = pq.read_table(path, columns=columns)
+    cols = []
+    for name in columns:
+        col = table.column(name)
+        if not (pa.types.is_float32(col.type) or pa.types.is_float64(col.type)):
+            col = col.cast(pa.float64(), safe=False)
+        cols.append(col.to_numpy())
+    if np.dtype(dtype) == np.float64:  # the statistics pass: column-major, as pandas hands its blocks over
+        out = np.empty((table.num_rows, len(columns)), dtype=dtype, order="F")
+        for j, c in enumerate(cols):
+            out[:, j] = c if shift is None else c.astype(np.float64) - shift[j]
+        return out
+    out = np.empty((table.num_rows, len(columns)), dtype=dtype)
+    del table  # the NumPy views keep the buffers they need; the rest goes now
+    for r0 in range(0, out.shape[0], _FILL_ROWS):
+        r1 = min(r0 + _FILL_ROWS, out.shape[0])
+        for j, c in enumerate(cols):
+            if shift is None:
+                out[r0:r1, j] = c[r0:r1]
+            else:  # centred in float64, then rounded once, as (X - shift).astype(float32)
+                out[r0:r1, j] = c[r0:r1].astype(np.float64) - shift[j]
+    return out
+
+
+def _parquet_rows(path: str) -> int:
+    """A Parquet file's row count, from its footer."""
+    import pyarrow.parquet as pq
+
+    if is_url(path):
+        fs, inner = url_fs(path)
+        with fs.open(inner, "rb") as fh:
+            return int(pq.read_metadata(fh).num_rows)
+    return int(pq.read_metadata(path).num_rows)
+
+
+def _parquet_array(files: list[str], columns: list[str], rows: list[int], shift: np.ndarray | None,
+                   dtype: Any) -> Any:
+    """A Dask array of one block per Parquet file, each read by :func:`_read_parquet_block` in one task."""
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    stamps = [_file_fingerprint(f) if not is_url(f) else f for f in files]  # a rewritten file: new keys
+    name = f"{PARQUET_TASK}-{np.dtype(dtype).name}-{tokenize(stamps, columns, rows, shift, np.dtype(dtype).str)}"
+    dsk = {(name, i, 0): (_read_parquet_block, f, list(columns), shift, np.dtype(dtype))
+           for i, f in enumerate(files)}
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks=(tuple(rows), (len(columns),)), dtype=np.dtype(dtype))
+
+
+def _direct_parquet(files: list[str], columns: list[str]) -> Any:
+    """``(float64 array, re-reader)`` for Parquet ``files`` read one block per file, or None where
+    a file's footer cannot be read (a directory, a damaged file: ``dd.read_parquet`` reports it)."""
+    try:
+        rows = [_parquet_rows(f) for f in files]
+    except Exception:  # any footer problem: the Dask path, and its own errors
+        return None
+    reread = functools.partial(_parquet_array, list(files), list(columns), rows)  # picklable, like the Dataset
+    return reread(None, np.float64), reread
+
+
+def numeric_block(ddf: Any, where: str) -> Any:
+    """Check every column is numeric and return a float64 Dask array with known chunk sizes
+    (:func:`load_dataset` casts it to float32, centred first where the cast would lose precision)."""
+    _check_numeric(ddf, where)
     # Optimise first: column projection can fuse small Parquet files into fewer partitions,
     # and lengths computed on the optimised graph must match the array's partitions.
     X = ddf.astype(np.float64).optimize().to_dask_array(lengths=True)
@@ -416,7 +509,17 @@ def _files(cfg: DataConfig) -> Dataset:
         ddf = ddf.drop(columns=[cfg.label_column])
     if len(ddf.columns) == 0:
         raise DataError(f"{cfg.path!r} has no feature columns", "check data.columns")
-    X = numeric_block(ddf, repr(cfg.path))
+    reread = None
+    direct = None
+    if fmt == "parquet" and not cfg.persist:
+        # Out of core every pass re-reads the files: one pyarrow task per file straight into a
+        # C-order block, no pandas frame and no float64 copy (and no pass to count rows).
+        _check_numeric(ddf, repr(cfg.path))
+        direct = _direct_parquet(files, [str(c) for c in ddf.columns])
+    if direct is not None:
+        X, reread = direct
+    else:
+        X = numeric_block(ddf, repr(cfg.path))
     if X.shape[0] == 0:
         raise DataError(f"{cfg.path!r} holds no rows", "point at non-empty data")
     return Dataset(
@@ -428,6 +531,7 @@ def _files(cfg: DataConfig) -> Dataset:
         files=files,
         file_format=fmt,
         columns=columns,
+        _reread=reread,
     )
 
 
@@ -520,7 +624,10 @@ def _cast(ds: Dataset, validate: bool) -> Dataset:
             dev, dev_sq = _moments(X, mean)
             shift = precision_shift(mean, dev_sq - dev * dev, what)
     # Centred in float64, then cast: the differences that separate the points survive.
-    X32 = X.astype(np.float32) if shift is None else (X - shift).astype(np.float32)
+    if ds._reread is not None:  # the same values, rounded once in the task that reads the file
+        X32 = ds._reread(shift, np.float32)
+    else:
+        X32 = X.astype(np.float32) if shift is None else (X - shift).astype(np.float32)
     if validate and isinstance(X32, np.ndarray) and not np.all(np.isfinite(X32)):
         check_finite(X32, what=f"{what} (as float32)")  # beyond float32's range
     ds.X, ds.shift = X32, shift
