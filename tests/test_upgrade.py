@@ -10,7 +10,7 @@ predict, promote with and without force (through the API and the entry point), m
 search into the same name.  The tests marked by the ``release`` fixture run against the store of
 each later format too (``tests/fixtures/upgrade-b5a04b5``, the checksum era); the signed format
 as 0.2.0 first wrote it (``tests/fixtures/upgrade-733e5ed``: twins without the cast step) loads as
-it is and has a test of its own.
+it is, migrate rewrites only its twins, and it has a test of its own.
 """
 
 from __future__ import annotations
@@ -406,11 +406,15 @@ def test_the_checksum_era_store_is_refused_then_migrated_with_trust_unsigned(che
     assert (where.storage, where.name) == (str(checksum_era / "mlflow.optuna.log"), "blobs-sklearn")
 
 
-def test_the_signed_format_store_loads_as_it_is_and_the_name_goes_on(signed_era, client, capsys):
+def test_the_signed_format_store_loads_as_it_is_and_the_name_goes_on(signed_era, client, monkeypatch):
     """Release 733e5ed signed its models (format 1) and registered twins without the cast step:
-    listed, loaded and predicted as they are (native == twin), left alone by migrate, compared by
-    promote without force; its study (recorded on the parent run) resumes; a new search registers
-    into the name, renumbered to the champion's IDs, and force promotes it."""
+    listed, loaded and predicted as they are (native == twin); stock ``mlflow.sklearn`` predicts
+    only float32 rows with those twins (finding 3's limit), so migrate rewrites the twins alone
+    (``signed-no-cast``), after which both widths give the same labels; promote compares without
+    force; its study (recorded on the parent run) resumes; a new search registers into the name,
+    renumbered to the champion's IDs, and force promotes it."""
+    import mlflow
+
     from toolkit.convert import cast_dtype, predict_labels
     from toolkit.data import load_dataset
     from toolkit.registry import promote
@@ -433,9 +437,21 @@ def test_the_signed_format_store_loads_as_it_is_and_the_name_goes_on(signed_era,
         labels = np.asarray(predict_labels(native, X))
         np.testing.assert_array_equal(np.asarray(predict_labels(twin, X)), labels)
         np.testing.assert_array_equal(np.asarray(load_predictor(f"models:/{TWIN}/{ver}").predict(X)), labels)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # stock mlflow.sklearn's opt-in
+    with pytest.raises(ValueError, match="Buffer dtype mismatch"):
+        mlflow.sklearn.load_model(f"models:/{TWIN}/1").predict(X.astype(np.float64))
     run = c.create_run(c.get_experiment_by_name("blobs").experiment_id, run_name="migrate").info.run_id
-    assert not any(r.new_version for r in migrate(NATIVE, "unsigned", run_id=run))  # signed: nothing to do
-    assert len(c.search_model_versions(f"name='{NATIVE}'")) == 2
+    results = migrate(NATIVE, "unsigned", run_id=run)
+    assert {(r.name, r.version, r.new_version, r.source_format) for r in results} == {
+        (NATIVE, "1", None, "current"), (NATIVE, "2", None, "current"),
+        (TWIN, "1", "3", "signed-no-cast"), (TWIN, "2", "4", "signed-no-cast")}
+    assert _aliases(NATIVE) == {"champion": "1", "challenger": "2"}
+    assert _aliases(TWIN) == {"champion": "3", "challenger": "4"}
+    assert c.get_model_version(NATIVE, "1").tags["twin.version"] == "3"
+    stock = mlflow.sklearn.load_model(f"models:/{TWIN}/3")
+    expected = np.asarray(predict_labels(load_model(f"models:/{NATIVE}/1"), X))
+    for dtype in (np.float32, np.float64):
+        np.testing.assert_array_equal(stock.predict(X.astype(dtype)), expected)
     res = promote(NATIVE, data.X, data.y, metric="silhouette")  # both load: compared, no force needed
     assert res.champion_score is not None and "cannot be loaded" not in res.reason
 
@@ -452,4 +468,5 @@ def test_the_signed_format_store_loads_as_it_is_and_the_name_goes_on(signed_era,
     # Matched to the old champion's cluster IDs: its signed files, reference sample included, load.
     assert (tags["stable.status"], tags["stable.champion_version"]) == ("matched to champion", champion), tags
     forced = promote(NATIVE, data.X, data.y, metric="silhouette", force=True)
-    assert forced.promoted and _aliases(NATIVE)["champion"] == _aliases(TWIN)["champion"] == "3"
+    assert forced.promoted and _aliases(NATIVE)["champion"] == "3"
+    assert _aliases(TWIN)["champion"] == out.registered.sklearn_version == "5"

@@ -8,7 +8,10 @@ Earlier releases wrote formats this release does not load by default:
   with no checksums and no signature;
 * ``unsigned`` (checksums, before signatures): a LoggedModel whose files' sha256 the store
   recorded (``integrity.sha256``) but with no ``model.sig``;
-* ``signed-pickle``: a signed model in the opt-in pickle format.
+* ``signed-pickle``: a signed model in the opt-in pickle format;
+* ``signed-no-cast``: a signed scikit-learn twin registered before twins had a cast step (0.2.0
+  as first cut): stock ``mlflow.sklearn`` refuses rows of the other float width; it is rebuilt
+  with the cast (its signature already vouches for its files: any trust suffices).
 
 :func:`migrate` loads each such version ONCE under a trust decision the caller states
 (``trust``: :data:`UNSIGNED` accepts files nobody signed -- checked against the store's checksums
@@ -67,6 +70,7 @@ _RUN_TAG = "migration.run_id"
 _AT_TAG = "migration.migrated_at"
 #: Formats an old version can be in, with the trust each needs.
 RUN_ARTIFACTS, UNSIGNED_LM, SIGNED_PICKLE, CURRENT = "run-artifacts", "unsigned", "signed-pickle", "current"
+SIGNED_NO_CAST = "signed-no-cast"
 # Tags never copied to the new version: its own integrity record, its own twin link, the old
 # version's migration marks.
 _NOT_COPIED = (*integrity.INTEGRITY_TAGS, integrity.MODEL_ID_TAG, integrity.SIGNER_TAG, "twin.version",
@@ -131,8 +135,9 @@ def _is_run_artifacts(mv: Any) -> bool:
 
 
 def classify(mv: Any) -> Migration:
-    """The format of version ``mv`` and the trust loading it needs (no model file is read:
-    only the signature, or the MLmodel of a run-artifact model).
+    """The format of version ``mv`` and the trust loading it needs (only the signature, or the
+    MLmodel of a run-artifact model, is read; and a signed twin, with skops' trusted types, to see
+    whether it has the cast step).
 
     Raises:
         ModelError: the version cannot be checked for a reason no migration fixes (a signature
@@ -151,7 +156,16 @@ def classify(mv: Any) -> Migration:
             return Migration(name, ver, UNSIGNED_LM, PICKLE if fmt == flavor.PICKLE else UNSIGNED)
         if fmt == flavor.PICKLE:
             return Migration(name, ver, SIGNED_PICKLE, PICKLE)
+        if fmt == flavor.SKOPS and _without_cast(verified):
+            return Migration(name, ver, SIGNED_NO_CAST, UNSIGNED)
     return Migration(name, ver, CURRENT, None)
+
+
+def _without_cast(verified: Any) -> bool:
+    """Whether a signed twin predates the cast step (stock MLflow then predicts one float width only)."""
+    from toolkit.convert import cast_dtype
+
+    return cast_dtype(flavor.load_verified(verified)) is None
 
 
 def _quiet() -> contextlib.AbstractContextManager[None]:
@@ -260,7 +274,8 @@ def _facts_of(model: Any) -> dict[str, str]:
 
 
 def _load_logged(mv: Any) -> _Loaded:
-    """An unsigned LoggedModel (checked against the store's checksums) or a signed pickle."""
+    """An unsigned LoggedModel (checked against the store's checksums), a signed pickle or a
+    signed twin without the cast step."""
     from toolkit.stats.profile import read_profile
 
     with _allow_unsigned(), integrity.fetch_verified(f"models:/{mv.name}/{mv.version}") as verified:
