@@ -89,3 +89,39 @@ def test_a_search_with_the_tricks_off_writes_the_same_record(store, client, tmp_
         got[setting] = _record(mlc, search(cfg, client=client))
     assert got["1"] == got["0"]
     assert len(got["0"]["children"]) == 2 and got["0"]["baseline"] is not None
+
+
+def test_the_dask_backend_starts_loading_kernels_on_workers_only_when_on(client, tmp_path, monkeypatch):
+    """The dask backend's worker warm-up is one of the tricks: off, no worker starts it; on, every one."""
+    from toolkit.backends.dask_lloyd import DaskBackend
+    from toolkit.kmeans_dask import preload
+
+    def start() -> bool:  # on the workers (local processes: they share tmp_path)
+        (tmp_path / f"preload-{os.getpid()}").touch()
+        return True
+
+    monkeypatch.setattr(preload, "_start_loading", start)
+    for setting in ("0", "1"):
+        monkeypatch.setenv(_speedups.SWITCH_ENV, setting)
+        DaskBackend(client=client)
+        started = sorted(p.name for p in tmp_path.iterdir())
+        assert len(started) == (0 if setting == "0" else len(client.scheduler_info()["workers"])), (setting, started)
+
+
+def _kernels_loaded_by_preload() -> bool:
+    """On a worker: wait for the preload thread, then whether the Lloyd kernel is loaded."""
+    from toolkit.kmeans_dask import preload
+
+    if preload._thread is None:
+        return False
+    preload._thread.join(120)
+    from toolkit.kmeans_dask import _numba
+
+    return bool(_numba.lloyd_stats.signatures) and bool(_numba.assign.signatures)
+
+
+def test_load_on_workers_loads_the_lloyd_kernels_in_the_background(client):
+    from toolkit.kmeans_dask.preload import load_on_workers
+
+    load_on_workers(client)
+    assert set(client.run(_kernels_loaded_by_preload).values()) == {True}

@@ -14,7 +14,10 @@ The tricks, and what each is for (figures: ``benchmarks/RESULTS.md``):
   index of installed packages (:func:`toolkit.registry.register.warm_up`) while the baseline
   runs, not between the last trial and the registered model; the fitting code imported on every
   Dask worker when the trial-parallel runner starts
-  (:func:`toolkit.search.trials._warm_up`), not inside the first trials' fit times.
+  (:func:`toolkit.search.trials._warm_up`), not inside the first trials' fit times; the ``dask``
+  backend's compiled kernels loaded on every worker process as soon as the backend gets its
+  client (:func:`toolkit.kmeans_dask.preload.load_on_workers`), while the data is loaded and
+  placed, not inside the first fit.
 * **overlap** (:func:`background`): the labelled baseline on a thread of its own while the
   driver writes the summary, with its imports done first on the calling thread (two threads
   importing at once can be refused by Python as a deadlock).

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from toolkit import _speedups
 from toolkit.backends.base import FitResult, KMeansBackend
 from toolkit.backends.daskml import to_dask_array, warm_workers
 from toolkit.config import ModelConfig
@@ -23,6 +24,7 @@ from toolkit.data import Dataset
 from toolkit.errors import ConfigError
 from toolkit.kmeans_dask import DaskKMeans, lloyd_fit
 from toolkit.kmeans_dask.kernels import aligned_f32, warm_kernels
+from toolkit.kmeans_dask.preload import load_on_workers
 from toolkit.kmeans_dask.watch import PAUSED_GRACE_S, WorkerMemoryError
 
 __all__ = ["READ_FACTOR", "DaskBackend", "DaskKMeans", "check_worker_memory", "lloyd_fit"]
@@ -113,6 +115,8 @@ class DaskBackend(KMeansBackend):
         """``paused_grace_s``: see :class:`~toolkit.kmeans_dask.DaskKMeans` (data not persisted)."""
         super().__init__(client, **kwargs)
         self.paused_grace_s = paused_grace_s
+        # A head start: worker processes load the kernels while the caller loads and places the data.
+        _speedups.warm(load_on_workers, client)
 
     def prepare(self, dataset: Dataset) -> Any:
         """The data as a float32 Dask array, persisted on the workers unless ``persist=False``."""
