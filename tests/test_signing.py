@@ -381,3 +381,30 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path, monkeypatch,
     assert done.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exist" in err[0] and "--overwrite true" in err[0]
+
+
+# -- a signature format this release does not know ----------------------------------------------
+
+
+def test_a_signature_in_a_newer_format_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A model signed by a later release (signature format 2) is refused before any file is read,
+    naming the release and the format, instead of being read as if it were format 1."""
+    from cryptography.hazmat.primitives import serialization
+
+    private, public = _keys(tmp_path, "k")
+    key = serialization.load_pem_private_key(private.read_bytes(), None)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "centers.npy").write_bytes(b"not read")
+    info = {"format": "kmeans-npy", "model_class": "sklearn.cluster._kmeans.KMeans", "centers_shape": "6x2",
+            "model_id": "m-1"}
+    trusted = [signing.TrustedKey(serialization.load_pem_public_key(public.read_bytes()), str(public))]
+    signing.sign_dir(str(folder), integrity.manifest_of(str(folder)), info, key)
+    assert signing.read_signature(str(folder), "model m-1", trusted).info["format_version"] == "1"
+    with monkeypatch.context() as later_release:  # what a release writing format 2 would sign
+        later_release.setattr(signing, "FORMAT_VERSION", 2)
+        signing.sign_dir(str(folder), integrity.manifest_of(str(folder)), info, key)
+    with pytest.raises(ModelError) as err:
+        signing.read_signature(str(folder), "model m-1", trusted)
+    line = str(err.value)
+    assert "signature format 2, which this version does not read" in line and "\n" not in line
