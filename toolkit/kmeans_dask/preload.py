@@ -52,6 +52,8 @@ def load_on_workers(client: Any) -> None:
     the loading itself goes on in the background).  Threaded workers are left alone."""
     if client is None:
         return
-    workers = [a for a in client.scheduler_info().get("workers", {}) if not str(a).startswith("inproc://")]
-    if workers:
-        client.run(_start_loading, workers=workers)
+    # A head start only: a worker lost or unreachable now is the fit's to find and report.
+    with contextlib.suppress(Exception):
+        workers = [a for a in client.scheduler_info().get("workers", {}) if not str(a).startswith("inproc://")]
+        if workers:
+            client.run(_start_loading, workers=workers)
