@@ -43,6 +43,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -275,8 +276,14 @@ class Bed:
         drop = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
         # `ip netns exec` gives the command a mount namespace of its own (slave to the root's):
         # the bind mount of the host's /tmp is seen by this command and its children only.
+        mount = 'mount --bind "$0" /tmp'
+        inside = _repo_under_tmp()
+        if inside is not None:
+            # A checkout under /tmp would vanish behind the private /tmp: every host sees it at
+            # its own path, mounted onto the host's /tmp (recursively bound, so it comes along).
+            mount = f'mount --bind {shlex.quote(str(REPO))} "$0"/{shlex.quote(str(inside))} && mount --rbind "$0" /tmp'
         return ["ip", "netns", "exec", self.netns(host), "sh", "-c",
-                'mount --bind "$0" /tmp && cd "$1" && shift && exec "$@"', str(self.tmp(host)), str(cwd),
+                f'{mount} && cd "$1" && shift && exec "$@"', str(self.tmp(host)), str(cwd),
                 *drop, *map(str, cmd)]
 
     def start_process(self, host: str, name: str, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -350,6 +357,9 @@ class Bed:
             folder = self.tmp(host)
             folder.mkdir(parents=True)
             folder.chmod(0o1777)  # a /tmp: the postgres user writes in the db host's
+            inside = _repo_under_tmp()
+            if inside is not None:
+                (folder / inside).mkdir(parents=True)  # where the checkout is mounted (see wrap)
 
     def _add_netns(self, name: str) -> None:
         _sh("ip", "netns", "add", name)
@@ -556,6 +566,14 @@ class Bed:
                 "worker1": "dask worker (1 thread)", "worker2": "dask worker (1 thread)",
                 "driver": "entry points (python -m mlproject.* / mlflow run)"}
         return "\n".join(f"  {h:<10} {address(h):<12} {self.netns(h):<22} {what[h]}" for h in HOSTS)
+
+
+def _repo_under_tmp() -> Path | None:
+    """The checkout's path relative to ``/tmp`` when it lives there (a clone in a temp dir), else None."""
+    try:
+        return REPO.resolve().relative_to("/tmp")
+    except ValueError:
+        return None
 
 
 def _kill_netns(ns: str) -> None:

@@ -34,6 +34,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from testbed import multihost  # noqa: E402
+from testbed._procs import kill_process_group  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -315,7 +316,7 @@ class _Watch:
         return self.latest.get(multihost.address(host), 0)
 
     def close(self) -> None:
-        multihost._kill_group(self.proc)
+        kill_process_group(self.proc)
 
 
 @pytest.mark.timeout(600)
@@ -349,7 +350,7 @@ def test_a_worker_link_cut_mid_search_still_ends_with_every_trial_and_the_same_b
         reader.join(timeout=30)
     finally:
         if proc.poll() is None:
-            multihost._kill_group(proc)
+            kill_process_group(proc)
         watch.close()
     out = "".join(lines)
     assert proc.returncode == 0, out[-4000:]
