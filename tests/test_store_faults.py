@@ -165,3 +165,39 @@ def test_experiment_creation_tolerates_a_race(tracking_uri):
         t.join()
     assert not errors, errors[0]
     assert len(set(ids)) == 10 and len(ids) == 80
+
+
+def test_searches_logging_the_same_dataset_at_once_all_record_it(tracking_uri):
+    """Eight runs of one experiment log the same dataset at once (searches started together on
+    one data set): MLflow looks the dataset up, then inserts it, so all but one used to fail with
+    a unique-key error on the dataset (a driver of eight on one server was lost to it); each run
+    now records it, against one dataset row."""
+    import threading
+
+    from toolkit.config import DataConfig
+    from toolkit.data import load_dataset
+    from toolkit.tracking.record import log_dataset
+    from toolkit.tracking.runs import client, get_or_create_experiment
+
+    dataset = load_dataset(DataConfig(n_samples=200, n_features=2, centers=3))
+    mlc = client()
+    exp = get_or_create_experiment("dataset-race")
+    runs = [mlc.create_run(exp).info.run_id for _ in range(8)]
+    barrier, errors = threading.Barrier(8), []
+
+    def log(run_id: str) -> None:
+        barrier.wait()
+        try:
+            log_dataset(run_id, dataset)
+        except Exception as exc:  # the race's losers, before the fix
+            errors.append(exc)
+
+    threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    logged = [MlflowClient(tracking_uri).get_run(r).inputs.dataset_inputs for r in runs]
+    assert all(len(d) == 1 for d in logged)
+    assert len({(d[0].dataset.name, d[0].dataset.digest) for d in logged}) == 1

@@ -166,4 +166,23 @@ def log_dataset(run_id: str, dataset: Any, context: str = "training") -> None:
                               source=meta["source"], schema=meta.get("schema"), profile=meta.get("profile")),
         tags=[InputTag(key="mlflow.data.context", value=context)],
     )
-    client().log_inputs(run_id, datasets=[entity])
+    _log_inputs_tolerating_a_race(run_id, entity)
+
+
+#: How a store reports that another writer inserted the same dataset row first (PostgreSQL through
+#: the server, MySQL, sqlite): MLflow's ``log_inputs`` looks the dataset up, then inserts it.
+_DATASET_RACE = ("dataset_pk", "duplicate key", "unique constraint failed: datasets", "duplicate entry")
+
+
+def _log_inputs_tolerating_a_race(run_id: str, entity: Any, attempts: int = 3) -> None:
+    """``log_inputs``, again when a concurrent search logged the same dataset to the experiment
+    between MLflow's look-up and its insert: the retry finds that row and links it (eight
+    searches on one server lost a driver to this)."""
+    for attempt in range(attempts):
+        try:
+            client().log_inputs(run_id, datasets=[entity])
+            return
+        except Exception as exc:
+            if attempt == attempts - 1 or not any(m in str(exc).lower() for m in _DATASET_RACE):
+                raise
+            time.sleep(0.05 * (attempt + 1))
