@@ -147,7 +147,7 @@ do_run() {
     step "depcheck" "${KIT[@]}" depcheck "$STAGE_DIR" "$SITE_DIR" >"$OUT/depcheck.txt" 2>&1 || true
     cat "$OUT/depcheck.txt"
     if [[ ${GPU_SKIP_TESTS:-0} != 1 ]]; then
-        (cd "$REPO" && step "pytest -m gpu" timeout -k 10 "$PYTEST_TIMEOUT" "$PY" -m pytest -m gpu -q \
+        (cd "$REPO" && step "pytest -m gpu" timeout -k 10 "$PYTEST_TIMEOUT" "$PY" -m pytest -m gpu -q -n 0 \
             -p no:cacheprovider --junitxml="$OUT/gpu-junit.xml" tests/) \
             2>&1 | tee "$OUT/pytest.log" || true
         rc=$(awk -F'\t' '$1=="pytest -m gpu"{r=$3} END{print r+0}' "$TIMINGS")

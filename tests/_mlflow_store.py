@@ -50,10 +50,14 @@ def mlflow_pointed_at(uri: str, mp: pytest.MonkeyPatch) -> Iterator[str]:
     MLflow's own module state), with no run or experiment inherited; MLflow's state is restored
     on exit (``mp`` restores the environment)."""
     import mlflow
+    from mlflow.tracking import fluent
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
+    # An experiment another test set (mlflow.set_experiment) is an id in another store: in this
+    # one it names nothing, or the wrong experiment, so runs start in the default one instead.
+    fluent._active_experiment_id = None
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.setenv("MLFLOW_REGISTRY_URI", uri)
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
@@ -63,4 +67,4 @@ def mlflow_pointed_at(uri: str, mp: pytest.MonkeyPatch) -> Iterator[str]:
     try:
         yield uri
     finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = saved

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,49 @@ import pytest
 from _mlflow_run import run_env
 
 REPO = Path(__file__).resolve().parents[1]
+#: Seconds each test module took in one whole run (``pytest --record-module-costs``): the suite
+#: runs on several processes, a module at a time (``--dist loadfile``), and starting the longest
+#: modules first keeps one of them from running alone at the end.
+MODULE_COSTS = Path(__file__).with_name("module_costs.json")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--record-module-costs", action="store_true",
+                     help=f"write each module's seconds in this run to {MODULE_COSTS.name} (run the whole suite)")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: a worker per core, at most 4 (each may start a Dask cluster of its own and
+    entry-point subprocesses; more would only trade CPU between them)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def _order_by_cost(items: list[pytest.Item]) -> None:
+    """Longest modules first (costs from the last recorded run; unknown ones after, in their
+    collection order), tests within a module in their own order."""
+    try:
+        costs = json.loads(MODULE_COSTS.read_text())
+    except (OSError, ValueError):
+        return
+    rank = {}
+    for item in items:
+        rank.setdefault(item.nodeid.split("::")[0], len(rank))
+    items.sort(key=lambda it: (-costs.get(it.nodeid.split("::")[0], 0.0), rank[it.nodeid.split("::")[0]]))
+
+
+_spent: Counter[str] = Counter()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Runs where the reports arrive: the main process, also under xdist.
+    _spent[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not session.config.getoption("--record-module-costs") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    costs = {m: round(s, 1) for m, s in sorted(_spent.items(), key=lambda kv: -kv[1]) if s >= 1.0}
+    MODULE_COSTS.write_text(json.dumps(costs, indent=1) + "\n")
 
 
 def _gpu_available() -> bool:
@@ -20,6 +66,7 @@ def _gpu_available() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _order_by_cost(items)
     if not any("gpu" in item.keywords for item in items):
         return
     if _gpu_available():
