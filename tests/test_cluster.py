@@ -43,6 +43,29 @@ def test_scheduler_from_environment(client, monkeypatch):
     assert c.status == "closed"
 
 
+def test_a_memory_limit_of_your_own_runs_local_workers_as_processes(monkeypatch):
+    """A threaded worker's memory monitor measures the whole driver process: under a limit of the
+    user's own it paused both workers of a trial-parallel search for good.  With
+    ``processes=auto`` such a limit now starts worker processes (each limited, as the key says);
+    with ``processes=false`` it is refused in one line naming both keys and the fix."""
+    from toolkit.cluster import use_processes
+    from toolkit.config import load_experiment
+    from toolkit.errors import ConfigError
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert not use_processes(ClusterConfig(), threads_suit=True)  # small trials: threads, as before
+    assert not use_processes(ClusterConfig(memory_limit="0"), threads_suit=True)  # "0": no limit
+    with dask_client(ClusterConfig(n_workers=1, memory_limit="1GiB"), threads_suit=True) as c:
+        (pid,) = c.run(os.getpid).values()
+        (limit,) = (w["memory_limit"] for w in c.scheduler_info()["workers"].values())
+    assert pid != os.getpid() and limit == 2**30
+    with pytest.raises(ConfigError) as exc:
+        load_experiment(None, {"cluster.processes": False, "cluster.memory_limit": "512MiB"})
+    text = str(exc.value)
+    assert "\n" not in text and "memory_limit=512MiB" in text and "processes=false" in text
+    assert "cluster.processes=true" in text
+
+
 def test_local_cluster_is_closed_on_error(monkeypatch):
     # Explicitly about start/close: a small threaded LocalCluster, closed by dask_client itself.
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
@@ -199,7 +222,8 @@ def test_threaded_cluster_tag_names_the_bound_host(monkeypatch):
 def test_dashboard_address_can_expose_the_dashboard(monkeypatch, address, processes):
     # ":port" binds every interface too (as the config's description says), host= or not.
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
-    cfg = ClusterConfig(n_workers=1, processes=processes, memory_limit="1GiB", dashboard_address=address)
+    cfg = ClusterConfig(n_workers=1, processes=processes, memory_limit="1GiB" if processes else "auto",
+                        dashboard_address=address)
     with dask_client(cfg) as c:
         assert _listening(_dashboard_port(c)) & {"0.0.0.0", "::"}
         # any interface: Dask's link works

@@ -103,9 +103,13 @@ def use_processes(cfg: ClusterConfig, threads_suit: bool = False) -> bool:
     """Whether a local cluster for ``cfg`` runs its workers as processes.
 
     ``threads_suit``: the work is trials whose fits release the GIL, which threads of this
-    process run side by side without starting processes or copying the data to them.
+    process run side by side without starting processes or copying the data to them.  A
+    ``memory_limit`` of the user's own means processes: it limits each worker process, and a
+    threaded worker would count the whole driver against it (see ``ClusterConfig``).
     """
-    return (not threads_suit) if cfg.processes == "auto" else bool(cfg.processes)
+    if cfg.processes == "auto":
+        return not threads_suit or cfg.limits_each_worker
+    return bool(cfg.processes)
 
 
 def _local_cluster(cfg: ClusterConfig, processes: bool) -> Any:

@@ -157,7 +157,12 @@ class ClusterConfig(_Strict):
     )
     n_workers: int = Field(2, gt=0)
     threads_per_worker: int = Field(1, gt=0)
-    memory_limit: str = "auto"
+    memory_limit: str = Field(
+        "auto",
+        description="each worker process's memory limit, e.g. 2GiB ('auto': Dask's share of the "
+        "machine's memory, '0': none); a limit of your own runs local workers as processes "
+        "(processes=false with one is refused: a threaded worker counts the whole driver against it)",
+    )
     processes: bool | Literal["auto"] = Field(
         "auto",
         description="true: workers as separate processes; false: threads of the driver; 'auto': "
@@ -209,6 +214,24 @@ class ClusterConfig(_Strict):
         if not isinstance(value, str) or not sep or not port.isdigit() or int(port) > 65535:
             raise ValueError("must be host:port or :port, e.g. 127.0.0.1:0, :8787 or 0.0.0.0:0")
         return value.strip()
+
+    @property
+    def limits_each_worker(self) -> bool:
+        """Whether ``memory_limit`` is a limit of the user's own ('auto' and '0' are Dask's
+        default and no limit)."""
+        return str(self.memory_limit).strip().lower() not in ("auto", "0", "none", "")
+
+    @model_validator(mode="after")
+    def _limit_needs_processes(self) -> ClusterConfig:
+        # A threaded worker's memory monitor measures the whole driver process: under a limit of
+        # the user's it pauses as soon as the driver holds that much, and the work waits for good.
+        if self.processes is False and self.limits_each_worker:
+            raise ValueError(
+                f"memory_limit={self.memory_limit} limits each worker process, but processes=false runs "
+                "the workers as threads of the driver, whose whole memory would count against it (they "
+                "pause and the work never ends): set cluster.processes=true or auto, or "
+                "cluster.memory_limit=auto")
+        return self
 
 
 class MetricsConfig(_Strict):
