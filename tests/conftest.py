@@ -95,13 +95,20 @@ def _private_key_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dask_cluster():
-    """One 2-worker LocalCluster for the whole session, closed by its own handle."""
+    """One 2-worker LocalCluster for the whole session, closed by its own handle.
+
+    With the toolkit's lean diagnostics, as clusters it starts have: Dask's defaults keep an idle
+    cluster at about a tenth of a core, for the whole session, on every test process."""
+    import dask
     from distributed import LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
-        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
-    )
+    from toolkit.cluster import LEAN_DIAGNOSTICS
+
+    with dask.config.set(LEAN_DIAGNOSTICS):
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
+            dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+        )
     try:
         yield cluster
     finally:
