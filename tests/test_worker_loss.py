@@ -63,10 +63,15 @@ class _LossyCluster:
         self.start()
 
     def start(self) -> None:
-        self.cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
-            dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
-        )
+        import dask
+
+        from toolkit.cluster import LEAN_DIAGNOSTICS
+
+        with dask.config.set(LEAN_DIAGNOSTICS):  # as the toolkit's clusters: an idle one costs little CPU
+            self.cluster = LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
+                dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
+            )
         self.client = Client(self.cluster)
 
     def close(self) -> None:
