@@ -31,17 +31,19 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
+def _module_of(nodeid: str) -> str:
+    return nodeid.partition("::")[0]
+
+
 def _order_by_cost(items: list[pytest.Item]) -> None:
     """Longest modules first (costs from the last recorded run; unknown ones after, in their
-    collection order), tests within a module in their own order."""
+    collection order), tests within a module in their own order: the sort is stable, and a
+    module's tests are together in the collection and share one key."""
     try:
         costs = json.loads(MODULE_COSTS.read_text())
     except (OSError, ValueError):
         return
-    rank = {}
-    for item in items:
-        rank.setdefault(item.nodeid.split("::")[0], len(rank))
-    items.sort(key=lambda it: (-costs.get(it.nodeid.split("::")[0], 0.0), rank[it.nodeid.split("::")[0]]))
+    items.sort(key=lambda it: -costs.get(_module_of(it.nodeid), 0.0))
 
 
 _spent: Counter[str] = Counter()
@@ -49,7 +51,7 @@ _spent: Counter[str] = Counter()
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # Runs where the reports arrive: the main process, also under xdist.
-    _spent[report.nodeid.split("::")[0]] += report.duration
+    _spent[_module_of(report.nodeid)] += report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
