@@ -8,10 +8,12 @@ tmpfs, which needs root: skipped where ``mount`` is refused).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,29 +142,39 @@ def test_searches_started_together_on_one_store_all_run(tmp_path, store, n):
     _clean(tmp_path, uri, "".join(outs))
 
 
-def test_experiment_creation_tolerates_a_race(tracking_uri):
-    """Eight threads get-or-create the same experiments at once: one experiment per name, no
-    "UNIQUE constraint failed: experiments.name"."""
-    import threading
+def _all_at_once(calls: list[Callable[[], None]]) -> list[Exception]:
+    """Each call on a thread of its own, all released together; what each call raised (the
+    race's losers, before its fix), after every thread has ended."""
+    barrier, errors = threading.Barrier(len(calls)), []
 
-    from toolkit.tracking.runs import client, get_or_create_experiment
-
-    client()  # the store's tables first, as every entry point does (check_store)
-    barrier, ids, errors = threading.Barrier(8), [], []
-
-    def create() -> None:
+    def run(call: Callable[[], None]) -> None:
         barrier.wait()
-        for i in range(10):
-            try:
-                ids.append((i, get_or_create_experiment(f"race-{i}")))
-            except Exception as exc:  # the race's loser, before the fix
-                errors.append(exc)
+        try:
+            call()
+        except Exception as exc:
+            errors.append(exc)
 
-    threads = [threading.Thread(target=create) for _ in range(8)]
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return errors
+
+
+def test_experiment_creation_tolerates_a_race(tracking_uri):
+    """Eight threads get-or-create the same experiments at once: one experiment per name, no
+    "UNIQUE constraint failed: experiments.name"."""
+    from toolkit.tracking.runs import client, get_or_create_experiment
+
+    client()  # the store's tables first, as every entry point does (check_store)
+    ids: list[tuple[int, str]] = []
+
+    def create() -> None:
+        for i in range(10):
+            ids.append((i, get_or_create_experiment(f"race-{i}")))
+
+    errors = _all_at_once([create] * 8)
     assert not errors, errors[0]
     assert len(set(ids)) == 10 and len(ids) == 80
 
@@ -172,8 +184,6 @@ def test_searches_logging_the_same_dataset_at_once_all_record_it(tracking_uri):
     one data set): MLflow looks the dataset up, then inserts it, so all but one used to fail with
     a unique-key error on the dataset (a driver of eight on one server was lost to it); each run
     now records it, against one dataset row."""
-    import threading
-
     from toolkit.config import DataConfig
     from toolkit.data import load_dataset
     from toolkit.tracking.record import log_dataset
@@ -183,20 +193,7 @@ def test_searches_logging_the_same_dataset_at_once_all_record_it(tracking_uri):
     mlc = client()
     exp = get_or_create_experiment("dataset-race")
     runs = [mlc.create_run(exp).info.run_id for _ in range(8)]
-    barrier, errors = threading.Barrier(8), []
-
-    def log(run_id: str) -> None:
-        barrier.wait()
-        try:
-            log_dataset(run_id, dataset)
-        except Exception as exc:  # the race's losers, before the fix
-            errors.append(exc)
-
-    threads = [threading.Thread(target=log, args=(r,)) for r in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _all_at_once([functools.partial(log_dataset, r, dataset) for r in runs])
     assert not errors, errors[0]
     logged = [MlflowClient(tracking_uri).get_run(r).inputs.dataset_inputs for r in runs]
     assert all(len(d) == 1 for d in logged)
