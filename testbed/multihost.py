@@ -619,6 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, help="folder for the hosts' /tmp and logs (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the base folder (logs) after tear-down")
     parser.add_argument("--timeout", type=float, default=600, help="run: seconds before CMD is killed")
+    parser.add_argument("--worker-memory", default=Bed.worker_memory,
+                        help=f"each worker host's dask worker --memory-limit (default {Bed.worker_memory})")
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = argv[argv.index("--") + 1:] if "--" in argv else []  # the driver's command, verbatim
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -629,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "check" or why:
         print(why or "testbed: namespaces, veth pairs and mount namespaces can be made here")
         return 1 if why else 0
-    bed = Bed(base=args.base, keep=args.keep)
+    bed = Bed(base=args.base, keep=args.keep, worker_memory=args.worker_memory)
     with _signals_close(bed), bed:
         print(f"testbed up in {bed.timings['tracking']:.1f} s:\n{bed.describe()}", flush=True)
         if args.action == "up":
@@ -641,7 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not cmd:
             parser.error("run needs a command after --")
-        done = bed.run(cmd, timeout=args.timeout)
+        # The command is told the scheduler as a user on the driver host would export it.
+        done = bed.run(cmd, timeout=args.timeout, env={**bed.env, "DASK_SCHEDULER_ADDRESS": bed.scheduler_address})
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
         return done.returncode

@@ -180,6 +180,19 @@ def test_outofcore_section_runs_tiny(tmp_path):
         "out-of-core pass <= 1.5x the pyarrow read floor", "out-of-core peak worker memory <= its limit"}
 
 
+def test_outofcore_section_runs_on_a_cluster_of_your_own(dask_cluster, tmp_path):
+    """``--ooc-scheduler`` (the multi-host bed's way in): the running cluster's workers and their
+    own limits set the data size (here 0.1% of the session cluster's 2 x 2 GiB), nothing is started."""
+    from benchmarks import outofcore
+
+    r = outofcore.bench_outofcore(str(tmp_path), over=0.001, file_rows=20_000, features=4, k=3, iters=2, repeats=1,
+                                  scheduler=dask_cluster.scheduler_address)
+    assert r["cluster"] == dask_cluster.scheduler_address and r["workers"] == 2 and r["worker_limit_mib"] == 2048
+    assert r["files"] == 14 and r["data_over_summed_limit"] == pytest.approx(0.001, rel=0.1)
+    assert r["lloyd_iterations"] == 2 and 0 < r["peak_over_limit"] < 1 and r["arrow_pool"]
+    assert not (tmp_path / "outofcore").exists()  # its files removed after
+
+
 @pytest.mark.slow
 @pytest.mark.server
 def test_load_section_runs_tiny(tmp_path):

@@ -30,8 +30,12 @@ from toolkit.kmeans_dask.watch import PAUSED_GRACE_S, WorkerMemoryError
 __all__ = ["READ_FACTOR", "DaskBackend", "DaskKMeans", "check_worker_memory", "lloyd_fit"]
 
 #: Peak bytes a task holds while reading one partition from files, per byte of its float32
-#: block: Arrow's table, pandas' frame, the float64 array the reader builds, the float32 copy
-#: (measured: a 1M x 16 Parquet file peaks at ~6x its 61 MiB float32 block).
+#: block.  With the direct Parquet reader (toolkit.data._read_parquet_block) the file's bytes,
+#: Arrow's table and the block are alive together, so the peak follows the file's column type:
+#: a float32 file ~2-4x, a float64 file (pandas' default) up to 6x, in the float64 statistics
+#: pass with the system allocator (the worst case; measured on a 1M x 16 file, steady state,
+#: peak RSS growth).  6x bounds every case; a fresh worker's first read adds one-time buffers,
+#: which the baseline (the worker's memory now) does not hold yet.
 READ_FACTOR = 6.0
 #: Fraction of ``memory_limit`` at which Dask pauses a worker (``distributed.worker.memory.pause``).
 _PAUSE = 0.8
