@@ -126,7 +126,8 @@ def bench_outofcore(tmp: str, over: float = 2.0, worker_mib: int = 512, workers:
             client = stack.enter_context(_own_cluster(scheduler))
         else:
             # Arrow's default pool (jemalloc/mimalloc) keeps freed buffers as RSS; the system pool returns them.
-            stack.enter_context(environ(ARROW_DEFAULT_MEMORY_POOL=os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")))
+            pool = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")
+            stack.enter_context(environ(ARROW_DEFAULT_MEMORY_POOL=pool))
             client = stack.enter_context(cluster(workers, memory_limit=f"{worker_mib}MiB"))
         info = client.scheduler_info(n_workers=-1)["workers"]
         limits = [int(w.get("memory_limit") or 0) for w in info.values()]
