@@ -66,6 +66,22 @@ def store(tmp_path_factory):
         yield uri
 
 
+def test_the_memory_check_measures_a_worker_with_its_kernels_loaded(tight):
+    """The worker's own figure, taken once Numba and the kernels are in (first in the module: a
+    fresh worker, which the heartbeat's figure describes before those imports)."""
+    import sys
+
+    from toolkit.kmeans_dask.preload import settled_memory
+
+    def loaded() -> bool:
+        return "toolkit.kmeans_dask.kernels" in sys.modules and "numba" in sys.modules
+
+    assert not any(tight.run(loaded).values())
+    rss = tight.run(settled_memory)
+    assert all(loaded for loaded in tight.run(loaded).values())
+    assert all(50 * 2**20 < v < LIMIT for v in rss.values()), rss
+
+
 def test_out_of_core_train_reports_every_pass_and_logs_each_iteration(store, tight, parquet_dir, capsys,
                                                                        monkeypatch):
     monkeypatch.setattr(console, "PASS_EVERY_S", 0.0)  # a line per pass (10 s apart by default)

@@ -12,6 +12,7 @@ package existed name ``toolkit.backends.dask_lloyd.DaskKMeans``, and older scrip
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,7 +25,7 @@ from toolkit.data import Dataset
 from toolkit.errors import ConfigError
 from toolkit.kmeans_dask import DaskKMeans, lloyd_fit
 from toolkit.kmeans_dask.kernels import aligned_f32, warm_kernels
-from toolkit.kmeans_dask.preload import load_on_workers
+from toolkit.kmeans_dask.preload import load_on_workers, settled_memory
 from toolkit.kmeans_dask.watch import PAUSED_GRACE_S, WorkerMemoryError
 
 __all__ = ["READ_FACTOR", "DaskBackend", "DaskKMeans", "check_worker_memory", "lloyd_fit"]
@@ -51,7 +52,8 @@ def check_worker_memory(client: Any, X: Any, persist: bool) -> dict[str, float] 
 
     A worker reading one partition at a time per thread needs about ``baseline + threads *
     READ_FACTOR * block`` below its pause fraction (``block``: the largest partition as float32,
-    ``baseline``: the memory the worker uses now); persisted data also needs all its blocks to
+    ``baseline``: the memory a worker process holds now with the kernels loaded, measured on it,
+    or the heartbeat's figure, whichever is larger); persisted data also needs all its blocks to
     fit the workers' total limit.  Workers without a limit, or no client, pass.  Returns what
     was computed (for the out-of-memory line of a fit that fails later) or None.
 
@@ -69,6 +71,10 @@ def check_worker_memory(client: Any, X: Any, persist: bool) -> dict[str, float] 
     limit = min(int(w["memory_limit"]) for w in limited)
     threads = max(int(w.get("nthreads") or 1) for w in limited)
     baseline = max(float((w.get("metrics") or {}).get("memory") or 0) for w in limited)
+    processes = [a for a, w in workers.items() if w.get("memory_limit") and not str(a).startswith("inproc://")]
+    if processes:  # measured now, kernels loaded: what a worker holds before it reads a partition
+        with contextlib.suppress(Exception):  # a worker that does not answer is the fit's to report
+            baseline = max(baseline, *map(float, client.run(settled_memory, workers=processes).values()))
     need = (baseline + threads * READ_FACTOR * block) / _PAUSE
     needs = {"block": float(block), "limit": float(limit), "need": need, "rows": float(rows)}
     if need > limit:

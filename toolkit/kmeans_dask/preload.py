@@ -23,7 +23,7 @@ import contextlib
 import threading
 from typing import Any
 
-__all__ = ["load_on_workers"]
+__all__ = ["load_on_workers", "settled_memory"]
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -57,3 +57,20 @@ def load_on_workers(client: Any) -> None:
         workers = [a for a in client.scheduler_info().get("workers", {}) if not str(a).startswith("inproc://")]
         if workers:
             client.run(_start_loading, workers=workers)
+
+
+def settled_memory(wait_s: float = 30.0) -> int:
+    """On a worker: its process memory (RSS, bytes) with the kernels loaded, waiting up to
+    ``wait_s`` for their loading (started here if no head start began it).
+
+    The memory a worker holds through a fit before it reads a partition: the heartbeat's
+    figure can predate the kernels' imports (Numba, SciPy's BLAS binding: tens of MiB), which
+    the preload thread may still be doing when the backend checks the data against the limit.
+    """
+    import psutil  # a dependency of distributed, which every worker runs
+
+    _start_loading()
+    thread = _thread
+    if thread is not None:
+        thread.join(wait_s)
+    return int(psutil.Process().memory_info().rss)
