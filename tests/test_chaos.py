@@ -164,15 +164,15 @@ def parent_of(journal: Path, study: str) -> str:
 # -- the driver killed mid-search, then resumed -------------------------------------------------
 
 
-def test_driver_killed_then_resumed(tmp_path):
+def test_driver_killed_then_resumed(tmp_path, monkeypatch, capfd, client):
     from _mlflow_store import init_store
 
     db = tmp_path / "mlflow.db"
     uri = init_store(db)
     env = env_for(uri, tmp_path)
     n = 16
-    done = run_driver(search_cmd(6), env, tmp_path, tmp_path / "registered.log")  # registers v1
-    assert done.returncode == 0, done.stdout
+    search_here(uri, 6, client, monkeypatch)  # registers v1; its driver is not the one killed
+    console = "".join(capfd.readouterr())
     before = registered_bytes(uri)
     assert len(before) == 2  # the native model and its twin
 
@@ -189,7 +189,7 @@ def test_driver_killed_then_resumed(tmp_path):
     assert resumed.returncode == 0, resumed.stdout
     assert "resuming study blobs-sklearn-2" in resumed.stdout
     parent = parent_of(tmp_path / "mlflow.optuna.log", "blobs-sklearn-2")
-    assert_record_trusted(uri, parent, n, before, [tmp_path], log.read_text() + resumed.stdout + done.stdout)
+    assert_record_trusted(uri, parent, n, before, [tmp_path], log.read_text() + resumed.stdout + console)
 
 
 # -- a real tracking server stopped, then killed ----------------------------------------------------
