@@ -66,25 +66,18 @@ def _write(folder: str, files: int, rows: int, features: int, k: int) -> list[st
     return paths
 
 
-def _table(path: str) -> Any:
-    import pyarrow.parquet as pq
-
-    from toolkit.data import is_url, url_fs
-
-    if is_url(path):  # as the fit reads it: the worker's own credentials
-        fs, inner = url_fs(path)
-        return pq.read_table(inner, filesystem=fs)
-    return pq.read_table(path)
-
-
 def _read_file(path: str) -> int:
-    """The floor: one Parquet file read into Arrow memory, nothing else."""
-    return _table(path).num_rows
+    """The floor: one Parquet file read into Arrow memory (as the fit opens it), nothing else."""
+    from toolkit.data import _parquet_table
+
+    return _parquet_table(path).num_rows
 
 
 def _read_block(path: str) -> int:
     """The floor plus the copy a fit cannot skip: the file as one C-order float32 NumPy block."""
-    table = _table(path)
+    from toolkit.data import _parquet_table
+
+    table = _parquet_table(path)
     return int(table.to_batches()[0].to_tensor(row_major=True).to_numpy().shape[0]) if table.num_rows else 0
 
 

@@ -78,7 +78,7 @@ def test_the_memory_check_measures_a_worker_with_its_kernels_loaded(tight):
 
     assert not any(tight.run(loaded).values())
     rss = tight.run(settled_memory)
-    assert all(loaded for loaded in tight.run(loaded).values())
+    assert all(tight.run(loaded).values())
     assert all(50 * 2**20 < v < LIMIT for v in rss.values()), rss
 
 

@@ -400,6 +400,17 @@ _FILL_ROWS = 16_384
 PARQUET_TASK = "parquet-block"
 
 
+def _parquet_table(path: str, columns: list[str] | None = None) -> Any:
+    """One Parquet file as an Arrow table, read where this runs: a URL through its filesystem,
+    with the credentials of whoever reads it (a worker's own)."""
+    import pyarrow.parquet as pq
+
+    if is_url(path):
+        fs, inner = url_fs(path)
+        return pq.read_table(inner, columns=columns, filesystem=fs)
+    return pq.read_table(path, columns=columns)
+
+
 def _read_parquet_block(path: str, columns: list[str], shift: np.ndarray | None, dtype: Any) -> np.ndarray:
     """One Parquet file as one ``dtype`` block of ``columns``, minus ``shift``, read on a worker
     (float32: C-order, as the kernels take it; float64, for the statistics pass: column-major).
@@ -410,13 +421,8 @@ def _read_parquet_block(path: str, columns: list[str], shift: np.ndarray | None,
     first (nulls become NaN), then each value is rounded once into ``dtype``.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    if is_url(path):  # the worker's own credentials, through the URL's filesystem
-        fs, inner = url_fs(path)
-        table = pq.read_table(inner, columns=columns, filesystem=fs)
-    else:
-        table = pq.read_table(path, columns=columns)
+    table = _parquet_table(path, columns)
     if (shift is None and np.dtype(dtype) == np.float32 and table.num_rows
             and all(pa.types.is_float32(table.schema.field(c).type) for c in columns)):
         # float32 files, nothing to centre: Arrow's own row-major copy (nulls as NaN), a 64-byte

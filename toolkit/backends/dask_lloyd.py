@@ -25,7 +25,7 @@ from toolkit.data import Dataset
 from toolkit.errors import ConfigError
 from toolkit.kmeans_dask import DaskKMeans, lloyd_fit
 from toolkit.kmeans_dask.kernels import aligned_f32, warm_kernels
-from toolkit.kmeans_dask.preload import load_on_workers, settled_memory
+from toolkit.kmeans_dask.preload import load_on_workers, process_workers, settled_memory
 from toolkit.kmeans_dask.watch import PAUSED_GRACE_S, WorkerMemoryError
 
 __all__ = ["READ_FACTOR", "DaskBackend", "DaskKMeans", "check_worker_memory", "lloyd_fit"]
@@ -71,7 +71,7 @@ def check_worker_memory(client: Any, X: Any, persist: bool) -> dict[str, float] 
     limit = min(int(w["memory_limit"]) for w in limited)
     threads = max(int(w.get("nthreads") or 1) for w in limited)
     baseline = max(float((w.get("metrics") or {}).get("memory") or 0) for w in limited)
-    processes = [a for a, w in workers.items() if w.get("memory_limit") and not str(a).startswith("inproc://")]
+    processes = process_workers(a for a, w in workers.items() if w.get("memory_limit"))
     if processes:  # measured now, kernels loaded: what a worker holds before it reads a partition
         with contextlib.suppress(Exception):  # a worker that does not answer is the fit's to report
             baseline = max(baseline, *map(float, client.run(settled_memory, workers=processes).values()))

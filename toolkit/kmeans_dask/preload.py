@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["load_on_workers", "settled_memory"]
+__all__ = ["load_on_workers", "process_workers", "settled_memory"]
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
@@ -47,6 +48,12 @@ def _start_loading() -> bool:
     return True
 
 
+def process_workers(addresses: Iterable[str]) -> list[str]:
+    """The addresses of worker processes among ``addresses`` (threaded ``inproc://`` workers are
+    this very process)."""
+    return [a for a in addresses if not str(a).startswith("inproc://")]
+
+
 def load_on_workers(client: Any) -> None:
     """Start loading the Lloyd kernels on every worker process of ``client`` (one round trip;
     the loading itself goes on in the background).  Threaded workers are left alone."""
@@ -54,7 +61,7 @@ def load_on_workers(client: Any) -> None:
         return
     # A head start only: a worker lost or unreachable now is the fit's to find and report.
     with contextlib.suppress(Exception):
-        workers = [a for a in client.scheduler_info().get("workers", {}) if not str(a).startswith("inproc://")]
+        workers = process_workers(client.scheduler_info().get("workers", {}))
         if workers:
             client.run(_start_loading, workers=workers)
 
