@@ -100,13 +100,17 @@ def dask_cluster():
     """One 2-worker LocalCluster for the whole session, closed by its own handle.
 
     With the toolkit's lean diagnostics, as clusters it starts have: Dask's defaults keep an idle
-    cluster at about a tenth of a core, for the whole session, on every test process."""
+    cluster at about a tenth of a core, for the whole session, on every test process.  Its memory
+    monitors and event-loop ticks run once a second, not every 100-200 ms: that halves what it
+    costs idle again, and no test of it is about how fast a worker reacts to its memory (those
+    that are start clusters of their own)."""
     import dask
     from distributed import LocalCluster
 
     from toolkit.cluster import LEAN_DIAGNOSTICS
 
-    with dask.config.set(LEAN_DIAGNOSTICS):
+    idle = {"distributed.worker.memory.monitor-interval": "1s", "distributed.admin.tick.interval": "1s"}
+    with dask.config.set({**LEAN_DIAGNOSTICS, **idle}):
         cluster = LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,

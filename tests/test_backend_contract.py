@@ -251,14 +251,14 @@ class TestBackendContract:
             ExperimentConfig(name="contract", backend=name, model={"init": rand, "n_init": 1})
             return
         # On structureless data every init ends in its own optimum; n_init=3 keeps the best of
-        # three, the first of which is the n_init=1 run (same seed).  Ten iterations are enough
-        # to tell the runs apart (uniform data converges slowly; dask-ml pays a round trip each).
-        common = {"n_clusters": 8, "init": rand, "max_iter": 10}
-        single = [contract.fit("uniform", **common, random_state=s).inertia for s in (0, 1)]
-        best = [contract.fit("uniform", **common, n_init=3, random_state=s).inertia for s in (0, 1)]
-        for one, many in zip(single, best, strict=True):
-            assert many <= one * (1 + 1e-6)
-        assert sum(best) < sum(single) * (1 - 1e-6)
+        # three, the first of which is the n_init=1 run (same seed): never worse, and with this
+        # seed strictly better on every backend (the fits are deterministic).  Ten iterations are
+        # enough to tell the runs apart (uniform data converges slowly; dask-ml pays a round trip
+        # each, which is why one seed, not two).
+        common = {"n_clusters": 8, "init": rand, "max_iter": 10, "random_state": 0}
+        one = contract.fit("uniform", **common).inertia
+        best = contract.fit("uniform", **common, n_init=3).inertia
+        assert best < one * (1 - 1e-6)
 
     def test_oversampling_factor_shapes_the_scalable_init(self, contract, name):
         param = "oversampling_factor"
