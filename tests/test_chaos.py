@@ -377,7 +377,8 @@ def test_driver_killed_leaves_no_process_behind(tmp_path):
     from _mlflow_store import init_store
 
     db = tmp_path / "mlflow.db"
-    env = env_for(init_store(db), tmp_path)
+    # Dask's default start method, as users have it (the suite's own is a fork server: conftest).
+    env = env_for(init_store(db), tmp_path, DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD="spawn")
     cmd = search_cmd(40)
     cmd[cmd.index("--set") + 1] += " cluster.processes=true"  # worker processes and nannies too
     log = tmp_path / "driver.log"
