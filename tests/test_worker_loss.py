@@ -46,9 +46,7 @@ from toolkit.search.trials import (
 
 pytestmark = pytest.mark.slow
 
-#: Trials per backend: two complete before the kill, and enough after it for the kill to land
-#: in one (dask-ml's fits are the slowest, a second or more each, hence fewer).
-N_TRIALS = {"sklearn": 8, "dask": 8, "dask-ml": 5}
+N_TRIALS = 8
 #: Rows per backend: enough for the kill to land inside a data-parallel fit.
 ROWS = {"sklearn": 4000, "dask": 20_000, "dask-ml": 20_000}
 
@@ -144,7 +142,7 @@ def make_cfg(backend: str, experiment: str, storage: Path, **overrides: Any):
         "model.init": "k-means++",
         "search.storage": str(storage),
         "search.sampler": "random",
-        "search.n_trials": N_TRIALS[backend],
+        "search.n_trials": N_TRIALS,
         "search.space.init": None,
         "search.space.n_clusters.low": 3,
         "search.space.n_clusters.high": 8,
@@ -192,8 +190,7 @@ def _lost_search(client: Client, mlc: MlflowClient, tmp_path: Path, backend: str
     second must end normally with the same result and every trial FINISHED."""
     base_cfg = make_cfg(backend, f"undisturbed-{backend}", tmp_path / "base.log")
     base = search(base_cfg, client=client)
-    n_trials = N_TRIALS[backend]
-    assert base.counts["complete"] == n_trials
+    assert base.counts["complete"] == N_TRIALS
 
     client.wait_for_workers(2, timeout=60)
     storage = tmp_path / "lossy.log"
@@ -207,7 +204,7 @@ def _lost_search(client: Client, mlc: MlflowClient, tmp_path: Path, backend: str
     assert killer.killed_at is not None, "the search ended before any worker was killed"
 
     kids = children(mlc, outcome.parent_run_id)
-    assert len(kids) == n_trials
+    assert len(kids) == N_TRIALS
     assert {k.info.status for k in kids} == {"FINISHED"}, [k.data.tags.get("error") for k in kids]
     # The kill cost some trial an attempt: it was run again rather than failed.
     attempts = [int(k.data.tags.get("trial.attempts", "1")) for k in kids]
@@ -215,7 +212,7 @@ def _lost_search(client: Client, mlc: MlflowClient, tmp_path: Path, backend: str
     assert not any("trial.infrastructure_failure" in k.data.tags for k in kids)
     assert mlc.get_run(outcome.parent_run_id).info.status == "FINISHED"
     assert not running(mlc)
-    assert outcome.counts == {"complete": n_trials, "failed": 0, "pruned": 0}
+    assert outcome.counts == {"complete": N_TRIALS, "failed": 0, "pruned": 0}
     assert outcome.best_params == base.best_params
     assert outcome.best_value == pytest.approx(base.best_value, rel=1e-6)
     assert outcome.best_fit is not None  # refitted on the data as placed after the loss
