@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 from _mlflow_run import run_env
@@ -17,22 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Dask's worker processes start from a fork server in this suite, as in Dask's own: each new
 # worker is a fork of one process that imported Dask, NumPy and pandas once, instead of a fresh
-# interpreter importing them again.  The suite starts well over a hundred worker processes
-# (clusters of its own, the benchmarks', every driver subprocess's), and this took a sixth of its
-# CPU time off.  Set here, before any cluster starts, and in the environment the suite's
-# subprocesses inherit.  ``spawn`` stays the default users get: the test of a killed driver's
+# interpreter importing them again; the suite starts many (clusters of its own, the
+# benchmarks', every driver subprocess's), and its run time is CPU-bound.  Set here, before any
+# cluster starts, and in the environment the suite's subprocesses inherit; an exported value
+# wins.  ``spawn`` stays the default users get: the test of a killed driver's
 # process tree (tests/test_chaos.py) runs its driver with it.
 START_METHOD = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 os.environ.setdefault(START_METHOD, "forkserver")
-
-
-def _start_method() -> None:
-    import dask
-
-    dask.config.set({"distributed.worker.multiprocessing-method": os.environ[START_METHOD]})
-
-
-_start_method()
+dask.config.set({"distributed.worker.multiprocessing-method": os.environ[START_METHOD]})
 
 #: Seconds each test module took in one whole run (``pytest --record-module-costs``): the suite
 #: runs on several processes, a module at a time (``--dist loadfile``), and starting the longest

@@ -63,15 +63,15 @@ def check_worker_memory(client: Any, X: Any, persist: bool) -> dict[str, float] 
     if client is None or not getattr(X, "chunks", None):
         return None
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    limited = [w for w in workers.values() if w.get("memory_limit")]
+    limited = {a: w for a, w in workers.items() if w.get("memory_limit")}
     if not limited:
         return None
     rows = max((int(c) for c in X.chunks[0] if c == c), default=0)  # NaN: unknown chunk
     block = rows * int(X.shape[1]) * 4
-    limit = min(int(w["memory_limit"]) for w in limited)
-    threads = max(int(w.get("nthreads") or 1) for w in limited)
-    baseline = max(float((w.get("metrics") or {}).get("memory") or 0) for w in limited)
-    processes = process_workers(a for a, w in workers.items() if w.get("memory_limit"))
+    limit = min(int(w["memory_limit"]) for w in limited.values())
+    threads = max(int(w.get("nthreads") or 1) for w in limited.values())
+    baseline = max(float((w.get("metrics") or {}).get("memory") or 0) for w in limited.values())
+    processes = process_workers(limited)
     if processes:  # measured now, kernels loaded: what a worker holds before it reads a partition
         with contextlib.suppress(Exception):  # a worker that does not answer is the fit's to report
             baseline = max(baseline, *map(float, client.run(settled_memory, workers=processes).values()))
@@ -87,7 +87,7 @@ def check_worker_memory(client: Any, X: Any, persist: bool) -> dict[str, float] 
             f"set cluster.memory_limit={advice:.0f}MiB or more, or write the data in smaller files "
             f"(or Parquet row groups)",
         )
-    total = sum(int(w["memory_limit"]) for w in limited)
+    total = sum(int(w["memory_limit"]) for w in limited.values())
     data = int(X.shape[0]) * int(X.shape[1]) * 4
     if persist and data > 0.6 * total:  # Dask starts spilling at 60% of managed memory
         raise ConfigError(
