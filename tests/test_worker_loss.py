@@ -152,22 +152,39 @@ def make_cfg(backend: str, experiment: str, storage: Path, **overrides: Any):
 
 
 class Killer(threading.Thread):
-    """SIGKILLs worker processes once the study in ``storage`` has ``after`` complete trials."""
+    """SIGKILLs worker processes once the study in ``storage`` has ``after`` complete trials.
+
+    With ``kill_all`` false one worker dies: one that holds the only copy of some of the search's
+    placed blocks.  A data-parallel fit may copy a block to the other worker (a stolen task reads
+    it there) and until the scheduler drops the copy, losing the block's first home loses
+    nothing: no fit would notice, and the test would prove nothing.
+    """
 
     def __init__(self, client: Client, storage: Path, after: int, kill_all: bool) -> None:
         super().__init__(daemon=True)
-        pids = sorted(client.run(os.getpid).values())
-        self.victims = pids if kill_all else pids[:1]
+        self.client = client
+        self.pids = client.run(os.getpid)  # worker address -> pid
+        self.kill_all = kill_all
         self.storage, self.after = storage, after
+        self.before = set(client.who_has())  # keys of earlier searches: not this search's data
+        self.placed: set | None = None  # this search's keys in memory at its first complete trial
         self.killed_at: float | None = None
+        self.states_at_kill: list[str] = []
         self.stop = threading.Event()
 
-    def _complete(self, storage: Any) -> int:
+    def _states(self, storage: Any) -> list[str]:
         names = optuna.get_all_study_names(storage)
         if not names:
-            return 0
+            return []
         study = optuna.load_study(study_name=names[0], storage=storage)
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+    def _victims(self) -> list[int]:
+        if self.kill_all:
+            return sorted(self.pids.values())
+        held = {k: v for k, v in self.client.who_has().items() if k in (self.placed or ())}
+        sole = [v[0] for v in held.values() if len(v) == 1 and v[0] in self.pids]
+        return [self.pids[max(set(sole), key=sole.count)]] if sole else []
 
     def run(self) -> None:
         from optuna.storages import JournalStorage
@@ -177,11 +194,16 @@ class Killer(threading.Thread):
             pass
         storage = JournalStorage(JournalFileBackend(str(self.storage)))
         while not self.stop.is_set():
-            if self._complete(storage) >= self.after:
-                for pid in self.victims:
-                    os.kill(pid, signal.SIGKILL)
-                self.killed_at = time.monotonic()
-                return
+            states = self._states(storage)
+            if self.placed is None and "COMPLETE" in states:
+                self.placed = {k for k, v in self.client.who_has().items() if v} - self.before
+            if states.count("COMPLETE") >= self.after:
+                victims = self._victims()
+                if victims:
+                    for pid in victims:
+                        os.kill(pid, signal.SIGKILL)
+                    self.killed_at, self.states_at_kill = time.monotonic(), states
+                    return
             self.stop.wait(0.02)
 
 
@@ -202,13 +224,15 @@ def _lost_search(client: Client, mlc: MlflowClient, tmp_path: Path, backend: str
         killer.stop.set()
         killer.join()
     assert killer.killed_at is not None, "the search ended before any worker was killed"
+    assert "COMPLETE" in killer.states_at_kill and killer.states_at_kill.count("COMPLETE") < N_TRIALS, \
+        killer.states_at_kill
 
     kids = children(mlc, outcome.parent_run_id)
     assert len(kids) == N_TRIALS
     assert {k.info.status for k in kids} == {"FINISHED"}, [k.data.tags.get("error") for k in kids]
     # The kill cost some trial an attempt: it was run again rather than failed.
     attempts = [int(k.data.tags.get("trial.attempts", "1")) for k in kids]
-    assert max(attempts) >= 2, attempts
+    assert max(attempts) >= 2, (attempts, killer.states_at_kill)
     assert not any("trial.infrastructure_failure" in k.data.tags for k in kids)
     assert mlc.get_run(outcome.parent_run_id).info.status == "FINISHED"
     assert not running(mlc)
