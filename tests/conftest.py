@@ -26,6 +26,17 @@ REPO = Path(__file__).resolve().parents[1]
 START_METHOD = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 os.environ.setdefault(START_METHOD, "forkserver")
 dask.config.set({"distributed.worker.multiprocessing-method": os.environ[START_METHOD]})
+#: What this process's fork server imports once for every worker forked from it: Dask's own
+#: list, plus what a worker would import on its first trial or fit (scikit-learn, the
+#: toolkit's scoring, Numba and the Lloyd kernels), about 1.8 s of CPU per worker otherwise.
+#: Only names importable from anywhere: the fork server does not get this process's sys.path.
+WORKER_PRELOAD = ["distributed", "dask.array", "numpy", "pandas", "sklearn.cluster", "sklearn.metrics",
+                  "toolkit.metrics", "toolkit.search.trials", "numba", "toolkit.kmeans_dask.kernels"]
+if os.environ[START_METHOD] == "forkserver":
+    from distributed.utils import get_mp_context
+
+    # Dask sets its own list on its first call; this one, made after it, is the one used.
+    get_mp_context().set_forkserver_preload(WORKER_PRELOAD)
 
 #: Seconds each test module took in one whole run (``pytest --record-module-costs``): the suite
 #: runs on several processes, a module at a time (``--dist loadfile``), and starting the longest
