@@ -225,3 +225,18 @@ def test_large_section_slopes_fixed_iteration_fits():
     (row,) = out["table"]
     assert row["rows"] == 3000 and set(row["ms_per_iter"]) == {"sklearn"} and row["over_sklearn"] == {}
     assert out["targets"] == {}
+    with pytest.raises(ValueError, match="two different iteration counts"):
+        bench_large([3000], 4, 3, (5, 5), 1, 1, ["sklearn"])
+
+
+def test_large_section_ratio_is_of_the_pooled_slopes():
+    """Three iteration counts, two rounds, the toolkit's Lloyd on threaded workers beside
+    scikit-learn: the ratio is the pooled slopes' (each round's own ratio kept as the spread)."""
+    from benchmarks.large import bench_large
+
+    out = bench_large([3000], 4, 3, (2, 4, 6), 2, 1, ["sklearn", "dask-threads"])
+    (row,) = out["table"]
+    ms = row["ms_per_iter"]
+    assert row["over_sklearn"]["dask-threads"] == pytest.approx(ms["dask-threads"] / ms["sklearn"])
+    assert len(row["round_over_sklearn"]["dask-threads"]) == 2 and out["iterations"] == "2, 4, 6"
+    assert set(out["targets"]) == {"large: dask-threads <= 1.0x sklearn per iteration at 3,000"}
