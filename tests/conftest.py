@@ -38,6 +38,17 @@ if os.environ[START_METHOD] == "forkserver":
     # Dask sets its own list on its first call; this one, made after it, is the one used.
     get_mp_context().set_forkserver_preload(WORKER_PRELOAD)
 
+#: Dask config for a test about a fresh worker process (what is imported in it, what it loads
+#: from a shipped copy): started as users' are, with ``spawn``, nothing preloaded.
+SPAWNED_WORKERS = {"distributed.worker.multiprocessing-method": "spawn"}
+
+
+@pytest.fixture()
+def spawned_workers():
+    """Worker processes started during the test are fresh interpreters (:data:`SPAWNED_WORKERS`)."""
+    with dask.config.set(SPAWNED_WORKERS):
+        yield
+
 #: Seconds each test module took in one whole run (``pytest --record-module-costs``): the suite
 #: runs on several processes, a module at a time (``--dist loadfile``), and starting the longest
 #: modules first keeps one of them from running alone at the end.

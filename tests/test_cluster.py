@@ -83,19 +83,34 @@ def test_local_cluster_is_closed_on_error(monkeypatch):
             cluster.close()
 
 
-def test_local_cluster_keeps_dask_info_lines_off_the_console_until_closed(monkeypatch, caplog):
+def test_local_cluster_keeps_dask_info_lines_off_the_console_until_closed(monkeypatch):
     # The scheduler and threaded workers log in this process; Dask quiets them only while the
     # cluster starts, so a comm closed at shutdown printed an INFO traceback on a failed run.
     import logging
 
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    class _Console(logging.Handler):  # beside Dask's own stderr handler: sees what it prints
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    # Not caplog: Dask's loggers stop at "distributed" (no propagation to the root) unless
+    # something earlier in the process changed that, so what caplog hears depends on test order.
+    console = _Console()
+    logging.getLogger("distributed").addHandler(console)
     before = logging.getLogger("distributed").level
-    with dask_client(ClusterConfig(n_workers=1, threads_per_worker=1, processes=False)) as c:
-        assert c.submit(sum, [1, 2]).result() == 3
-        logging.getLogger("distributed.batched").info("Batched Comm Closed (test line)")
-        logging.getLogger("distributed.worker").error("an error still shows")
-    assert "Batched Comm Closed (test line)" not in caplog.text
-    assert "an error still shows" in caplog.text
+    try:
+        with dask_client(ClusterConfig(n_workers=1, threads_per_worker=1, processes=False)) as c:
+            assert c.submit(sum, [1, 2]).result() == 3
+            logging.getLogger("distributed.batched").info("Batched Comm Closed (test line)")
+            logging.getLogger("distributed.worker").error("an error still shows")
+    finally:
+        logging.getLogger("distributed").removeHandler(console)
+    assert "Batched Comm Closed (test line)" not in console.lines
+    assert "an error still shows" in console.lines
     assert logging.getLogger("distributed").level == before  # the user's logging is theirs again
 
 

@@ -31,11 +31,14 @@ LIMIT = 600 * 2**20
 
 @pytest.fixture(scope="module")
 def tight():
-    """A client on one process worker with a 600 MiB memory limit, closed by its own handles."""
+    """A client on one process worker with a 600 MiB memory limit, closed by its own handles; the
+    worker a fresh interpreter, as users' are (the memory figures here are about one)."""
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit=LIMIT,
-                           host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):  # conftest's SPAWNED_WORKERS
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit=LIMIT,
+                               host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(cluster, timeout="30s")
     try:
         yield client

@@ -206,7 +206,7 @@ def test_worker_with_another_commit_is_refused_and_ship_package_fixes_it(schedul
         _stop(proc)
 
 
-def test_worker_without_toolkit_is_named_and_shipping_needs_a_nanny(tmp_path, monkeypatch):
+def test_worker_without_toolkit_is_named_and_shipping_needs_a_nanny(tmp_path, monkeypatch, spawned_workers):
     from distributed import Client, LocalCluster
 
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
