@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import Section, blobs, environ, initial_centers, paired
+from benchmarks._common import Section, blobs, environ, initial_centers
 
 __all__ = ["SECTION", "bench_large", "slope"]
 
@@ -150,7 +150,6 @@ def bench_large(row_sizes: list[int], features: int, k: int, iters: tuple[int, .
             row["over_sklearn"] = {n: slope(points[n]) / base for n in names if n != "sklearn"}
             row["round_over_sklearn"] = {n: [a / b for a, b in zip(per_round[n], per_round["sklearn"], strict=True)]
                                          for n in names if n != "sklearn"}
-            row["median_round_ratio"] = {n: paired(per_round[n], per_round["sklearn"]) for n in names if n != "sklearn"}
         table.append(row)
     out: dict[str, Any] = {"features": features, "k": k, "iterations": ", ".join(map(str, iters)), "rounds": rounds,
                            "workers": workers, "skipped": skipped, "table": table,
