@@ -263,7 +263,11 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     out: dict[str, Any] = {}
     probe_before = _write_probe(tmp)
     with cluster(2) as client:
-        # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state.
+        # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state,
+        # with the child-run writer the tiny searches will choose already started.
+        from toolkit.tracking.writer import writer_for
+
+        writer_for(tiny_trials, tiny_rows * 2).start()
         search(_search_cfg("warmup", tiny_rows, 4, 2, storage), client=client)
         # Several short searches, their trials pooled (one 2-second search samples one moment of
         # a machine whose speed drifts), each followed by one with the random sampler: the

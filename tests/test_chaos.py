@@ -422,21 +422,21 @@ def test_writer_killed_mid_search(tmp_path, monkeypatch, client):
 
     from toolkit.config import load_experiment
     from toolkit.search import search
-    from toolkit.tracking.writer import shared_writer
+    from toolkit.tracking.writer import writer_for
 
     uri = init_store(tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("KMEANS_QUIET", "1")
     monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", "0")  # its successor is not starved on a busy machine
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "process")  # 10 trials: auto would write from a thread
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
-    writer = shared_writer()
-    pid = writer.submit(os.getpid).result(timeout=120)[0]
-    if pid == os.getpid():
-        pytest.skip("the child-run writer runs on a thread here (KMEANS_LIFECYCLE_WRITER=thread)")
-    deaths = writer.deaths
     n = 10
+    writer = writer_for(n, 8000 * 2)
+    pid = writer.submit(os.getpid).result(timeout=120)[0]
+    assert pid != os.getpid(), "KMEANS_LIFECYCLE_WRITER=process gave a thread"
+    deaths = writer.deaths
 
     def kill_after_two() -> None:
         wait_for(lambda: finished_children(tmp_path / "mlflow.db") >= 2, None, None, limit_s=120)
@@ -447,7 +447,10 @@ def test_writer_killed_mid_search(tmp_path, monkeypatch, client):
     cfg = load_experiment(REPO / "experiments" / "blobs.yaml", [
         "data.n_samples=8000", "metrics.silhouette_sample=1000", "tracking.log_plot=false",
         "search.sampler=random", f"search.n_trials={n}", PLANTED])
-    out = search(cfg, client=client, register=False)
+    try:
+        out = search(cfg, client=client, register=False)
+    finally:
+        writer.prefer(False)  # later tests in this process write from a thread again
     killer.join(timeout=5)
     assert writer.deaths == deaths + 1 and not psutil_alive(pid)
     assert_record_trusted(uri, out.parent_run_id, n, {}, [tmp_path])

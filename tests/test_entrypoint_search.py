@@ -169,8 +169,8 @@ def test_resume_after_killed_driver(store, tracking_uri, subprocess_env, tmp_pat
     _experiment(tracking_uri, "blobs", tmp_path)
     # Data-parallel with sklearn: trials run one after another on the driver, so a kill once
     # 3 trials are told and the next one is RUNNING lands inside that trial's fit.  (Told, not
-    # written: the child-run writer runs at a lower priority than the fits, so its runs may all
-    # land at the end; those the kill cuts off are written by the resume.)
+    # written: the child-run writer may lag the fits, so its runs may all land at the end;
+    # those the kill cuts off are written by the resume.)
     cmd = [
         sys.executable,
         "-m",

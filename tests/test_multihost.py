@@ -332,7 +332,7 @@ def test_a_worker_link_cut_mid_search_still_ends_with_every_trial_and_the_same_b
     reader.start()
     try:
         # Cut a worker host while it holds a trial, worker1 if it does.  Not at the first child
-        # run: those are written after their trial ends, by a writer process, and with 3 trials
+        # run: those are written after their trial ends, by the writer, and with 3 trials
         # on 2 workers the first one appeared only once every trial had ended (3 runs of 3).
         _until("a worker holding a trial", lambda: watch.busy("worker1") + watch.busy("worker2") > 0, 240)
         victim = "worker2" if watch.busy("worker1") == 0 else "worker1"

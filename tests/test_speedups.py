@@ -72,8 +72,8 @@ def _record(mlc: MlflowClient, out) -> dict:
 
 
 def test_a_search_with_the_tricks_off_writes_the_same_record(store, client, tmp_path, monkeypatch):
-    """Two trials on 300 rows each way, on one writer process (a second one costs ~10 s of CPU
-    for its imports; the writer's own tricks, priority and exit, write nothing of the record and
+    """Two trials on 300 rows each way, on one writer (a writer process costs seconds of CPU for
+    its imports; the writer's own tricks, priority and exit, write nothing of the record and
     are tested in ``test_writer.py``).  Its priority stays the driver's: a nice-10 writer waits
     for a core on a loaded test machine."""
     mlc = MlflowClient(tracking_uri=store)

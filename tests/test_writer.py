@@ -190,18 +190,20 @@ def test_a_writer_that_dies_at_start_up_stops_the_search_in_one_line(tracking_ur
     broken = tmp_path / "broken" / "multiprocessing"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('planted: the writer cannot import multiprocessing')\n")
-    if os.environ.get("KMEANS_LIFECYCLE_WRITER") == "thread":
-        pytest.skip("the child-run writer runs on a thread here (KMEANS_LIFECYCLE_WRITER=thread)")
     shared_writer().shutdown()  # the search starts the next writer process: with the variable below
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("KMEANS_QUIET", "1")
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "process")  # 3 trials: auto would write from a thread
     cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
         "tracking.experiment=writer-start", f"search.storage={tmp_path}/study.log", "data.n_samples=200",
         "search.n_trials=3", "metrics.silhouette_sample=100", "tracking.log_plot=false", "search.baseline_sample=0",
         "registry.register_best=false", "cluster.n_workers=1", "cluster.processes=false"])
     started = time.monotonic()
-    with pytest.raises(WriterError) as err:
-        search(cfg)
+    try:
+        with pytest.raises(WriterError) as err:
+            search(cfg)
+    finally:
+        shared_writer().prefer(False)  # later tests in this process write from a thread again
     assert time.monotonic() - started < 240  # bounded: no wait for writes that never come
     line = str(err.value)
     assert "\n" not in line and "writer process died at start-up" in line and "-- fix:" in line
@@ -210,3 +212,98 @@ def test_a_writer_that_dies_at_start_up_stops_the_search_in_one_line(tracking_ur
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.status for r in parents] == ["FAILED"]
     assert "RUNNING" not in {r.info.status for r in runs}
+
+
+# -- auto: a thread, or a process for many trials on small data -----------------------------------
+
+
+def test_auto_takes_a_process_for_many_short_trials_keeps_it_and_obeys_the_variable(monkeypatch):
+    """Under ``auto`` a writer becomes a process for a search of AUTO_MIN_TRIALS trials on small
+    data only; a later small search keeps the process it has (its start is paid), as does
+    ``process`` for any search; ``thread`` turns it back into a thread."""
+    from toolkit.tracking.writer import AUTO_MAX_VALUES, AUTO_MIN_TRIALS, writer_for
+
+    monkeypatch.delenv("KMEANS_LIFECYCLE_WRITER", raising=False)
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", "0")
+    w = ChildWriter(process=False)
+    try:
+        def pid() -> int:
+            return w.submit(os.getpid).result(timeout=300)[0]
+
+        here = os.getpid()
+        assert pid() == here
+        # Few trials, or trials on data too big for a write to outlast them: still the thread.
+        assert writer_for(AUTO_MIN_TRIALS - 1, 600, w) is w and pid() == here
+        assert writer_for(AUTO_MIN_TRIALS, AUTO_MAX_VALUES + 1, w) is w and pid() == here
+        writer_for(AUTO_MIN_TRIALS, 600, w)
+        first = pid()
+        assert first != here and w.kind == "process"
+        writer_for(2, 600, w)  # a small search after it: the running process is kept
+        assert pid() == first
+        monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "process")
+        writer_for(2, 10**9, w)
+        assert pid() == first
+        monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "thread")
+        writer_for(AUTO_MIN_TRIALS, 600, w)
+        assert pid() == here and w.kind == "thread"
+    finally:
+        w.shutdown()
+
+
+def test_the_writer_kind_changes_only_between_jobs(monkeypatch):
+    """A change asked for while a job is unfinished leaves the jobs on the writer they were
+    queued on, in order; the next job submitted after they end goes to the chosen kind."""
+    w = ChildWriter(process=False)
+    try:
+        slow = w.submit(time.sleep, 0.5)
+        w.prefer(True)
+        assert w.kind == "thread" and not slow.done()
+        assert w.submit(os.getpid).result(timeout=60)[0] == os.getpid()
+        slow.result(timeout=60)
+        w.prefer(False)
+        assert w.kind == "thread"
+    finally:
+        w.shutdown()
+
+
+@pytest.mark.parametrize("value", ["proces", "2"])
+def test_a_writer_kind_that_is_none_is_one_line_naming_the_fix(monkeypatch, value):
+    from toolkit.errors import ConfigError
+    from toolkit.tracking.writer import writer_for
+
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", value)
+    with pytest.raises(ConfigError) as err:
+        writer_for(40, 600, ChildWriter(process=False))
+    line = str(err.value)
+    assert "\n" not in line and f"KMEANS_LIFECYCLE_WRITER='{value}'" in line
+    assert "auto, process, thread" in line and "-- fix:" in line
+
+
+def test_a_search_of_many_short_trials_writes_from_a_process(tracking_uri, tmp_path, monkeypatch):
+    """The search asks for its writer by its trials and data: 32 trials on 300 rows x 2 take a
+    process (and the record is whole); the process is handed back to a thread afterwards, so
+    later tests in this process pay for no writer start."""
+    from toolkit.config import load_experiment
+    from toolkit.search import search
+    from toolkit.tracking.writer import AUTO_MIN_TRIALS, shared_writer
+
+    monkeypatch.delenv("KMEANS_LIFECYCLE_WRITER", raising=False)
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", "0")
+    monkeypatch.setenv("KMEANS_QUIET", "1")
+    shared_writer().prefer(False)
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
+        "tracking.experiment=auto-writer", f"search.storage={tmp_path}/study.log", "data.n_samples=300",
+        f"search.n_trials={AUTO_MIN_TRIALS}", "search.sampler=random", "metrics.silhouette_sample=100",
+        "tracking.log_plot=false", "search.baseline_sample=0", "registry.register_best=false",
+        "cluster.n_workers=1", "cluster.processes=false"])
+    try:
+        out = search(cfg)
+        kind = shared_writer().kind
+    finally:
+        shared_writer().prefer(False)
+    assert kind == "process"
+    mlc = MlflowClient(tracking_uri=tracking_uri)
+    kids = mlc.search_runs([mlc.get_experiment_by_name("auto-writer").experiment_id],
+                           filter_string=f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'")
+    assert sorted(int(k.data.tags["optuna.trial_number"]) for k in kids) == list(range(AUTO_MIN_TRIALS))
+    assert {k.info.status for k in kids} == {"FINISHED"}

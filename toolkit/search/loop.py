@@ -72,9 +72,9 @@ class TrialLoop:
         self.best: float | None = None
         self.bar = progress(total, f"search {target.study_name}")
         self.t0 = time.time()
-        # The one MLflow writer for child runs (started early by ``search``): a separate process
-        # writing one run at a time, in the order trials end, while this thread goes straight
-        # back to the workers.
+        # The one MLflow writer for child runs (a thread or a process, chosen and started by
+        # ``search``): it writes one run at a time, in the order trials end, while this thread
+        # goes straight back to the workers.
         self._writer = shared_writer()
         self._writes: list[concurrent.futures.Future] = []
         self._slot_end: dict[str, float] = {}

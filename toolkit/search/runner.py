@@ -56,7 +56,7 @@ from toolkit.search.summary import baseline_ari, best_trial, log_loop_timing, su
 from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, TrialRunner
 from toolkit.tracking import log_dataset, log_metrics, log_params, log_tags, tags_for, tracked_run
 from toolkit.tracking.runs import client, tracking_uri
-from toolkit.tracking.writer import shared_writer
+from toolkit.tracking.writer import shared_writer, writer_for
 from toolkit.train import (
     FittedModel,
     backend_session,
@@ -170,7 +170,9 @@ class Search:
     def run(self) -> SearchOutcome:
         """The whole search: study, parent run, backend, then the steps inside the parent run."""
         cfg = self.cfg
-        _speedups.warm(shared_writer().start)  # its imports overlap the cluster start and data loading
+        # A writer process (KMEANS_LIFECYCLE_WRITER=process) has its imports overlap the cluster
+        # start and the data loading; under auto, run_trials may still take one up.
+        _speedups.warm(shared_writer().start)
         lease, where, parent_to_resume = None, None, None
         if self.use_optuna:
             where = locate_study(cfg)
@@ -232,6 +234,9 @@ class Search:
     def run_trials(self, n_to_run: int) -> None:
         """The trial loop: ``n_to_run`` trials, each a child run of the parent."""
         cfg, dataset = self.cfg, self.dataset
+        # A process or a thread writes the child runs, by the trials' count and the data's size.
+        writer = writer_for(n_to_run, dataset.n_samples * dataset.n_features)
+        _speedups.warm(writer.start)
         self.loop = TrialLoop(LoopTarget(self.parent, self.study_name, dataset, self.direction,
                                          {"backend": cfg.backend, "search.parallelism": self.mode},
                                          cfg.model, cfg.search.seed_policy), n_to_run)

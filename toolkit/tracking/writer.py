@@ -1,19 +1,21 @@
-"""A background MLflow writer: one separate process that writes runs one at a time.
+"""A background MLflow writer: one thread or one separate process that writes runs one at a time.
 
 A search writes one child run per trial, and writing one is tens of milliseconds of CPU, almost
-all of it SQLAlchemy in Python.  Done on a thread of the driver, it would hold the GIL that the
-search loop and the Dask client need, so results would wait to be picked up and trials to be
-handed out.  Here the writes run in one spawned process, reused by every search of this driver
-process, so the driver's own thread stays free for scheduling (figures: benchmarks/RESULTS.md).
+all of it SQLAlchemy in Python.  Written on a thread of the driver, the runs overlap the trials
+and cost no start-up; but the thread holds the GIL that the search loop and the Dask client
+need, so when trials take less than a write (a few milliseconds each), results wait to be
+picked up and trials to be handed out.  A spawned process, reused by every search of this
+driver process, keeps the driver's thread free then, for ~2.6 s of CPU and ~200 MiB to start.
+``KMEANS_LIFECYCLE_WRITER`` chooses: ``auto`` (default; :func:`writer_for` takes a process
+only for many trials on small data), ``process`` or ``thread`` (figures: benchmarks/RESULTS.md).
 
 Still one writer: jobs run strictly one after another, in submission order.  Each job carries
 the tracking and registry URIs of the moment it was submitted (pinned for the job with
 :func:`toolkit.tracking.runs.using_store`), so a driver that switches stores (tests do) writes
-each run where it belongs.  If no process can be started, writes fall back
-to one thread of this process, as they do where the driver's main module cannot be imported again
-by the writer process (``python -`` reading a script from its standard input);
-``KMEANS_LIFECYCLE_WRITER=thread`` asks for the thread.  A writer process that dies at start-up,
-before its first job (its imports failed: a broken ``PYTHONPATH``, a package removed under a
+each run where it belongs.  If no process can be started, writes fall back to one thread of
+this process, as they do where the driver's main module cannot be imported again by the writer
+process (``python -`` reading a script from its standard input).  A writer process that dies at
+start-up, before its first job (its imports failed: a broken ``PYTHONPATH``, a package removed under a
 running driver), fails every job waiting for it with a one-line :class:`WriterError`: the search
 stops there, in bounded time, instead of waiting for writes that will never come.
 
@@ -50,7 +52,17 @@ from typing import Any
 from toolkit._compat import executor_is_broken
 from toolkit.errors import ToolkitError
 
-__all__ = ["MAX_DEATHS_PER_JOB", "MAX_RESTARTS", "ChildWriter", "WriterError", "replaying", "shared_writer"]
+__all__ = ["AUTO_MAX_VALUES", "AUTO_MIN_TRIALS", "MAX_DEATHS_PER_JOB", "MAX_RESTARTS", "MODE_ENV", "ChildWriter",
+           "WriterError", "replaying", "shared_writer", "writer_for", "writer_mode"]
+
+#: Where child runs are written: ``auto`` (default), ``process`` or ``thread``.
+MODE_ENV = "KMEANS_LIFECYCLE_WRITER"
+_MODES = ("auto", "process", "thread")
+#: ``auto`` writes from a process only for searches of at least this many trials ...
+AUTO_MIN_TRIALS = 32
+#: ... on data of at most this many values (rows x features): trials of a few milliseconds,
+#: which come faster than a thread holding the driver's GIL can write their runs.
+AUTO_MAX_VALUES = 50_000
 
 #: A job running when the writer process died this many times fails (it may be what kills it).
 MAX_DEATHS_PER_JOB = 2
@@ -69,6 +81,45 @@ def replaying() -> bool:
     """In a writer job: whether this job is sent again after a writer process died under it or
     before it (its work may be done in part or in whole: look before writing again)."""
     return _REPLAY.get()
+
+
+def writer_mode() -> str:
+    """``KMEANS_LIFECYCLE_WRITER``, checked: ``auto`` (unset), ``process`` or ``thread``.
+
+    Raises:
+        ConfigError: any other value.
+    """
+    from toolkit.errors import ConfigError
+
+    mode = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
+    if mode not in _MODES:
+        raise ConfigError(f"{MODE_ENV}={os.environ[MODE_ENV]!r} is not a writer kind",
+                          f"set it to one of {', '.join(_MODES)}, or unset it (auto)")
+    return mode
+
+
+def writer_for(n_trials: int, n_values: int, writer: ChildWriter | None = None) -> ChildWriter:
+    """``writer`` (default: this process's shared one), set to write a search's child runs from
+    a process or a thread.
+
+    ``n_trials``: the trials the search will run; ``n_values``: its data's rows x features.
+    Under ``auto`` a process is taken up only for many trials on small data (at least
+    :data:`AUTO_MIN_TRIALS` on at most :data:`AUTO_MAX_VALUES`), and one already running is
+    kept (its start is paid).  A writer process costs ~2.6 s of CPU, ~1 s of wall and ~200 MiB
+    to start (MLflow imported again); it earns that back only when trials take less than a
+    write, where a writer thread would hold the GIL the driver needs to hand out the next
+    trials (benchmarks/RESULTS.md, 2026-12-07).  ``process`` and ``thread`` are obeyed.
+
+    Raises:
+        ConfigError: ``KMEANS_LIFECYCLE_WRITER`` names no writer kind.
+    """
+    mode = writer_mode()
+    writer = writer if writer is not None else shared_writer()
+    if mode == "thread":
+        writer.prefer(False)
+    elif mode == "process" or (n_trials >= AUTO_MIN_TRIALS and n_values <= AUTO_MAX_VALUES):
+        writer.prefer(True)
+    return writer
 
 
 def _absolute(uri: str) -> str:
@@ -307,6 +358,23 @@ class ChildWriter:
         """Writer processes that died under this writer (each was replaced)."""
         return self._deaths
 
+    def prefer(self, process: bool) -> None:
+        """Write the jobs submitted from now on from a process (or a thread), where that is a change.
+
+        The switch happens only while the writer is idle (no job unfinished), so jobs still run
+        one at a time in submission order; otherwise the current writer goes on.  A process is
+        not taken up again once :data:`MAX_RESTARTS` of them died.
+        """
+        with self._lock:
+            if process and self._deaths >= MAX_RESTARTS:
+                return
+            self._process = process
+            idle = self._pool is None or not self._jobs
+            if self._pool is None or not idle or self.kind == ("process" if process else "thread"):
+                return
+            old, self._pool = self._pool, None
+        old.shutdown(wait=False)  # no job left on it: it ends by itself
+
     def _start(self) -> concurrent.futures.Executor:
         # Only on the keeper's thread: see _Keeper.
         if self._process and _main_reimportable():
@@ -453,6 +521,7 @@ def shared_writer() -> ChildWriter:
     """This process's writer, started on first use and closed at exit."""
     global _SHARED
     if _SHARED is None:
-        _SHARED = ChildWriter(process=os.environ.get("KMEANS_LIFECYCLE_WRITER", "process") != "thread")
+        # auto: a thread until a search asks for a process (:meth:`ChildWriter.prefer`).
+        _SHARED = ChildWriter(process=writer_mode() == "process")
         atexit.register(_SHARED.shutdown)
     return _SHARED
