@@ -217,35 +217,18 @@ def test_a_writer_that_dies_at_start_up_stops_the_search_in_one_line(tracking_ur
 # -- auto: a thread, or a process for many trials on small data -----------------------------------
 
 
-def test_auto_takes_a_process_for_many_short_trials_keeps_it_and_obeys_the_variable(monkeypatch):
-    """Under ``auto`` a writer becomes a process for a search of AUTO_MIN_TRIALS trials on small
-    data only; a later small search keeps the process it has (its start is paid), as does
-    ``process`` for any search; ``thread`` turns it back into a thread."""
+def test_auto_keeps_the_thread_for_few_trials_or_big_data(monkeypatch):
+    """Under ``auto`` fewer than AUTO_MIN_TRIALS trials, or trials on more than AUTO_MAX_VALUES
+    values (fits longer than a write), keep a thread writer a thread."""
     from toolkit.tracking.writer import AUTO_MAX_VALUES, AUTO_MIN_TRIALS, writer_for
 
     monkeypatch.delenv("KMEANS_LIFECYCLE_WRITER", raising=False)
-    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", "0")
     w = ChildWriter(process=False)
     try:
-        def pid() -> int:
-            return w.submit(os.getpid).result(timeout=300)[0]
-
-        here = os.getpid()
-        assert pid() == here
-        # Few trials, or trials on data too big for a write to outlast them: still the thread.
-        assert writer_for(AUTO_MIN_TRIALS - 1, 600, w) is w and pid() == here
-        assert writer_for(AUTO_MIN_TRIALS, AUTO_MAX_VALUES + 1, w) is w and pid() == here
-        writer_for(AUTO_MIN_TRIALS, 600, w)
-        first = pid()
-        assert first != here and w.kind == "process"
-        writer_for(2, 600, w)  # a small search after it: the running process is kept
-        assert pid() == first
-        monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "process")
-        writer_for(2, 10**9, w)
-        assert pid() == first
-        monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "thread")
-        writer_for(AUTO_MIN_TRIALS, 600, w)
-        assert pid() == here and w.kind == "thread"
+        assert writer_for(AUTO_MIN_TRIALS - 1, 600, w) is w
+        assert w.submit(os.getpid).result(timeout=60)[0] == os.getpid()
+        assert writer_for(AUTO_MIN_TRIALS, AUTO_MAX_VALUES + 1, w) is w
+        assert w.submit(os.getpid).result(timeout=60)[0] == os.getpid() and w.kind == "thread"
     finally:
         w.shutdown()
 
@@ -279,29 +262,47 @@ def test_a_writer_kind_that_is_none_is_one_line_naming_the_fix(monkeypatch, valu
     assert "auto, process, thread" in line and "-- fix:" in line
 
 
-def test_a_search_of_many_short_trials_writes_from_a_process(tracking_uri, tmp_path, monkeypatch):
+def test_a_search_of_many_short_trials_writes_from_a_process_that_is_kept_until_thread(
+        tracking_uri, tmp_path, monkeypatch):
     """The search asks for its writer by its trials and data: 32 trials on 300 rows x 2 take a
-    process (and the record is whole); the process is handed back to a thread afterwards, so
-    later tests in this process pay for no writer start."""
+    process (and the record is whole).  A later small search keeps the process (its start is
+    paid), as ``process`` does for any search; ``thread`` turns it back into a thread, so later
+    tests in this process pay for no writer start."""
     from toolkit.config import load_experiment
     from toolkit.search import search
-    from toolkit.tracking.writer import AUTO_MIN_TRIALS, shared_writer
+    from toolkit.tracking.writer import AUTO_MIN_TRIALS, shared_writer, writer_for
 
     monkeypatch.delenv("KMEANS_LIFECYCLE_WRITER", raising=False)
     monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER_NICE", "0")
     monkeypatch.setenv("KMEANS_QUIET", "1")
-    shared_writer().prefer(False)
+    w = shared_writer()
+    w.prefer(False)
     cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
         "tracking.experiment=auto-writer", f"search.storage={tmp_path}/study.log", "data.n_samples=300",
         f"search.n_trials={AUTO_MIN_TRIALS}", "search.sampler=random", "metrics.silhouette_sample=100",
         "tracking.log_plot=false", "search.baseline_sample=0", "registry.register_best=false",
         "cluster.n_workers=1", "cluster.processes=false"])
+
+    def pid() -> int:
+        return w.submit(os.getpid).result(timeout=300)[0]
+
     try:
         out = search(cfg)
-        kind = shared_writer().kind
+        first = pid()
+        kind = w.kind
+        writer_for(2, 600)  # a small search after it
+        kept = pid()
+        monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "process")
+        writer_for(2, 10**9)
+        kept_for_process = pid()
+        monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "thread")
+        writer_for(AUTO_MIN_TRIALS, 600)
+        back = pid()
     finally:
-        shared_writer().prefer(False)
-    assert kind == "process"
+        w.prefer(False)
+    assert kind == "process" and first != os.getpid()
+    assert kept == kept_for_process == first
+    assert back == os.getpid() and w.kind == "thread"
     mlc = MlflowClient(tracking_uri=tracking_uri)
     kids = mlc.search_runs([mlc.get_experiment_by_name("auto-writer").experiment_id],
                            filter_string=f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'")
