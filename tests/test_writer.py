@@ -308,3 +308,23 @@ def test_a_search_of_many_short_trials_writes_from_a_process_that_is_kept_until_
                            filter_string=f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'")
     assert sorted(int(k.data.tags["optuna.trial_number"]) for k in kids) == list(range(AUTO_MIN_TRIALS))
     assert {k.info.status for k in kids} == {"FINISHED"}
+
+
+def test_a_search_with_a_writer_kind_that_is_none_fails_before_any_run(tracking_uri, tmp_path, monkeypatch):
+    """Checked before the study and the parent run: nothing is left behind to clean up."""
+    from toolkit.config import load_experiment
+    from toolkit.errors import ConfigError
+    from toolkit.search import search
+    from toolkit.tracking.writer import shared_writer
+
+    shared_writer()  # this process's writer exists already, as after an earlier search
+    monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "threads")
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
+        "tracking.experiment=bad-writer", f"search.storage={tmp_path}/study.log", "data.n_samples=200",
+        "search.n_trials=2", "registry.register_best=false", "cluster.n_workers=1", "cluster.processes=false"])
+    with pytest.raises(ConfigError, match="KMEANS_LIFECYCLE_WRITER='threads' is not a writer kind"):
+        search(cfg)
+    mlc = MlflowClient(tracking_uri=tracking_uri)
+    exp = mlc.get_experiment_by_name("bad-writer")
+    assert exp is None or mlc.search_runs([exp.experiment_id]) == []
+    assert not (tmp_path / "study.log").exists()

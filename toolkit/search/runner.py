@@ -56,7 +56,7 @@ from toolkit.search.summary import baseline_ari, best_trial, log_loop_timing, su
 from toolkit.search.trials import DataParallelRunner, TrialParallelRunner, TrialRunner
 from toolkit.tracking import log_dataset, log_metrics, log_params, log_tags, tags_for, tracked_run
 from toolkit.tracking.runs import client, tracking_uri
-from toolkit.tracking.writer import shared_writer, writer_for
+from toolkit.tracking.writer import shared_writer, writer_for, writer_mode
 from toolkit.train import (
     FittedModel,
     backend_session,
@@ -170,6 +170,7 @@ class Search:
     def run(self) -> SearchOutcome:
         """The whole search: study, parent run, backend, then the steps inside the parent run."""
         cfg = self.cfg
+        writer_mode()  # a KMEANS_LIFECYCLE_WRITER that names no kind fails before any run exists
         # A writer process (KMEANS_LIFECYCLE_WRITER=process) has its imports overlap the cluster
         # start and the data loading; under auto, run_trials may still take one up.
         _speedups.warm(shared_writer().start)

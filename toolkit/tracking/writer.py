@@ -15,9 +15,9 @@ the tracking and registry URIs of the moment it was submitted (pinned for the jo
 each run where it belongs.  If no process can be started, writes fall back to one thread of
 this process, as they do where the driver's main module cannot be imported again by the writer
 process (``python -`` reading a script from its standard input).  A writer process that dies at
-start-up, before its first job (its imports failed: a broken ``PYTHONPATH``, a package removed under a
-running driver), fails every job waiting for it with a one-line :class:`WriterError`: the search
-stops there, in bounded time, instead of waiting for writes that will never come.
+start-up, before its first job (its imports failed: a broken ``PYTHONPATH``, a package removed
+under a running driver), fails every job waiting for it with a one-line :class:`WriterError`:
+the search stops there, in bounded time, instead of waiting for writes that will never come.
 
 The writer is not a single point of failure.  If its process dies (killed, out of memory), a
 new one is started and every job it had not finished is sent again, in order, flagged as a
@@ -369,9 +369,8 @@ class ChildWriter:
             if process and self._deaths >= MAX_RESTARTS:
                 return
             self._process = process
-            idle = self._pool is None or not self._jobs
-            if self._pool is None or not idle or self.kind == ("process" if process else "thread"):
-                return
+            if self._pool is None or self._jobs or self.kind == ("process" if process else "thread"):
+                return  # nothing running, jobs unfinished, or already that kind
             old, self._pool = self._pool, None
         old.shutdown(wait=False)  # no job left on it: it ends by itself
 
