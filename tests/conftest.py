@@ -61,11 +61,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: a worker per core and one more, at most 4.  Much of a module's time is spent
-    waiting (for a server to answer, a subprocess to start, a cut link to be noticed), which
-    the extra worker's module fills; more would only trade CPU between them (each may start a
-    Dask cluster of its own and entry-point subprocesses)."""
-    return max(1, min(len(os.sched_getaffinity(0)) + 1, 4))
+    """``-n auto``: a worker per core, at most 4 (each may start a Dask cluster of its own and
+    entry-point subprocesses; one worker more than cores was tried and did not pay: its
+    contention ate the waits it filled, benchmarks/RESULTS.md)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
 def _module_of(nodeid: str) -> str:
