@@ -62,8 +62,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: a worker per core, at most 4 (each may start a Dask cluster of its own and
-    entry-point subprocesses; one worker more than cores was tried and did not pay: its
-    contention ate the waits it filled, benchmarks/RESULTS.md)."""
+    entry-point subprocesses; one worker more than cores was tried and showed no clear gain:
+    its contention ate about what it filled of the waits, benchmarks/RESULTS.md)."""
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
