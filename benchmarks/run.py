@@ -258,6 +258,7 @@ def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, sp
 def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int,
                   speed_features: int, speed_rounds: int, tiny_searches: int) -> dict[str, Any]:
     from toolkit.search import search
+    from toolkit.tracking.writer import writer_for
 
     storage = os.path.join(tmp, "bench-optuna.log")  # the default kind: an Optuna journal file
     out: dict[str, Any] = {}
@@ -265,10 +266,9 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
     with cluster(2) as client:
         # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state,
         # with the child-run writer the tiny searches will choose already started.
-        from toolkit.tracking.writer import writer_for
-
-        writer_for(tiny_trials, tiny_rows * 2).start()
-        search(_search_cfg("warmup", tiny_rows, 4, 2, storage), client=client)
+        warmup = _search_cfg("warmup", tiny_rows, 4, 2, storage)
+        writer_for(tiny_trials, tiny_rows * warmup.data.n_features).start()
+        search(warmup, client=client)
         # Several short searches, their trials pooled (one 2-second search samples one moment of
         # a machine whose speed drifts), each followed by one with the random sampler: the
         # difference is what TPE's ask and tell cost the driver.  The headline keeps TPE, the default.

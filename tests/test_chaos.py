@@ -433,7 +433,10 @@ def test_writer_killed_mid_search(tmp_path, monkeypatch, client):
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
     n = 10
-    writer = writer_for(n, 8000 * 2)
+    cfg = load_experiment(REPO / "experiments" / "blobs.yaml", [
+        "data.n_samples=8000", "metrics.silhouette_sample=1000", "tracking.log_plot=false",
+        "search.sampler=random", f"search.n_trials={n}", PLANTED])
+    writer = writer_for(n, cfg.data.n_samples * cfg.data.n_features)
     pid = writer.submit(os.getpid).result(timeout=120)[0]
     assert pid != os.getpid(), "KMEANS_LIFECYCLE_WRITER=process gave a thread"
     deaths = writer.deaths
@@ -444,9 +447,6 @@ def test_writer_killed_mid_search(tmp_path, monkeypatch, client):
 
     killer = threading.Thread(target=kill_after_two, daemon=True)
     killer.start()
-    cfg = load_experiment(REPO / "experiments" / "blobs.yaml", [
-        "data.n_samples=8000", "metrics.silhouette_sample=1000", "tracking.log_plot=false",
-        "search.sampler=random", f"search.n_trials={n}", PLANTED])
     try:
         out = search(cfg, client=client, register=False)
     finally:

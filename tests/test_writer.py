@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _mlflow_store import init_store
@@ -35,6 +36,17 @@ def shared():
         yield w, first_nice
     finally:
         w.shutdown()
+
+
+def _small_search(experiment: str, tmp_path: Path, rows: int, trials: int, *extra: str) -> Any:
+    """A search on the blobs experiment small enough for one in-process worker thread."""
+    from toolkit.config import load_experiment
+
+    return load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
+        f"tracking.experiment={experiment}", f"search.storage={tmp_path}/study.log", f"data.n_samples={rows}",
+        f"search.n_trials={trials}", "metrics.silhouette_sample=100", "tracking.log_plot=false",
+        "search.baseline_sample=0", "registry.register_best=false", "cluster.n_workers=1", "cluster.processes=false",
+        *extra])
 
 
 @pytest.fixture(params=["process", "thread"])
@@ -183,7 +195,6 @@ def test_a_writer_that_dies_at_start_up_stops_the_search_in_one_line(tracking_ur
     search stops after its first trial with one line naming the writer, its parent run FAILED,
     no run left RUNNING (was: the writes went silently to a thread of the driver).  A tiny
     search on threads: no other process is started while the variable is set."""
-    from toolkit.config import load_experiment
     from toolkit.search import search
     from toolkit.tracking.writer import shared_writer
 
@@ -194,10 +205,7 @@ def test_a_writer_that_dies_at_start_up_stops_the_search_in_one_line(tracking_ur
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("KMEANS_QUIET", "1")
     monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "process")  # 3 trials: auto would write from a thread
-    cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
-        "tracking.experiment=writer-start", f"search.storage={tmp_path}/study.log", "data.n_samples=200",
-        "search.n_trials=3", "metrics.silhouette_sample=100", "tracking.log_plot=false", "search.baseline_sample=0",
-        "registry.register_best=false", "cluster.n_workers=1", "cluster.processes=false"])
+    cfg = _small_search("writer-start", tmp_path, 200, 3)
     started = time.monotonic()
     try:
         with pytest.raises(WriterError) as err:
@@ -268,7 +276,6 @@ def test_a_search_of_many_short_trials_writes_from_a_process_that_is_kept_until_
     process (and the record is whole).  A later small search keeps the process (its start is
     paid), as ``process`` does for any search; ``thread`` turns it back into a thread, so later
     tests in this process pay for no writer start."""
-    from toolkit.config import load_experiment
     from toolkit.search import search
     from toolkit.tracking.writer import AUTO_MIN_TRIALS, shared_writer, writer_for
 
@@ -277,11 +284,7 @@ def test_a_search_of_many_short_trials_writes_from_a_process_that_is_kept_until_
     monkeypatch.setenv("KMEANS_QUIET", "1")
     w = shared_writer()
     w.prefer(False)
-    cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
-        "tracking.experiment=auto-writer", f"search.storage={tmp_path}/study.log", "data.n_samples=300",
-        f"search.n_trials={AUTO_MIN_TRIALS}", "search.sampler=random", "metrics.silhouette_sample=100",
-        "tracking.log_plot=false", "search.baseline_sample=0", "registry.register_best=false",
-        "cluster.n_workers=1", "cluster.processes=false"])
+    cfg = _small_search("auto-writer", tmp_path, 300, AUTO_MIN_TRIALS, "search.sampler=random")
 
     def pid() -> int:
         return w.submit(os.getpid).result(timeout=300)[0]
@@ -312,16 +315,13 @@ def test_a_search_of_many_short_trials_writes_from_a_process_that_is_kept_until_
 
 def test_a_search_with_a_writer_kind_that_is_none_fails_before_any_run(tracking_uri, tmp_path, monkeypatch):
     """Checked before the study and the parent run: nothing is left behind to clean up."""
-    from toolkit.config import load_experiment
     from toolkit.errors import ConfigError
     from toolkit.search import search
     from toolkit.tracking.writer import shared_writer
 
     shared_writer()  # this process's writer exists already, as after an earlier search
     monkeypatch.setenv("KMEANS_LIFECYCLE_WRITER", "threads")
-    cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "blobs.yaml", [
-        "tracking.experiment=bad-writer", f"search.storage={tmp_path}/study.log", "data.n_samples=200",
-        "search.n_trials=2", "registry.register_best=false", "cluster.n_workers=1", "cluster.processes=false"])
+    cfg = _small_search("bad-writer", tmp_path, 200, 2)
     with pytest.raises(ConfigError, match="KMEANS_LIFECYCLE_WRITER='threads' is not a writer kind"):
         search(cfg)
     mlc = MlflowClient(tracking_uri=tracking_uri)

@@ -170,10 +170,11 @@ class Search:
     def run(self) -> SearchOutcome:
         """The whole search: study, parent run, backend, then the steps inside the parent run."""
         cfg = self.cfg
-        writer_mode()  # a KMEANS_LIFECYCLE_WRITER that names no kind fails before any run exists
-        # A writer process (KMEANS_LIFECYCLE_WRITER=process) has its imports overlap the cluster
-        # start and the data loading; under auto, run_trials may still take one up.
-        _speedups.warm(shared_writer().start)
+        # Read first: a KMEANS_LIFECYCLE_WRITER that names no kind fails before any run exists.
+        # A process asked for by name has its imports overlap the cluster start and the data
+        # loading; otherwise run_trials chooses the writer once it knows the trials and the data.
+        if writer_mode() == "process":
+            _speedups.warm(shared_writer().start)
         lease, where, parent_to_resume = None, None, None
         if self.use_optuna:
             where = locate_study(cfg)
