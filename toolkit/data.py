@@ -452,6 +452,40 @@ def _read_parquet_block(path: str, columns: list[str], shift: np.ndarray | None,
     return out
 
 
+class _ParquetPart:
+    """One Parquet file of a direct array, read on a worker for a Lloyd pass (the array's
+    ``block_columns``, see :mod:`toolkit.kmeans_dask.engines`).  A plain class, not a dataclass:
+    Dask would take a dataclass apart and rebuild it in every task."""
+
+    __slots__ = ("columns", "path")
+
+    def __init__(self, path: str, columns: list[str]) -> None:
+        self.path, self.columns = path, list(columns)
+
+    def block(self) -> np.ndarray:
+        """The file as the array's float32 block (what the read task of the block gives)."""
+        return _read_parquet_block(self.path, self.columns, None, np.float32)
+
+    def column_runs(self) -> list[list[np.ndarray]] | None:
+        """The file's rows as runs of float32 columns, zero-copy views of Arrow's buffers (a run
+        per stretch where every column is one contiguous chunk); None where a column is not
+        float32 or holds a null (the block's reader casts those, and turns nulls into NaN)."""
+        import pyarrow as pa
+
+        table = _parquet_table(self.path, self.columns)
+        cols = [table.column(c) for c in self.columns]
+        if any(not pa.types.is_float32(c.type) or c.null_count for c in cols):
+            return None
+        ends = sorted({int(e) for c in cols for e in np.cumsum([len(ch) for ch in c.chunks])})
+        runs, start = [], 0
+        for end in ends:
+            if end > start:  # within one chunk of every column: a slice of it, no copy
+                runs.append([next(ch for ch in c.slice(start, end - start).chunks if len(ch))
+                             .to_numpy(zero_copy_only=True) for c in cols])
+                start = end
+        return runs
+
+
 def _parquet_rows(path: str) -> int:
     """A Parquet file's row count, from its footer."""
     import pyarrow.parquet as pq
@@ -475,7 +509,10 @@ def _parquet_array(files: list[str], columns: list[str], rows: list[int], shift:
     dsk = {(name, i, 0): (_read_parquet_block, f, list(columns), shift, np.dtype(dtype))
            for i, f in enumerate(files)}
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(graph, name, chunks=(tuple(rows), (len(columns),)), dtype=np.dtype(dtype))
+    X = da.Array(graph, name, chunks=(tuple(rows), (len(columns),)), dtype=np.dtype(dtype))
+    if shift is None and np.dtype(dtype) == np.float32:  # a Lloyd pass may read the columns as they are
+        X.block_columns = [_ParquetPart(f, columns) for f in files]
+    return X
 
 
 def _direct_parquet(files: list[str], columns: list[str]) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 
 from toolkit._metric_kernels import kernel
 
-__all__ = ["TILE", "assign", "kmeans_plusplus", "lloyd_stats"]
+__all__ = ["TILE", "assign", "kmeans_plusplus", "lloyd_stats", "lloyd_stats_columns"]
 
 #: Rows per GEMM tile: scores (TILE x k) and the centred copy (TILE x d) stay in L2 cache.
 #: 256-4096 measured within 2% of each other for d=16, k=8.
@@ -62,6 +62,26 @@ def _closest(st, r, cn):  # pragma: no cover - compiled
 
 
 @kernel()
+def _step(xt, Ct, cn, st, tsum, tcnt, sums, counts):  # pragma: no cover - compiled
+    """One tile of a Lloyd step: scores, closest centers, the tile's float32 sums and counts
+    added to the float64 totals.  The one copy of this arithmetic, so a block and the same rows
+    given as columns (:func:`lloyd_stats_columns`) give identical sums."""
+    k, d = cn.shape[0], xt.shape[1]
+    np.dot(xt, Ct, st)
+    tsum[:] = 0
+    tcnt[:] = 0
+    for r in range(xt.shape[0]):
+        best = _closest(st, r, cn)
+        tcnt[best] += 1
+        for j in range(d):
+            tsum[best, j] += xt[r, j]
+    for c in range(k):
+        counts[c] += tcnt[c]
+        for j in range(d):
+            sums[c, j] += tsum[c, j]
+
+
+@kernel()
 def lloyd_stats(x, o, Ct, cn, centre, sums, counts):  # pragma: no cover - compiled
     """Add one Lloyd step's per-center sums of the (centred) rows and counts of ``x``.
 
@@ -82,20 +102,52 @@ def lloyd_stats(x, o, Ct, cn, centre, sums, counts):  # pragma: no cover - compi
     tcnt = np.empty(k, np.int64)
     for s in range(0, n, TILE):
         e = min(n, s + TILE)
-        xt = _tile(x, s, e, o, centre, buf)
-        st = scores[: e - s]
-        np.dot(xt, Ct, st)
-        tsum[:] = 0
-        tcnt[:] = 0
-        for r in range(e - s):
-            best = _closest(st, r, cn)
-            tcnt[best] += 1
-            for j in range(d):
-                tsum[best, j] += xt[r, j]
-        for c in range(k):
-            counts[c] += tcnt[c]
-            for j in range(d):
-                sums[c, j] += tsum[c, j]
+        _step(_tile(x, s, e, o, centre, buf), Ct, cn, scores[: e - s], tsum, tcnt, sums, counts)
+
+
+@kernel()
+def lloyd_stats_columns(cols, o, Ct, cn, centre, buf, fill, flush, sums, counts):  # pragma: no cover - compiled
+    """:func:`lloyd_stats` on rows given as columns: a typed list of ``d`` equally long float32
+    arrays (a file's Arrow columns, no row-major copy of the block), gathered tile by tile.
+
+    One call takes one run of rows; a block in several runs is several calls that carry the
+    partly filled tile: ``buf`` (``(TILE, d)`` float32) holds ``fill`` rows on entry, and the
+    return value is its fill on exit.  ``flush`` (the block's last run) runs the last partial
+    tile.  Tiles start at the same rows as :func:`lloyd_stats`'s, so the sums are identical.
+    """
+    d = buf.shape[1]
+    k = cn.shape[0]
+    scores = np.empty((TILE, k), np.float32)
+    tsum = np.empty((k, d), np.float32)
+    tcnt = np.empty(k, np.int64)
+    n = len(cols[0]) if d else 0
+    r0 = 0
+    while r0 < n:
+        take = min(TILE - fill, n - r0)
+        for j in range(d):
+            src = cols[j][r0 : r0 + take]
+            if take == TILE:  # a whole tile: a constant trip count the compiler unrolls
+                if centre:
+                    for i in range(TILE):
+                        buf[i, j] = src[i] - o[j]
+                else:
+                    for i in range(TILE):
+                        buf[i, j] = src[i]
+            elif centre:
+                for i in range(take):
+                    buf[fill + i, j] = src[i] - o[j]
+            else:
+                for i in range(take):
+                    buf[fill + i, j] = src[i]
+        fill += take
+        r0 += take
+        if fill == TILE:
+            _step(buf[:TILE], Ct, cn, scores[:TILE], tsum, tcnt, sums, counts)
+            fill = 0
+    if flush and fill > 0:
+        _step(buf[:fill], Ct, cn, scores[:fill], tsum, tcnt, sums, counts)
+        fill = 0
+    return fill
 
 
 @kernel()

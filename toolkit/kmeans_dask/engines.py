@@ -5,7 +5,9 @@ block order, so the driver's sums are the same whichever worker ran what.
   Lloyd loop runs on the actors, which exchange partial sums directly, or for small data on
   one of them, given copies of all the blocks) or, where actors cannot be made,
   :class:`_FuturesEngine` (one pinned task per worker per pass);
-* lazy Dask array -> :class:`_GraphEngine` (one delayed task per block per pass);
+* lazy Dask array -> :class:`_GraphEngine` (one delayed task per block per pass; where the
+  array carries ``block_columns``, one reader per block, a Lloyd pass reads each block and
+  steps on its columns in one task, with no row-major copy of the block);
 * NumPy array -> :class:`_LocalEngine` (the kernels in-process).
 """
 
@@ -26,6 +28,7 @@ from toolkit.kmeans_dask.kernels import (
     as_f32,
     combine_stats,
     k_stats,
+    k_stats_source,
     kernel_centers,
     lloyd_advance,
     run_blocks,
@@ -514,18 +517,31 @@ class _GraphEngine(Engine):
         self.client = client
         self.paused_grace_s = paused_grace_s
         self._delayed = X.to_delayed().ravel().tolist()
+        # Readers of X's blocks (one per block, picklable; toolkit.data sets them on its direct
+        # Parquet arrays): a Lloyd pass then reads and steps in one task, straight from the
+        # file's columns, instead of a read task that builds a row-major block for a step task.
+        parts = getattr(X, "block_columns", None)
+        self._parts = list(parts) if parts is not None and len(parts) == self.n_blocks else None
 
     def _run(self, kernel: Callable[..., Any], args: tuple, subset: frozenset[int] | None) -> list:
         import dask
 
         starts = self.starts[:-1].tolist()
         wanted = range(self.n_blocks) if subset is None else sorted(subset)
-        tasks = [
-            dask.delayed(run_blocks, pure=False)(
-                kernel, [self._delayed[i]], [i], [starts[i]], args
-            )
-            for i in wanted
-        ]
+        if kernel is k_stats and self._parts is not None:
+            tasks = [
+                dask.delayed(run_blocks, pure=False)(
+                    k_stats_source, [self._parts[i]], [i], [starts[i]], args
+                )
+                for i in wanted
+            ]
+        else:
+            tasks = [
+                dask.delayed(run_blocks, pure=False)(
+                    kernel, [self._delayed[i]], [i], [starts[i]], args
+                )
+                for i in wanted
+            ]
         if self.client is None:
             parts = dask.compute(*tasks)
         else:  # blocks re-read every pass: a worker paused for memory must not hold it for ever

@@ -26,6 +26,8 @@ __all__ = [
     "k_par_sample",
     "k_par_weights",
     "k_stats",
+    "k_stats_columns",
+    "k_stats_source",
     "k_take",
     "kernel_centers",
     "labels_block",
@@ -66,6 +68,37 @@ def k_stats(
     sums, counts = np.zeros((k, d)), np.zeros(k)
     _kernels.lloyd_stats(x, o, C2, cn, bool(np.any(o)), sums, counts)
     return np.concatenate([sums, counts[:, None]], axis=1)
+
+
+def k_stats_columns(runs: Sequence[Sequence[np.ndarray]], o: np.ndarray, C2: np.ndarray,
+                    cn: np.ndarray) -> np.ndarray:
+    """:func:`k_stats` of a block given as runs of rows, each a sequence of ``d`` equally long
+    float32 columns (a Parquet file's Arrow columns, read-only views): no row-major block is
+    made, and the sums are identical to :func:`k_stats` on the same rows."""
+    from numba.typed import List
+
+    d, k = C2.shape
+    sums, counts = np.zeros((k, d)), np.zeros(k)
+    buf = np.empty((_kernels.TILE, d), dtype=_F32)
+    centre, fill = bool(np.any(o)), 0
+    for r, cols in enumerate(runs):
+        typed = List()
+        for c in cols:
+            typed.append(c)
+        fill = _kernels.lloyd_stats_columns(typed, o, C2, cn, centre, buf, fill, r == len(runs) - 1, sums, counts)
+    return np.concatenate([sums, counts[:, None]], axis=1)
+
+
+def k_stats_source(part: Any, i: int, off: int, o: np.ndarray, C2: np.ndarray, cn: np.ndarray) -> np.ndarray:
+    """:func:`k_stats` of a block that ``part`` reads where this runs (one task: read and step).
+
+    ``part`` is an entry of a Dask array's ``block_columns`` (see
+    :class:`~toolkit.kmeans_dask.engines.Engine`): ``part.column_runs()`` gives the block's rows
+    as runs of float32 columns, or None where it cannot (then ``part.block()`` is the block)."""
+    runs = part.column_runs()
+    if runs is None:
+        return k_stats(part.block(), i, off, o, C2, cn)
+    return k_stats_columns(runs, o, C2, cn)
 
 
 def labels_of(x: np.ndarray, o: np.ndarray, C2: np.ndarray, cn: np.ndarray) -> np.ndarray:
