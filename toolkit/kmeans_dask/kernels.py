@@ -92,9 +92,9 @@ def k_stats_columns(runs: Sequence[Sequence[np.ndarray]], o: np.ndarray, C2: np.
 def k_stats_source(part: Any, i: int, off: int, o: np.ndarray, C2: np.ndarray, cn: np.ndarray) -> np.ndarray:
     """:func:`k_stats` of a block that ``part`` reads where this runs (one task: read and step).
 
-    ``part`` is an entry of a Dask array's ``block_columns`` (see
-    :class:`~toolkit.kmeans_dask.engines.Engine`): ``part.column_runs()`` gives the block's rows
-    as runs of float32 columns, or None where it cannot (then ``part.block()`` is the block)."""
+    ``part`` is an entry of a Dask array's ``block_columns`` (see :mod:`toolkit.kmeans_dask.engines`;
+    :class:`toolkit.data._ParquetPart` is one): ``part.column_runs()`` gives the block's rows as
+    runs of float32 columns, or None where it cannot (then ``part.block()`` is the block)."""
     runs = part.column_runs()
     if runs is None:
         return k_stats(part.block(), i, off, o, C2, cn)
