@@ -219,14 +219,17 @@ def _write_probe(tmp: str, writes: int = 25) -> float:
     The same call the search's writer makes (:func:`toolkit.search.record.log_trial_run`), in
     this process while nothing else runs.  It took 20-25 ms in quiet spells and 50-60 ms in slow
     ones on the 2-core VM the README's figures come from, for the same code: printed beside the
-    overhead so a reader can tell a slow machine from a slow search.
+    overhead so a reader can tell a slow machine from a slow search.  The store is made once per
+    folder (its schema migrations are not what the probe measures); each probe has a parent of
+    its own.
     """
     from toolkit.search import record
     from toolkit.tracking.runs import client, using_store
 
-    with using_store(f"sqlite:///{tmp}/probe-{time.time_ns()}.db"):
+    with using_store(f"sqlite:///{tmp}/probe.db"):
         c = client()
-        parent = c.create_run(c.create_experiment("probe")).info.run_id
+        exp = c.get_experiment_by_name("probe")
+        parent = c.create_run(exp.experiment_id if exp else c.create_experiment("probe")).info.run_id
         centers = np.arange(8.0).reshape(4, 2)
         cpu = []
         for i in range(writes + 5):
@@ -248,21 +251,22 @@ def _overhead_medians(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int,
-                 speed_features: int = 16, speed_rounds: int = 5, tiny_searches: int = 3) -> dict[str, Any]:
+                 speed_features: int = 16, speed_rounds: int = 5, tiny_searches: int = 3,
+                 probe_writes: int = 25) -> dict[str, Any]:
     """Search figures on a throwaway MLflow store; the caller's store and run are left alone."""
     with environ(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/bench-mlflow.db", MLFLOW_RUN_ID=None):
         return _bench_search(tmp, tiny_rows, tiny_trials, speed_rows, speed_trials, speed_features, speed_rounds,
-                             tiny_searches)
+                             tiny_searches, probe_writes)
 
 
 def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, speed_trials: int,
-                  speed_features: int, speed_rounds: int, tiny_searches: int) -> dict[str, Any]:
+                  speed_features: int, speed_rounds: int, tiny_searches: int, probe_writes: int) -> dict[str, Any]:
     from toolkit.search import search
     from toolkit.tracking.writer import writer_for
 
     storage = os.path.join(tmp, "bench-optuna.log")  # the default kind: an Optuna journal file
     out: dict[str, Any] = {}
-    probe_before = _write_probe(tmp)
+    probe_before = _write_probe(tmp, probe_writes)
     with cluster(2) as client:
         # Warm-up search (imports on the workers, sqlite schema) so the figure is steady-state,
         # with the child-run writer the tiny searches will choose already started.
@@ -277,7 +281,7 @@ def _bench_search(tmp: str, tiny_rows: int, tiny_trials: int, speed_rows: int, s
             tiny.append(search(_search_cfg(f"overhead-{i}", tiny_rows, tiny_trials, 2, storage), client=client))
             plain.append(search(_search_cfg(f"overhead-random-{i}", tiny_rows, tiny_trials, 2, storage,
                                             sampler="random"), client=client))
-    probe_after = _write_probe(tmp)
+    probe_after = _write_probe(tmp, probe_writes)
     rows = [r for t in tiny for r in t.trials]
     plain_rows = [r for t in plain for r in t.trials]
     compute = [r["duration_s"] for r in rows]
@@ -631,7 +635,7 @@ SECTIONS: dict[str, Section] = {
                                                     a.features, a.k, a.iters, a.repeats),
                        _print_scaling, default=True),
     "search": Section(lambda a, tmp: bench_search(tmp, 300, a.tiny_trials, a.speed_rows, a.speed_trials, a.features,
-                                                  a.speed_rounds, a.tiny_searches),
+                                                  a.speed_rounds, a.tiny_searches, a.probe_writes),
                       _print_search, default=True),
     "evaluate": Section(lambda a, tmp: bench_evaluate(tmp, a.rows, a.features, a.k, a.repeats), _print_evaluate),
     "drift": Section(lambda a, tmp: bench_drift(tmp, a.rows, a.features, a.k, a.repeats, a.workers), _print_drift),
@@ -696,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling-workers", default="1,2")
     p.add_argument("--tiny-trials", type=int, default=40, help="search overhead: trials on 300 rows per search")
     p.add_argument("--tiny-searches", type=int, default=3, help="search overhead: searches (trials pooled)")
+    p.add_argument("--probe-writes", type=int, default=25,
+                   help="search overhead: child-run writes of the machine probe, before and after the searches")
     p.add_argument("--speed-rows", type=int, default=200_000, help="trial-parallel speed-up: rows (x --features)")
     p.add_argument("--speed-trials", type=int, default=16, help="trial-parallel speed-up: trials")
     p.add_argument("--speed-rounds", type=int, default=5,

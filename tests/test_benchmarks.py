@@ -25,7 +25,7 @@ def test_benchmark_search_section_logs_to_the_callers_store(tracking_uri, tmp_pa
     rc = bench.main([
         "--sections", "iteration,search", "--rows", "20000", "--features", "4", "--iters", "4",
         "--repeats", "1", "--tiny-trials", "4", "--tiny-searches", "2", "--speed-rows", "4000", "--speed-trials", "2",
-        "--speed-rounds", "1", "--json", str(out), "--mlflow",
+        "--speed-rounds", "1", "--probe-writes", "3", "--json", str(out), "--mlflow",
     ])
     assert rc == 0
     report = json.loads(out.read_text())

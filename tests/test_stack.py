@@ -247,18 +247,8 @@ def test_search_promote_predict_serve_on_the_stack(stack: Stack, tmp_path: Path)
         assert mlc.get_registered_model(name).aliases["champion"] == "2", name
     best_k = int(optuna.load_study(study_name=study.study_name, storage=real).best_params["n_clusters"])
 
-    # 4. predict on the external cluster.
-    X, _ = make_blobs(n_samples=500, n_features=2, centers=6, cluster_std=0.1, random_state=0)
-    src = tmp_path / "score.csv"
-    pd.DataFrame(X, columns=["x0", "x1"]).to_csv(src, index=False)
-    dst = tmp_path / "labels.parquet"
-    _run_script(["predict", str(stack.run), str(src), str(dst)], script_env, outputs)
-    scored = pd.read_parquet(dst)
-    assert len(scored) == len(X) and np.allclose(scored[["x0", "x1"]].to_numpy(), X)
-    assert scored["label"].nunique() == best_k
-
-    # 5. The README's serve of the champion (a verified copy under mlflow models serve): a real
-    # POST answers as predict did.
+    # 4. predict on the external cluster, while 5. the README's serve of the champion (a verified
+    # copy under mlflow models serve) starts beside it: a real POST then answers as predict did.
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
@@ -268,6 +258,14 @@ def test_search_promote_predict_serve_on_the_stack(stack: Stack, tmp_path: Path)
             cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
+        X, _ = make_blobs(n_samples=500, n_features=2, centers=6, cluster_std=0.1, random_state=0)
+        src = tmp_path / "score.csv"
+        pd.DataFrame(X, columns=["x0", "x1"]).to_csv(src, index=False)
+        dst = tmp_path / "labels.parquet"
+        _run_script(["predict", str(stack.run), str(src), str(dst)], script_env, outputs)
+        scored = pd.read_parquet(dst)
+        assert len(scored) == len(X) and np.allclose(scored[["x0", "x1"]].to_numpy(), X)
+        assert scored["label"].nunique() == best_k
         base = f"http://127.0.0.1:{port}"
         wait_ready(serve, f"{base}/ping", log, "python -m mlproject.serve", limit_s=180)
         served = _post(base, X)
