@@ -420,9 +420,16 @@ def _read_parquet_block(path: str, columns: list[str], shift: np.ndarray | None,
     (``- shift`` in float64 where it is centred), any other numeric type is cast to float64 by Arrow
     first (nulls become NaN), then each value is rounded once into ``dtype``.
     """
+    return _table_block([_parquet_table(path, columns)], columns, shift, dtype)
+
+
+def _table_block(box: list[Any], columns: list[str], shift: np.ndarray | None, dtype: Any) -> np.ndarray:
+    """:func:`_read_parquet_block` of a table already read, handed over in a one-item list that
+    this empties: the table's last reference is then this function's own, so the buffers the
+    block does not need are freed before it is filled."""
     import pyarrow as pa
 
-    table = _parquet_table(path, columns)
+    table = box.pop()
     if (shift is None and np.dtype(dtype) == np.float32 and table.num_rows
             and all(pa.types.is_float32(table.schema.field(c).type) for c in columns)):
         # float32 files, nothing to centre: Arrow's own row-major copy (nulls as NaN), a 64-byte
@@ -462,20 +469,18 @@ class _ParquetPart:
     def __init__(self, path: str, columns: list[str]) -> None:
         self.path, self.columns = path, list(columns)
 
-    def block(self) -> np.ndarray:
-        """The file as the array's float32 block (what the read task of the block gives)."""
-        return _read_parquet_block(self.path, self.columns, None, np.float32)
-
-    def column_runs(self) -> list[list[np.ndarray]] | None:
-        """The file's rows as runs of float32 columns, zero-copy views of Arrow's buffers (a run
-        per stretch where every column is one contiguous chunk); None where a column is not
-        float32 or holds a null (the block's reader casts those, and turns nulls into NaN)."""
+    def read(self) -> list[list[np.ndarray]] | np.ndarray:
+        """The file, read once: its rows as runs of float32 columns, zero-copy views of Arrow's
+        buffers (a run per stretch where every column is one contiguous chunk), or, where a
+        column is not float32 or holds a null, the array's float32 block (the block's reader
+        casts those, and turns nulls into NaN)."""
         import pyarrow as pa
 
-        table = _parquet_table(self.path, self.columns)
-        cols = [table.column(c) for c in self.columns]
+        box = [_parquet_table(self.path, self.columns)]
+        cols = [box[0].column(c) for c in self.columns]
         if any(not pa.types.is_float32(c.type) or c.null_count for c in cols):
-            return None
+            del cols
+            return _table_block(box, self.columns, None, np.float32)
         ends = sorted({int(e) for c in cols for e in np.cumsum([len(ch) for ch in c.chunks])})
         runs, start = [], 0
         for end in ends:

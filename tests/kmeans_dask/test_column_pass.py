@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from toolkit.config import DataConfig
-from toolkit.data import _ParquetPart, load_dataset
+from toolkit.data import _ParquetPart, _read_parquet_block, load_dataset
 from toolkit.kmeans_dask import DaskKMeans
 from toolkit.kmeans_dask._numba import TILE
 from toolkit.kmeans_dask.engines import make_engine
@@ -68,23 +68,45 @@ def test_a_file_is_read_as_column_runs_only_where_its_columns_are_plain_float32(
     # Several row groups: Arrow hands each column over in several chunks.
     path = _write(tmp_path / "f32.parquet", f32, row_group_size=1500)
     part = _ParquetPart(path, list(reversed(cols)))  # the array's column order, not the file's
-    runs = part.column_runs()
-    assert runs is not None and len(runs) >= 2
+    runs = part.read()
+    assert isinstance(runs, list) and len(runs) >= 2
     np.testing.assert_array_equal(np.column_stack([np.concatenate(c) for c in zip(*runs, strict=True)]),
                                   X[:, ::-1])
     assert all(not c.flags.writeable for run in runs for c in run)  # Arrow's own buffers, not copies
-    np.testing.assert_array_equal(part.block(), X[:, ::-1])
-    # float64 columns, or a null, go through the block (cast once, nulls as NaN).
+    np.testing.assert_array_equal(_read_parquet_block(path, list(reversed(cols)), None, np.float32), X[:, ::-1])
+    # float64 columns, or a null, go through the block (cast once, nulls as NaN), from the one read.
     f64 = _write(tmp_path / "f64.parquet", pa.table({c: X[:, j].astype(np.float64) for j, c in enumerate(cols)}))
-    assert _ParquetPart(f64, cols).column_runs() is None
+    f64_block = _ParquetPart(f64, cols).read()
+    assert isinstance(f64_block, np.ndarray)
+    np.testing.assert_array_equal(f64_block, _read_parquet_block(f64, cols, None, np.float32))
     nulls = pa.table({c: pa.array([None, *X[1:, j].tolist()], pa.float32()) for j, c in enumerate(cols)})
-    with_null = _ParquetPart(_write(tmp_path / "null.parquet", nulls), cols)
-    assert with_null.column_runs() is None
+    null_path = _write(tmp_path / "null.parquet", nulls)
+    with_null = _ParquetPart(null_path, cols)
+    block = with_null.read()
+    assert isinstance(block, np.ndarray)
+    np.testing.assert_array_equal(block, _read_parquet_block(null_path, cols, None, np.float32))
     C2, cn = kernel_centers(X[:K].astype(np.float64))
     o = np.zeros(D, np.float32)
-    block = with_null.block()
     assert np.isnan(block[0]).all()
     np.testing.assert_array_equal(k_stats_source(with_null, 0, 0, o, C2, cn), k_stats(block, 0, 0, o, C2, cn))
+
+
+def test_a_part_reads_its_file_once_whichever_way_it_hands_it_over(tmp_path, monkeypatch):
+    import toolkit.data
+
+    X = _rows(3000)
+    cols = [f"x{j}" for j in range(D)]
+    f32 = _write(tmp_path / "f32.parquet", pa.table({c: X[:, j] for j, c in enumerate(cols)}))
+    f64 = _write(tmp_path / "f64.parquet", pa.table({c: X[:, j].astype(np.float64) for j, c in enumerate(cols)}))
+    reads: list[str] = []
+    real = toolkit.data._parquet_table
+    monkeypatch.setattr(toolkit.data, "_parquet_table", lambda path, columns=None: reads.append(path) or
+                        real(path, columns))
+    C2, cn = kernel_centers(X[:K].astype(np.float64))
+    o = np.zeros(D, np.float32)
+    for path in (f32, f64):
+        k_stats_source(_ParquetPart(path, cols), 0, 0, o, C2, cn)
+    assert reads == [f32, f64]
 
 
 def _parquet_glob(tmp_path, X: np.ndarray, files: int) -> str:

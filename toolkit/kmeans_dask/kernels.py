@@ -93,12 +93,12 @@ def k_stats_source(part: Any, i: int, off: int, o: np.ndarray, C2: np.ndarray, c
     """:func:`k_stats` of a block that ``part`` reads where this runs (one task: read and step).
 
     ``part`` is an entry of a Dask array's ``block_columns`` (see :mod:`toolkit.kmeans_dask.engines`;
-    :class:`toolkit.data._ParquetPart` is one): ``part.column_runs()`` gives the block's rows as
-    runs of float32 columns, or None where it cannot (then ``part.block()`` is the block)."""
-    runs = part.column_runs()
-    if runs is None:
-        return k_stats(part.block(), i, off, o, C2, cn)
-    return k_stats_columns(runs, o, C2, cn)
+    :class:`toolkit.data._ParquetPart` is one): ``part.read()`` gives the block's rows as runs of
+    float32 columns (a list of runs), or, where it cannot, the block itself."""
+    got = part.read()
+    if isinstance(got, np.ndarray):
+        return k_stats(got, i, off, o, C2, cn)
+    return k_stats_columns(got, o, C2, cn)
 
 
 def labels_of(x: np.ndarray, o: np.ndarray, C2: np.ndarray, cn: np.ndarray) -> np.ndarray:
