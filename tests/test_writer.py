@@ -257,6 +257,24 @@ def test_the_writer_kind_changes_only_between_jobs(monkeypatch):
         w.shutdown()
 
 
+def test_a_process_asked_for_where_none_can_start_keeps_the_running_thread(monkeypatch):
+    """A driver whose main module a writer process could not import (``python -``) writes from
+    a thread whatever is asked: asking for a process then leaves the idle thread as it is,
+    rather than replacing it with another thread."""
+    import toolkit.tracking.writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "_main_reimportable", lambda: False)
+    w = ChildWriter(process=False)
+    try:
+        w.submit(os.getpid).result(timeout=60)
+        pool = w._pool
+        w.prefer(True)
+        assert w._pool is pool and w.kind == "thread"
+        assert w.submit(os.getpid).result(timeout=60)[0] == os.getpid()
+    finally:
+        w.shutdown()
+
+
 @pytest.mark.parametrize("value", ["proces", "2"])
 def test_a_writer_kind_that_is_none_is_one_line_naming_the_fix(monkeypatch, value):
     from toolkit.errors import ConfigError

@@ -237,7 +237,7 @@ def _died_starting(warmed: concurrent.futures.Future | None) -> WriterError:
         "if any, is printed above on stderr",
         "check that a new interpreter of this environment imports the toolkit and MLflow "
         "(python -c 'import toolkit.tracking.writer, mlflow': PYTHONPATH, installed packages), or set "
-        "KMEANS_LIFECYCLE_WRITER=thread to write from the driver's own thread",
+        f"{MODE_ENV}=thread to write from the driver's own thread",
     )
 
 
@@ -369,14 +369,19 @@ class ChildWriter:
             if process and self._deaths >= MAX_RESTARTS:
                 return
             self._process = process
-            if self._pool is None or self._jobs or self.kind == ("process" if process else "thread"):
-                return  # nothing running, jobs unfinished, or already that kind
+            if self._pool is None or self._jobs or self.kind == ("process" if self._wants_process() else "thread"):
+                return  # nothing running, jobs unfinished, or already what a new start would give
             old, self._pool = self._pool, None
         old.shutdown(wait=False)  # no job left on it: it ends by itself
 
+    def _wants_process(self) -> bool:
+        """Whether a start now would try a process: asked for, and the driver's main module can
+        be imported again by one (else a thread, whatever was asked)."""
+        return self._process and _main_reimportable()
+
     def _start(self) -> concurrent.futures.Executor:
         # Only on the keeper's thread: see _Keeper.
-        if self._process and _main_reimportable():
+        if self._wants_process():
             try:
                 pool = concurrent.futures.ProcessPoolExecutor(
                     max_workers=1, mp_context=multiprocessing.get_context("spawn"),
@@ -499,7 +504,7 @@ class ChildWriter:
             _keeper().call(self._repair)  # no writer yet, or a dead one: start one
         with self._lock:
             self._fail(job, WriterError(f"no child-run writer could be started for {job.name()}",
-                                        "set KMEANS_LIFECYCLE_WRITER=thread"))
+                                        f"set {MODE_ENV}=thread"))
         return job.future
 
     def shutdown(self) -> None:
