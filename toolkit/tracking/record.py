@@ -155,7 +155,8 @@ def log_dataset(run_id: str, dataset: Any, context: str = "training") -> None:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
 
         first = dataset.files[0]  # a URL (s3://...) as it is; a local path made absolute
-        source = resolve_dataset_source(first if "://" in first else os.path.abspath(first))
+        source = resolve_dataset_source(first if "://" in first else os.path.abspath(first),
+                                         candidate_sources=_distinct_sources())
     else:
         source = CodeDatasetSource(tags={"generator": dataset.source})
     schema = Schema([ColSpec(DataType.float, str(n)) for n in dataset.feature_names])
@@ -167,6 +168,20 @@ def log_dataset(run_id: str, dataset: Any, context: str = "training") -> None:
         tags=[InputTag(key="mlflow.data.context", value=context)],
     )
     _log_inputs_tolerating_a_race(run_id, entity)
+
+
+def _distinct_sources() -> list[Any]:
+    """MLflow's registered dataset sources, the last of each class name only.
+
+    MLflow registers its local artifact source once per scheme of the local artifact repository
+    ('' and 'file'): two classes of one name, ``LocalArtifactDatasetSource``, both matching any
+    local path, so resolving one warns on the console that it "can be interpreted in multiple
+    ways" and takes the last.  Offering only the last of each name resolves to that same class,
+    without the warning, and leaves every other source as it was.
+    """
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    return list({cls.__name__: cls for cls in get_registered_sources()}.values())
 
 
 #: How a store reports that another writer inserted the same dataset row first (PostgreSQL through
