@@ -16,7 +16,8 @@ from typing import Any
 from mlproject._cli import add_flag, entry_parser, run_main
 from toolkit.config import parse_flag
 
-#: ``columns``' default: every column of the input is a feature.
+#: ``columns``' default: the model's own columns, found by name (every column of the input for a
+#: model that did not record them).
 ALL_COLUMNS = "all"
 #: ``scheduler_address``' default: ``DASK_SCHEDULER_ADDRESS`` if set, else a local cluster.
 AUTO_SCHEDULER = "auto"
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="CSV/Parquet file, directory or glob")
     parser.add_argument("--output", required=True, help="Parquet directory to write (must not exist, see --overwrite)")
     parser.add_argument("--columns", default=ALL_COLUMNS,
-                        help=f"comma-separated feature columns (default: {ALL_COLUMNS}, every column)")
+                        help="comma-separated feature columns, in the model's order (default: "
+                             f"{ALL_COLUMNS}: the model's own columns, found by name; every column for a model "
+                             "that did not record them)")
     parser.add_argument("--n-workers", default="2", help="workers of the local Dask cluster (default: 2)")
     parser.add_argument("--scheduler-address", default=AUTO_SCHEDULER,
                         help="tcp://host:8786 of a running Dask scheduler "

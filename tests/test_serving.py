@@ -262,6 +262,27 @@ def test_distributed_predictor_numpy_input_and_bad_input(distributed, local, cli
         distributed.predict(bad)
 
 
+def test_predictors_put_named_frames_in_the_models_order_or_refuse_them(registered, local, distributed, client):
+    """A frame with the model's columns in another order is put in order; other names are
+    refused in one line, by the local and the distributed predictor alike (the pyfunc face
+    refuses them too); unnamed columns are still read by position."""
+    _, X, _ = registered
+    expected = local.predict(X[:200])
+    swapped = pd.DataFrame({"x1": X[:200, 1], "x0": X[:200, 0]})
+    assert not np.array_equal(local.predict(X[:200, ::-1].copy()), expected)  # by position it would differ
+    np.testing.assert_array_equal(local.predict(swapped), expected)
+    got = client.compute(distributed.predict(dd.from_pandas(swapped, npartitions=2))).result()
+    np.testing.assert_array_equal(got.to_numpy(), expected)
+    renamed = pd.DataFrame(X[:200], columns=["a", "b"])
+    said = (r"input has unexpected column\(s\) a, b; missing column\(s\) x0, x1; "
+            r"the model was trained on the columns x0, x1")
+    with pytest.raises(DataError, match=said):
+        local.predict(renamed)
+    with pytest.raises(DataError, match=said):
+        distributed.predict(dd.from_pandas(renamed, npartitions=1))
+    np.testing.assert_array_equal(local.predict(pd.DataFrame(X[:200])), expected)
+
+
 def test_closed_distributed_predictor_says_so(registered, client):
     predictor = load_predictor(f"models:/{TWIN}/1", client=client)
     assert isinstance(predictor, DistributedPredictor)
@@ -329,8 +350,10 @@ def test_score_files_failures_write_nothing(distributed, registered, tmp_path):
     _parquet_inputs(tmp_path / "in", X, n_files=1)
     pd.DataFrame({"a": [1.0], "b": [2.0], "c": [3.0]}).to_parquet(tmp_path / "three.parquet")
     out = tmp_path / "never"
-    with pytest.raises(DataError, match="3 feature column"):
+    with pytest.raises(DataError, match=r"no column\(s\) x0, x1 of the 2 the model was trained on"):
         score_files(distributed, str(tmp_path / "three.parquet"), str(out))
+    with pytest.raises(DataError, match=r"3 feature column\(s\) picked \(a, b, c\) but the model was trained on 2"):
+        score_files(distributed, str(tmp_path / "three.parquet"), str(out), columns=["a", "b", "c"])
     with pytest.raises(DataError, match="no column"):
         score_files(distributed, str(tmp_path / "in"), str(out), columns=["x0", "nope"])
     assert not out.exists() and not list(tmp_path.glob(".scoring-*"))
@@ -338,6 +361,30 @@ def test_score_files_failures_write_nothing(distributed, registered, tmp_path):
     with pytest.raises(DataError, match="already exists"):
         score_files(distributed, str(tmp_path / "in"), str(tmp_path / "taken"))
     assert list((tmp_path / "taken").iterdir()) == []
+
+
+def test_score_files_reads_the_models_columns_by_name(distributed, local, registered, tmp_path):
+    """The model's columns are found by name, in any order, beside other columns; an input
+    without them is refused before anything is written, unless the caller picks its features
+    (in the model's order) with ``columns``.  Read by position, either would be labelled wrong
+    without a word."""
+    _, X, _ = registered
+    expected = local.predict(X)
+    pd.DataFrame({"x1": X[:, 1], "id": np.arange(len(X)), "x0": X[:, 0]}).to_csv(tmp_path / "swapped.csv", index=False)
+    score_files(distributed, str(tmp_path / "swapped.csv"), str(tmp_path / "by-name"))
+    got = _read_output(str(tmp_path / "by-name"))
+    assert list(got.columns) == ["x1", "id", "x0", "label"]
+    np.testing.assert_array_equal(got["label"].to_numpy(), expected)
+
+    pd.DataFrame(X, columns=["a", "b"]).to_csv(tmp_path / "renamed.csv", index=False)
+    with pytest.raises(DataError, match=r"no column\(s\) x0, x1 of the 2 the model was trained on \(x0, x1\); "
+                                        r"it has a, b -- fix: .* --columns"):
+        score_files(distributed, str(tmp_path / "renamed.csv"), str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
+    score_files(distributed, str(tmp_path / "renamed.csv"), str(tmp_path / "by-position"), columns=["a", "b"])
+    np.testing.assert_array_equal(_read_output(str(tmp_path / "by-position"))["label"].to_numpy(), expected)
+    score_files(distributed, str(tmp_path / "swapped.csv"), str(tmp_path / "named"), columns=["x1", "x0"])
+    np.testing.assert_array_equal(_read_output(str(tmp_path / "named"))["label"].to_numpy(), expected)
 
 
 def test_score_files_drops_nan_rows_when_asked(distributed, local, registered, tmp_path):
@@ -430,8 +477,8 @@ def test_gpu_native_model_without_gpu_names_the_twin(gpu_model_dir):
 def test_local_predictor_bad_data(local):
     with pytest.raises(DataError, match=r"3 feature column.*expects 2"):
         local.predict(np.zeros((5, 3), np.float32))
-    with pytest.raises(DataError, match=r"non-numeric column.*name"):
-        local.predict(pd.DataFrame({"x0": [1.0], "name": ["a"]}))
+    with pytest.raises(DataError, match=r"non-numeric column.*x1"):
+        local.predict(pd.DataFrame({"x0": [1.0], "x1": ["a"]}))
     with pytest.raises(DataError, match="2-D"):
         local.predict(np.zeros(4, np.float32))
 
@@ -469,7 +516,7 @@ def bad_inputs(tmp_path, registered):
         (f"models:/{TWIN}/99", "good.csv", "version '99'"),
         (f"models:/{TWIN}@staging", "good.csv", "alias 'staging' is not set"),
         ("models:/gpu-kmeans@champion", "good.csv", f"scikit-learn twin models:/{TWIN}/1"),
-        (f"models:/{TWIN}@champion", "three.csv", "3 feature column(s) but the model expects 2"),
+        (f"models:/{TWIN}@champion", "three.csv", "has no column(s) x0, x1 of the 2 the model was trained on"),
         (f"models:/{TWIN}@champion", "text.csv", "non-numeric column(s): x1"),
         (f"models:/{TWIN}@champion", "nan.csv", "2 row(s) of"),
     ],

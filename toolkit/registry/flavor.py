@@ -73,6 +73,7 @@ __all__ = [
     "SKOPS",
     "SKOPS_FILE",
     "TRUSTED_SKOPS_TYPES",
+    "column_mismatch",
     "flavor_conf",
     "load_model",
     "load_verified",
@@ -620,6 +621,25 @@ def _refuse(message: str) -> Exception:
     return MlflowException.invalid_parameter_value(message)
 
 
+def column_mismatch(columns: list[Any], feature_names: list[str] | None) -> str | None:
+    """What is wrong with a frame's ``columns`` for a model trained on ``feature_names``, or None.
+
+    Only a frame whose columns are all named (strings) is compared, and only with a model that
+    recorded its columns: it must have exactly ``feature_names``, in any order.  Every face of a
+    model (the pyfunc, the local and distributed predictors, batch scoring) holds to this, so a
+    frame with its columns renamed or reordered is refused or put in order, never scored by
+    position in silence.
+    """
+    if not feature_names or not columns or not all(isinstance(c, str) for c in columns):
+        return None
+    extra = [c for c in columns if c not in feature_names]
+    missing = [c for c in feature_names if c not in columns]
+    return "; ".join(part for part in (
+        f"unexpected column(s) {', '.join(extra)}" if extra else "",
+        f"missing column(s) {', '.join(missing)}" if missing else "",
+    ) if part) or None  # fmt: skip
+
+
 def pyfunc_rows(data: Any, feature_names: list[str] | None, n_features: int, dtype: Any) -> np.ndarray:
     """The rows of a pyfunc request as a ``(n, n_features)`` array of ``dtype``, or a refusal.
 
@@ -640,15 +660,10 @@ def pyfunc_rows(data: Any, feature_names: list[str] | None, n_features: int, dty
         data = data.to_frame()
     if isinstance(data, pd.DataFrame):
         columns = list(data.columns)
+        said = column_mismatch(columns, feature_names)
+        if said:
+            raise _refuse(f"input has {said}; the model expects exactly the columns {expected}")
         if feature_names and columns and all(isinstance(c, str) for c in columns):
-            extra = [c for c in columns if c not in feature_names]
-            missing = [c for c in feature_names if c not in columns]
-            if extra or missing:
-                said = "; ".join(part for part in (
-                    f"unexpected column(s) {', '.join(extra)}" if extra else "",
-                    f"missing column(s) {', '.join(missing)}" if missing else "",
-                ) if part)  # fmt: skip
-                raise _refuse(f"input has {said}; the model expects exactly the columns {expected}")
             data = data[list(feature_names)]
         bad = [str(c) for c, t in data.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
         if bad:

@@ -110,7 +110,12 @@ def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift:
     """
     from toolkit.stats import profile as prof
 
-    labels = predictor.predict(ddf[features] if list(ddf.columns) != features else ddf)
+    X = ddf[features] if list(ddf.columns) != features else ddf
+    names = getattr(predictor, "feature_names", None)
+    if names and len(names) == len(features) and features != list(names):
+        # Columns the caller picked by position (--columns) take the model's names.
+        X = X.rename(columns=dict(zip(features, names, strict=True)))
+    labels = predictor.predict(X)
     scored = ddf.assign(**{LABEL: labels})
     if scored.index.name is None:  # dask would write its placeholder "__null_dask_index__"
         scored = scored.rename_axis("index")
@@ -192,29 +197,51 @@ def score_files(predictor: Any, path: str, output: str, columns: list[str] | Non
     if (out_fs.exists(out_path) if remote else os.path.exists(output)) and not opts.overwrite:
         raise DataError(f"output {output!r} already exists",
                         f"choose another path or pass {option_hint('overwrite', 'true')}")
-    files, ddf, features, n_nan = _read_features(path, columns, opts)
+    files, ddf, features, n_nan = _read_features(path, columns, opts, getattr(predictor, "feature_names", None))
     job = _Job(predictor, ddf, features, opts)
     plan, parts = job.write_remote(out_fs, out_path) if remote else job.write_local(output)
     return _scored(plan, parts, files, output, n_nan)
 
 
-def _read_features(path: str, columns: list[str] | None,
-                   opts: ScoringOptions) -> tuple[list[str], Any, list[str], int]:
+def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
+                   names: list[str] | None = None) -> tuple[list[str], Any, list[str], int]:
     """(files, lazy frame, feature columns, rows with a NaN feature) of the input ``path``.
 
+    The features are, in the model's order: ``columns`` when they are the model's ``names``;
+    else ``columns`` as given, matched to the model's columns by position (the caller's
+    choice); without ``columns``, the model's ``names`` (every other column is passed through)
+    or, for a model that did not record its columns, every column.
+
     Raises:
-        DataError: a named column is missing, or a row has a NaN feature and ``on_nan="error"``.
+        DataError: a named column is missing (one of ``columns``, or without them one the model
+            was trained on), or a row has a NaN feature and ``on_nan="error"``.
     """
     files = _expand(path)
-    # Every column is read (and written back): ``columns`` only picks the features, so ids
-    # and other non-feature columns stay beside the label.
+    # Every column is read (and written back): only the features are scored, so ids and other
+    # non-feature columns stay beside the label.
     ddf = read_table(files, _format_of(files, opts.fmt))
+    have = ", ".join(map(str, ddf.columns))
     if columns:
         missing = [c for c in columns if c not in ddf.columns]
         if missing:
-            raise DataError(f"{files[0]!r} has no column(s) {', '.join(missing)}; it has "
-                            f"{', '.join(map(str, ddf.columns))}", f"fix {option_hint('columns')}")
-    features = list(columns) if columns else list(ddf.columns)
+            raise DataError(f"{files[0]!r} has no column(s) {', '.join(missing)}; it has {have}",
+                            f"fix {option_hint('columns')}")
+        if names and len(columns) != len(names):
+            raise DataError(f"{len(columns)} feature column(s) picked ({', '.join(columns)}) but the model was "
+                            f"trained on {len(names)} ({', '.join(names)})",
+                            f"pick {len(names)} columns, in the model's order, with {option_hint('columns')}")
+        features = list(names) if names and sorted(columns) == sorted(names) else list(columns)
+    elif names:
+        missing = [n for n in names if n not in ddf.columns]
+        if missing:
+            # Scoring other columns by position could assign every row to the wrong cluster.
+            raise DataError(f"{files[0]!r} has no column(s) {', '.join(missing)} of the {len(names)} the model "
+                            f"was trained on ({', '.join(names)}); it has {have}",
+                            f"rename its columns, or pick {len(names)} feature columns in the model's order "
+                            f"with {option_hint('columns')}")
+        features = list(names)
+    else:
+        features = list(ddf.columns)
     n_nan, first = _nan_rows(ddf, features)
     if n_nan and opts.on_nan == "error":
         shown = ", ".join(map(str, first)) + (", ..." if n_nan > len(first) else "")

@@ -35,6 +35,7 @@ __all__ = [
     "LocalPredictor",
     "ModelSource",
     "aligned_labels",
+    "feature_names_of",
     "load_predictor",
     "require_device",
     "resolve",
@@ -117,6 +118,35 @@ def _check_features(model: Any, n_features: int, where: str) -> None:
                         f"select the model's feature columns (data.columns / {option_hint('columns')})")
 
 
+def feature_names_of(model: Any, source: ModelSource | None = None) -> list[str] | None:
+    """The columns ``model`` was trained on, in order, or None where it did not record them.
+
+    A scikit-learn twin knows them (``feature_names_in_``); a native model carries them in its
+    flavor's ``feature_names`` (models registered before they were recorded have neither).
+    """
+    names = getattr(model, "feature_names_in_", None)
+    if names is None and source is not None:
+        names = source.flavors.get("kmeans_native", {}).get("feature_names")
+    return [str(n) for n in names] if names is not None else None
+
+
+def _in_model_order(columns: list[Any], names: list[str] | None, where: str) -> list[str] | None:
+    """The columns of a named frame in the model's order (None: take the frame as it is).
+
+    Raises:
+        DataError: the frame's columns are named and are not exactly the model's (any order).
+    """
+    from toolkit.registry.flavor import column_mismatch
+
+    said = column_mismatch(columns, names)
+    if said:
+        raise DataError(f"{where} has {said}; the model was trained on the columns {', '.join(names or ())}",
+                        f"rename the columns, or pick the features in the model's order ({option_hint('columns')})")
+    if names and columns and all(isinstance(c, str) for c in columns):
+        return list(names)
+    return None
+
+
 def _numeric_frame(frame: Any, where: str) -> None:
     import pandas as pd
 
@@ -132,9 +162,14 @@ class LocalPredictor:
     def __init__(self, model: Any, source: ModelSource | None = None) -> None:
         self.model = model
         self.source = source
+        #: The columns the model was trained on (a named frame is put in this order), or None.
+        self.feature_names = feature_names_of(model, source)
 
     def predict(self, data: Any) -> np.ndarray:
         if hasattr(data, "dtypes"):
+            order = _in_model_order(list(data.columns), self.feature_names, "input")
+            if order is not None and order != list(data.columns):
+                data = data[order]
             _numeric_frame(data, "input")
             data = data.to_numpy()
         # The values every predictor sees, whatever the model: float32, or float64 for a model of
@@ -201,6 +236,8 @@ class DistributedPredictor:
         self.client = client
         self.model = model
         self.source = source
+        #: The columns the model was trained on (a named frame is put in this order), or None.
+        self.feature_names = feature_names_of(model, source)
         self.plugin_name: str | None = f"kmeans-model-{uuid.uuid4().hex}"
         client.register_plugin(_ModelOnWorkers(self.plugin_name, model), name=self.plugin_name)
 
@@ -224,6 +261,9 @@ class DistributedPredictor:
         if self.plugin_name is None:
             raise ModelError("this DistributedPredictor is closed", "load a new one with load_predictor")
         if isinstance(data, dd.DataFrame):
+            order = _in_model_order(list(data.columns), self.feature_names, "input")
+            if order is not None and order != list(data.columns):
+                data = data[order]
             _numeric_frame(dask_meta(data), "input")
             _check_features(self.model, len(data.columns), "input")
             import pandas as pd
@@ -287,6 +327,8 @@ class CumlDistributedPredictor:
         self.model = model
         self.source = source
         self.client = client
+        #: The columns the model was trained on (a named frame is put in this order), or None.
+        self.feature_names = feature_names_of(model, source)
         self.dist = distributed_from_single(model, client, datatype="cudf")
 
     def close(self) -> None:
@@ -304,6 +346,9 @@ class CumlDistributedPredictor:
         if not isinstance(data, dd.DataFrame):
             raise DataError("a GPU model predicts Dask DataFrames (pandas- or cuDF-backed)",
                             "wrap arrays with dask.dataframe.from_dask_array or dask_cudf")
+        order = _in_model_order(list(data.columns), self.feature_names, "input")
+        if order is not None and order != list(data.columns):
+            data = data[order]
         _check_features(self.model, len(data.columns), "input")
         if _is_cudf(dask_meta(data)):
             return self.dist.predict(data)
