@@ -136,6 +136,15 @@ def test_refresh_without_champion_or_with_other_features_is_refused(store, files
                                       "tracking.experiment=refresh"])
     with pytest.raises(ConfigError, match="3 feature"):
         refresh(wide_cfg, name)
+    # The champion's columns in another order: its centres would start the fit transposed.
+    swapped = str(tmp_path / "swapped.parquet")
+    pd.read_parquet(old_path)[["x1", "x0"]].to_parquet(swapped)
+    sets = ["data.source=file", f"data.path={swapped}", "tracking.log_plot=false", "tracking.experiment=refresh"]
+    with pytest.raises(ConfigError, match=r"the data's columns \(x1, x0\) are not those champion v1 of "
+                                          r"'refresh-features' was trained on \(x0, x1\) -- fix: .*data\.columns"):
+        refresh(load_experiment(None, sets), name)
+    out = refresh(load_experiment(None, [*sets, "data.columns=[x0,x1]"]), name)  # the fix it names
+    assert out.shift_max < 0.01  # the same rows, in the champion's order: nothing moved
 
 
 @pytest.mark.parametrize("backend", ["sklearn", "dask", "dask-ml"])

@@ -115,6 +115,25 @@ def test_retrain_keeps_champion_ids(store, mlc, data, backend, seed):
                               to_numpy(flavor.load_model(f"models:/{name}/2").cluster_centers_))
 
 
+def test_a_retrain_on_other_columns_keeps_its_ids_and_says_why(store, mlc, data):
+    """Centres are matched coordinate by coordinate: a model of the champion's columns in
+    another order is registered with the IDs it was fitted with, and its version says why."""
+    X, _ = data
+    name = "stable-columns"
+    _register(name, "sklearn", _fit("sklearn", X, 5, 0), X[:2000])
+    swapped = X[:, ::-1].copy()
+    native, twin = _fit("sklearn", swapped, 5, 0)
+    with tracked_run(f"stable-{name}", "fit") as run_id:
+        v2 = log_and_register(native, twin, swapped[:2000], Registration(
+            run_id=run_id, backend="sklearn", native_name=name, sklearn_name=f"{name}-sklearn",
+            feature_names=["x1", "x0"]))
+    tags = mlc.get_model_version(name, v2.native_version).tags
+    assert tags["stable.status"].startswith(
+        "not matched: the model's columns (x1, x0) are not those of champion v1 (x0, x1)"), tags["stable.status"]
+    assert "stable.mapping" not in tags
+    np.testing.assert_array_equal(_labels(flavor.load_model(f"models:/{name}/2"), swapped), _labels(native, swapped))
+
+
 # -- (2) one more cluster: old IDs kept, one new ID ------------------------------------------
 
 

@@ -69,21 +69,47 @@ def _native_and_twin(model_name: str) -> tuple[Any, str, str | None]:
     return champion, model_name, tags.get("twin.name") or None
 
 
-def champion_centers(champion: Any) -> np.ndarray:
-    """The ``(k, d)`` float64 centres of version ``champion``, read from its verified files.
+def _champion_model(champion: Any) -> Any:
+    """Version ``champion``'s model, read from its verified files.
 
-    Through its scikit-learn twin when it has one: same centres, loads on any machine (a cuML
-    champion needs a GPU to be read natively).
+    Through its scikit-learn twin when it has one: same centres, it knows its columns, and it
+    loads on any machine (a cuML champion needs a GPU to be read natively).
     """
-    from toolkit.convert import centers_of
     from toolkit.registry import flavor
 
     tags = champion.tags or {}
     uri = (f"models:/{tags['twin.name']}/{tags['twin.version']}"
            if tags.get("kind") != "sklearn_twin" and tags.get("twin.name") and tags.get("twin.version")
            else f"models:/{champion.name}/{champion.version}")
-    model = flavor.load_model(uri)
-    return np.asarray(centers_of(model), dtype=np.float64)  # raw coordinates, a centred model's too
+    return flavor.load_model(uri)
+
+
+def champion_centers(champion: Any) -> np.ndarray:
+    """The ``(k, d)`` float64 centres of version ``champion``, read from its verified files."""
+    from toolkit.convert import centers_of
+
+    return np.asarray(centers_of(_champion_model(champion)), dtype=np.float64)  # raw coordinates
+
+
+def _check_columns(champion: Any, model: Any, n_features: int, names: list[str], native_name: str) -> None:
+    """Refuse data whose features are not the champion's: its centres start the fit coordinate
+    by coordinate, so the columns must be the same ones, in the same order, where both are known.
+
+    Raises:
+        ConfigError: another number of features, or other names or another order.
+    """
+    from toolkit.convert import centers_of
+    from toolkit.errors import ConfigError
+
+    fix = "refresh on data with the champion's columns, in its order (data.columns)"
+    d = int(np.asarray(centers_of(model)).shape[1])
+    if n_features != d:
+        raise ConfigError(f"the data has {n_features} feature(s), champion v{champion.version} "
+                          f"of {native_name!r} was trained on {d}", fix)
+    old = getattr(model, "feature_names_in_", None)
+    if names and old is not None and [str(n) for n in old] != [str(n) for n in names]:
+        raise ConfigError(f"the data's columns ({', '.join(map(str, names))}) are not those champion "
+                          f"v{champion.version} of {native_name!r} was trained on ({', '.join(map(str, old))})", fix)
 
 
 def center_shifts(new_centers: np.ndarray, old_centers: np.ndarray) -> np.ndarray:
@@ -129,8 +155,8 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
         ConfigError: the data's features differ from the champion's.
     """
     from toolkit.cluster import client_info
+    from toolkit.convert import centers_of
     from toolkit.data import load_dataset
-    from toolkit.errors import ConfigError
     from toolkit.tracking import log_dataset, log_params, log_tags, tags_for, tracked_run
     from toolkit.train import (
         FittedModel,
@@ -143,7 +169,8 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
     )
 
     champion, native_name, twin_name = _native_and_twin(model_name)
-    start = champion_centers(champion)
+    champion_model = _champion_model(champion)
+    start = np.asarray(centers_of(champion_model), dtype=np.float64)  # raw coordinates, a centred model's too
     cfg = refresh_config(cfg, native_name, twin_name, len(start))
     name = run_name or f"refresh-{native_name}-from-v{champion.version}"
     tags = {"entry_point": "refresh", "config": str(cfg.source_path), "refresh.model_name": native_name,
@@ -153,10 +180,8 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
         with backend_session(cfg, client) as (backend, dclient):
             log_tags(run_id, tags_for(backend, client_info(dclient) if dclient else None))
             dataset = load_dataset(cfg.data)
-            if dataset.n_features != start.shape[1]:
-                raise ConfigError(f"the data has {dataset.n_features} feature(s), champion v{champion.version} "
-                                  f"of {native_name!r} was trained on {start.shape[1]}",
-                                  "refresh on data with the champion's features (data.columns)")
+            _check_columns(champion, champion_model, dataset.n_features, list(dataset.feature_names or ()),
+                           native_name)
             log_params(run_id, run_params(cfg, dataset))
             log_dataset(run_id, dataset)
             backend.validate(cfg.model, dataset.n_samples)

@@ -325,7 +325,7 @@ def _stabilize(native: Any, twin: Any, champion: Any, sample: np.ndarray, reg: R
         return _Stable(native, twin, profile, {f"{stable.TAG_PREFIX}status": "off: IDs as fitted"})
     champion_twin = str((champion.tags or {}).get("twin.version") or "") if champion is not None else ""
     try:
-        st = stable.stabilize(native, twin, champion, sample)
+        st = stable.stabilize(native, twin, champion, sample, list(reg.feature_names) or None)
     except ModelError as exc:
         # A champion that cannot be read (registered by an older kmeans-lifecycle, or failing
         # its integrity check) must not block the registration that replaces it: the IDs stay

@@ -246,7 +246,8 @@ def _ids_json(ids: list[int]) -> str:
     return _tag_json([int(i) for i in ids])
 
 
-def stabilize(native: Any, twin: Any, champion: Any | None, sample: np.ndarray) -> Stabilized:
+def stabilize(native: Any, twin: Any, champion: Any | None, sample: np.ndarray,
+              feature_names: list[str] | None = None) -> Stabilized:
     """Reorder ``native`` and ``twin`` so their clusters keep the IDs of version ``champion``.
 
     Args:
@@ -254,17 +255,26 @@ def stabilize(native: Any, twin: Any, champion: Any | None, sample: np.ndarray) 
         twin: its scikit-learn twin (or None).
         champion: the ``ModelVersion`` holding the name's ``champion`` alias, or None.
         sample: the registration sample (the reference when the champion kept none).
+        feature_names: the columns the new model was trained on, in order (None: not known).
+            Centres are matched coordinate by coordinate, so the champion must have been
+            trained on the same columns in the same order, where both are known.
 
     Returns:
         The models to log and the ``stable.*`` version tags.  With no champion the models are
         returned as they are.
 
     Raises:
-        ModelError: the champion's files fail their integrity check, or its features differ.
+        ModelError: the champion's files fail their integrity check, or its features differ
+            (in number, or in their names or order).
     """
     if champion is None:
         return Stabilized(native, twin, {f"{TAG_PREFIX}status": "first registration: IDs as fitted"})
     old_model, reference = load_with_reference(_comparable_uri(champion))
+    old_names = getattr(old_model, "feature_names_in_", None)
+    if feature_names and old_names is not None and [str(n) for n in old_names] != [str(n) for n in feature_names]:
+        raise ModelError(f"the model's columns ({', '.join(map(str, feature_names))}) are not those of champion "
+                         f"v{champion.version} ({', '.join(map(str, old_names))}), so their clusters cannot be matched",
+                         "train on the champion's columns in its order (data.columns), or register under a new name")
     match = match_centers(centers_of(native), centers_of(old_model))
     new_native = reorder(native, match.order)
     new_twin = reorder(twin, match.order) if twin is not None else None
