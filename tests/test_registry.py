@@ -363,6 +363,31 @@ def test_promote_moves_champion_when_challenger_wins(store, mlc, blobs):
     )
 
 
+def test_promote_does_not_compare_versions_of_other_columns(store, mlc, blobs):
+    """A challenger trained on the champion's columns in another order would be scored on rows
+    read in the wrong order: not compared, not promoted (unless forced), the reason recorded."""
+    from sklearn.cluster import KMeans
+
+    from toolkit.convert import to_sklearn
+    from toolkit.tracking import tracked_run
+
+    name = "promo-columns"
+    X, y = blobs
+    for columns, data in ((["x0", "x1"], X), (["x1", "x0"], X[:, ::-1].copy())):
+        native = KMeans(n_clusters=6, n_init=1, random_state=0).fit(data)
+        with tracked_run("promo-columns", "fit") as run_id:
+            log_and_register(native, to_sklearn(native), data[:500], Registration(
+                run_id=run_id, backend="sklearn", native_name=name, sklearn_name=f"{name}-sklearn",
+                feature_names=columns))
+    res = promote(name, X, y, metric="silhouette")
+    assert not res.promoted
+    assert res.reason == "the challenger's columns (x1, x0) are not champion v1's (x0, x1): not compared"
+    assert mlc.get_model_version(name, "2").tags["promotion.outcome"] == "rejected"
+    assert _aliases(mlc, name)[CHAMPION] == "1"
+    forced = promote(name, X, y, force=True)
+    assert forced.promoted and forced.reason.endswith("not compared; forced")
+
+
 def test_promote_unknown_model_is_a_one_line_error(store, blobs):
     X, y = blobs
     with pytest.raises(ModelError, match="registered model 'no-such-model' does not exist") as err:

@@ -91,6 +91,12 @@ def _score(model: Any, X: np.ndarray, y: np.ndarray | None, metric: str, seed: i
     return float(score_clustering(model, X, y, seed=seed).metrics[metric])
 
 
+def _columns(model: Any) -> list[str] | None:
+    """The columns a scoring model (a scikit-learn twin) was trained on, or None where unknown."""
+    names = getattr(model, "feature_names_in_", None)
+    return None if names is None else [str(n) for n in names]
+
+
 def _better(a: float, b: float, direction: str) -> bool:
     if math.isnan(b):
         return not math.isnan(a)
@@ -228,6 +234,12 @@ class _Contest:
     def _compare(self, model: Any, ref: np.ndarray | None, X: np.ndarray, y: np.ndarray | None) -> _Outcome:
         """The decision against a loaded champion (``model``, its reference sample ``ref``)."""
         policy, version = self.policy, self.champion.version
+        ours, theirs = _columns(self.model), _columns(model)
+        if ours is not None and theirs is not None and ours != theirs:
+            # Scored on the same rows, one of the two would read them in the wrong order.
+            return _Outcome(policy.force, f"the challenger's columns ({', '.join(ours)}) are not champion v{version}'s "
+                                          f"({', '.join(theirs)}): not compared" + ("; forced" if policy.force else ""),
+                            float("nan"))
         score = _score(model, X, y, policy.metric, policy.seed)
         wins = _better(self.score, score, self.direction)
         reference, label = _reference(ref, str(version), X, policy.seed)
