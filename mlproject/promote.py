@@ -66,7 +66,8 @@ def main() -> int:
                             "eval.data": dataset.name, "eval.rows": dataset.n_samples,
                             "eval.max_churn": cfg.registry.max_churn})
         res = promote(args.model_name, X, dataset.y, PromotionPolicy(metric=metric, force=force, seed=cfg.metrics.seed,
-                                                                    max_churn=cfg.registry.max_churn))
+                                                                    max_churn=cfg.registry.max_churn),
+                      columns=list(dataset.feature_names or ()) or None)
         log_metrics(run_id, {"challenger_score": res.challenger_score,
                              **({"champion_score": res.champion_score} if res.champion_score is not None else {}),
                              **({"churn": res.churn} if res.churn is not None else {})})

@@ -22,7 +22,7 @@ from mlflow.models import Model
 
 from toolkit.config import load_experiment
 from toolkit.data import load_dataset
-from toolkit.errors import ModelError
+from toolkit.errors import DataError, ModelError
 from toolkit.registry import CHALLENGER, CHAMPION, Registration, flavor, log_and_register, promote
 from toolkit.train import train
 
@@ -386,6 +386,11 @@ def test_promote_does_not_compare_versions_of_other_columns(store, mlc, blobs):
     assert _aliases(mlc, name)[CHAMPION] == "1"
     forced = promote(name, X, y, force=True)
     assert forced.promoted and forced.reason.endswith("not compared; forced")
+    # Evaluation data whose columns are not the challenger's is refused before any score.
+    with pytest.raises(DataError, match=r"the evaluation data's columns \(x0, x1\) are not those challenger v2 "
+                                        r"of 'promo-columns' was trained on \(x1, x0\) -- fix: .*data\.columns"):
+        promote(name, X, y, columns=["x0", "x1"])
+    assert promote(name, X[:, ::-1], y, columns=["x1", "x0"]).reason == "challenger already is the champion"
 
 
 def test_promote_unknown_model_is_a_one_line_error(store, blobs):

@@ -22,7 +22,7 @@ from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
-from toolkit.errors import ModelError, option_hint
+from toolkit.errors import DataError, ModelError, option_hint
 from toolkit.metrics import METRIC_DIRECTIONS
 from toolkit.registry import stable
 from toolkit.registry.integrity import get_version, twin_of  # get_version re-exported: part of this API
@@ -162,8 +162,8 @@ class PromotionPolicy:
         object.__setattr__(self, "max_churn", float(self.max_churn))
 
 
-def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, policy: PromotionPolicy | None = None,
-            **options: Unpack[PromotionOptions]) -> PromotionResult:
+def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, policy: PromotionPolicy | None = None, *,
+            columns: list[str] | None = None, **options: Unpack[PromotionOptions]) -> PromotionResult:
     """Score ``name@challenger`` against ``name@champion`` and move ``champion`` if it wins.
 
     It must win on ``metric`` AND relabel at most ``max_churn`` (0..1; 1 = no gate) of the
@@ -174,18 +174,26 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, policy: Promo
         X: the evaluation data both versions are scored on.
         y: its ground-truth labels (``adjusted_rand`` needs them).
         policy: how to judge (:class:`PromotionPolicy`; default: silhouette, no churn gate).
+        columns: the names of ``X``'s columns, in order: checked against the challenger's
+            (None: ``X`` is taken to be in the models' order).
         **options: :class:`PromotionPolicy` fields (``metric``, ``force``, ``seed``,
             ``max_churn``), overriding ``policy``'s.
 
     Raises:
         ModelError: no such model or alias, a model failing its integrity check, or
             ``max_churn`` outside 0..1.
+        DataError: ``columns`` are not the challenger's (in number, names or order).
     """
     policy = dataclasses.replace(policy or PromotionPolicy(), **options)
     challenger = get_version(name, CHALLENGER)
     champion = champion_of(name)
     direction = METRIC_DIRECTIONS[policy.metric]  # an unknown metric fails before any model is loaded
     model, _ = _load_scoring(challenger)
+    ours = _columns(model)
+    if columns is not None and ours is not None and [str(c) for c in columns] != ours:
+        raise DataError(f"the evaluation data's columns ({', '.join(map(str, columns))}) are not those challenger "
+                        f"v{challenger.version} of {name!r} was trained on ({', '.join(ours)})",
+                        "evaluate on data with the model's columns, in its order (data.columns)")
     contest = _Contest(name, challenger, champion, model, _score(model, X, y, policy.metric, policy.seed),
                        direction, policy)
     outcome = contest.decide(X, y)
