@@ -326,6 +326,41 @@ def test_transient_failures_are_retried_then_the_store_is_down(monkeypatch):
     assert retry.call(lambda: 1, uri=uri, what="get_run") == 1
 
 
+def test_a_retry_that_races_its_own_lost_attempt_settles(monkeypatch, tmp_path):
+    """A write whose answer was lost (a server paused mid-request) may land while its retry
+    runs: both insert the same params and the later one meets the unique key.  That retry is
+    retried again, and on a real store the next attempt finds the same values and passes; a
+    unique-key error on a first attempt is no race of ours and is raised at once."""
+    import sqlite3
+
+    from mlflow.entities import Param
+
+    monkeypatch.setenv(retry.TIMEOUT_ENV, "10")
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    mlc = MlflowClient(uri)
+    run_id = mlc.create_run(mlc.create_experiment("race")).info.run_id
+    params = [Param("n_clusters", "6"), Param("init", "k-means++")]
+    mlc.log_batch(run_id, params=params)  # the attempt whose answer was lost: it landed
+    attempts = []
+
+    def log_batch():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise TimeoutError("read timed out")
+        if len(attempts) == 2:  # as the server reports two inserts of one key at once
+            raise RuntimeError(str(sqlite3.IntegrityError("UNIQUE constraint failed: params.key, params.run_uuid")))
+        return mlc.log_batch(run_id, params=params)
+
+    retry.call(log_batch, uri=uri, what="log_batch")
+    assert len(attempts) == 3 and mlc.get_run(run_id).data.params == {"n_clusters": "6", "init": "k-means++"}
+
+    def duplicate():
+        raise RuntimeError("UNIQUE constraint failed: params.key, params.run_uuid")
+
+    with pytest.raises(RuntimeError, match="UNIQUE"):
+        retry.call(duplicate, uri=uri, what="log_batch")
+
+
 def test_permanent_failures_are_not_retried():
     calls = []
 

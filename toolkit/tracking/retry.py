@@ -17,7 +17,10 @@ MLflow's own HTTP retries are turned down (unless the user set them) so that thi
 the client, decides how long to wait: one attempt waits at most ``MLFLOW_HTTP_REQUEST_TIMEOUT``
 (15 s here).  Calls that create something (``create_run``...) are retried only when the request
 cannot have reached the server (connection refused), never after a timeout, so a retry never
-makes a second run.
+makes a second run.  A retried write that meets a unique-key error is retried once more: the
+attempt whose answer was lost reached the server after all and inserted the same rows at the
+same moment (MLflow skips rows it finds already there with the same values, so the next
+attempt settles it; another value is still refused).
 """
 
 from __future__ import annotations
@@ -99,6 +102,15 @@ def is_transient(exc: BaseException) -> bool:
     return code == "INTERNAL_ERROR" and "api request" in text
 
 
+_DUPLICATE_WORDS = ("unique constraint failed", "violates unique constraint", "duplicate entry", "duplicate key")
+
+
+def _raced_itself(exc: BaseException) -> bool:
+    """A unique-key error: on a retry, the sign that the earlier attempt landed at the same time."""
+    text = str(exc).lower()
+    return any(w in text for w in _DUPLICATE_WORDS)
+
+
 def _unsent(exc: BaseException) -> bool:
     """The request cannot have reached the server (so creating again cannot duplicate)."""
     text = str(exc).lower()
@@ -139,12 +151,15 @@ def call(fn: Callable[..., Any], *args: Any, uri: str, what: str = "", **kwargs:
     creates = what.startswith("create_")
     deadline = time.monotonic() + timeout_s()
     pause = 0.5
+    retrying = False
     while True:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if not is_transient(exc) or (creates and not _unsent(exc)):
+            own_race = retrying and not creates and _raced_itself(exc)
+            if not (is_transient(exc) or own_race) or (creates and not _unsent(exc)):
                 raise
+            retrying = True
             if time.monotonic() + pause > deadline:
                 why = " ".join(str(exc).split())[:200] or type(exc).__name__
                 mark_down(uri, f"{what or 'a call'} failed for {timeout_s():.0f} s: {why}")
