@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tcp://host:8786 of a running Dask scheduler "
                              f"(default: {AUTO_SCHEDULER}: DASK_SCHEDULER_ADDRESS if set, else a local cluster)")
     add_flag(parser, "overwrite", "replace an existing output")
+    parser.add_argument("--label-column", default="label",
+                        help="the output column that holds the labels; an input that already has a column of "
+                             "that name is refused, since it would be overwritten (default: label)")
     parser.add_argument("--on-nan", default="error",
                         help="rows with a missing feature value: error (refuse the input, naming the rows) or drop "
                              "(score the others; the output leaves them out) (default: error)")
@@ -83,7 +86,8 @@ def _record_params(source: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"predict.model_uri": args.model_uri, "predict.model_name": source.name or "",
             "predict.model_version": source.version or "", "predict.model_id": source.model_id or "",
             "predict.input": args.input, "predict.output": args.output,
-            "predict.columns": args.columns or ALL_COLUMNS, "predict.on_nan": args.on_nan}
+            "predict.columns": args.columns or ALL_COLUMNS, "predict.on_nan": args.on_nan,
+            "predict.label_column": args.label_column}
 
 
 def _log_drift(source: Any, info: dict[str, Any], run_id: str) -> str:
@@ -128,7 +132,7 @@ def main() -> int:
             predictor = load_predictor(source, client=client)
             try:
                 info = score_files(predictor, args.input, args.output, columns, overwrite=overwrite,
-                                   on_nan=args.on_nan.strip().lower())
+                                   on_nan=args.on_nan.strip().lower(), label=args.label_column)
             finally:  # on a shared cluster (--scheduler-address), take the model off its workers
                 if hasattr(predictor, "close"):
                     predictor.close()
@@ -140,7 +144,8 @@ def main() -> int:
     if info["rows_dropped"]:
         say(f"left out {info['rows_dropped']:,} row(s) with a missing value (NaN), as asked (on_nan=drop)")
     made = [*describe_record(run_id),
-            f"output {info['output']}: {rows} row(s) in Parquet, the input's columns and a label column"]
+            f"output {info['output']}: {rows} row(s) in Parquet, the input's columns and a "
+            f"{args.label_column!r} column"]
     if drift:
         made.append(f"drift report (drift/drift.png, drift.* metrics): {drift}")
     say_made(made, run_id)

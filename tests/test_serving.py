@@ -387,6 +387,25 @@ def test_score_files_reads_the_models_columns_by_name(distributed, local, regist
     np.testing.assert_array_equal(_read_output(str(tmp_path / "named"))["label"].to_numpy(), expected)
 
 
+def test_an_input_with_a_label_column_is_refused_or_labelled_beside_it(distributed, local, registered, tmp_path):
+    """Ground truth (or an earlier scoring) in a ``label`` column is never overwritten: refused
+    before anything is written, or kept beside the labels' own column when it is named."""
+    _, X, _ = registered
+    truth = np.arange(len(X)) % 7
+    pd.DataFrame({"x0": X[:, 0], "x1": X[:, 1], "label": truth}).to_parquet(tmp_path / "labelled.parquet")
+    with pytest.raises(DataError, match=r"already has a column named 'label', which the labels would overwrite "
+                                        r"-- fix: rename that column, or name the labels' column with "
+                                        r"--label-column cluster"):
+        score_files(distributed, str(tmp_path / "labelled.parquet"), str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".scoring-*"))
+    info = score_files(distributed, str(tmp_path / "labelled.parquet"), str(tmp_path / "out"), label="cluster")
+    got = _read_output(str(tmp_path / "out"))
+    assert list(got.columns) == ["x0", "x1", "label", "cluster"]
+    np.testing.assert_array_equal(got["label"].to_numpy(), truth)
+    np.testing.assert_array_equal(got["cluster"].to_numpy(), local.predict(X))
+    assert info["drift_stats"] is not None  # gathered on the labels' own column
+
+
 def test_score_files_drops_nan_rows_when_asked(distributed, local, registered, tmp_path):
     _, X, _ = registered
     frame = _parquet_inputs(tmp_path / "in", X)
@@ -506,6 +525,7 @@ def bad_inputs(tmp_path, registered):
     holes = pd.DataFrame(X[:100], columns=["x0", "x1"])
     holes.iloc[[2, 6], 1] = np.nan  # data rows 3 and 7
     holes.to_csv(tmp_path / "nan.csv", index=False)
+    pd.DataFrame(X[:100], columns=["x0", "x1"]).assign(label=1).to_csv(tmp_path / "labelled.csv", index=False)
     return tmp_path
 
 
@@ -519,6 +539,7 @@ def bad_inputs(tmp_path, registered):
         (f"models:/{TWIN}@champion", "three.csv", "has no column(s) x0, x1 of the 2 the model was trained on"),
         (f"models:/{TWIN}@champion", "text.csv", "non-numeric column(s): x1"),
         (f"models:/{TWIN}@champion", "nan.csv", "2 row(s) of"),
+        (f"models:/{TWIN}@champion", "labelled.csv", "already has a column named 'label'"),
     ],
 )
 def test_predict_entry_point_bad_input(

@@ -1,6 +1,7 @@
 """Batch scoring of CSV/Parquet files: read, predict per partition, write Parquet with labels.
 
-The output keeps the input's rows in order and its index, adds a ``label`` column, and is
+The output keeps the input's rows in order and its index, adds a ``label`` column (or one
+named by ``ScoringOptions.label``; never one the input has, which it would overwrite), and is
 written to a temporary directory that is renamed into place only when every partition
 succeeded, so a failure leaves nothing behind.
 
@@ -103,12 +104,29 @@ def _fallback_edges(centers: np.ndarray, bins: int) -> np.ndarray:
     return distance_edges(float(np.median(gaps.min(axis=1))) / 4, bins)
 
 
-def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift: bool = True,
-                 bins: int | None = None) -> tuple[Any, ScoringPlan]:
+def _label_is_free(columns: Any, label: str, where: str) -> None:
+    """Refuse an input that already has the labels' column: the output would overwrite it."""
+    if label in list(columns):
+        raise DataError(f"{where} already has a column named {label!r}, which the labels would overwrite",
+                        f"rename that column, or name the labels' column with {option_hint('label_column', 'cluster')}")
+
+
+def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, options: ScoringOptions | None = None,
+                 **keywords: Unpack[ScoringKeywords]) -> tuple[Any, ScoringPlan]:
     """The scored frame of ``ddf`` (labels from ``predictor`` on the ``features`` columns) and
     the lazy write into ``tmp`` and drift statistics, sharing one read of the input.
+
+    ``options`` (:class:`ScoringOptions`), or its fields as keywords, say whether to gather the
+    drift statistics (``drift``, ``bins``) and the labels' column (``label``).
+
+    Raises:
+        DataError: ``ddf`` already has a column named like the labels' column.
     """
     from toolkit.stats import profile as prof
+
+    opts = dataclasses.replace(options or ScoringOptions(), **keywords)
+    label, drift, bins = opts.label, opts.drift, opts.bins
+    _label_is_free(ddf.columns, label, "the input")
 
     X = ddf[features] if list(ddf.columns) != features else ddf
     names = getattr(predictor, "feature_names", None)
@@ -116,7 +134,7 @@ def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift:
         # Columns the caller picked by position (--columns) take the model's names.
         X = X.rename(columns=dict(zip(features, names, strict=True)))
     labels = predictor.predict(X)
-    scored = ddf.assign(**{LABEL: labels})
+    scored = ddf.assign(**{label: labels})
     if scored.index.name is None:  # dask would write its placeholder "__null_dask_index__"
         scored = scored.rename_axis("index")
     plan = ScoringPlan(write=scored.to_parquet(tmp, write_index=True, compute=False),
@@ -126,15 +144,13 @@ def scoring_plan(predictor: Any, ddf: Any, features: list[str], tmp: str, drift:
         plan.note = "drift statistics off"
     elif centers is None:
         plan.note = "the model has no cluster_centers_"
-    elif LABEL in features:
-        plan.note = f"a feature column is named {LABEL!r} (the label column): no drift statistics"
     else:
         source = getattr(predictor, "source", None)
         plan.n_clusters = len(centers)
         plan.profile = prof.read_profile(getattr(source, "verified", None))
         plan.edges = plan.profile.stats.edges if plan.profile is not None else _fallback_edges(
             centers, bins or prof.DEFAULT_BINS)
-        plan.stats_parts = scored.map_partitions(prof.frame_stats, features, LABEL, centers, plan.edges, shift,
+        plan.stats_parts = scored.map_partitions(prof.frame_stats, features, label, centers, plan.edges, shift,
                                                  meta=prof.frame_stats_meta(), enforce_metadata=False)
     return scored, plan
 
@@ -149,6 +165,8 @@ class ScoringOptions:
         drift: gather the drift statistics in the same pass.
         bins: log-spaced histogram bins for a model registered without a training profile.
         on_nan: a row with a missing feature value is an ``"error"`` (default) or ``"drop"``-ped.
+        label: the output column that holds the labels (an input with a column of that name is
+            refused: it would be overwritten).
     """
 
     fmt: str = "auto"
@@ -156,6 +174,7 @@ class ScoringOptions:
     drift: bool = True
     bins: int | None = None
     on_nan: str = "error"
+    label: str = LABEL
 
 
 class ScoringKeywords(TypedDict, total=False):
@@ -166,6 +185,7 @@ class ScoringKeywords(TypedDict, total=False):
     drift: bool
     bins: int | None
     on_nan: str
+    label: str
 
 
 def score_files(predictor: Any, path: str, output: str, columns: list[str] | None = None,
@@ -220,6 +240,7 @@ def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
     # Every column is read (and written back): only the features are scored, so ids and other
     # non-feature columns stay beside the label.
     ddf = read_table(files, _format_of(files, opts.fmt))
+    _label_is_free(ddf.columns, opts.label, repr(files[0]))
     have = ", ".join(map(str, ddf.columns))
     if columns:
         missing = [c for c in columns if c not in ddf.columns]
@@ -269,8 +290,7 @@ class _Job:
         """Write the scored frame into ``tmp``: (plan, per-partition drift statistics or None)."""
         import dask
 
-        _, plan = scoring_plan(self.predictor, self.ddf, self.features, tmp, drift=self.options.drift,
-                               bins=self.options.bins)
+        _, plan = scoring_plan(self.predictor, self.ddf, self.features, tmp, self.options)
         # One compute for both: the graphs share the read and the predictions.
         _, parts = dask.compute(plan.write, plan.stats_parts)
         return plan, parts
