@@ -406,6 +406,22 @@ def test_an_input_with_a_label_column_is_refused_or_labelled_beside_it(distribut
     assert info["drift_stats"] is not None  # gathered on the labels' own column
 
 
+def test_overwrite_replaces_a_file_and_never_the_input(distributed, local, registered, tmp_path):
+    """``overwrite`` replaces an earlier output that is a single file, and refuses an output
+    that is, or holds, the input being read: replacing it would delete the input."""
+    _, X, _ = registered
+    _parquet_inputs(tmp_path / "in", X, n_files=2)
+    (tmp_path / "old.parquet").write_bytes(b"an earlier output, written as one file")
+    score_files(distributed, str(tmp_path / "in"), str(tmp_path / "old.parquet"), overwrite=True)
+    np.testing.assert_array_equal(_read_output(str(tmp_path / "old.parquet"))["label"].to_numpy(), local.predict(X))
+    before = sorted(p.name for p in (tmp_path / "in").iterdir())
+    for output in (tmp_path / "in", tmp_path / "in" / "part-0.parquet", tmp_path):
+        with pytest.raises(DataError, match=r"holds the input it is read from .*; overwriting it would delete the "
+                                            r"input -- fix: write the output to another path"):
+            score_files(distributed, str(tmp_path / "in"), str(output), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before and not list(tmp_path.glob(".scoring-*"))
+
+
 def test_score_files_drops_nan_rows_when_asked(distributed, local, registered, tmp_path):
     _, X, _ = registered
     frame = _parquet_inputs(tmp_path / "in", X)

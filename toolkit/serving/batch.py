@@ -214,17 +214,35 @@ def score_files(predictor: Any, path: str, output: str, columns: list[str] | Non
                         f"pass {option_hint('on_nan', 'error')} or {option_hint('on_nan', 'drop')}")
     remote = is_url(output)
     out_fs, out_path = url_fs(output) if remote else (None, output)
-    if (out_fs.exists(out_path) if remote else os.path.exists(output)) and not opts.overwrite:
+    exists = out_fs.exists(out_path) if remote else os.path.lexists(output)
+    if exists and not opts.overwrite:
         raise DataError(f"output {output!r} already exists",
                         f"choose another path or pass {option_hint('overwrite', 'true')}")
-    files, ddf, features, n_nan = _read_features(path, columns, opts, getattr(predictor, "feature_names", None))
+    files = _expand(path)
+    if exists:
+        _refuse_overwriting_the_input(files, output)
+    files, ddf, features, n_nan = _read_features(path, columns, opts, getattr(predictor, "feature_names", None),
+                                                 files)
     job = _Job(predictor, ddf, features, opts)
     plan, parts = job.write_remote(out_fs, out_path) if remote else job.write_local(output)
     return _scored(plan, parts, files, output, n_nan)
 
 
+def _refuse_overwriting_the_input(files: list[str], output: str) -> None:
+    """Refuse an ``output`` (to be replaced) that is, or holds, one of the input ``files``."""
+    def where(p: str) -> str:
+        return url_fs(p)[1].rstrip("/") if is_url(p) else os.path.realpath(p)
+
+    out = where(output)
+    for f in files:
+        if is_url(f) == is_url(output) and (where(f) == out or where(f).startswith(out + "/")):
+            raise DataError(f"output {output!r} holds the input it is read from ({f}); overwriting it would "
+                            "delete the input", "write the output to another path")
+
+
 def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
-                   names: list[str] | None = None) -> tuple[list[str], Any, list[str], int]:
+                   names: list[str] | None = None,
+                   files: list[str] | None = None) -> tuple[list[str], Any, list[str], int]:
     """(files, lazy frame, feature columns, rows with a NaN feature) of the input ``path``.
 
     The features are, in the model's order: ``columns`` when they are the model's ``names``;
@@ -236,7 +254,7 @@ def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
         DataError: a named column is missing (one of ``columns``, or without them one the model
             was trained on), or a row has a NaN feature and ``on_nan="error"``.
     """
-    files = _expand(path)
+    files = files if files is not None else _expand(path)
     # Every column is read (and written back): only the features are scored, so ids and other
     # non-feature columns stay beside the label.
     ddf = read_table(files, _format_of(files, opts.fmt))
@@ -323,8 +341,10 @@ class _Job:
         tmp = tempfile.mkdtemp(prefix=".scoring-", dir=parent)
         try:
             plan, parts = self._compute(tmp)
-            if os.path.exists(output):
+            if os.path.isdir(output) and not os.path.islink(output):
                 shutil.rmtree(output)
+            elif os.path.lexists(output):  # a file (or a link) where the output goes: replaced too
+                os.remove(output)
             os.replace(tmp, output)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
