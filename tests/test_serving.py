@@ -542,6 +542,10 @@ def bad_inputs(tmp_path, registered):
     holes.iloc[[2, 6], 1] = np.nan  # data rows 3 and 7
     holes.to_csv(tmp_path / "nan.csv", index=False)
     pd.DataFrame(X[:100], columns=["x0", "x1"]).assign(label=1).to_csv(tmp_path / "labelled.csv", index=False)
+    pd.DataFrame(columns=["x0", "x1"]).to_csv(tmp_path / "header-only.csv", index=False)
+    (tmp_path / "mixed").mkdir()
+    pd.DataFrame(X[:50], columns=["x0", "x1"]).to_csv(tmp_path / "mixed" / "a.csv", index=False)
+    pd.DataFrame(X[50:100], columns=["x0", "x1"]).to_parquet(tmp_path / "mixed" / "b.parquet")
     return tmp_path
 
 
@@ -556,6 +560,8 @@ def bad_inputs(tmp_path, registered):
         (f"models:/{TWIN}@champion", "text.csv", "non-numeric column(s): x1"),
         (f"models:/{TWIN}@champion", "nan.csv", "2 row(s) of"),
         (f"models:/{TWIN}@champion", "labelled.csv", "already has a column named 'label'"),
+        (f"models:/{TWIN}@champion", "header-only.csv", "header-only.csv holds no rows"),
+        (f"models:/{TWIN}@champion", "mixed", "files (.csv, .parquet) -- fix: point the input at CSV files or"),
     ],
 )
 def test_predict_entry_point_bad_input(

@@ -36,8 +36,9 @@ ON_NAN = ("error", "drop")
 _SHOWN_ROWS = 5
 
 
-def _nan_rows(ddf: Any, features: list[str]) -> tuple[int, list[int]]:
-    """Rows with a NaN feature: how many, and the first few row numbers (from 1, in order).
+def _nan_rows(ddf: Any, features: list[str]) -> tuple[int, list[int], int]:
+    """Rows with a NaN feature: how many, and the first few row numbers (from 1, in order); and
+    how many rows there are in all.
 
     One pass over the features before scoring (the model would fail on the first NaN, with a
     traceback and no row number); each partition sends back its length, count and first rows.
@@ -55,7 +56,7 @@ def _nan_rows(ddf: Any, features: list[str]) -> tuple[int, list[int]]:
         n += count
         first += [offset + r + 1 for r in rows]
         offset += length
-    return n, first[:_SHOWN_ROWS]
+    return n, first[:_SHOWN_ROWS], offset
 
 
 @dataclass
@@ -257,7 +258,13 @@ def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
     files = files if files is not None else _expand(path)
     # Every column is read (and written back): only the features are scored, so ids and other
     # non-feature columns stay beside the label.
-    ddf = read_table(files, _format_of(files, opts.fmt))
+    try:
+        fmt = _format_of(files, opts.fmt)
+    except DataError:  # its fix names data.format, which train has and predict has not
+        exts = ", ".join(sorted({os.path.splitext(f)[1] or "(none)" for f in files}))
+        raise DataError(f"cannot tell the format of {path}'s files ({exts})",
+                        "point the input at CSV files or at Parquet files, one format at a time") from None
+    ddf = read_table(files, fmt)
     _label_is_free(ddf.columns, opts.label, repr(files[0]))
     have = ", ".join(map(str, ddf.columns))
     if columns:
@@ -281,8 +288,20 @@ def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
         features = list(names)
     else:
         features = list(ddf.columns)
-    n_nan, first = _nan_rows(ddf, features)
-    if n_nan and opts.on_nan == "error":
+    ddf, n_nan = _without_nan_rows(ddf, features, path, opts.on_nan)
+    return files, ddf, features, n_nan
+
+
+def _without_nan_rows(ddf: Any, features: list[str], path: str, on_nan: str) -> tuple[Any, int]:
+    """``ddf`` less its rows with a NaN feature (``on_nan="drop"``), and how many those were.
+
+    Raises:
+        DataError: the input holds no rows, or a row has a NaN feature and ``on_nan="error"``.
+    """
+    n_nan, first, rows = _nan_rows(ddf, features)
+    if not rows:  # (a CSV of a header alone reads as text columns: say what is wrong instead)
+        raise DataError(f"{path} holds no rows", "point the input at files with rows to score")
+    if n_nan and on_nan == "error":
         shown = ", ".join(map(str, first)) + (", ..." if n_nan > len(first) else "")
         raise DataError(
             f"{n_nan:,} row(s) of {path} have a missing value (NaN) in the features: row(s) {shown} "
@@ -290,9 +309,7 @@ def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
             f"fill or remove them, or pass {option_hint('on_nan', 'drop')} to score the other rows "
             "and leave these out of the output",
         )
-    if n_nan:
-        ddf = ddf.dropna(subset=features)
-    return files, ddf, features, n_nan
+    return (ddf.dropna(subset=features) if n_nan else ddf), n_nan
 
 
 @dataclass(frozen=True)
