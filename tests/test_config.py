@@ -189,6 +189,16 @@ def test_override_below_a_leaf_is_unknown():
     assert "model.n_clusters.low" in _one_line(err)
 
 
+def test_the_label_column_is_never_also_a_feature():
+    """Asked for as a feature too, the ground truth would be left out of the features in silence."""
+    with pytest.raises(ConfigError) as err:
+        load_experiment(None, ["data.source=file", "data.path=x.csv", "data.label_column=truth",
+                               "data.columns=[x0,truth]"])
+    assert "data.columns names the label column 'truth' (data.label_column)" in _one_line(err)
+    cfg = load_experiment(None, ["data.source=file", "data.path=x.csv", "data.label_column=truth", "data.columns=[x0]"])
+    assert cfg.data.columns == ["x0"] and cfg.data.label_column == "truth"
+
+
 def test_override_wrong_type_and_range():
     with pytest.raises(ConfigError) as err:
         load_experiment(None, ["model.n_clusters=abc"])

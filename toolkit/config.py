@@ -134,6 +134,10 @@ class DataConfig(_Strict):
             raise ValueError("source 'sklearn' needs data.dataset (digits, iris, wine, breast_cancer)")
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs data.path (a CSV/Parquet file or a glob)")
+        if self.label_column and self.label_column in (self.columns or ()):
+            # Ground truth is never a feature: it would be left out in silence.
+            raise ValueError(f"data.columns names the label column {self.label_column!r} (data.label_column); "
+                             "leave it out of data.columns")
         return self
 
 
