@@ -91,25 +91,24 @@ def champion_centers(champion: Any) -> np.ndarray:
     return np.asarray(centers_of(_champion_model(champion)), dtype=np.float64)  # raw coordinates
 
 
-def _check_columns(champion: Any, model: Any, n_features: int, names: list[str], native_name: str) -> None:
-    """Refuse data whose features are not the champion's: its centres start the fit coordinate
-    by coordinate, so the columns must be the same ones, in the same order, where both are known.
+def _check_columns(champion: Any, start: np.ndarray, old: list[str] | None, dataset: Any, native_name: str) -> None:
+    """Refuse data whose features are not the champion's (its centres ``start``, its columns
+    ``old``): the centres start the fit coordinate by coordinate, so the columns must be the
+    same ones, in the same order, where both are known.
 
     Raises:
         ConfigError: another number of features, or other names or another order.
     """
-    from toolkit.convert import centers_of
     from toolkit.errors import ConfigError
 
     fix = "refresh on data with the champion's columns, in its order (data.columns)"
-    d = int(np.asarray(centers_of(model)).shape[1])
-    if n_features != d:
-        raise ConfigError(f"the data has {n_features} feature(s), champion v{champion.version} "
-                          f"of {native_name!r} was trained on {d}", fix)
-    old = getattr(model, "feature_names_in_", None)
-    if names and old is not None and [str(n) for n in old] != [str(n) for n in names]:
-        raise ConfigError(f"the data's columns ({', '.join(map(str, names))}) are not those champion "
-                          f"v{champion.version} of {native_name!r} was trained on ({', '.join(map(str, old))})", fix)
+    if dataset.n_features != start.shape[1]:
+        raise ConfigError(f"the data has {dataset.n_features} feature(s), champion v{champion.version} "
+                          f"of {native_name!r} was trained on {start.shape[1]}", fix)
+    names = [str(n) for n in dataset.feature_names or ()]
+    if names and old is not None and old != names:
+        raise ConfigError(f"the data's columns ({', '.join(names)}) are not those champion "
+                          f"v{champion.version} of {native_name!r} was trained on ({', '.join(old)})", fix)
 
 
 def center_shifts(new_centers: np.ndarray, old_centers: np.ndarray) -> np.ndarray:
@@ -157,6 +156,7 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
     from toolkit.cluster import client_info
     from toolkit.convert import centers_of
     from toolkit.data import load_dataset
+    from toolkit.registry import flavor
     from toolkit.tracking import log_dataset, log_params, log_tags, tags_for, tracked_run
     from toolkit.train import (
         FittedModel,
@@ -180,8 +180,7 @@ def refresh(cfg: ExperimentConfig, model_name: str, client: Any = None, run_name
         with backend_session(cfg, client) as (backend, dclient):
             log_tags(run_id, tags_for(backend, client_info(dclient) if dclient else None))
             dataset = load_dataset(cfg.data)
-            _check_columns(champion, champion_model, dataset.n_features, list(dataset.feature_names or ()),
-                           native_name)
+            _check_columns(champion, start, flavor.trained_columns(champion_model), dataset, native_name)
             log_params(run_id, run_params(cfg, dataset))
             log_dataset(run_id, dataset)
             backend.validate(cfg.model, dataset.n_samples)

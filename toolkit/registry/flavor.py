@@ -73,7 +73,7 @@ __all__ = [
     "SKOPS",
     "SKOPS_FILE",
     "TRUSTED_SKOPS_TYPES",
-    "column_mismatch",
+    "columns_in_order",
     "flavor_conf",
     "load_model",
     "load_verified",
@@ -83,6 +83,7 @@ __all__ = [
     "pyfunc_rows",
     "save_model",
     "serve_with_toolkit",
+    "trained_columns",
 ]
 
 FLAVOR_NAME = "kmeans_native"
@@ -621,23 +622,41 @@ def _refuse(message: str) -> Exception:
     return MlflowException.invalid_parameter_value(message)
 
 
-def column_mismatch(columns: list[Any], feature_names: list[str] | None) -> str | None:
-    """What is wrong with a frame's ``columns`` for a model trained on ``feature_names``, or None.
+def trained_columns(model: Any, native_conf: Mapping[str, Any] | None = None) -> list[str] | None:
+    """The columns ``model`` was trained on, in order, or None where it did not record them.
+
+    A scikit-learn model (a twin) knows them (``feature_names_in_``); a native model carries
+    them in its flavor's ``feature_names`` (``native_conf``, its MLmodel section).  Models
+    registered before the names were recorded have neither.
+    """
+    names = getattr(model, "feature_names_in_", None)
+    if names is None and native_conf is not None:
+        names = native_conf.get("feature_names")
+    return None if names is None else [str(n) for n in names]
+
+
+def columns_in_order(columns: list[Any], feature_names: list[str] | None) -> list[str] | None:
+    """A frame's ``columns`` in the order of ``feature_names``, or None to take them as they are.
 
     Only a frame whose columns are all named (strings) is compared, and only with a model that
     recorded its columns: it must have exactly ``feature_names``, in any order.  Every face of a
     model (the pyfunc, the local and distributed predictors, batch scoring) holds to this, so a
     frame with its columns renamed or reordered is refused or put in order, never scored by
     position in silence.
+
+    Raises:
+        ValueError: what is wrong (unexpected and missing columns), for the caller's own error.
     """
     if not feature_names or not columns or not all(isinstance(c, str) for c in columns):
         return None
     extra = [c for c in columns if c not in feature_names]
     missing = [c for c in feature_names if c not in columns]
-    return "; ".join(part for part in (
-        f"unexpected column(s) {', '.join(extra)}" if extra else "",
-        f"missing column(s) {', '.join(missing)}" if missing else "",
-    ) if part) or None  # fmt: skip
+    if extra or missing:
+        raise ValueError("; ".join(part for part in (
+            f"unexpected column(s) {', '.join(extra)}" if extra else "",
+            f"missing column(s) {', '.join(missing)}" if missing else "",
+        ) if part))  # fmt: skip
+    return list(feature_names)
 
 
 def pyfunc_rows(data: Any, feature_names: list[str] | None, n_features: int, dtype: Any) -> np.ndarray:
@@ -659,12 +678,12 @@ def pyfunc_rows(data: Any, feature_names: list[str] | None, n_features: int, dty
     if isinstance(data, pd.Series):
         data = data.to_frame()
     if isinstance(data, pd.DataFrame):
-        columns = list(data.columns)
-        said = column_mismatch(columns, feature_names)
-        if said:
-            raise _refuse(f"input has {said}; the model expects exactly the columns {expected}")
-        if feature_names and columns and all(isinstance(c, str) for c in columns):
-            data = data[list(feature_names)]
+        try:
+            order = columns_in_order(list(data.columns), feature_names)
+        except ValueError as said:
+            raise _refuse(f"input has {said}; the model expects exactly the columns {expected}") from None
+        if order is not None:
+            data = data[order]
         bad = [str(c) for c, t in data.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
         if bad:
             raise _refuse(f"input column(s) {', '.join(bad)} are not numeric; the model expects "
@@ -707,10 +726,10 @@ def _load_pyfunc(path: str, model_config: Any = None) -> _PyFuncWrapper:
     with integrity.fetch_verified(root) as verified:
         model = load_verified(verified)
         if verified.integrity.get(FORMAT_TAG) == SKOPS:
-            names = getattr(model, "feature_names_in_", None)
+            names = trained_columns(model)
         else:
-            names = flavor_conf(verified.local_path).get("feature_names")
-    return _PyFuncWrapper(model, [str(n) for n in names] if names is not None else None)
+            names = trained_columns(None, flavor_conf(verified.local_path))
+    return _PyFuncWrapper(model, names)
 
 
 def serve_with_toolkit(mlmodel: Any, path: str) -> None:

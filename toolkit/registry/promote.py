@@ -24,7 +24,7 @@ import numpy as np
 
 from toolkit.errors import DataError, ModelError, option_hint
 from toolkit.metrics import METRIC_DIRECTIONS
-from toolkit.registry import stable
+from toolkit.registry import flavor, stable
 from toolkit.registry.integrity import get_version, twin_of  # get_version re-exported: part of this API
 from toolkit.stats.scores import score_clustering
 from toolkit.tracking.runs import client
@@ -89,12 +89,6 @@ def _score(model: Any, X: np.ndarray, y: np.ndarray | None, metric: str, seed: i
         raise ModelError("metric adjusted_rand needs ground-truth labels; the evaluation data has none",
                          "use silhouette, davies_bouldin, calinski_harabasz or inertia")
     return float(score_clustering(model, X, y, seed=seed).metrics[metric])
-
-
-def _columns(model: Any) -> list[str] | None:
-    """The columns a scoring model (a scikit-learn twin) was trained on, or None where unknown."""
-    names = getattr(model, "feature_names_in_", None)
-    return None if names is None else [str(n) for n in names]
 
 
 def _better(a: float, b: float, direction: str) -> bool:
@@ -189,7 +183,7 @@ def promote(name: str, X: np.ndarray, y: np.ndarray | None = None, policy: Promo
     champion = champion_of(name)
     direction = METRIC_DIRECTIONS[policy.metric]  # an unknown metric fails before any model is loaded
     model, _ = _load_scoring(challenger)
-    ours = _columns(model)
+    ours = flavor.trained_columns(model)  # the scoring model is a twin: it knows them
     if columns is not None and ours is not None and [str(c) for c in columns] != ours:
         raise DataError(f"the evaluation data's columns ({', '.join(map(str, columns))}) are not those challenger "
                         f"v{challenger.version} of {name!r} was trained on ({', '.join(ours)})",
@@ -242,7 +236,7 @@ class _Contest:
     def _compare(self, model: Any, ref: np.ndarray | None, X: np.ndarray, y: np.ndarray | None) -> _Outcome:
         """The decision against a loaded champion (``model``, its reference sample ``ref``)."""
         policy, version = self.policy, self.champion.version
-        ours, theirs = _columns(self.model), _columns(model)
+        ours, theirs = flavor.trained_columns(self.model), flavor.trained_columns(model)
         if ours is not None and theirs is not None and ours != theirs:
             # Scored on the same rows, one of the two would read them in the wrong order.
             return _Outcome(policy.force, f"the challenger's columns ({', '.join(ours)}) are not champion v{version}'s "

@@ -270,10 +270,10 @@ def stabilize(native: Any, twin: Any, champion: Any | None, sample: np.ndarray,
     if champion is None:
         return Stabilized(native, twin, {f"{TAG_PREFIX}status": "first registration: IDs as fitted"})
     old_model, reference = load_with_reference(_comparable_uri(champion))
-    old_names = getattr(old_model, "feature_names_in_", None)
-    if feature_names and old_names is not None and [str(n) for n in old_names] != [str(n) for n in feature_names]:
+    old_names = flavor.trained_columns(old_model)
+    if feature_names and old_names is not None and old_names != [str(n) for n in feature_names]:
         raise ModelError(f"the model's columns ({', '.join(map(str, feature_names))}) are not those of champion "
-                         f"v{champion.version} ({', '.join(map(str, old_names))}), so their clusters cannot be matched",
+                         f"v{champion.version} ({', '.join(old_names)}), so their clusters cannot be matched",
                          "train on the champion's columns in its order (data.columns), or register under a new name")
     match = match_centers(centers_of(native), centers_of(old_model))
     new_native = reorder(native, match.order)

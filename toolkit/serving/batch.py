@@ -222,8 +222,7 @@ def score_files(predictor: Any, path: str, output: str, columns: list[str] | Non
     files = _expand(path)
     if exists:
         _refuse_overwriting_the_input(files, output)
-    files, ddf, features, n_nan = _read_features(path, columns, opts, getattr(predictor, "feature_names", None),
-                                                 files)
+    ddf, features, n_nan = _read_features(path, files, columns, opts, getattr(predictor, "feature_names", None))
     job = _Job(predictor, ddf, features, opts)
     plan, parts = job.write_remote(out_fs, out_path) if remote else job.write_local(output)
     return _scored(plan, parts, files, output, n_nan)
@@ -241,10 +240,9 @@ def _refuse_overwriting_the_input(files: list[str], output: str) -> None:
                             "delete the input", "write the output to another path")
 
 
-def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
-                   names: list[str] | None = None,
-                   files: list[str] | None = None) -> tuple[list[str], Any, list[str], int]:
-    """(files, lazy frame, feature columns, rows with a NaN feature) of the input ``path``.
+def _read_features(path: str, files: list[str], columns: list[str] | None, opts: ScoringOptions,
+                   names: list[str] | None) -> tuple[Any, list[str], int]:
+    """(lazy frame, feature columns, rows with a NaN feature) of the input ``path`` (its ``files``).
 
     The features are, in the model's order: ``columns`` when they are the model's ``names``;
     else ``columns`` as given, matched to the model's columns by position (the caller's
@@ -255,7 +253,6 @@ def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
         DataError: a named column is missing (one of ``columns``, or without them one the model
             was trained on), or a row has a NaN feature and ``on_nan="error"``.
     """
-    files = files if files is not None else _expand(path)
     # Every column is read (and written back): only the features are scored, so ids and other
     # non-feature columns stay beside the label.
     try:
@@ -289,7 +286,7 @@ def _read_features(path: str, columns: list[str] | None, opts: ScoringOptions,
     else:
         features = list(ddf.columns)
     ddf, n_nan = _without_nan_rows(ddf, features, path, opts.on_nan)
-    return files, ddf, features, n_nan
+    return ddf, features, n_nan
 
 
 def _without_nan_rows(ddf: Any, features: list[str], path: str, on_nan: str) -> tuple[Any, int]:

@@ -119,32 +119,29 @@ def _check_features(model: Any, n_features: int, where: str) -> None:
 
 
 def feature_names_of(model: Any, source: ModelSource | None = None) -> list[str] | None:
-    """The columns ``model`` was trained on, in order, or None where it did not record them.
+    """The columns ``model`` was trained on, in order, or None where it did not record them
+    (:func:`toolkit.registry.flavor.trained_columns`, with ``source``'s native flavor)."""
+    from toolkit.registry.flavor import FLAVOR_NAME, trained_columns
 
-    A scikit-learn twin knows them (``feature_names_in_``); a native model carries them in its
-    flavor's ``feature_names`` (models registered before they were recorded have neither).
-    """
-    names = getattr(model, "feature_names_in_", None)
-    if names is None and source is not None:
-        names = source.flavors.get("kmeans_native", {}).get("feature_names")
-    return [str(n) for n in names] if names is not None else None
+    return trained_columns(model, source.flavors.get(FLAVOR_NAME) if source is not None else None)
 
 
-def _in_model_order(columns: list[Any], names: list[str] | None, where: str) -> list[str] | None:
-    """The columns of a named frame in the model's order (None: take the frame as it is).
+def _in_model_order(frame: Any, names: list[str] | None) -> Any:
+    """A frame (pandas or Dask) with named columns, put in the model's order; others as they are.
 
     Raises:
         DataError: the frame's columns are named and are not exactly the model's (any order).
     """
-    from toolkit.registry.flavor import column_mismatch
+    from toolkit.registry.flavor import columns_in_order
 
-    said = column_mismatch(columns, names)
-    if said:
-        raise DataError(f"{where} has {said}; the model was trained on the columns {', '.join(names or ())}",
-                        f"rename the columns, or pick the features in the model's order ({option_hint('columns')})")
-    if names and columns and all(isinstance(c, str) for c in columns):
-        return list(names)
-    return None
+    columns = list(frame.columns)
+    try:
+        order = columns_in_order(columns, names)
+    except ValueError as said:
+        raise DataError(f"input has {said}; the model was trained on the columns {', '.join(names or ())}",
+                        f"rename the columns, or pick the features in the model's order ({option_hint('columns')})"
+                        ) from None
+    return frame[order] if order is not None and order != columns else frame
 
 
 def _numeric_frame(frame: Any, where: str) -> None:
@@ -167,9 +164,7 @@ class LocalPredictor:
 
     def predict(self, data: Any) -> np.ndarray:
         if hasattr(data, "dtypes"):
-            order = _in_model_order(list(data.columns), self.feature_names, "input")
-            if order is not None and order != list(data.columns):
-                data = data[order]
+            data = _in_model_order(data, self.feature_names)
             _numeric_frame(data, "input")
             data = data.to_numpy()
         # The values every predictor sees, whatever the model: float32, or float64 for a model of
@@ -261,9 +256,7 @@ class DistributedPredictor:
         if self.plugin_name is None:
             raise ModelError("this DistributedPredictor is closed", "load a new one with load_predictor")
         if isinstance(data, dd.DataFrame):
-            order = _in_model_order(list(data.columns), self.feature_names, "input")
-            if order is not None and order != list(data.columns):
-                data = data[order]
+            data = _in_model_order(data, self.feature_names)
             _numeric_frame(dask_meta(data), "input")
             _check_features(self.model, len(data.columns), "input")
             import pandas as pd
@@ -346,9 +339,7 @@ class CumlDistributedPredictor:
         if not isinstance(data, dd.DataFrame):
             raise DataError("a GPU model predicts Dask DataFrames (pandas- or cuDF-backed)",
                             "wrap arrays with dask.dataframe.from_dask_array or dask_cudf")
-        order = _in_model_order(list(data.columns), self.feature_names, "input")
-        if order is not None and order != list(data.columns):
-            data = data[order]
+        data = _in_model_order(data, self.feature_names)
         _check_features(self.model, len(data.columns), "input")
         if _is_cudf(dask_meta(data)):
             return self.dist.predict(data)
